@@ -1,0 +1,1 @@
+"""Linetap hw package."""

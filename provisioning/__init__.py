@@ -1,0 +1,1 @@
+"""Linetap provisioning package."""

@@ -1,0 +1,1 @@
+"""Linetap sync package."""
