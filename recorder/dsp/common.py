@@ -1,0 +1,80 @@
+"""Shared helpers for the DSP package: input checks, level conversion, number masking.
+
+Level reference used everywhere in ``recorder.dsp``: **0 dBFS is a full-scale sine**, i.e. a
+sine of peak amplitude 1.0 in float samples (32768 in int16). Its mean power is 0.5. Telephony
+levels in dBm0 map to dBFS with the G.711 convention that a 0 dBm0 sine sits 3.14 dB below
+digital full scale: ``dBFS = dBm0 - 3.14``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from recorder.errors import LinetapError
+
+#: Sample rates (Hz) the detectors are specified and tested for.
+SUPPORTED_RATES = (8000, 16000)
+
+#: dBFS of a 0 dBm0 sine (G.711: the digital milliwatt is 3.14 dB below full scale).
+DBM0_TO_DBFS = -3.14
+
+
+class DspInputError(LinetapError, ValueError):
+    """Audio handed to a DSP function is unusable (empty, NaN, wrong dtype, odd rate)."""
+
+
+def check_rate(rate) -> int:
+    """Return ``rate`` as int if it is one of :data:`SUPPORTED_RATES` (Hz), else raise."""
+    if isinstance(rate, bool) or not isinstance(rate, int | np.integer):
+        raise DspInputError(f"rate must be an int (8000 or 16000 Hz), got {rate!r}")
+    if int(rate) not in SUPPORTED_RATES:
+        raise DspInputError(f"rate must be 8000 or 16000 Hz, got {rate}")
+    return int(rate)
+
+
+def to_float(samples, *, allow_empty: bool = False) -> np.ndarray:
+    """Convert mono audio to float32 in [-1, 1].
+
+    Accepts int16 (full scale 32768) or float (already in [-1, 1]) 1-D arrays or sequences.
+    Raises :class:`DspInputError` for other dtypes, more than one dimension, NaN/inf, or an
+    empty array (unless ``allow_empty``; streaming feeds may be empty).
+    """
+    try:
+        arr = np.asarray(samples)
+    except Exception as exc:  # noqa: BLE001 - anything unconvertible is bad input
+        raise DspInputError(f"samples are not an array: {exc}") from exc
+    if arr.ndim != 1:
+        raise DspInputError(f"samples must be a 1-D mono array, got shape {arr.shape}")
+    if arr.size == 0:
+        if allow_empty:
+            return np.zeros(0, dtype=np.float32)
+        raise DspInputError("samples are empty")
+    if arr.dtype == np.int16:
+        return arr.astype(np.float32) * np.float32(1.0 / 32768.0)
+    if arr.dtype.kind == "f":
+        out = arr.astype(np.float32, copy=False)
+        if not np.all(np.isfinite(out)):
+            raise DspInputError("samples contain NaN or infinity")
+        return out
+    raise DspInputError(f"samples must be int16 or float, got dtype {arr.dtype}")
+
+
+def dbfs_to_amplitude(level_dbfs: float) -> float:
+    """Peak amplitude (float full scale = 1.0) of a sine at ``level_dbfs`` dBFS."""
+    return float(10.0 ** (level_dbfs / 20.0))
+
+
+def power_to_dbfs(power) -> np.ndarray:
+    """Mean power of a sine (A**2/2) to dBFS; 0 power maps to -inf without a warning."""
+    p = np.asarray(power, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return 10.0 * np.log10(p / 0.5)
+
+
+def mask_number(number: str | None) -> str | None:
+    """Mask a phone number for logs: keep the first 4 and last 2 digits (``0163*****23``)."""
+    if number is None:
+        return None
+    if len(number) <= 6:
+        return "*" * len(number)
+    return number[:4] + "*" * (len(number) - 6) + number[-2:]

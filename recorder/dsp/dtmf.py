@@ -1,0 +1,359 @@
+"""DTMF detection (ITU-T Q.23 frequencies, Q.24 acceptance limits) with a Goertzel bank.
+
+Two stages:
+
+1. **Frames** (20 ms Hann window, 5 ms hop, both fixed in time so 8 and 16 kHz behave alike):
+   the strongest low-group and high-group bins must each be 6 dB above the runner-up in their
+   group, loud enough, and together hold at least half the frame power. Consecutive frames
+   with the same pair form a *run*. This stage is vectorised over all frames of a block.
+2. **Runs** -> digits: tone edges are where the (normalised) tone amplitude crosses half its
+   peak, which for a symmetric window is where the window centre crosses the tone edge. A run
+   is then measured (frequency error from the frame-to-frame phase step, window-corrected tone
+   levels, twist, purity, duration) and judged by the pure function :func:`judge`.
+
+Runs of the same digit less than 25 ms apart (edge to edge) are bridged into one digit, so a
+short drop-out (<= 10 ms, e.g. a noise burst) never doubles a digit; pauses >= 40 ms always
+separate digits.
+
+Twist follows Q.24 / Bellcore: **twist = high-group level - low-group level (dB)**. *Normal*
+twist (negative) means the high-group tone is weaker, as line loss rises with frequency;
+*reverse* twist (positive) means it is stronger.
+
+Everything is expressed in samples on the stream's own sample clock; :func:`detect` converts
+to seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from recorder.dsp.common import DspInputError, check_rate, power_to_dbfs, to_float
+from recorder.dsp.gen import HIGH_GROUP, KEYPAD, LOW_GROUP
+from recorder.dsp.goertzel import ToneBank
+
+logger = logging.getLogger(__name__)
+
+FRAME_S = 0.020  # analysis window: resolves 697/770 Hz (73 Hz apart) with a Hann window
+HOP_S = 0.005  # frame step: edge timing resolution before interpolation
+
+# --- acceptance limits (see docs/dsp.md for how they map to Q.24) ---
+FREQ_TOL = 0.025  # |f - f0| / f0 accepted: spec accepts 1.5 %, rejects 3.5 %
+MIN_DURATION_S = 0.030  # spec accepts 40 ms, rejects 20 ms
+MIN_LEVEL_DBFS = -38.0  # per tone; spec min is -29 dBm0 = -32.1 dBFS
+TWIST_NORMAL_DB = 9.0  # high group weaker by up to this: spec accepts 8 dB
+TWIST_REVERSE_DB = 5.0  # high group stronger by up to this: spec accepts 4 dB
+MIN_PURITY = 0.85  # share of frame power in the two tones (15 dB S/N gives 0.97)
+MERGE_GAP_S = 0.025  # same digit again within this (edge to edge) is one digit
+EDGE_MARGIN_S = 0.002  # reported [start, end) is widened by this on each side
+
+# --- frame stage (loose: the run stage makes the real decision) ---
+_FRAME_MIN_LEVEL_DBFS = MIN_LEVEL_DBFS - 6.0
+_FRAME_GROUP_RATIO = 4.0  # strongest bin vs runner-up in its group: 6 dB
+_FRAME_TWIST_DB = (-14.0, 10.0)
+_FRAME_MIN_PURITY = 0.5
+
+_SYMBOLS = [KEYPAD[r][c] for r in range(4) for c in range(4)]
+
+
+@dataclass(frozen=True)
+class ToneMeasure:
+    """What the run stage measured for one candidate digit.
+
+    ``start``/``end``: half-amplitude tone edges in samples (fractional). Frequency errors are
+    fractions of the nominal frequency; levels are dBFS per tone; ``twist_db`` is high minus
+    low; ``purity`` is the share (0..1) of frame power carried by the two tones.
+    """
+
+    digit: str
+    start: float
+    end: float
+    freq_error_lo: float
+    freq_error_hi: float
+    level_lo_dbfs: float
+    level_hi_dbfs: float
+    twist_db: float
+    purity: float
+
+
+def judge(m: ToneMeasure, rate: int) -> str | None:
+    """Decide whether a measured tone is a valid DTMF digit.
+
+    Returns None when accepted, otherwise a short reason (for debug logs and tests).
+    """
+    if max(abs(m.freq_error_lo), abs(m.freq_error_hi)) > FREQ_TOL:
+        return "frequency"
+    if (m.end - m.start) < MIN_DURATION_S * rate:
+        return "duration"
+    if min(m.level_lo_dbfs, m.level_hi_dbfs) < MIN_LEVEL_DBFS:
+        return "level"
+    if m.twist_db < -TWIST_NORMAL_DB or m.twist_db > TWIST_REVERSE_DB:
+        return "twist"
+    if m.purity < MIN_PURITY:
+        return "purity"
+    return None
+
+
+class _Run:
+    """Consecutive frames classified as the same digit, plus the frames either side."""
+
+    __slots__ = ("code", "k0", "x", "pf", "pre", "post", "start", "end")
+
+    def __init__(self, code: int, k0: int, pre):
+        self.code = code
+        self.k0 = k0  # frame index of the first frame
+        self.x: list[np.ndarray] = []  # per frame: 8 complex bins
+        self.pf: list[float] = []  # per frame: frame power
+        self.pre = pre  # bins of frame k0 - 1, None at stream start
+        self.post = None  # bins of the first frame after the run, None at stream end
+        self.start = 0.0
+        self.end = 0.0
+
+
+class DtmfDetector:
+    """Streaming DTMF detector for one line.
+
+    ``rate``: 8000 or 16000 Hz. :meth:`feed` takes blocks of any length (int16 or float) and
+    returns digits completed so far as ``(digit, start_sample, end_sample)``, indices counted
+    from the first sample ever fed, ``end`` exclusive. ``[start, end)`` brackets the whole
+    tone (measured edges widened by 2 ms each side). A digit is reported 25-50 ms after its
+    tone ends. Output does not depend on how the audio is cut into blocks.
+    """
+
+    def __init__(self, rate: int):
+        self.rate = check_rate(rate)
+        self.frame_len = int(round(FRAME_S * self.rate))
+        self.hop = int(round(HOP_S * self.rate))
+        self._bank = ToneBank(LOW_GROUP + HIGH_GROUP, self.rate, self.frame_len)
+        self._tail = np.zeros(0, dtype=np.float32)  # samples from frame self._k onwards
+        self._k = 0  # index of the next frame to analyse; it starts at sample k * hop
+        self._fed = 0  # samples fed so far
+        self._prev_x = None  # bins of frame self._k - 1
+        self._run: _Run | None = None
+        self._pending: list[_Run] = []  # closed runs of one digit, possibly to be bridged
+        self._closed = False
+        self._min_power = 0.5 * 10.0 ** (_FRAME_MIN_LEVEL_DBFS / 10.0)
+        self._merge_gap = MERGE_GAP_S * self.rate
+        self._margin = EDGE_MARGIN_S * self.rate
+
+    # ----------------------------------------------------------------- public API
+    def feed(self, samples) -> list[tuple[str, int, int]]:
+        """Analyse a block; return digits completed so far (see class docstring)."""
+        if self._closed:
+            raise DspInputError("DtmfDetector.feed() after flush(); make a new detector")
+        x = to_float(samples, allow_empty=True)
+        self._fed += x.size
+        return self._process(x)
+
+    def flush(self) -> list[tuple[str, int, int]]:
+        """End of stream: return any digit still in progress. The detector is then closed."""
+        if self._closed:
+            return []
+        # Zero padding lets the last frames slide past the end, so a tone cut off by the end
+        # of the stream gets a proper falling edge at the last real sample.
+        out = self._process(np.zeros(self.frame_len + self.hop, dtype=np.float32))
+        if self._run is not None:
+            out += self._close_run(None)
+        out += self._finish_pending()
+        self._closed = True
+        return out
+
+    # ------------------------------------------------------------------ internals
+    def _process(self, x: np.ndarray) -> list[tuple[str, int, int]]:
+        buf = np.concatenate([self._tail, x]) if self._tail.size else x
+        n_frames = 0 if buf.size < self.frame_len else (buf.size - self.frame_len) // self.hop + 1
+        out: list[tuple[str, int, int]] = []
+        if n_frames == 0:
+            self._tail = buf.copy()
+            return out
+        frames = np.lib.stride_tricks.sliding_window_view(buf, self.frame_len)[:: self.hop]
+        bins, pf = self._bank.analyse(frames[:n_frames])
+        codes = self._classify(bins, pf)
+        self._walk(bins, pf, codes, out)
+        self._tail = buf[n_frames * self.hop :].copy()
+        return out
+
+    def _classify(self, bins: np.ndarray, pf: np.ndarray) -> np.ndarray:
+        """Frame stage, vectorised: digit code 0..15 per frame, or -1."""
+        p = (bins.real**2 + bins.imag**2) * self._bank.power_scale
+        lo, hi = p[:, :4], p[:, 4:]
+        ilo, ihi = lo.argmax(axis=1), hi.argmax(axis=1)
+        rows = np.arange(p.shape[0])
+        plo, phi = lo[rows, ilo], hi[rows, ihi]
+        lo2 = np.partition(lo, 2, axis=1)[:, 2]  # runner-up of 4 = 3rd smallest
+        hi2 = np.partition(hi, 2, axis=1)[:, 2]
+        twist_lo, twist_hi = (10.0 ** (t / 10.0) for t in _FRAME_TWIST_DB)
+        ok = (
+            (plo >= self._min_power)
+            & (phi >= self._min_power)
+            & (plo >= _FRAME_GROUP_RATIO * lo2)
+            & (phi >= _FRAME_GROUP_RATIO * hi2)
+            & (phi >= twist_lo * plo)
+            & (phi <= twist_hi * plo)
+            & (plo + phi >= _FRAME_MIN_PURITY * pf)
+        )
+        return np.where(ok, ilo * 4 + ihi, -1)
+
+    def _walk(self, bins, pf, codes, out) -> None:
+        """Run stage: follow runs frame by frame, skipping idle stretches in one step."""
+        n = codes.size
+        active = np.flatnonzero(codes >= 0)
+        i = 0
+        while i < n:
+            k = self._k + i
+            if self._run is None:
+                j = np.searchsorted(active, i)
+                if j == active.size:
+                    self._expire_pending(self._k + n, out)
+                    break
+                i = int(active[j])
+                k = self._k + i
+                self._expire_pending(k, out)
+                pre = bins[i - 1] if i > 0 else self._prev_x
+                self._run = _Run(int(codes[i]), k, pre)
+            elif codes[i] != self._run.code:
+                out += self._close_run(bins[i])
+                continue  # frame i may start a new run
+            self._run.x.append(bins[i])
+            self._run.pf.append(float(pf[i]))
+            i += 1
+        self._prev_x = bins[-1]
+        self._k += n
+
+    def _close_run(self, post) -> list[tuple[str, int, int]]:
+        run, self._run = self._run, None
+        run.post = post
+        self._edges(run)
+        out: list[tuple[str, int, int]] = []
+        if self._pending:
+            last = self._pending[-1]
+            if run.code == last.code and run.start - last.end < self._merge_gap:
+                self._pending.append(run)
+                return out
+            out += self._finish_pending()
+        self._pending = [run]
+        return out
+
+    def _expire_pending(self, k_next: int, out) -> None:
+        """Finish the pending digit once no later run could still be bridged onto it."""
+        if not self._pending:
+            return
+        earliest_start = (k_next - 1) * self.hop + self.frame_len / 2
+        if earliest_start - self._pending[-1].end >= self._merge_gap:
+            out += self._finish_pending()
+
+    def _edges(self, run: _Run) -> None:
+        """Half-amplitude edges of a run, in (fractional) samples."""
+        lo, hi = divmod(run.code, 4)
+        hi += 4
+        xs = np.array(run.x)
+        a_lo, a_hi = np.abs(xs[:, lo]), np.abs(xs[:, hi])
+        m_lo, m_hi = a_lo.max(), a_hi.max()
+
+        def env(row):
+            return None if row is None else abs(row[lo]) / m_lo + abs(row[hi]) / m_hi
+
+        e = a_lo / m_lo + a_hi / m_hi  # 2.0 at the plateau, 1.0 at an edge
+        above = np.flatnonzero(e >= 1.0)
+        first, last = int(above[0]), int(above[-1])
+        before = e[first - 1] if first > 0 else env(run.pre)
+        after = e[last + 1] if last + 1 < e.size else env(run.post)
+        half = self.frame_len / 2
+        if before is None:  # tone already on when the stream started
+            start = 0.0
+        else:
+            frac = (1.0 - before) / (e[first] - before) if e[first] > before else 1.0
+            start = (run.k0 + first - 1 + frac) * self.hop + half
+        if after is None:
+            end = float(self._fed)
+        else:
+            frac = (e[last] - 1.0) / (e[last] - after) if e[last] > after else 0.0
+            end = (run.k0 + last + frac) * self.hop + half
+        run.start, run.end = start, end
+
+    def measure(self, runs: list[_Run]) -> ToneMeasure:
+        """Measure bridged runs of one digit (run stage)."""
+        code = runs[0].code
+        lo, hi = divmod(code, 4)
+        hi += 4
+        f_lo, f_hi = self._bank.freqs[lo], self._bank.freqs[hi]
+        pairs_prev, pairs_next, core_x, core_pf = [], [], [], []
+        for run in runs:
+            xs = np.array(run.x)
+            a_lo, a_hi = np.abs(xs[:, lo]), np.abs(xs[:, hi])
+            e = a_lo / a_lo.max() + a_hi / a_hi.max()
+            core = e >= 1.6
+            if core.sum() < 2:
+                core = e >= 1.0
+            idx = np.flatnonzero(core)
+            core_x.append(xs[idx])
+            core_pf.append(np.asarray(run.pf)[idx])
+            consecutive = idx[1:][np.diff(idx) == 1]
+            pairs_prev.append(xs[consecutive - 1])
+            pairs_next.append(xs[consecutive])
+        cx, cpf = np.concatenate(core_x), np.concatenate(core_pf)
+        pp, pn = np.concatenate(pairs_prev), np.concatenate(pairs_next)
+        df_lo = self._bank.freq_error(pp[:, lo], pn[:, lo], f_lo, self.hop)
+        df_hi = self._bank.freq_error(pp[:, hi], pn[:, hi], f_hi, self.hop)
+        if df_lo is None or df_hi is None:
+            # A single-frame run is far too short for a digit; make judge() say so.
+            df_lo = df_hi = math.inf
+            g_lo = g_hi = 1.0
+        else:
+            g_lo, g_hi = self._bank.gain(df_lo), self._bank.gain(df_hi)
+        scale = self._bank.power_scale
+        p_lo = np.abs(cx[:, lo]) ** 2 * scale / g_lo
+        p_hi = np.abs(cx[:, hi]) ** 2 * scale / g_hi
+        purity = float(np.mean((p_lo + p_hi) / np.maximum(cpf, 1e-20)))
+        lev_lo, lev_hi = (float(power_to_dbfs(np.mean(p))) for p in (p_lo, p_hi))
+        return ToneMeasure(
+            digit=_SYMBOLS[code],
+            start=runs[0].start,
+            end=runs[-1].end,
+            freq_error_lo=df_lo / f_lo,
+            freq_error_hi=df_hi / f_hi,
+            level_lo_dbfs=lev_lo,
+            level_hi_dbfs=lev_hi,
+            twist_db=lev_hi - lev_lo,
+            purity=purity,
+        )
+
+    def _finish_pending(self) -> list[tuple[str, int, int]]:
+        runs, self._pending = self._pending, []
+        if not runs:
+            return []
+        m = self.measure(runs)
+        reason = judge(m, self.rate)
+        if reason is not None:
+            logger.debug(
+                "DTMF candidate %s at %d rejected: %s (df %.3f/%.3f, lev %.1f/%.1f dBFS, "
+                "dur %.1f ms, purity %.2f)",
+                m.digit, int(m.start), reason, m.freq_error_lo, m.freq_error_hi,
+                m.level_lo_dbfs, m.level_hi_dbfs, (m.end - m.start) * 1000 / self.rate,
+                m.purity,
+            )
+            return []
+        start = max(0, int(math.floor(m.start - self._margin)))
+        end = min(self._fed, int(math.ceil(m.end + self._margin)))
+        return [(m.digit, start, end)]
+
+
+def detect(samples, rate: int) -> list[tuple[str, float, float]]:
+    """DTMF digits in a whole recording as ``(digit, start_s, end_s)``.
+
+    ``samples``: mono int16 (full scale 32768) or float in [-1, 1]; ``rate``: 8000 or 16000
+    Hz. Same result as feeding :class:`DtmfDetector` and calling ``flush()``; start/end are
+    seconds from the first sample and bracket the whole tone.
+    """
+    rate = check_rate(rate)
+    x = to_float(samples)
+    det = DtmfDetector(rate)
+    found: list[tuple[str, int, int]] = []
+    block = 1 << 16  # bound memory for long recordings
+    for i in range(0, x.size, block):
+        found += det.feed(x[i : i + block])
+    found += det.flush()
+    return [(d, s / rate, e / rate) for d, s, e in found]
