@@ -266,8 +266,9 @@ def _build_section(cls, raw, where, problems):
             problems.append(f"{where}.{key} = {typed!r} is out of range {rng[0]}..{rng[1]}")
             continue
         if choices is not None and typed not in choices:
+            hint = _suggest(str(typed), map(str, choices))
             problems.append(f"{where}.{key} = {typed!r} is not one of "
-                            f"{', '.join(map(repr, choices))}{_suggest(str(typed), map(str, choices))}")
+                            f"{', '.join(map(repr, choices))}{hint}")
             continue
         kwargs[key] = typed
     return cls(**kwargs)

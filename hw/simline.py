@@ -1,0 +1,372 @@
+"""The simulated line: product code for demos, benchmarks and tests.
+
+It plays a :class:`~hw.scenario.Scenario` into the real ALSA path and the gpiozero pins,
+exactly as copper and opto-isolators would:
+
+* **Audio** for every line is rendered period by period (scenario audio files, tones,
+  DTMF, caller-ID signalling from :mod:`recorder.dsp.gen`, plus the device's own
+  playback looped back into the line) and written, interleaved S16_LE, into the FIFO
+  that ALSA's ``file`` PCM reads as its capture ``infile``.
+* **Pins** (hook, ring pulses at 25 Hz in the UK cadence, the pause button) are driven on
+  a gpiozero ``MockFactory`` at their exact sample time: the :class:`~hw.clock.SimClock`
+  is set to the sample first, so the daemon's edge stamps are sample-exact at any speed.
+* **Loopback:** the device's playback arrives through ALSA's playback ``file`` PCM on a
+  second FIFO. Playback frame *p* is mixed into capture sample *p*, which is the
+  contract the device keeps on real hardware too (it queues playback ahead of capture).
+
+The line is also the sample clock: :meth:`pacer` lets capture read a period only once
+that period has been written, which is what a codec's crystal does on a real HAT.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from hw.alsa_sim import SimAlsa
+from hw.clock import SimClock
+from hw.pins import PinMap
+from hw.scenario import Scenario
+from recorder.errors import HardwareError
+
+log = logging.getLogger(__name__)
+
+PIPE_BUF = 4096               # writes up to this size are atomic, so frames never split
+RING_HZ = 25.0                # ring voltage pulses seen by the opto
+UK_CADENCE = ((0.0, 0.4), (0.6, 1.0))   # bursts within each 3.0 s cycle
+UK_CYCLE_S = 3.0
+STALL_TIMEOUT_S = 30.0
+
+
+@dataclass
+class PinStep:
+    sample: int
+    pin: int
+    active: bool
+    order: int = 0
+
+
+def ring_steps(start_s: float, stop_s: float, rate: int) -> list[tuple[int, bool]]:
+    """Ring-opto edges for ringing from ``start_s`` until ``stop_s`` (seconds of line time).
+
+    UK cadence: 0.4 s on, 0.2 s off, 0.4 s on, 2.0 s off. During a burst the opto
+    conducts for 20 ms in every 40 ms (25 Hz). Returns (sample, active) pairs.
+    """
+    out: list[tuple[int, bool]] = []
+    half = 1.0 / (2 * RING_HZ)
+    cycle = start_s
+    while cycle < stop_s:
+        for b0, b1 in UK_CADENCE:
+            t = cycle + b0
+            while t < min(cycle + b1, stop_s):
+                out.append((int(round(t * rate)), True))
+                t_off = min(t + half, stop_s)
+                out.append((int(round(t_off * rate)), False))
+                t += 2 * half
+        cycle += UK_CYCLE_S
+    return out
+
+
+class SimulatedLine:
+    """Drive ``scenario`` into ALSA FIFOs and mock pins.
+
+    :param scenario: a validated scenario.
+    :param alsa: FIFOs and config from :func:`hw.alsa_sim.make`.
+    :param factory: gpiozero ``MockFactory`` shared with the daemon's :class:`~hw.gpio.Board`.
+    :param pinmap: which mock pin is which input.
+    :param clock: the :class:`SimClock` the daemon's board stamps edges with.
+    :param period: frames per chunk; the daemon's capture period (so reads are whole).
+    :param speed: 0 = as fast as the consumer reads; 1.0 = real time; 10 = ten times.
+    :param loopback: mix the device's playback back into the line (needs a device that
+        opens the playback PCM).
+    :param keep_playback: keep everything the device played, in :attr:`played`.
+    """
+
+    def __init__(self, scenario: Scenario, alsa: SimAlsa, factory, pinmap: PinMap,
+                 clock: SimClock, period: int, speed: float = 0.0, loopback: bool = True,
+                 keep_playback: bool = False):
+        self.sc, self.alsa, self.factory, self.pinmap = scenario, alsa, factory, pinmap
+        self.clock, self.period, self.speed = clock, period, speed
+        self.loopback, self.keep_playback = loopback, keep_playback
+        self.rate, self.lines = scenario.rate, scenario.lines
+        total = scenario.total_frames
+        self.total_frames = -(-total // period) * period   # whole periods only
+        self.written = 0
+        self.finished = False
+        self.error: BaseException | None = None
+        self._cond = threading.Condition()
+        self._pb = bytearray()
+        self._pb_base = 0            # frame index of self._pb[0]
+        self._pb_frames = 0          # total playback frames received
+        self._pb_closed = False
+        self._pb_opened = False
+        self._played_chunks: list[bytes] = []
+        self._steps = self._pin_schedule()
+        self._clips = self._render_clips()
+        self._threads: list[threading.Thread] = []
+        self.wall_s = 0.0
+
+    # -- schedule ----------------------------------------------------------------------
+    def _pin_schedule(self) -> list[PinStep]:
+        r, pm = self.rate, self.pinmap
+        steps: list[PinStep] = []
+        offhook_at: dict[int, list[float]] = {}
+        for e in self.sc.events:
+            if e.type in ("offhook",):
+                offhook_at.setdefault(e.line, []).append(e.at)
+        for e in self.sc.events:
+            s = e.sample(r)
+            if e.type == "offhook":
+                steps.append(PinStep(s, pm.hook[e.line], True, e.index))
+            elif e.type == "onhook":
+                steps.append(PinStep(s, pm.hook[e.line], False, e.index))
+            elif e.type == "flash":
+                d = e.args.get("duration", 0.1)
+                steps.append(PinStep(s, pm.hook[e.line], False, e.index))
+                steps.append(PinStep(int(round((e.at + d) * r)), pm.hook[e.line], True,
+                                     e.index))
+            elif e.type == "button":
+                hold = e.args.get("hold", 0.1)
+                steps.append(PinStep(s, pm.pause_button, True, e.index))
+                steps.append(PinStep(int(round((e.at + hold) * r)), pm.pause_button, False,
+                                     e.index))
+            elif e.type == "ring":
+                # Ringing stops at 'until' or when the line is answered, whichever is first.
+                stop = e.args["until"]
+                answers = [t for t in offhook_at.get(e.line, []) if t > e.at]
+                if answers:
+                    stop = min(stop, min(answers))
+                for smp, act in ring_steps(e.at, stop, r):
+                    steps.append(PinStep(smp, pm.ring[e.line], act, e.index))
+        steps.sort(key=lambda p: (p.sample, p.order, p.active))
+        return steps
+
+    def _render_clips(self) -> list[tuple[int, int, np.ndarray]]:
+        """(line, start sample, float32 audio) for every sound in the scenario."""
+        r = self.rate
+        clips = []
+        for e in self.sc.events:
+            s = e.sample(r)
+            a = None
+            if e.type == "audio":
+                a = self.sc.audio[e.args["path"]] * np.float32(
+                    10 ** (e.args.get("gain_db", 0.0) / 20))
+            elif e.type == "tone":
+                hz = e.args["hz"] if isinstance(e.args["hz"], list) else [e.args["hz"]]
+                n = int(round(e.args["duration"] * r))
+                t = np.arange(n) / r
+                amp = 10 ** (e.args.get("level_dbfs", -12.0) / 20)
+                a = sum(np.sin(2 * np.pi * f * t) for f in hz) * amp
+            elif e.type == "dtmf":
+                from recorder.dsp import gen
+                a = gen.dtmf(e.args["digits"], r, on_ms=e.args.get("on_ms", 80.0),
+                             off_ms=e.args.get("off_ms", 80.0),
+                             level_dbfs=e.args.get("level_dbfs", -10.0))
+            elif e.type == "cli":
+                a = self._render_cli(e)
+            if a is not None and len(a):
+                clips.append((e.line, s, np.asarray(a, dtype=np.float32)))
+        clips.sort(key=lambda c: c[1])
+        return clips
+
+    def _render_cli(self, e) -> np.ndarray:
+        from datetime import timedelta
+
+        from recorder.dsp import gen
+        when = self.sc.start + timedelta(seconds=e.at)
+        std = e.args.get("standard", "uk")
+        kw = {}
+        if "level_dbfs" in e.args:
+            kw["level_dbfs"] = e.args["level_dbfs"]
+        if std == "uk":
+            return gen.uk_clip(e.args.get("number"), e.args.get("name"), when, self.rate,
+                               absence=e.args.get("absence"), **kw)
+        if std == "bell202":
+            return gen.bell202_clip(e.args.get("number"), e.args.get("name"), when,
+                                    self.rate, **kw)
+        return gen.etsi_dtmf_clip(e.args.get("number"), self.rate, **kw)
+
+    # -- running -----------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the writer and (with loopback) the playback reader threads."""
+        if self.loopback:
+            t = threading.Thread(target=self._guard(self._read_playback), daemon=True,
+                                 name="sim-playback")
+            t.start()
+            self._threads.append(t)
+        t = threading.Thread(target=self._guard(self._write_line), daemon=True,
+                             name="sim-line")
+        t.start()
+        self._threads.append(t)
+
+    def _guard(self, fn):
+        def run():
+            try:
+                fn()
+            except BaseException as exc:  # reported to the caller through .error
+                log.exception("simulated line failed")
+                with self._cond:
+                    self.error = exc
+                    self.finished = True
+                    self._cond.notify_all()
+        return run
+
+    def pacer(self, wanted_total: int) -> bool:
+        """Block until ``wanted_total`` frames are written; False once the line has ended."""
+        with self._cond:
+            while self.written < wanted_total:
+                if self.finished:
+                    return False
+                self._cond.wait()
+            return True
+
+    def join(self, timeout: float | None = None) -> None:
+        for t in self._threads:
+            t.join(timeout)
+        if self.error is not None:
+            raise HardwareError(f"simulated line failed: {self.error}") from self.error
+
+    def stop(self) -> None:
+        """Unblock everything (used on daemon failure)."""
+        with self._cond:
+            self.finished = True
+            self._cond.notify_all()
+        self._unblock_fifo(self.alsa.playback_fifo, os.O_WRONLY)
+        self._unblock_fifo(self.alsa.capture_fifo, os.O_RDONLY)
+
+    @staticmethod
+    def _unblock_fifo(path, flags):
+        try:
+            fd = os.open(path, flags | os.O_NONBLOCK)
+            os.close(fd)
+        except OSError:
+            pass
+
+    def _read_playback(self) -> None:
+        fd = os.open(self.alsa.playback_fifo, os.O_RDONLY)
+        fb = 2 * self.lines
+        with self._cond:
+            self._pb_opened = True
+        try:
+            while True:
+                data = os.read(fd, 1 << 16)
+                if not data:
+                    break
+                with self._cond:
+                    self._pb += data
+                    self._pb_frames = self._pb_base + len(self._pb) // fb
+                    if self.keep_playback:
+                        self._played_chunks.append(data)
+                    self._cond.notify_all()
+        finally:
+            os.close(fd)
+            with self._cond:
+                self._pb_closed = True
+                self._cond.notify_all()
+
+    def _loopback(self, n: int, p: int) -> np.ndarray | None:
+        """Playback frames [n, n+p) as float32 (p, lines), waiting until they exist."""
+        fb = 2 * self.lines
+        deadline = time.monotonic() + STALL_TIMEOUT_S
+        with self._cond:
+            while self._pb_frames < n + p and not self._pb_closed:
+                if not self._cond.wait(timeout=1.0) and time.monotonic() > deadline:
+                    raise HardwareError(f"device playback stalled at frame "
+                                        f"{self._pb_frames}, line at {n}")
+                if self.finished and self.error is not None:
+                    return None
+            lo = (n - self._pb_base) * fb
+            hi = min(len(self._pb), (n + p - self._pb_base) * fb)
+            if lo < 0 or hi <= lo:
+                return None
+            raw = bytes(self._pb[lo:hi])
+            del self._pb[:lo]     # frames before n are no longer needed
+            self._pb_base = n
+        arr = np.frombuffer(raw, dtype="<i2").reshape(-1, self.lines)
+        out = np.zeros((p, self.lines), dtype=np.float32)
+        out[: arr.shape[0]] = arr / 32768.0
+        return out
+
+    def _write_line(self) -> None:
+        fd = os.open(self.alsa.capture_fifo, os.O_WRONLY)
+        try:
+            self._write_frames(fd)
+        finally:
+            os.close(fd)
+            with self._cond:
+                self.finished = True
+                self._cond.notify_all()
+
+    def _write_frames(self, fd: int) -> None:
+        p, lines, r = self.period, self.lines, self.rate
+        fb = 2 * lines
+        piece = (PIPE_BUF // fb) * fb
+        steps, si = self._steps, 0
+        clips, ci, active = self._clips, 0, []
+        pins = {}
+        noise = self.sc.noise_dbfs
+        rng = np.random.default_rng(1)
+        t0 = time.monotonic()
+        for n in range(0, self.total_frames, p):
+            if self.finished:
+                return
+            # 1. pins whose edges fall in this period, each at its own sample
+            while si < len(steps) and steps[si].sample < n + p:
+                st = steps[si]
+                self.clock.position = st.sample
+                pin = pins.get(st.pin) or pins.setdefault(st.pin, self.factory.pin(st.pin))
+                level_low = st.active == self.pinmap.active_low
+                if level_low:
+                    pin.drive_low()
+                else:
+                    pin.drive_high()
+                si += 1
+            self.clock.position = n + p
+            # 2. audio: clips overlapping [n, n+p), the device's playback, optional noise
+            buf = np.zeros((p, lines), dtype=np.float32)
+            while ci < len(clips) and clips[ci][1] < n + p:
+                active.append(clips[ci])
+                ci += 1
+            still = []
+            for line, s0, a in active:
+                lo, hi = max(n, s0), min(n + p, s0 + len(a))
+                if hi > lo:
+                    buf[lo - n:hi - n, line] += a[lo - s0:hi - s0]
+                if s0 + len(a) > n + p:
+                    still.append((line, s0, a))
+            active = still
+            if self.loopback:
+                lb = self._loopback(n, p)
+                if lb is not None:
+                    buf += lb
+            if noise is not None:
+                buf += rng.standard_normal(buf.shape).astype(np.float32) * np.float32(
+                    10 ** (noise / 20))
+            pcm = np.clip(np.rint(buf * 32768.0), -32768, 32767).astype("<i2").tobytes()
+            # 3. pace, then write in atomic pieces so a read never sees half a frame
+            if self.speed > 0:
+                due = t0 + n / (r * self.speed)
+                delay = due - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            for i in range(0, len(pcm), piece):
+                view = memoryview(pcm)[i:i + piece]
+                while view:
+                    k = os.write(fd, view)
+                    view = view[k:]
+            with self._cond:
+                self.written = n + p
+                self._cond.notify_all()
+        self.wall_s = time.monotonic() - t0
+
+    @property
+    def played(self) -> np.ndarray:
+        """Everything the device played, int16 (frames, lines) (needs ``keep_playback``)."""
+        with self._cond:
+            raw = b"".join(self._played_chunks)
+        return np.frombuffer(raw, dtype="<i2").reshape(-1, self.lines)

@@ -1,0 +1,485 @@
+"""The call processor: edges and audio in sample order -> calls, pauses, segments.
+
+Runs on its own thread, never on the capture thread. Each pass it takes the GPIO edges
+and audio captured so far, runs the pure state machines of :mod:`recorder.callstate`,
+acts at once on what must happen now (the announcement, LEDs), and places everything
+that shapes the recording on a per-line timeline.
+
+The :class:`LineRecorder` reads that timeline ``hold`` samples behind the processor:
+far enough back that a hang-up (decided ``hangup_s`` after its edge) or a DTMF digit
+(reported when it ends) is known before the audio it affects is cut into a segment.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hw.gpio import Edge
+from recorder import callstate as cs
+from recorder.announce import Announcer, Clip
+from recorder.logsetup import mask_number
+from recorder.ring import Overrun, RingBuffer
+from recorder.writer import CallInfo, CloseCall, MissedCall, OpenCall, WriteSegment
+
+log = logging.getLogger(__name__)
+
+CLI_LOOKBACK_S = 8.0        # caller ID arrives before the first ring
+DIAL_GAP_S = 4.0            # an outbound call's dialling ends after this gap
+DIAL_MAX_S = 30.0           # ... or this long after off-hook
+MASK_GUARD_S = 0.03         # silence kept either side of a masked digit
+
+
+@dataclass(order=True)
+class Mark:
+    """A timeline entry: something that changes the recording at ``sample``."""
+
+    sample: int
+    order: int
+    kind: str = field(compare=False)
+    data: object = field(compare=False, default=None)
+
+
+@dataclass
+class LineSettings:
+    record: bool
+    announcement: Clip | None
+    announce_outbound: bool
+    delay: int                 # samples
+    beep: Clip | None
+    beep_interval: int         # samples; 0 = off
+
+
+class LineRecorder:
+    """Cuts one line's recording out of the ring buffer, ``hold`` samples behind."""
+
+    def __init__(self, line: int, ring: RingBuffer, put, *, segment: int, preroll: int):
+        self.line, self.ring, self.put = line, ring, put
+        self.segment, self.preroll = segment, preroll
+        self.timeline: list[Mark] = []
+        self._order = 0
+        self.pos = 0
+        self.call: CallInfo | None = None
+        self.buf: list[np.ndarray] = []
+        self.buf_len = 0
+        self.buf_first = 0
+        self.seq = 0
+        self.paused_since: int | None = None
+        self.ended = False
+        self.last_end = 0            # pre-roll never reaches back past this
+        self.masks: list[tuple[int, int]] = []
+        self.overruns = 0
+        self.late_masks = 0
+
+    def mark(self, sample: int, kind: str, data=None) -> None:
+        self._order += 1
+        m = Mark(sample, self._order, kind, data)
+        if kind == "mask" and sample < self.pos:
+            self.late_masks += 1
+            log.warning("line %d: DTMF reported after its audio was cut; masking the rest",
+                        self.line)
+        bisect.insort(self.timeline, m)
+
+    def advance(self, target: int) -> None:
+        """Consume audio and marks up to sample ``target``."""
+        while self.pos < target:
+            nxt = self.timeline[0].sample if self.timeline else None
+            if nxt is not None and nxt <= self.pos:
+                self._apply(self.timeline.pop(0))
+                continue
+            end = target if nxt is None else min(target, nxt)
+            self._consume(self.pos, end)
+            self.pos = end
+        while self.timeline and self.timeline[0].sample <= self.pos and \
+                self.timeline[0].sample <= target:
+            self._apply(self.timeline.pop(0))
+
+    def _consume(self, a: int, b: int) -> None:
+        if self.call is None or self.ended or b <= a:
+            return
+        paused = self.paused_since is not None
+        if paused:
+            # Paused audio never reaches the encoder, and is wiped from the ring too.
+            self.ring.zero(self.line, a, b)
+            pcm = np.zeros(b - a, dtype=np.int16)
+        else:
+            try:
+                pcm = self.ring.read(self.line, a, b)
+            except Overrun:
+                self.overruns += 1
+                self.call.gaps.append([a, b])
+                log.error("line %d: audio %d..%d lost to an overrun", self.line, a, b)
+                pcm = np.zeros(b - a, dtype=np.int16)
+        self._apply_masks(pcm, a)
+        self._append(pcm, a)
+
+    def _apply_masks(self, pcm: np.ndarray, a: int) -> None:
+        b = a + len(pcm)
+        keep = []
+        for m0, m1 in self.masks:
+            lo, hi = max(a, m0), min(b, m1)
+            if hi > lo:
+                pcm[lo - a:hi - a] = 0
+            if m1 > b:
+                keep.append((m0, m1))
+        self.masks = keep
+
+    def _append(self, pcm: np.ndarray, a: int) -> None:
+        if self.buf_len == 0:
+            self.buf_first = a
+        self.buf.append(pcm)
+        self.buf_len += len(pcm)
+        while self.buf_len >= self.segment:
+            self._emit(self.segment)
+
+    def _emit(self, n: int) -> None:
+        allpcm = np.concatenate(self.buf) if len(self.buf) > 1 else self.buf[0]
+        seg, rest = allpcm[:n], allpcm[n:]
+        self.put(WriteSegment(self.call.id, self.seq, self.buf_first, seg))
+        self.seq += 1
+        self.buf_first += n
+        self.buf = [rest] if len(rest) else []
+        self.buf_len = len(rest)
+
+    def _apply(self, m: Mark) -> None:
+        s = m.sample
+        if m.kind == "start":
+            info: CallInfo = m.data
+            begin = max(s - self.preroll, self.last_end, self.ring.oldest())
+            info.first_sample = begin
+            self.call, self.seq, self.ended, self.paused_since = info, 0, False, None
+            self.buf, self.buf_len, self.buf_first = [], 0, begin
+            self.put(OpenCall(info))
+            # Pre-roll: audio from before the off-hook edge, already in the ring.
+            self.pos = begin
+        elif m.kind == "end" and self.call is not None:
+            info = self.call
+            if self.paused_since is not None:
+                info.pauses.append([self.paused_since, s])
+            info.end_sample = s
+            if self.buf_len:
+                self._emit(self.buf_len)
+            self.put(CloseCall(info))
+            self.call, self.paused_since, self.masks = None, None, []
+            self.last_end = s
+        elif self.call is None:
+            return
+        elif m.kind == "pause" and self.paused_since is None and not self.ended:
+            self.paused_since = s
+        elif m.kind == "resume" and self.paused_since is not None:
+            if s > self.paused_since:
+                self.call.pauses.append([self.paused_since, s])
+            self.paused_since = None
+        elif m.kind == "ended" and not self.ended:
+            if self.paused_since is not None and s > self.paused_since:
+                self.call.pauses.append([self.paused_since, s])
+            self.paused_since = None
+            self.ended = True
+            self.call.recording_ended = s
+        elif m.kind == "mask":
+            self.masks.append(m.data)
+
+
+class Processor:
+    """Turns edges and audio into calls for every line (see module docstring)."""
+
+    def __init__(self, *, cfg, ring: RingBuffer, put, announcer: Announcer, board,
+                 timebase, lines: int, rate: int, settings: list[LineSettings],
+                 dsp_factory=None, on_alarm=None, audit=None):
+        self.ring, self.put, self.announcer, self.board = ring, put, announcer, board
+        self.timebase, self.lines, self.rate = timebase, lines, rate
+        self.settings = settings
+        self.timing = cs.Timing.from_config(cfg.timing, rate)
+        self.ptiming = cs.PauseTiming.from_config(cfg.pause, rate)
+        self.hold = self.timing.decision_lag + rate  # + 1 s for DTMF reports
+        self.states = [cs.LineState() for _ in range(lines)]
+        self.button = cs.ButtonState()
+        self.recorders = [LineRecorder(i, ring, put, segment=round(cfg.recording.segment_s
+                                                                   * rate),
+                                       preroll=round(cfg.timing.preroll_s * rate))
+                          for i in range(lines)]
+        self.edges: deque[Edge] = deque()
+        self.pos = 0
+        self.calls: list[CallInfo | None] = [None] * lines
+        self.pending_cli: list[dict | None] = [None] * lines
+        self.ring_sample: list[int | None] = [None] * lines
+        self.dtmf_mask = cfg.recording.dtmf_mask
+        self.callerid_std = cfg.recording.callerid
+        self.dsp = [dsp_factory(rate) if dsp_factory else None for _ in range(lines)]
+        self.dsp_pos = [0] * lines
+        self.next_beep: list[int | None] = [None] * lines
+        self.dial_open = [False] * lines
+        self.dial_last: list[int | None] = [None] * lines
+        self.on_alarm = on_alarm or (lambda *a, **k: None)
+        self.audit = audit or (lambda *a, **k: None)
+        self.counts = {"calls": 0, "missed": 0, "late_edges": 0, "flashes": 0}
+        self.levels = [-120.0] * lines
+        self.clipped = [0] * lines
+
+    # -- inputs ---------------------------------------------------------------------------
+    def edge(self, e: Edge) -> None:
+        """GPIO callback thread: queue an edge (cheap and thread-safe)."""
+        self.edges.append(e)
+
+    # -- main step ------------------------------------------------------------------------
+    def process(self, upto: int) -> None:
+        """Handle every edge before sample ``upto`` and all audio up to it."""
+        if upto <= self.pos:
+            return
+        batch = []
+        while self.edges and self.edges[0].sample < upto:
+            batch.append(self.edges.popleft())
+        batch.sort(key=lambda e: e.sample)
+        for e in batch:
+            s = e.sample
+            if s < self.pos:
+                self.counts["late_edges"] += 1
+                s = self.pos
+            self._scan_audio(s)
+            self._edge(e._replace(sample=s))
+        self._scan_audio(upto)
+        for ln in range(self.lines):
+            self._line_event(ln, cs.Tick(upto))
+        self._button("tick", upto)
+        self._beeps(upto)
+        self.pos = upto
+        for r in self.recorders:
+            r.advance(max(0, upto - self.hold))
+
+    def finish(self) -> None:
+        """The line has ended (shutdown or end of simulation): close every call."""
+        end = self.pos
+        for ln in range(self.lines):
+            st = self.states[ln]
+            if st.phase == "offhook":
+                at = st.onhook_at if st.onhook_at is not None else end
+                self._act(ln, cs.CallEnd(at, "hangup" if st.onhook_at is not None
+                                         else "shutdown"))
+                self.states[ln] = cs.LineState()
+            elif st.phase == "ringing":
+                self._act(ln, cs.Missed(st.ring_start, st.last_ring or end))
+                self.states[ln] = cs.LineState()
+        for r in self.recorders:
+            r.advance(end)
+
+    # -- edges -----------------------------------------------------------------------------
+    def _edge(self, e: Edge) -> None:
+        if e.kind == "hook":
+            self._line_event(e.line, cs.Hook(e.sample, e.active))
+        elif e.kind == "ring":
+            if e.active:
+                self._line_event(e.line, cs.RingPulse(e.sample))
+        elif e.kind == "button":
+            self._button("press" if e.active else "release", e.sample)
+
+    def _line_event(self, ln: int, ev) -> None:
+        self.states[ln], actions = cs.step(self.states[ln], ev, self.timing)
+        for a in actions:
+            self._act(ln, a)
+
+    def _active_lines(self) -> list[int]:
+        return [i for i, c in enumerate(self.calls) if c is not None]
+
+    def _button(self, kind: str, s: int) -> None:
+        self.button, actions = cs.button_step(self.button, kind, s, self._active_lines(),
+                                              self.ptiming)
+        for a in actions:
+            rec = self.recorders[a.line]
+            call = self.calls[a.line]
+            if isinstance(a, cs.PauseStart):
+                rec.mark(a.sample, "pause")
+                self._led(a.line, "blink")
+                self.audit("pause", line=a.line, call=call and call.id,
+                           at=self._iso(a.sample))
+            elif isinstance(a, cs.PauseEnd):
+                rec.mark(a.sample, "resume")
+                self._led(a.line, "on")
+                self.audit("resume", line=a.line, call=call and call.id,
+                           at=self._iso(a.sample), reason=a.reason)
+            elif isinstance(a, cs.RecordingEnded):
+                rec.mark(a.sample, "ended")
+                self._led(a.line, "off")
+                self.audit("recording_ended", line=a.line, call=call and call.id,
+                           at=self._iso(a.sample))
+
+    def _iso(self, s):
+        from recorder.timebase import iso
+        return iso(self.timebase.epoch(s))
+
+    # -- actions ---------------------------------------------------------------------------
+    def _act(self, ln: int, a) -> None:
+        rec = self.recorders[ln]
+        if isinstance(a, cs.RingStart):
+            self.ring_sample[ln] = a.sample
+            self.pending_cli[ln] = self._decode_cli(ln, a.sample)
+        elif isinstance(a, cs.CallStart):
+            self._start_call(ln, a)
+        elif isinstance(a, cs.CallEnd):
+            call = self.calls[ln]
+            if call is None:
+                return
+            call.end_reason = a.reason
+            rec.mark(a.sample, "end")
+            self.announcer.cancel(ln, a.sample)
+            self.calls[ln] = None
+            self.next_beep[ln] = None
+            self.button = cs.button_call_ended(self.button, ln)
+            self._led(ln, "off")
+            log.info("line %d: call %s ended (%s)", ln, call.id, a.reason)
+        elif isinstance(a, cs.Missed):
+            cli = self.pending_cli[ln] or {}
+            info = CallInfo(self._new_id(ln, a.ring_start), ln, "inbound", a.ring_start,
+                            ring_sample=a.ring_start, caller_number=cli.get("number"),
+                            caller_name=cli.get("name"))
+            self.put(MissedCall(info, a.ring_end))
+            self.counts["missed"] += 1
+            self.pending_cli[ln] = None
+            self.ring_sample[ln] = None
+        elif isinstance(a, cs.Flash):
+            if self.calls[ln] is not None:
+                self.calls[ln].flashes.append([a.sample, a.length])
+            self.counts["flashes"] += 1
+        elif isinstance(a, cs.StuckOffHook):
+            self.on_alarm("stuck_offhook", line=ln)
+
+    def _new_id(self, ln: int, sample: int) -> str:
+        t = time.gmtime(self.timebase.epoch(sample))
+        return f"{time.strftime('%Y%m%dT%H%M%SZ', t)}-L{ln}-{secrets.token_hex(3)}"
+
+    def _start_call(self, ln: int, a: cs.CallStart) -> None:
+        st = self.settings[ln]
+        prev = self.calls[ln]
+        if not st.record:
+            log.info("line %d: call not recorded (recording is off for this line)", ln)
+            return
+        info = CallInfo(self._new_id(ln, a.sample), ln, a.direction, a.sample,
+                        ring_sample=a.ring_start)
+        if a.rollover and prev is not None:
+            info.rollover_of = prev.id
+            info.caller_number, info.caller_name = prev.caller_number, prev.caller_name
+            info.announcement = None
+        elif a.direction == "inbound":
+            cli = self.pending_cli[ln] or {}
+            info.caller_number = cli.get("number")
+            info.caller_name = cli.get("name")
+        self.pending_cli[ln] = None
+        self.calls[ln] = info
+        self.counts["calls"] += 1
+        self.recorders[ln].mark(a.sample, "start", info)
+        self.dial_open[ln], self.dial_last[ln] = a.direction == "outbound", None
+        if self.dsp[ln] is not None:
+            # Scan the call from its off-hook edge: audio already seen goes in first.
+            self.dsp[ln].reset(a.sample)
+            try:
+                for d in self.dsp[ln].feed(self.ring.read(ln, a.sample, self.dsp_pos[ln]),
+                                           a.sample):
+                    self._digit(ln, info, *d)
+            except (Overrun, ValueError):
+                log.warning("line %d: could not scan the start of the call for DTMF", ln)
+        if not a.rollover and st.announcement is not None and (
+                a.direction == "inbound" or st.announce_outbound):
+            start = self.announcer.schedule(ln, st.announcement, a.sample + st.delay)
+            info.announcement = {"id": st.announcement.id, "sha256": st.announcement.sha256,
+                                 "start_sample": start}
+        if st.beep is not None and st.beep_interval:
+            self.next_beep[ln] = a.sample + st.beep_interval
+        self._led(ln, "on")
+        log.info("line %d: %s call %s started, caller %s", ln, a.direction, info.id,
+                 mask_number(info.caller_number))
+
+    def _beeps(self, upto: int) -> None:
+        for ln, due in enumerate(self.next_beep):
+            st = self.settings[ln]
+            if due is not None and due <= upto + self.rate:
+                self.announcer.schedule(ln, st.beep, due)
+                self.next_beep[ln] = due + st.beep_interval
+
+    def _led(self, ln: int, mode: str) -> None:
+        if self.board is not None:
+            try:
+                self.board.set_rec_led(ln, mode)
+            except Exception:
+                log.exception("LED %d", ln)
+
+    # -- audio analysis (caller ID, DTMF, levels) ------------------------------------------
+    def _decode_cli(self, ln: int, ring_start: int) -> dict | None:
+        if self.callerid_std == "off":
+            return None
+        lo = max(self.ring.oldest(), ring_start - int(CLI_LOOKBACK_S * self.rate))
+        try:
+            audio = self.ring.read(ln, lo, ring_start)
+            from recorder.dsp import callerid
+            res = callerid.decode(audio, self.rate, standard=self.callerid_std)
+        except Exception:
+            log.exception("line %d: caller ID decoding failed", ln)
+            return None
+        if not res:
+            return None
+        number = res.get("number")
+        if not number and res.get("absence_reason"):
+            number = res["absence_reason"]
+        return {"number": number, "name": res.get("name")}
+
+    def _scan_audio(self, upto: int) -> None:
+        """Levels and DTMF on audio [dsp_pos, upto) of every line in a call."""
+        for ln in range(self.lines):
+            a = self.dsp_pos[ln]
+            if upto <= a:
+                continue
+            self.dsp_pos[ln] = upto
+            call = self.calls[ln]
+            if call is None and self.dsp[ln] is None:
+                continue
+            try:
+                x = self.ring.read(ln, max(a, self.ring.oldest()), upto)
+            except Overrun:
+                continue
+            if len(x):
+                peak = int(np.max(np.abs(x.astype(np.int32))))
+                self.levels[ln] = 20 * np.log10(max(peak, 1) / 32768.0)
+                if peak >= 32767:
+                    self.clipped[ln] += 1
+            det = self.dsp[ln]
+            if call is None or det is None:
+                continue
+            for digit, d0, d1 in det.feed(x, upto - len(x)):
+                self._digit(ln, call, digit, d0, d1)
+
+    def _digit(self, ln: int, call: CallInfo, digit: str, d0: int, d1: int) -> None:
+        """A DTMF digit on a call: dialled digits on an outbound call, then masking."""
+        last = self.dial_last[ln]
+        if call.direction == "outbound" and self.dial_open[ln] and \
+                d0 - call.offhook_sample < DIAL_MAX_S * self.rate and \
+                (last is None or d0 - last < DIAL_GAP_S * self.rate):
+            call.dialled_digits += digit
+            self.dial_last[ln] = d1
+        else:
+            self.dial_open[ln] = False
+        if self.dtmf_mask:
+            g = int(MASK_GUARD_S * self.rate)
+            call.masked_dtmf.append([d0, d1])
+            self.recorders[ln].mark(max(0, d0 - g), "mask", (max(0, d0 - g), d1 + g))
+
+
+class DtmfStream:
+    """Adapts :class:`recorder.dsp.dtmf.DtmfDetector` to absolute sample numbers."""
+
+    def __init__(self, rate: int):
+        self.rate = rate
+        self.base = 0
+        self.det = None
+
+    def reset(self, sample: int) -> None:
+        from recorder.dsp.dtmf import DtmfDetector
+        self.det, self.base = DtmfDetector(self.rate), sample
+
+    def feed(self, x: np.ndarray, first_sample: int) -> list[tuple[str, int, int]]:
+        if self.det is None or not len(x):
+            return []
+        return [(d, self.base + a, self.base + b) for d, a, b in self.det.feed(x)]

@@ -1,0 +1,344 @@
+"""The recorder daemon: the same code on a Pi (``linetap run``) and on the simulated line.
+
+Threads, started in dependency order and stopped in reverse:
+
+========== =====================================================================
+writer     encode, encrypt, write, commit (:mod:`recorder.writer`)
+playback   keeps playback ``lead`` frames ahead of capture (announcements, beeps)
+capture    ALSA -> ring buffer; never waits on anything but ALSA
+calls      edges + audio -> calls, pauses, segments (:mod:`recorder.calls`)
+house      status file, LEDs, alarms, watchdog ping while capture is alive
+========== =====================================================================
+
+Hardware is injected (:class:`Hardware`): the Pi build opens real ALSA devices and a
+gpiozero factory; ``linetap simulate`` passes the ALSA ``file`` PCMs, a MockFactory and
+the simulator's clock and pacer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hw.audio import AlsaCapture, AlsaPlayback
+from hw.clock import CaptureClock, SampleClock
+from hw.gpio import Board, make_factory
+from hw.pins import PinMap
+from recorder import __version__, audit, keys
+from recorder.announce import Announcer, load_clip, tone_clip
+from recorder.calls import DtmfStream, LineSettings, Processor
+from recorder.config import Config, device_id
+from recorder.errors import KeyFileError, LinetapError
+from recorder.fsutil import atomic_write, remove_temp_files
+from recorder.recovery import recover
+from recorder.ring import RingBuffer
+from recorder.service import LoopThread, ServiceThread, join_all
+from recorder.store import Store
+from recorder.timebase import Timebase
+from recorder.writer import Writer
+
+log = logging.getLogger(__name__)
+
+STATUS_FILE = "run/status.json"
+
+
+@dataclass
+class Hardware:
+    """Where audio and pins come from."""
+
+    capture_device: str
+    playback_device: str
+    factory: object = None
+    clock: SampleClock | None = None
+    pacer: object = None
+    timebase: Timebase | None = None
+
+
+@dataclass
+class Alarms:
+    """Active alarms by name, each with its detail; raised and cleared by the daemon."""
+
+    active: dict = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def set(self, name: str, on: bool, **detail) -> None:
+        with self.lock:
+            was = name in self.active
+            if on:
+                self.active[name] = detail
+            else:
+                self.active.pop(name, None)
+        if on and not was:
+            log.warning("alarm raised: %s %s", name, detail)
+        elif was and not on:
+            log.info("alarm cleared: %s", name)
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            return dict(self.active)
+
+
+class Daemon:
+    def __init__(self, cfg: Config, hw: Hardware, *, notifier=None):
+        self.cfg, self.hw = cfg, hw
+        self.data_dir = Path(cfg.device.data_dir)
+        self.rate, self.lines = cfg.audio.rate, cfg.audio.lines
+        self.device = device_id(cfg)
+        self.stop = threading.Event()
+        self.done = threading.Event()
+        self.alarms = Alarms()
+        self.notifier = notifier
+        self.threads: list = []
+        self.store: Store | None = None
+        self.capture = self.playback = self.board = None
+        self.capture_done = threading.Event()
+        self.played = 0
+
+    # -- start ---------------------------------------------------------------------------
+    def _prepare(self) -> None:
+        cfg = self.cfg
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "run").mkdir(exist_ok=True)
+        removed = remove_temp_files(self.data_dir)
+        if removed:
+            log.warning("removed %d temp file(s) left by a power cut", len(removed))
+        self.store = Store(self.data_dir)
+        try:
+            self.identity = keys.ensure_identity(self.data_dir,
+                                                 first_start=self.store.first_start)
+        except KeyFileError as exc:
+            self.alarms.set("identity_key", True, detail=str(exc))
+            raise LinetapError(f"refusing to record: {exc}. Restore the key from backup, "
+                               "or re-provision the box (factory reset)") from exc
+        if self.store.first_start:
+            audit.record(self.data_dir, "identity_created", device=self.device,
+                         fingerprint=keys.fingerprint(keys.raw_public(
+                             self.identity.public_key())))
+        self.public_key = keys.load_practice_public(cfg.recording.public_key)
+        self.timebase = self.hw.timebase or Timebase.from_system(self.rate)
+        self.writer = Writer(self.store, device=self.device, rate=self.rate,
+                             codec_name=cfg.recording.codec, aead=cfg.recording.aead,
+                             public_key=self.public_key, identity=self.identity,
+                             timebase=self.timebase,
+                             retention_s=cfg.retention.days * 86400,
+                             clock_ok=self.timebase.synchronised)
+        n = recover(self.store, self.writer, self.device)
+        if n:
+            log.warning("recovered %d call(s) left open by a crash or power cut", n)
+            audit.record(self.data_dir, "recovery", calls=n)
+
+    def _line_settings(self) -> list[LineSettings]:
+        cfg, out = self.cfg, []
+        ac = cfg.announcement
+        beep = tone_clip(ac.beep_hz, ac.beep_ms / 1000, self.rate, ac.level_db, "beep") \
+            if ac.beep_interval_s else None
+        clips = {}
+        for ln in range(self.lines):
+            lc = cfg.line_config(ln)
+            path = lc.announcement or ac.file
+            clip = None
+            if path:
+                clip = clips.get(path) or clips.setdefault(
+                    path, load_clip(path, self.rate, 0.0))
+            out.append(LineSettings(record=lc.record, announcement=clip,
+                                    announce_outbound=ac.outbound,
+                                    delay=round(ac.delay_s * self.rate), beep=beep,
+                                    beep_interval=round(ac.beep_interval_s * self.rate)))
+        return out
+
+    def start(self) -> None:
+        """Open everything and start the threads (dependency order)."""
+        cfg = self.cfg
+        self._prepare()
+        settings = self._line_settings()
+        self.ring = RingBuffer(int(cfg.audio.ring_s * self.rate), self.lines)
+        self.announcer = Announcer(self.lines)
+        period = cfg.audio.period_frames
+        self.lead = max(cfg.audio.playback_lead_frames, 6 * period)
+        clock = self.hw.clock or CaptureClock(self.rate)
+        self.clock = clock
+        factory = self.hw.factory or make_factory(cfg.pins.factory)
+        self.processor = Processor(cfg=cfg, ring=self.ring, put=self.writer.put,
+                                   announcer=self.announcer, board=None,
+                                   timebase=self.timebase, lines=self.lines, rate=self.rate,
+                                   settings=settings, dsp_factory=DtmfStream,
+                                   on_alarm=self._alarm_from_calls,
+                                   audit=lambda a, **kw: audit.record(self.data_dir, a, **kw))
+        self.board = Board(PinMap.from_config(cfg.pins, self.lines), factory, clock,
+                           self.processor.edge)
+        self.processor.board = self.board
+        for e in self.board.initial_edges():
+            self.processor.edge(e)
+        # The writer ends on the calls thread's end marker, never on the stop event, so
+        # every open call is closed and signed before the daemon exits.
+        t_writer = LoopThread("writer", lambda: self.writer.run(threading.Event()), self.stop)
+        t_writer.start()
+        self.threads.append(t_writer)
+        self.playback = AlsaPlayback(self.hw.playback_device, self.lines, self.rate, period)
+        t_play = LoopThread("playback", self._playback_loop, self.stop)
+        t_play.start()
+        self.threads.append(t_play)
+        self.capture = AlsaCapture(self.hw.capture_device, self.lines, self.rate, period,
+                                   pacer=self.hw.pacer)
+        t_cap = LoopThread("capture", self._capture_loop, self.stop)
+        t_cap.start()
+        self.threads.append(t_cap)
+        t_calls = LoopThread("calls", self._calls_loop, self.stop)
+        t_calls.start()
+        self.threads.append(t_calls)
+        self.house = ServiceThread("house", 1.0, self._house_tick, self.stop)
+        self.house.start()
+        self.threads.append(self.house)
+        self._extra_services()
+        if self.notifier:
+            self.notifier.ready()
+        log.info("linetap %s recording %d line(s) at %d Hz as %s", __version__, self.lines,
+                 self.rate, self.device)
+
+    def _extra_services(self) -> None:
+        """Hook for sync and retention services (started after recording is live)."""
+        try:
+            from recorder.services import start_services
+        except ImportError:
+            return
+        self.threads += start_services(self)
+
+    # -- loops ---------------------------------------------------------------------------
+    def _capture_loop(self) -> None:
+        cap, ring = self.capture, self.ring
+        mark = getattr(self.clock, "mark", None)
+        while not self.stop.is_set():
+            block = cap.read()
+            if block is None:
+                break
+            ring.write(block)
+            if mark is not None:
+                mark(cap.frames)
+        self.capture_done.set()
+        with ring.cond:
+            ring.cond.notify_all()
+
+    def _playback_loop(self) -> None:
+        ring, pb, period = self.ring, self.playback, self.playback.period
+        while not self.stop.is_set():
+            with ring.cond:
+                ring.cond.wait_for(lambda: ring.written + self.lead > self.played
+                                   or self.capture_done.is_set() or self.stop.is_set(),
+                                   timeout=0.5)
+            if self.capture_done.is_set():
+                break
+            want = ring.written + self.lead - self.played
+            while want > 0 and not self.stop.is_set():
+                n = min(period, want)
+                pb.write(self.announcer.render(self.played, n))
+                self.played += n
+                want -= n
+        pb.close()
+
+    def _calls_loop(self) -> None:
+        ring, proc = self.ring, self.processor
+        real = self.hw.pacer is None
+        # On real hardware an edge reaches us a little after the audio it belongs with;
+        # processing two periods behind capture keeps them in order.
+        latency = 2 * self.cfg.audio.period_frames if real else 0
+        while True:
+            with ring.cond:
+                ring.cond.wait_for(lambda: ring.written - latency > proc.pos
+                                   or self.capture_done.is_set() or self.stop.is_set(),
+                                   timeout=0.5)
+            done = self.capture_done.is_set() or self.stop.is_set()
+            upto = ring.written if done else ring.written - latency
+            proc.process(upto)
+            if done and proc.pos >= ring.written:
+                break
+        proc.finish()
+        self.writer.put(None)
+
+    # -- housekeeping -----------------------------------------------------------------------
+    def _alarm_from_calls(self, name, **detail) -> None:
+        self.alarms.set(name, True, **detail)
+
+    def status(self) -> dict:
+        p = self.processor
+        lines = []
+        for ln in range(self.lines):
+            st = p.states[ln]
+            call = p.calls[ln]
+            lines.append({"line": ln, "state": st.phase, "hook": "off" if st.off else "on",
+                          "ringing": st.phase == "ringing",
+                          "call": call.id if call else None,
+                          "paused": any(x[0] == ln for x in p.button.paused),
+                          "level_dbfs": round(float(p.levels[ln]), 1),
+                          "clipped_blocks": p.clipped[ln]})
+        overruns = sum(r.overruns for r in p.recorders)
+        return {"version": __version__, "device": self.device, "time": time.time(),
+                "captured_s": round(self.ring.written / self.rate, 3),
+                "lines": lines, "alarms": self.alarms.snapshot(),
+                "overruns": {"consumer": overruns, "alsa_xruns": self.capture.xruns,
+                             "late_dtmf_masks": sum(r.late_masks for r in p.recorders),
+                             "late_edges": p.counts["late_edges"]},
+                "counts": dict(p.counts),
+                "writer": {"segments": self.writer.segments_written,
+                           "queue": self.writer.q.qsize()},
+                "sync": getattr(self, "sync_status", lambda: None)()}
+
+    def _house_tick(self) -> None:
+        st = self.status()
+        overruns = st["overruns"]["consumer"] + st["overruns"]["alsa_xruns"]
+        self.alarms.set("capture_overruns", overruns > 0, count=overruns)
+        st["alarms"] = self.alarms.snapshot()
+        atomic_write(self.data_dir / STATUS_FILE, json.dumps(st, default=str).encode(),
+                     mode=0o644, sync=False)
+        if self.board is not None:
+            self.board.set_status_led(int(time.monotonic()) % 2 == 0)
+        if self.notifier:
+            # Ping the watchdog only while capture is alive.
+            if self.capture_alive():
+                self.notifier.watchdog()
+
+    def capture_alive(self) -> bool:
+        t = self.threads[2] if len(self.threads) > 2 else None
+        return t is not None and t.is_alive()
+
+    # -- stop ---------------------------------------------------------------------------
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the calls thread has finished (end of a simulated line)."""
+        t = self.threads[3] if len(self.threads) > 3 else None
+        if t is not None:
+            t.join(timeout)
+            return not t.is_alive()
+        return True
+
+    def shutdown(self) -> list[str]:
+        """Stop in reverse order; every open call is closed and its manifest signed."""
+        if self.notifier:
+            self.notifier.stopping()
+        self.stop.set()
+        stuck = []
+        if self.threads:
+            # calls finishes its open calls and queues the end marker for the writer.
+            stuck += join_all([t for t in self.threads if t.name == "calls"], 30)
+            stuck += join_all([t for t in self.threads if t.name == "writer"], 60)
+            stuck += join_all([t for t in reversed(self.threads)
+                               if t.name not in ("calls", "writer")], 10)
+        for closer in (self.capture, self.board):
+            if closer is not None:
+                try:
+                    closer.close()
+                except Exception:
+                    log.exception("closing %r", closer)
+        if self.store is not None:
+            try:
+                self.store.checkpoint()
+            finally:
+                self.store.close()
+        errors = [t.error for t in self.threads if getattr(t, "error", None)]
+        self.done.set()
+        if errors:
+            raise LinetapError(f"daemon thread failed: {errors[0]}") from errors[0]
+        return stuck
+

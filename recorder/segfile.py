@@ -1,0 +1,136 @@
+"""Encrypted segment and manifest files (format version 1; see docs/formats.md).
+
+Layout of every file::
+
+    0   4  magic  b"LTAP"
+    4   1  format version (1)
+    5   1  kind (1 = segment, 2 = manifest)
+    6   4  header length H, unsigned big-endian
+    10  H  header: canonical JSON (UTF-8, sorted keys, no spaces)
+    ..  32 HPKE encapsulated key (X25519)
+    ..  n  AEAD ciphertext of the payload, with its 16-byte tag
+    ..  64 Ed25519 signature (manifests only) over every byte before it
+
+The payload is sealed with HPKE (RFC 9180) base mode, single shot, to the practice's
+X25519 public key. ``info`` is ``b"linetap-v1"`` followed by the 10-byte preamble and the
+header, so a header cannot be moved onto another payload. The suite ids are in the
+header. Only the practice private key can open a payload; the box cannot decrypt its
+own recordings.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import hpke
+from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
+
+from recorder.errors import SegmentFormatError
+
+MAGIC = b"LTAP"
+VERSION = 1
+KIND_SEGMENT, KIND_MANIFEST = 1, 2
+INFO_PREFIX = b"linetap-v1"
+ENC_LEN = 32
+TAG_LEN = 16
+SIG_LEN = 64
+MAX_HEADER = 4 * 1024 * 1024
+_PRE = struct.Struct(">4sBBI")
+
+# RFC 9180 registry ids, written into headers so a reader knows the suite.
+KEM_X25519 = 0x0020
+KDF_HKDF_SHA256 = 0x0001
+AEADS = {"chacha20poly1305": (0x0003, hpke.AEAD.CHACHA20_POLY1305),
+         "aes128gcm": (0x0001, hpke.AEAD.AES_128_GCM)}
+_AEAD_BY_ID = {v[0]: v[1] for v in AEADS.values()}
+
+
+def canonical(obj) -> bytes:
+    """Canonical JSON: sorted keys, no whitespace, ASCII only."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def suite_ids(aead: str = "chacha20poly1305") -> dict:
+    return {"kem": KEM_X25519, "kdf": KDF_HKDF_SHA256, "aead": AEADS[aead][0]}
+
+
+def _suite(ids: dict) -> hpke.Suite:
+    if ids.get("kem") != KEM_X25519 or ids.get("kdf") != KDF_HKDF_SHA256 \
+            or ids.get("aead") not in _AEAD_BY_ID:
+        raise SegmentFormatError(f"unsupported HPKE suite {ids}")
+    return hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, _AEAD_BY_ID[ids["aead"]])
+
+
+@dataclass(frozen=True)
+class Parsed:
+    kind: int
+    header: dict
+    preamble: bytes       # magic..header: what ``info`` binds and the signature covers
+    sealed: bytes         # enc || ciphertext
+    signature: bytes | None
+
+
+def seal(kind: int, header: dict, payload: bytes, public_key: x25519.X25519PublicKey,
+         signer: ed25519.Ed25519PrivateKey | None = None) -> bytes:
+    """Build a complete file: preamble, header, HPKE-sealed payload, optional signature."""
+    hdr = canonical(header)
+    pre = _PRE.pack(MAGIC, VERSION, kind, len(hdr)) + hdr
+    sealed = _suite(header["suite"]).encrypt(payload, public_key, info=INFO_PREFIX + pre)
+    body = pre + sealed
+    if signer is not None:
+        body += signer.sign(body)
+    return body
+
+
+def parse(data: bytes, *, signed: bool | None = None) -> Parsed:
+    """Split a file into its parts, checking the structure (not the crypto)."""
+    if len(data) < _PRE.size:
+        raise SegmentFormatError(f"file too short ({len(data)} bytes)")
+    magic, version, kind, hlen = _PRE.unpack_from(data)
+    if magic != MAGIC:
+        raise SegmentFormatError("bad magic: not a Linetap file")
+    if version != VERSION:
+        raise SegmentFormatError(f"format version {version} is not supported")
+    if kind not in (KIND_SEGMENT, KIND_MANIFEST):
+        raise SegmentFormatError(f"unknown kind {kind}")
+    if hlen > MAX_HEADER or _PRE.size + hlen > len(data):
+        raise SegmentFormatError("header length runs past the end of the file")
+    pre = data[: _PRE.size + hlen]
+    try:
+        header = json.loads(pre[_PRE.size:])
+    except ValueError as exc:
+        raise SegmentFormatError("header is not valid JSON") from exc
+    if not isinstance(header, dict):
+        raise SegmentFormatError("header is not a JSON object")
+    if signed is None:
+        signed = kind == KIND_MANIFEST
+    tail = SIG_LEN if signed else 0
+    if len(data) < len(pre) + ENC_LEN + TAG_LEN + tail:
+        raise SegmentFormatError("file is truncated")
+    sealed = data[len(pre): len(data) - tail]
+    sig = data[len(data) - tail:] if signed else None
+    return Parsed(kind, header, pre, sealed, sig)
+
+
+def open_payload(p: Parsed, private_key: x25519.X25519PrivateKey) -> bytes:
+    """Decrypt and authenticate the payload with the practice private key."""
+    from cryptography.exceptions import InvalidTag
+    try:
+        return _suite(p.header.get("suite", {})).decrypt(p.sealed, private_key,
+                                                          info=INFO_PREFIX + p.preamble)
+    except InvalidTag as exc:
+        raise SegmentFormatError("payload does not decrypt: wrong key, or the file was "
+                                 "altered") from exc
+
+
+def check_signature(p: Parsed, public_key: ed25519.Ed25519PublicKey) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    if p.signature is None:
+        return False
+    try:
+        public_key.verify(p.signature, p.preamble + p.sealed)
+        return True
+    except InvalidSignature:
+        return False

@@ -1,0 +1,234 @@
+"""The box's store: SQLite (peewee, WAL) for rows, plus one encrypted file per segment.
+
+Life cycle of a segment (crash-safe at every step): the sealed bytes are written to a
+temp name, fsynced, renamed into ``segments/<day>/<call>/<seq>.seg``, the folder is
+fsynced, and only then is the row committed. A row therefore always names a complete
+file; a file without a row (power cut between rename and commit) is adopted back on
+the next start if it continues its call's chain.
+
+Schema changes are numbered migrations; the database is backed up before any
+migration runs. ``synchronous=FULL`` because a commit here is what the upstream ack and
+the retention audit rely on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+from pathlib import Path
+from types import SimpleNamespace
+
+import peewee as pw
+
+from recorder.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+DB_FILE = "linetap.db"
+SEGMENTS = "segments"
+SCHEMA_VERSION = 1
+PRAGMAS = {"journal_mode": "wal", "synchronous": "full", "foreign_keys": 1,
+           "busy_timeout": 10000}
+
+
+class JSONField(pw.TextField):
+    def db_value(self, value):
+        return None if value is None else json.dumps(value, sort_keys=True)
+
+    def python_value(self, value):
+        return None if value is None else json.loads(value)
+
+
+def _models(db: pw.Database) -> SimpleNamespace:
+    """Model classes bound to ``db`` only (peewee binding is per class, so a store that
+    is opened twice in one process, as in tests, must not share classes)."""
+
+    class Base(pw.Model):
+        class Meta:
+            database = db
+
+    class Meta_(Base):
+        key = pw.CharField(primary_key=True)
+        value = pw.TextField()
+
+        class Meta:
+            table_name = "meta"
+
+    class Call(Base):
+        id = pw.CharField(primary_key=True)
+        device = pw.CharField()
+        line = pw.IntegerField()
+        direction = pw.CharField()             # inbound | outbound
+        state = pw.CharField(index=True)        # active | closed | recovered | missed | deleted
+        rate = pw.IntegerField()
+        codec = pw.CharField()
+        first_sample = pw.BigIntegerField(null=True)   # first sample of the recording
+        offhook_sample = pw.BigIntegerField(null=True)
+        end_sample = pw.BigIntegerField(null=True)
+        start_time = pw.DoubleField(null=True)   # epoch s of first_sample
+        offhook_time = pw.DoubleField(null=True)
+        end_time = pw.DoubleField(null=True)
+        ring_time = pw.DoubleField(null=True)
+        caller_number = pw.CharField(null=True, index=True)
+        caller_name = pw.CharField(null=True)
+        dialled_digits = pw.CharField(null=True, index=True)
+        meta = JSONField(default=dict)          # pauses, masks, announcement, flags...
+        segments = pw.IntegerField(default=0)
+        samples = pw.BigIntegerField(default=0)
+        chain_head = pw.CharField(null=True)
+        manifest = pw.CharField(null=True)      # path relative to the data dir
+        manifest_sha256 = pw.CharField(null=True)
+        manifest_acked = pw.BooleanField(default=False, index=True)
+        legal_hold = pw.BooleanField(default=False)
+        deadline = pw.DoubleField(null=True, index=True)   # epoch s; retention deadline
+        deleted_time = pw.DoubleField(null=True)
+        delete_reason = pw.CharField(null=True)
+        created = pw.DoubleField()
+
+        class Meta:
+            table_name = "call"
+
+    class Segment(Base):
+        call = pw.ForeignKeyField(Call, backref="segment_rows", on_delete="CASCADE")
+        seq = pw.IntegerField()
+        path = pw.CharField()                   # relative to the data dir
+        first_sample = pw.BigIntegerField()
+        samples = pw.IntegerField()
+        size = pw.IntegerField()
+        sha256 = pw.CharField()
+        chain = pw.CharField()
+        created = pw.DoubleField()
+        acked = pw.BooleanField(default=False, index=True)
+        acked_time = pw.DoubleField(null=True)
+
+        class Meta:
+            table_name = "segment"
+            indexes = ((("call", "seq"), True),)
+
+    class Nonce(Base):
+        """Upstream command nonces already used (replay protection)."""
+        nonce = pw.CharField(primary_key=True)
+        expires = pw.DoubleField(index=True)
+
+        class Meta:
+            table_name = "nonce"
+
+    return SimpleNamespace(Meta=Meta_, Call=Call, Segment=Segment, Nonce=Nonce,
+                           all=[Meta_, Call, Segment, Nonce])
+
+
+def _migration_1(db, m):
+    db.create_tables(m.all)
+
+
+MIGRATIONS = {1: _migration_1}
+
+
+class Store:
+    """Open (creating if needed) the store in ``data_dir``.
+
+    ``first_start`` is true when this call created the database: the identity key may
+    then be generated; on any later start a missing key is an alarm, not a new key.
+    """
+
+    def __init__(self, data_dir: str | os.PathLike):
+        self.root = Path(data_dir)
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / SEGMENTS).mkdir(exist_ok=True)
+        self.path = self.root / DB_FILE
+        self.first_start = not self.path.exists()
+        self.db = pw.SqliteDatabase(str(self.path), pragmas=PRAGMAS, check_same_thread=False)
+        self.m = _models(self.db)
+        try:
+            self.db.connect(reuse_if_open=True)
+            self._migrate()
+        except (pw.DatabaseError, sqlite3.DatabaseError) as exc:
+            raise StoreError(f"database {self.path} cannot be opened: {exc}") from exc
+
+    # -- schema ------------------------------------------------------------------------
+    def _version(self) -> int:
+        if not self.db.table_exists("meta"):
+            return 0
+        row = self.m.Meta.get_or_none(self.m.Meta.key == "schema_version")
+        return int(row.value) if row else 0
+
+    def _migrate(self) -> None:
+        v = self._version()
+        if v > SCHEMA_VERSION:
+            raise StoreError(f"database schema {v} is newer than this software "
+                             f"({SCHEMA_VERSION}); refusing to touch it")
+        if v == SCHEMA_VERSION:
+            return
+        if v > 0:
+            self.backup(self.root / f"{DB_FILE}.bak-v{v}")
+        for n in range(v + 1, SCHEMA_VERSION + 1):
+            with self.db.atomic():
+                MIGRATIONS[n](self.db, self.m)
+                self.m.Meta.replace(key="schema_version", value=str(n)).execute()
+            log.info("store schema migrated to version %d", n)
+
+    def backup(self, dest: Path) -> None:
+        """Online copy of the database (SQLite backup API), fsynced."""
+        src = sqlite3.connect(str(self.path))
+        dst = sqlite3.connect(str(dest))
+        try:
+            src.backup(dst)
+        finally:
+            dst.close()
+            src.close()
+        fd = os.open(dest, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def checkpoint(self) -> None:
+        self.db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def integrity_check(self) -> str:
+        return self.db.execute_sql("PRAGMA integrity_check").fetchone()[0]
+
+    # -- meta --------------------------------------------------------------------------
+    def get_meta(self, key: str, default=None):
+        row = self.m.Meta.get_or_none(self.m.Meta.key == key)
+        return json.loads(row.value) if row else default
+
+    def set_meta(self, key: str, value) -> None:
+        self.m.Meta.replace(key=key, value=json.dumps(value)).execute()
+
+    # -- paths -------------------------------------------------------------------------
+    def call_dir(self, call_id: str, start_time: float) -> Path:
+        import time as _t
+        day = _t.strftime("%Y/%m/%d", _t.gmtime(start_time))
+        return self.root / SEGMENTS / day / call_id
+
+    def rel(self, p: Path) -> str:
+        return str(Path(p).relative_to(self.root))
+
+    def abs(self, rel: str) -> Path:
+        return self.root / rel
+
+    # -- queries -----------------------------------------------------------------------
+    def call(self, call_id: str):
+        return self.m.Call.get_or_none(self.m.Call.id == call_id)
+
+    def segments_of(self, call_id: str) -> list:
+        S = self.m.Segment
+        return list(S.select().where(S.call == call_id).order_by(S.seq))
+
+    def calls(self, ids=None, number: str | None = None, include_deleted=False) -> list:
+        C = self.m.Call
+        q = C.select().order_by(C.offhook_time.asc(nulls="LAST"), C.created)
+        if ids:
+            q = q.where(C.id.in_(list(ids)))
+        if number:
+            q = q.where((C.caller_number == number) | (C.dialled_digits == number))
+        if not include_deleted:
+            q = q.where(C.state != "deleted")
+        return list(q)
+
+    def close(self) -> None:
+        if not self.db.is_closed():
+            self.db.close()

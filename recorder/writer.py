@@ -1,0 +1,297 @@
+"""The segment writer: encode, encrypt, write atomically, chain, commit; sign manifests.
+
+One thread owns every write of call data, in order, so a call's rows, files and chain
+can never interleave. Jobs arrive on a queue from the call processor:
+
+* :class:`OpenCall` - insert the call row (state ``active``).
+* :class:`WriteSegment` - FLAC/Opus in memory, HPKE-seal to the practice key, temp +
+  fsync + rename + fsync dir, then the row with ``sha256`` and ``chain``.
+* :class:`CloseCall` - final metadata, then the signed, sealed manifest; state ``closed``.
+* :class:`MissedCall` - a ring nobody answered: a row with no audio.
+
+Plaintext audio exists only in this process's memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from recorder import codec, evidence, segfile
+from recorder.fsutil import atomic_write
+from recorder.store import Store
+from recorder.timebase import iso
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CallInfo:
+    """Everything known about one call; the processor fills it in, the writer stores it."""
+
+    id: str
+    line: int
+    direction: str
+    offhook_sample: int
+    first_sample: int = 0
+    ring_sample: int | None = None
+    caller_number: str | None = None
+    caller_name: str | None = None
+    dialled_digits: str = ""
+    announcement: dict | None = None
+    pauses: list = field(default_factory=list)         # [[start_sample, end_sample]]
+    masked_dtmf: list = field(default_factory=list)    # [[start_sample, end_sample]]
+    flashes: list = field(default_factory=list)        # [[sample, length]]
+    gaps: list = field(default_factory=list)           # overruns: [[start, end]]
+    recording_ended: int | None = None
+    rollover_of: str | None = None
+    end_sample: int | None = None
+    end_reason: str | None = None
+    recovered: bool = False
+
+
+@dataclass
+class OpenCall:
+    info: CallInfo
+
+
+@dataclass
+class WriteSegment:
+    call_id: str
+    seq: int
+    first_sample: int
+    pcm: np.ndarray
+
+
+@dataclass
+class CloseCall:
+    info: CallInfo
+
+
+@dataclass
+class MissedCall:
+    info: CallInfo
+    ring_end: int
+
+
+class Writer:
+    """Consumes jobs on its own thread (see module docstring)."""
+
+    def __init__(self, store: Store, *, device: str, rate: int, codec_name: str, aead: str,
+                 public_key, identity, timebase, retention_s: float, clock_ok: bool = True,
+                 max_queue: int = 64):
+        self.store, self.device, self.rate = store, device, rate
+        self.codec, self.aead = codec_name, aead
+        self.public_key, self.identity, self.timebase = public_key, identity, timebase
+        self.retention_s = retention_s
+        self.clock_ok = clock_ok
+        self.q: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._chains: dict[str, tuple[int, bytes]] = {}   # call -> (next seq, chain)
+        self.segments_written = 0
+        self.bytes_written = 0
+        self.cpu_s = 0.0
+        self.idle = threading.Event()
+        self.idle.set()
+
+    # -- queue side ----------------------------------------------------------------------
+    def put(self, job) -> None:
+        """Queue a job; blocks if the writer is more than ``max_queue`` jobs behind (the
+        processor then falls behind capture, which the ring absorbs and counts)."""
+        self.idle.clear()
+        self.q.put(job)
+
+    def run(self, stop: threading.Event) -> None:
+        """Thread body: process jobs until ``stop`` is set and the queue is empty."""
+        while True:
+            try:
+                job = self.q.get(timeout=0.2)
+            except queue.Empty:
+                self.idle.set()
+                if stop.is_set():
+                    return
+                continue
+            if job is None:
+                self.idle.set()
+                return
+            t = time.thread_time()
+            self.handle(job)
+            self.cpu_s += time.thread_time() - t
+            self.q.task_done()
+            if self.q.empty():
+                self.idle.set()
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every queued job is done."""
+        t_end = None if timeout is None else time.monotonic() + timeout
+        while not (self.q.empty() and self.idle.is_set()):
+            if t_end is not None and time.monotonic() > t_end:
+                return False
+            time.sleep(0.01)
+        return True
+
+    # -- jobs ---------------------------------------------------------------------------
+    def handle(self, job) -> None:
+        if isinstance(job, WriteSegment):
+            self._segment(job)
+        elif isinstance(job, OpenCall):
+            self._open(job.info)
+        elif isinstance(job, CloseCall):
+            self._close(job.info)
+        elif isinstance(job, MissedCall):
+            self._missed(job.info, job.ring_end)
+        else:
+            raise TypeError(f"unknown writer job {job!r}")
+
+    def _epoch(self, sample):
+        return None if sample is None else self.timebase.epoch(sample)
+
+    def _open(self, info: CallInfo) -> None:
+        C = self.store.m.Call
+        start = self._epoch(info.first_sample)
+        C.insert(id=info.id, device=self.device, line=info.line, direction=info.direction,
+                 state="active", rate=self.rate, codec=self.codec,
+                 first_sample=info.first_sample, offhook_sample=info.offhook_sample,
+                 start_time=start, offhook_time=self._epoch(info.offhook_sample),
+                 ring_time=self._epoch(info.ring_sample), caller_number=info.caller_number,
+                 caller_name=info.caller_name, meta=self._meta(info),
+                 deadline=start + self.retention_s, created=time.time()).execute()
+        self._chains[info.id] = (0, evidence.chain_init(self.device, info.id))
+
+    def _missed(self, info: CallInfo, ring_end: int) -> None:
+        C = self.store.m.Call
+        t = self._epoch(info.ring_sample)
+        C.insert(id=info.id, device=self.device, line=info.line, direction="inbound",
+                 state="missed", rate=self.rate, codec=self.codec, start_time=t,
+                 ring_time=t, end_time=self._epoch(ring_end),
+                 caller_number=info.caller_number, caller_name=info.caller_name,
+                 meta={"missed": True, "clock_synchronised": self.clock_ok},
+                 deadline=t + self.retention_s, created=time.time()).execute()
+        log.info("missed call on line %d", info.line)
+
+    def _segment(self, job: WriteSegment) -> None:
+        call = self.store.call(job.call_id)
+        if call is None:
+            raise RuntimeError(f"segment for unknown call {job.call_id}")
+        seq, chain = self._chains.get(job.call_id) or self._resume_chain(job.call_id)
+        if job.seq != seq:
+            raise RuntimeError(f"call {job.call_id}: segment {job.seq} where {seq} was due")
+        audio = codec.encode(job.pcm, self.rate, self.codec)
+        header = {"v": 1, "kind": "segment", "device": self.device, "call": job.call_id,
+                  "seq": job.seq, "first_sample": int(job.first_sample),
+                  "samples": int(len(job.pcm)), "rate": self.rate, "codec": self.codec,
+                  "suite": segfile.suite_ids(self.aead),
+                  "start": iso(self._epoch(job.first_sample))}
+        data = segfile.seal(segfile.KIND_SEGMENT, header, audio, self.public_key)
+        sha = hashlib.sha256(data).digest()
+        chain = evidence.chain_next(chain, job.seq, sha)
+        d = self.store.call_dir(job.call_id, call.start_time)
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / f"{job.seq:05d}.seg"
+        atomic_write(path, data, mode=0o640)
+        S = self.store.m.Segment
+        with self.store.db.atomic():
+            S.insert(call=job.call_id, seq=job.seq, path=self.store.rel(path),
+                     first_sample=int(job.first_sample), samples=int(len(job.pcm)),
+                     size=len(data), sha256=sha.hex(), chain=chain.hex(),
+                     created=time.time()).execute()
+            self.store.m.Call.update(segments=job.seq + 1, chain_head=chain.hex(),
+                                     samples=self.store.m.Call.samples + len(job.pcm)) \
+                .where(self.store.m.Call.id == job.call_id).execute()
+        self._chains[job.call_id] = (job.seq + 1, chain)
+        self.segments_written += 1
+        self.bytes_written += len(data)
+
+    def _resume_chain(self, call_id: str) -> tuple[int, bytes]:
+        segs = self.store.segments_of(call_id)
+        if not segs:
+            return 0, evidence.chain_init(self.device, call_id)
+        return segs[-1].seq + 1, bytes.fromhex(segs[-1].chain)
+
+    def _meta(self, info: CallInfo) -> dict:
+        ep = self._epoch
+        return {
+            "pauses": [{"start": iso(ep(a)), "end": iso(ep(b)), "start_sample": a,
+                        "end_sample": b} for a, b in info.pauses],
+            "masked_dtmf": [{"start": iso(ep(a)), "end": iso(ep(b))}
+                            for a, b in info.masked_dtmf],
+            "flashes": [{"at": iso(ep(s)), "length_s": n / self.rate}
+                        for s, n in info.flashes],
+            "gaps": [{"start": iso(ep(a)), "end": iso(ep(b))} for a, b in info.gaps],
+            "announcement": info.announcement and {
+                "id": info.announcement["id"], "sha256": info.announcement["sha256"],
+                "start": iso(ep(info.announcement["start_sample"]))},
+            "recording_ended": iso(ep(info.recording_ended)),
+            "rollover_of": info.rollover_of,
+            "end_reason": info.end_reason,
+            "recovered": info.recovered,
+            "clock_synchronised": self.clock_ok,
+        }
+
+    def _close(self, info: CallInfo) -> None:
+        C = self.store.m.Call
+        row = self.store.call(info.id)
+        meta = self._meta(info)
+        end = self._epoch(info.end_sample)
+        C.update(state="recovered" if info.recovered else "closed", end_sample=info.end_sample,
+                 end_time=end, caller_number=info.caller_number, caller_name=info.caller_name,
+                 dialled_digits=info.dialled_digits or None, meta=meta) \
+            .where(C.id == info.id).execute()
+        self.write_manifest(self.store.call(info.id))
+        self._chains.pop(info.id, None)
+        log.info("call %s closed: %s, line %d, %d segment(s)", info.id, info.direction,
+                 info.line, row.segments if row else 0)
+
+    def write_manifest(self, row) -> None:
+        """Sign and seal the manifest of a finished call, then point the row at it."""
+        segs = self.store.segments_of(row.id)
+        shas = [bytes.fromhex(s.sha256) for s in segs]
+        head = evidence.chain_of(self.device, row.id, shas).hex()
+        from recorder.keys import raw_public
+        body = manifest_body(row, segs)
+        header = {"v": 1, "kind": "manifest", "device": self.device, "call": row.id,
+                  "created": iso(time.time()), "chain_head": head,
+                  "segments": [{"seq": s.seq, "sha256": s.sha256, "size": s.size}
+                               for s in segs],
+                  "recovered": row.state == "recovered" or bool(row.meta.get("recovered")),
+                  "signer": raw_public(self.identity.public_key()).hex(),
+                  "suite": segfile.suite_ids(self.aead)}
+        data = segfile.seal(segfile.KIND_MANIFEST, header, segfile.canonical(body),
+                            self.public_key, signer=self.identity)
+        d = self.store.call_dir(row.id, row.start_time or time.time())
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / "manifest.ltm"
+        atomic_write(path, data, mode=0o640)
+        C = self.store.m.Call
+        C.update(manifest=self.store.rel(path), manifest_sha256=hashlib.sha256(data).hexdigest(),
+                 chain_head=head, segments=len(segs)).where(C.id == row.id).execute()
+
+
+def manifest_body(row, segs) -> dict:
+    """The sealed part of a manifest: every export field known on the box."""
+    meta = row.meta or {}
+    dur = None
+    if row.end_time is not None and row.offhook_time is not None:
+        dur = round(row.end_time - row.offhook_time, 3)
+    return {
+        "call_id": row.id, "device": row.device, "line": row.line,
+        "direction": row.direction, "start": iso(row.start_time),
+        "offhook": iso(row.offhook_time), "end": iso(row.end_time), "duration_s": dur,
+        "pauses": [{"start": p["start"], "end": p["end"]} for p in meta.get("pauses", [])],
+        "announcement": meta.get("announcement"),
+        "caller_number": row.caller_number, "caller_name": row.caller_name,
+        "dialled_digits": row.dialled_digits, "masked_dtmf": meta.get("masked_dtmf", []),
+        "flashes": meta.get("flashes", []), "gaps": meta.get("gaps", []),
+        "recording_ended": meta.get("recording_ended"), "rollover_of": meta.get("rollover_of"),
+        "end_reason": meta.get("end_reason"), "recovered": meta.get("recovered", False),
+        "clock_synchronised": meta.get("clock_synchronised", True),
+        "codec": row.codec, "rate": row.rate, "first_sample": row.first_sample,
+        "samples": sum(s.samples for s in segs), "ring": iso(row.ring_time),
+        "segments": [{"seq": s.seq, "sha256": s.sha256, "size": s.size,
+                      "first_sample": s.first_sample, "samples": s.samples} for s in segs],
+    }
