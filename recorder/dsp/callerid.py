@@ -232,6 +232,9 @@ def decode(samples, rate: int, standard: str = "uk") -> dict | None:
     if result is not None:
         logger.debug(
             "caller ID (%s): number %s absence %s at %.3f s",
-            standard, mask_number(result["number"]), result["absence_reason"], result["start_s"],
+            standard,
+            mask_number(result["number"]),
+            result["absence_reason"],
+            result["start_s"],
         )
     return result

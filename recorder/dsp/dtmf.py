@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from recorder.dsp.common import DspInputError, check_rate, power_to_dbfs, to_float
-from recorder.dsp.gen import HIGH_GROUP, KEYPAD, LOW_GROUP
+from recorder.dsp.gen import DTMF_FREQS, HIGH_GROUP, KEYPAD, LOW_GROUP
 from recorder.dsp.goertzel import ToneBank
 
 logger = logging.getLogger(__name__)
@@ -41,12 +41,16 @@ FRAME_S = 0.020  # analysis window: resolves 697/770 Hz (73 Hz apart) with a Han
 HOP_S = 0.005  # frame step: edge timing resolution before interpolation
 
 # --- acceptance limits (see docs/dsp.md for how they map to Q.24) ---
-FREQ_TOL = 0.025  # |f - f0| / f0 accepted: spec accepts 1.5 %, rejects 3.5 %
+FREQ_TOL = 0.020  # |f - f0| / f0 accepted: spec accepts 1.5 %, rejects 3.5 %
 MIN_DURATION_S = 0.030  # spec accepts 40 ms, rejects 20 ms
 MIN_LEVEL_DBFS = -38.0  # per tone; spec min is -29 dBm0 = -32.1 dBFS
-TWIST_NORMAL_DB = 9.0  # high group weaker by up to this: spec accepts 8 dB
-TWIST_REVERSE_DB = 5.0  # high group stronger by up to this: spec accepts 4 dB
-MIN_PURITY = 0.85  # share of frame power in the two tones (15 dB S/N gives 0.97)
+TWIST_NORMAL_DB = 10.0  # high group weaker by up to this: spec accepts 8 dB
+TWIST_REVERSE_DB = 6.0  # high group stronger by up to this: spec accepts 4 dB
+MIN_PURITY = 0.90  # share of frame power in the two tones (15 dB S/N gives 0.96)
+# A note and its octave (music) can pass for 852+1633, 770+1477 or 697+1336 Hz, whose
+# nominal ratio is 1.917; within +-1.5 % each the ratio stays below 1.975, so a measured
+# ratio within 1 % of 2 is a harmonic series, never an in-spec digit.
+OCTAVE_TOL = 0.010
 MERGE_GAP_S = 0.025  # same digit again within this (edge to edge) is one digit
 EDGE_MARGIN_S = 0.002  # reported [start, end) is widened by this on each side
 
@@ -86,6 +90,10 @@ def judge(m: ToneMeasure, rate: int) -> str | None:
     """
     if max(abs(m.freq_error_lo), abs(m.freq_error_hi)) > FREQ_TOL:
         return "frequency"
+    f_lo, f_hi = DTMF_FREQS[m.digit]
+    ratio = f_hi * (1 + m.freq_error_hi) / (f_lo * (1 + m.freq_error_lo))
+    if abs(ratio / 2.0 - 1.0) < OCTAVE_TOL:
+        return "harmonic"
     if (m.end - m.start) < MIN_DURATION_S * rate:
         return "duration"
     if min(m.level_lo_dbfs, m.level_hi_dbfs) < MIN_LEVEL_DBFS:
@@ -281,13 +289,17 @@ class DtmfDetector:
         hi += 4
         f_lo, f_hi = self._bank.freqs[lo], self._bank.freqs[hi]
         pairs_prev, pairs_next, core_x, core_pf = [], [], [], []
+        half = self.frame_len / 2
         for run in runs:
             xs = np.array(run.x)
-            a_lo, a_hi = np.abs(xs[:, lo]), np.abs(xs[:, hi])
-            e = a_lo / a_lo.max() + a_hi / a_hi.max()
-            core = e >= 1.6
+            # Measure on frames whose window lies wholly inside the tone: partly covered
+            # windows see a frequency-dependent mix of tone and silence (biasing twist).
+            centres = (run.k0 + np.arange(len(xs))) * self.hop + half
+            core = (centres >= run.start + half - 1) & (centres <= run.end - half + 1)
             if core.sum() < 2:
-                core = e >= 1.0
+                a_lo, a_hi = np.abs(xs[:, lo]), np.abs(xs[:, hi])
+                e = a_lo / a_lo.max() + a_hi / a_hi.max()
+                core = e >= 1.6
             idx = np.flatnonzero(core)
             core_x.append(xs[idx])
             core_pf.append(np.asarray(run.pf)[idx])
@@ -331,8 +343,14 @@ class DtmfDetector:
             logger.debug(
                 "DTMF candidate %s at %d rejected: %s (df %.3f/%.3f, lev %.1f/%.1f dBFS, "
                 "dur %.1f ms, purity %.2f)",
-                m.digit, int(m.start), reason, m.freq_error_lo, m.freq_error_hi,
-                m.level_lo_dbfs, m.level_hi_dbfs, (m.end - m.start) * 1000 / self.rate,
+                m.digit,
+                int(m.start),
+                reason,
+                m.freq_error_lo,
+                m.freq_error_hi,
+                m.level_lo_dbfs,
+                m.level_hi_dbfs,
+                (m.end - m.start) * 1000 / self.rate,
                 m.purity,
             )
             return []

@@ -23,9 +23,7 @@ HIGH_GROUP = (1209.0, 1336.0, 1477.0, 1633.0)
 #: Keypad layout: row i, column j -> symbol.
 KEYPAD = ("123A", "456B", "789C", "*0#D")
 #: symbol -> (low Hz, high Hz)
-DTMF_FREQS = {
-    KEYPAD[r][c]: (LOW_GROUP[r], HIGH_GROUP[c]) for r in range(4) for c in range(4)
-}
+DTMF_FREQS = {KEYPAD[r][c]: (LOW_GROUP[r], HIGH_GROUP[c]) for r in range(4) for c in range(4)}
 
 #: V.23 forward channel as used by BT SIN 227 / ETSI EN 300 659-1: (mark Hz, space Hz).
 V23 = (1300.0, 2100.0)

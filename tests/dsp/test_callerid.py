@@ -26,8 +26,15 @@ def _expect(result, **want):
 def test_uk_mdmf_number_name_datetime(rate):
     x = gen.uk_clip("01632960123", "J SMITH", WHEN, rate)
     r = callerid.decode(x, rate)
-    _expect(r, number="01632960123", name="J SMITH", datetime="11250905", absence_reason=None,
-            message_type="mdmf", checksum_ok=True)
+    _expect(
+        r,
+        number="01632960123",
+        name="J SMITH",
+        datetime="11250905",
+        absence_reason=None,
+        message_type="mdmf",
+        checksum_ok=True,
+    )
     # first FSK bit: 120 ms silence + 100 ms DT-AS + 60 ms gap
     assert r["start_s"] == pytest.approx(0.280, abs=0.002)
 
@@ -70,8 +77,13 @@ def test_sdmf(rate):
 def test_bell202(rate, fmt):
     name = "JOE BLOGGS" if fmt == "mdmf" else None
     x = gen.bell202_clip("5551234567", name, WHEN, rate, fmt=fmt)
-    _expect(callerid.decode(x, rate, "bell202"), number="5551234567", name=name,
-            datetime="11250905", message_type=fmt)
+    _expect(
+        callerid.decode(x, rate, "bell202"),
+        number="5551234567",
+        name=name,
+        datetime="11250905",
+        message_type=fmt,
+    )
     # A V.23 receiver must not invent a message from Bell 202 tones; whether it decodes the
     # (overlapping) tones correctly or not at all does not matter, a wrong number would.
     r = callerid.decode(x, rate, "uk")
@@ -80,10 +92,16 @@ def test_bell202(rate, fmt):
 
 @pytest.mark.parametrize("rate", RATES)
 def test_etsi_dtmf_number(rate):
-    _expect(callerid.decode(gen.etsi_dtmf_clip("0123456789", rate), rate, "etsi_dtmf"),
-            number="0123456789", absence_reason=None, message_type="dtmf")
-    _expect(callerid.decode(gen.etsi_dtmf_clip("4512345678", rate, start="D"), rate,
-                            "etsi_dtmf"), number="4512345678")
+    _expect(
+        callerid.decode(gen.etsi_dtmf_clip("0123456789", rate), rate, "etsi_dtmf"),
+        number="0123456789",
+        absence_reason=None,
+        message_type="dtmf",
+    )
+    _expect(
+        callerid.decode(gen.etsi_dtmf_clip("4512345678", rate, start="D"), rate, "etsi_dtmf"),
+        number="4512345678",
+    )
 
 
 @pytest.mark.parametrize("rate", RATES)
@@ -111,8 +129,9 @@ def test_parse_dtmf_clip_table(symbols, number, reason):
     assert (r["number"], r["absence_reason"]) == (number, reason)
 
 
-@pytest.mark.parametrize("symbols", ["", "A", "AC", "A123", "123C", "B01C", "D9C", "C123A",
-                                     "A12B34C", "A12*C"])
+@pytest.mark.parametrize(
+    "symbols", ["", "A", "AC", "A123", "123C", "B01C", "D9C", "C123A", "A12B34C", "A12*C"]
+)
 def test_parse_dtmf_clip_rejects(symbols):
     assert callerid.parse_dtmf_clip(symbols) is None
 
@@ -126,13 +145,19 @@ def _msg(body: bytes, mtype=0x80) -> bytes:
     ("data", "want"),
     [
         (_msg(b"\x02\x0b01632960123"), {"number": "01632960123", "message_type": "mdmf"}),
-        (_msg(b"\x01\x0811250905\x04\x01P"), {"datetime": "11250905",
-                                                "absence_reason": "withheld"}),
-        (_msg(b"\x04\x01O\x08\x01P"), {"absence_reason": "unavailable",
-                                         "name_absence_reason": "withheld"}),
+        (
+            _msg(b"\x01\x0811250905\x04\x01P"),
+            {"datetime": "11250905", "absence_reason": "withheld"},
+        ),
+        (
+            _msg(b"\x04\x01O\x08\x01P"),
+            {"absence_reason": "unavailable", "name_absence_reason": "withheld"},
+        ),
         (_msg(b"\x07\x07J SMITH\x11\x01\x00\x02\x03123"), {"name": "J SMITH", "number": "123"}),
-        (_msg(b"11250905" + b"01632960123", 0x04), {"number": "01632960123",
-                                                     "message_type": "sdmf"}),
+        (
+            _msg(b"11250905" + b"01632960123", 0x04),
+            {"number": "01632960123", "message_type": "sdmf"},
+        ),
         (_msg(b"11250905O", 0x04), {"absence_reason": "unavailable", "number": None}),
     ],
 )
@@ -180,8 +205,13 @@ def test_message_deep_in_a_long_recording(rate):
     # Crosses the 8 s decode block boundary (blocks overlap by 2 s).
     rng = np.random.default_rng(5)
     clip = gen.uk_clip("01632960123", "J SMITH", WHEN, rate)
-    x = np.concatenate([rng.normal(0, 0.01, int(6.9 * rate)).astype(np.float32), clip,
-                        np.zeros(rate * 12, np.float32)])
+    x = np.concatenate(
+        [
+            rng.normal(0, 0.01, int(6.9 * rate)).astype(np.float32),
+            clip,
+            np.zeros(rate * 12, np.float32),
+        ]
+    )
     r = callerid.decode(x, rate)
     _expect(r, number="01632960123")
     assert r["start_s"] == pytest.approx(6.9 + 0.280, abs=0.003)
@@ -205,10 +235,17 @@ def _random_frame(rng):
     if rng.random() < 0.7:
         letters = list("ABCDEFGHIJKLMNOPQRSTUVWXYZ .'-&0123456789")
         name = "".join(rng.choice(letters, int(rng.integers(1, 21)))).strip() or "X"
-    when = None if rng.random() < 0.1 else dt.datetime(2026, int(rng.integers(1, 13)),
-                                                        int(rng.integers(1, 29)),
-                                                        int(rng.integers(0, 24)),
-                                                        int(rng.integers(0, 60)))
+    when = (
+        None
+        if rng.random() < 0.1
+        else dt.datetime(
+            2026,
+            int(rng.integers(1, 13)),
+            int(rng.integers(1, 29)),
+            int(rng.integers(0, 24)),
+            int(rng.integers(0, 60)),
+        )
+    )
     return number, name, when, absence
 
 
@@ -225,15 +262,26 @@ def test_random_frames_20db_snr_1pct_offset():
         x = add_noise(x, 20.0, sine_power(level), seed=i)
         r = callerid.decode(x, 8000)
         want_when = None if when is None else when.strftime("%m%d%H%M")
-        if (r is not None and r["number"] == number and r["name"] == name
-                and r["datetime"] == want_when and r["absence_reason"] == absence):
+        if (
+            r is not None
+            and r["number"] == number
+            and r["name"] == name
+            and r["datetime"] == want_when
+            and r["absence_reason"] == absence
+        ):
             ok += 1
     assert ok >= 0.99 * n_frames, f"{ok}/{n_frames}"
 
 
 @pytest.mark.parametrize(
-    "bad", [np.zeros(0, np.float32), np.array([np.nan] * 100), np.zeros(100, np.uint8),
-            np.zeros((100, 2), np.int16), "abc"]
+    "bad",
+    [
+        np.zeros(0, np.float32),
+        np.array([np.nan] * 100),
+        np.zeros(100, np.uint8),
+        np.zeros((100, 2), np.int16),
+        "abc",
+    ],
 )
 def test_hostile_samples(bad):
     with pytest.raises(DspInputError):

@@ -55,7 +55,7 @@ def test_duration(rate, on_ms, expect):
 @pytest.mark.parametrize("rate", RATES)
 @pytest.mark.parametrize(
     ("twist_db", "expect"),
-    [(0.0, ALL), (-8.0, ALL), (4.0, ALL), (-10.0, ""), (-12.0, ""), (6.0, ""), (8.0, "")],
+    [(0.0, ALL), (-8.0, ALL), (4.0, ALL), (-12.0, ""), (-14.0, ""), (8.0, ""), (10.0, "")],
 )
 def test_twist(rate, twist_db, expect):
     # twist = high-group level minus low-group level; negative = normal twist.
@@ -174,16 +174,20 @@ _OK = ToneMeasure("5", 0.0, 400.0, 0.0, 0.0, -20.0, -20.0, 0.0, 0.97)
     [
         ({}, None),
         ({"freq_error_lo": 0.02}, None),
-        ({"freq_error_hi": -0.03}, "frequency"),
+        ({"freq_error_hi": -0.021}, "frequency"),
+        ({"digit": "C", "freq_error_lo": -0.015, "freq_error_hi": 0.015}, None),  # 1.975
+        ({"digit": "C", "freq_error_lo": -0.02, "freq_error_hi": 0.02}, "harmonic"),  # 1.995
+        ({"digit": "5", "freq_error_lo": -0.02, "freq_error_hi": 0.02}, None),  # 1.806
         ({"end": 240.0}, None),  # 30 ms at 8 kHz
         ({"end": 200.0}, "duration"),
         ({"level_lo_dbfs": -37.0}, None),
         ({"level_hi_dbfs": -39.0}, "level"),
-        ({"twist_db": -9.0}, None),
-        ({"twist_db": -9.5}, "twist"),
-        ({"twist_db": 5.0}, None),
-        ({"twist_db": 5.5}, "twist"),
-        ({"purity": 0.84}, "purity"),
+        ({"twist_db": -10.0}, None),
+        ({"twist_db": -10.5}, "twist"),
+        ({"twist_db": 6.0}, None),
+        ({"twist_db": 6.5}, "twist"),
+        ({"purity": 0.90}, None),
+        ({"purity": 0.89}, "purity"),
     ],
 )
 def test_judge_table(changes, reason):
