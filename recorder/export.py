@@ -25,22 +25,26 @@ from recorder.writer import manifest_body
 log = logging.getLogger(__name__)
 
 
-def call_audio(store, row, private_key) -> tuple[np.ndarray, list[str]]:
-    """Decrypt and decode every readable segment into one int16 array."""
+def decode_segments(blobs, private_key, first_sample: int | None, default_codec: str
+                    ) -> tuple[np.ndarray, list[str]]:
+    """Decrypt and decode segment files (``(seq, bytes)`` pairs) into one int16 array.
+
+    Each segment is placed at its header's ``first_sample``, relative to
+    ``first_sample`` (the call's first recorded sample); gaps stay zero.
+    """
     problems: list[str] = []
     parts = []
-    for s in store.segments_of(row.id):
+    for seq, data in blobs:
         try:
-            data = store.abs(s.path).read_bytes()
             p = segfile.parse(data, signed=False)
             pcm = codec.decode(segfile.open_payload(p, private_key), p.header["samples"],
-                               p.header.get("codec", row.codec))
+                               p.header.get("codec", default_codec))
             parts.append((int(p.header["first_sample"]), pcm))
-        except (OSError, SegmentFormatError, KeyError) as exc:
-            problems.append(f"segment {s.seq} not exported: {exc}")
+        except (SegmentFormatError, KeyError, TypeError) as exc:
+            problems.append(f"segment {seq} not exported: {exc}")
     if not parts:
         return np.zeros(0, np.int16), problems
-    first = row.first_sample if row.first_sample is not None else parts[0][0]
+    first = first_sample if first_sample is not None else min(a for a, _ in parts)
     end = max(a + len(p) for a, p in parts)
     out = np.zeros(end - first, dtype=np.int16)
     for a, pcm in parts:
@@ -49,23 +53,45 @@ def call_audio(store, row, private_key) -> tuple[np.ndarray, list[str]]:
     return out, problems
 
 
-def call_json(store, row, header: dict, private_key, verdict) -> dict:
-    """The export JSON: from the signed manifest when it opens, else from the store."""
-    body = None
-    if row.manifest:
-        try:
-            p = segfile.parse(store.abs(row.manifest).read_bytes())
-            body = json.loads(segfile.open_payload(p, private_key))
-        except (OSError, SegmentFormatError, ValueError):
-            body = None
-    if body is None:
-        body = manifest_body(row, store.segments_of(row.id))
-    segs = body.pop("segments", [])
+def open_manifest(data: bytes | None, private_key) -> dict | None:
+    """The sealed metadata of a manifest file, or None if it does not open."""
+    if data is None:
+        return None
+    try:
+        return json.loads(segfile.open_payload(segfile.parse(data), private_key))
+    except (SegmentFormatError, ValueError):
+        return None
+
+
+def export_json(body: dict, start_time: float | None, status: str, detail: str) -> dict:
+    """The export JSON from a manifest body (design brief §4 fields and more)."""
     out = dict(body)
+    segs = out.pop("segments", [])
     out["segments"] = len(segs)
     out["segment_list"] = segs
-    out["integrity"] = {"status": verdict.status, "detail": verdict.detail}
+    if start_time is not None:
+        out["start"] = iso(start_time)
+    out["integrity"] = {"status": status, "detail": detail}
     return out
+
+
+def write_call(out_dir: Path, call_id: str, pcm: np.ndarray | None, rate: int,
+               meta: dict) -> None:
+    """Write ``<call_id>.wav`` (unless ``pcm`` is None) and ``<call_id>.json``."""
+    if pcm is not None:
+        tmp = out_dir / f".{call_id}.wav.part"
+        sf.write(str(tmp), pcm, rate, format="WAV", subtype="PCM_16")
+        tmp.replace(out_dir / f"{call_id}.wav")
+    atomic_write(out_dir / f"{call_id}.json",
+                 (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode(), mode=0o640)
+
+
+def _blobs(store, row):
+    for s in store.segments_of(row.id):
+        try:
+            yield s.seq, store.abs(s.path).read_bytes()
+        except OSError:
+            continue
 
 
 def export_calls(store, private_key, out_dir, ids=None, number=None, device_key=None,
@@ -84,21 +110,24 @@ def export_calls(store, private_key, out_dir, ids=None, number=None, device_key=
     for row in rows:
         if row.state == "missed" and not ids and not number:
             continue
-        verdict, header = verify_call(store, row, device_key)
-        pcm, problems = (np.zeros(0, np.int16), []) if row.state == "missed" else \
-            call_audio(store, row, private_key)
+        verdict, _header = verify_call(store, row, device_key)
+        pcm, problems = None, []
+        if row.state != "missed":
+            pcm, problems = decode_segments(_blobs(store, row), private_key, row.first_sample,
+                                            row.codec)
         if problems:
             verdict.status = "failed"
             verdict.problems += problems
-        meta = call_json(store, row, header, private_key, verdict)
-        if row.state != "missed":
-            wav = out / f"{row.id}.wav"
-            tmp = out / f".{row.id}.wav.part"
-            sf.write(str(tmp), pcm, row.rate, format="WAV", subtype="PCM_16")
-            tmp.replace(wav)
-            meta["start"] = iso(row.start_time)
-        atomic_write(out / f"{row.id}.json",
-                     (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode(), mode=0o640)
+        mdata = None
+        if row.manifest:
+            try:
+                mdata = store.abs(row.manifest).read_bytes()
+            except OSError:
+                mdata = None
+        body = open_manifest(mdata, private_key) or manifest_body(row,
+                                                                  store.segments_of(row.id))
+        meta = export_json(body, row.start_time, verdict.status, verdict.detail)
+        write_call(out, row.id, pcm, row.rate, meta)
         if verdict.status == "failed":
             failures += 1
             log.error("call %s failed verification: %s", row.id, verdict.detail)
