@@ -1,0 +1,58 @@
+# Linetap: `make demo` and `make test` set up a fresh Debian 12 machine on their own.
+# Debian packages are installed only if missing; the venv is rebuilt only when
+# pyproject.toml changes.
+
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+STAMP := $(VENV)/.linetap-installed
+SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PKGS := python3 python3-venv python3-dev gcc libasound2-dev alsa-utils libsndfile1 \
+	mosquitto mosquitto-clients openssl postgresql device-tree-compiler shellcheck \
+	multimon-ng espeak-ng sox iproute2 systemd
+PYTEST_ARGS ?=
+QUICK ?=
+
+.PHONY: all demo test setup apt lint bench clean campaign-powercut campaign-diskfull \
+	campaign-network campaign-fuzz campaign-clock
+
+all: test
+
+apt:
+	@missing=$$(for p in $(APT_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory apt
+	[ -x $(PY) ] || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e . pytest hypothesis ruff psycopg2-binary pytest-timeout
+	touch $@
+
+setup: apt $(STAMP)
+
+demo: setup
+	$(PY) -m recorder.demo --out demo-out
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider --timeout=600 $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	$(PY) bench/sim_throughput.py
+	$(PY) bench/pipeline.py
+	$(PY) bench/dsp.py
+	[ ! -f bench/sync.py ] || $(PY) bench/sync.py
+
+campaign-powercut campaign-diskfull campaign-network campaign-fuzz campaign-clock: setup
+	$(PY) bench/campaigns/$(subst campaign-,,$@).py $(if $(QUICK),--quick)
+
+clean:
+	rm -rf demo-out build .pytest_cache
