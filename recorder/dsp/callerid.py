@@ -35,6 +35,7 @@ ABSENCE_REASONS = {"P": "withheld", "O": "unavailable"}
 
 _BLOCK_S = 8.0  # decode long recordings in blocks to bound memory...
 _OVERLAP_S = 2.0  # ...overlapping by more than the longest message (about 1 s)
+_MIN_MARK_BITS = 20  # a message starts after steady mark (SIN 227: 55-150 bits, Bell: 180)
 _MAX_BYTE_GAP_BITS = 20  # bytes of one message follow each other within this (start to start)
 _DTMF_CLIP_GAP_S = 0.5  # DTMF CLIP symbols further apart than this belong to different bursts
 
@@ -54,8 +55,8 @@ def parse_message(data: bytes) -> dict | None:
 
     Returns the decode() dict (keys ``number``, ``name``, ``datetime``, ``absence_reason``,
     ``message_type``, ``checksum_ok`` and ``name_absence_reason`` when signalled), or None when
-    the checksum is wrong, the type is not a call setup (MDMF 0x80 / SDMF 0x04) or the body
-    does not parse exactly.
+    the checksum is wrong, the type is not a call setup (MDMF 0x80 / SDMF 0x04), the body
+    does not parse exactly, or it carries neither a number nor a reason for its absence.
     """
     if len(data) < 3 or len(data) != data[1] + 3:
         return None
@@ -112,6 +113,8 @@ def parse_message(data: bytes) -> dict | None:
         elif ptype == PARAM_NAME_ABSENT:
             result["name_absence_reason"] = ABSENCE_REASONS.get(value[:1].decode("latin-1"))
         # Other parameters (called number, call type, ...) are skipped by their length.
+    if result["number"] is None and result["absence_reason"] is None:
+        return None  # the calling line identity (or why it is absent) is mandatory
     result["message_type"] = "mdmf"
     return result
 
@@ -127,6 +130,8 @@ def find_message(received: list[fsk.Byte], rate: int) -> tuple[dict | None, floa
     bad = 0
     for i, b in enumerate(received):
         if b.value not in (MSG_MDMF, MSG_SDMF) or i + 1 >= len(received):
+            continue
+        if b.mark_bits < _MIN_MARK_BITS:
             continue
         end = i + received[i + 1].value + 3
         if end > len(received):

@@ -29,10 +29,15 @@ MIN_LEVEL_DBFS = -50.0
 
 @dataclass(frozen=True)
 class Byte:
-    """One received character: ``value`` 0..255 and ``start`` = its start-bit edge (samples)."""
+    """One received character.
+
+    ``value`` 0..255; ``start`` = its start-bit edge (samples); ``mark_bits`` = how long (in
+    bits) the line was steadily at mark just before that edge.
+    """
 
     value: int
     start: float
+    mark_bits: float
 
 
 def _moving_average(x: np.ndarray, n: int) -> np.ndarray:
@@ -86,12 +91,17 @@ def read_bytes(soft: np.ndarray, power: np.ndarray, rate: int) -> list[Byte]:
     ok = inside & ~bits[:, 0] & bits[:, 9] & loud[centres].all(axis=1)
     values = bits[:, 1:9].astype(np.int64) @ (1 << np.arange(8))
     nxt = np.searchsorted(edges, edges + 9.5 * spb)
+    # Length of the loud-mark stretch ending at each start edge.
+    steady = ones & loud
+    last_break = np.maximum.accumulate(np.where(steady, -1, np.arange(soft.size)))
+    idle = (falls - last_break[falls]) / spb
     ok_l, val_l, nxt_l, edge_l = ok.tolist(), values.tolist(), nxt.tolist(), edges.tolist()
+    idle_l = idle.tolist()
     out: list[Byte] = []
     i, n = 0, len(ok_l)
     while i < n:
         if ok_l[i]:
-            out.append(Byte(val_l[i], edge_l[i]))
+            out.append(Byte(val_l[i], edge_l[i], idle_l[i]))
             i = nxt_l[i]
         else:
             i += 1

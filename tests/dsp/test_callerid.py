@@ -178,6 +178,8 @@ def test_parse_message_table(data, want):
         _msg(b"\x02\x011", 0x82),  # message waiting, not call setup
         _msg(b"1125", 0x04),  # SDMF too short
         _msg(b"\x02\x031\x002"),  # control character in number
+        _msg(b""),  # empty call setup
+        _msg(b"\x07\x03BOB\x01\x0811250905"),  # no number and no reason for its absence
     ],
 )
 def test_parse_message_rejects(data):
@@ -215,6 +217,16 @@ def test_message_deep_in_a_long_recording(rate):
     r = callerid.decode(x, rate)
     _expect(r, number="01632960123")
     assert r["start_s"] == pytest.approx(6.9 + 0.280, abs=0.003)
+
+
+@pytest.mark.parametrize("rate", RATES)
+def test_message_without_preceding_mark_is_ignored(rate):
+    # Seizure straight into the message, no mark bits: not a CLIP burst.
+    msg = gen.cli_message("01632960123", "J SMITH", WHEN)
+    x = pad(gen.fsk_burst(msg, rate, gen.V23, mark_bits=0), rate)
+    assert callerid.decode(x, rate) is None
+    x = pad(gen.fsk_burst(msg, rate, gen.V23, mark_bits=30), rate)
+    _expect(callerid.decode(x, rate), number="01632960123")
 
 
 @pytest.mark.parametrize("rate", RATES)
