@@ -243,8 +243,9 @@ def _check_event(typ, at, args, where, duration, base, rate, audio, problems) ->
         if not hz or not all(_is(h, _NUM) and 20 <= h < rate / 2 for h in hz):
             problems.append(f"{where}: 'hz' must be frequencies between 20 Hz and "
                             f"{rate // 2} Hz")
-        if not 0 < args["duration"] <= duration:
-            problems.append(f"{where}: 'duration' must be positive")
+        if not 0 < args["duration"] <= MAX_DURATION_S:
+            problems.append(f"{where}: 'duration' must be above 0 s (audio past the end "
+                            "of the scenario is cut off)")
     elif typ == "audio":
         p = (base / args["file"]).resolve()
         args["path"] = str(p)
@@ -258,10 +259,10 @@ def _check_event(typ, at, args, where, duration, base, rate, audio, problems) ->
 
 def _load_wav(path: Path, rate: int) -> np.ndarray:
     import soundfile as sf
+    if not path.is_file():
+        raise ValueError(f"audio file not found: {path}")
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except FileNotFoundError:
-        raise ValueError(f"audio file not found: {path}") from None
     except (RuntimeError, sf.LibsndfileError) as exc:
         raise ValueError(f"audio file {path} is not a readable WAV: {exc}") from exc
     if data.shape[1] != 1:

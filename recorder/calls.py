@@ -6,7 +6,8 @@ acts at once on what must happen now (the announcement, LEDs), and places everyt
 that shapes the recording on a per-line timeline.
 
 The :class:`LineRecorder` reads that timeline ``hold`` samples behind the processor:
-far enough back that a hang-up (decided ``hangup_s`` after its edge) or a DTMF digit
+far enough back that a hang-up (decided ``hangup_s`` after its edge), a long press
+(decided ``end_hold_s`` after it began) or a DTMF digit
 (reported when it ends) is known before the audio it affects is cut into a segment.
 """
 
@@ -197,7 +198,9 @@ class Processor:
         self.settings = settings
         self.timing = cs.Timing.from_config(cfg.timing, rate)
         self.ptiming = cs.PauseTiming.from_config(cfg.pause, rate)
-        self.hold = self.timing.decision_lag + rate  # + 1 s for DTMF reports
+        # The recorder must know of a hang-up, a long press and a DTMF digit before it
+        # cuts the audio they affect: hold back by the longest decision delay + 1 s.
+        self.hold = max(self.timing.decision_lag, self.ptiming.end_hold) + rate
         self.states = [cs.LineState() for _ in range(lines)]
         self.button = cs.ButtonState()
         self.recorders = [LineRecorder(i, ring, put, segment=round(cfg.recording.segment_s
