@@ -46,6 +46,17 @@ class ToneBank:
         # 2|X|^2 / (sum w)^2 gives A^2/2 for an on-bin sine of amplitude A.
         self.power_scale = 2.0 / self._wsum**2
 
+    def analyse_raw(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`analyse` but returns the real and imaginary parts side by side.
+
+        Returns ``(raw, frame_power)`` with raw of shape (F, 2 * n_freqs): real parts first.
+        """
+        frames = np.ascontiguousarray(frames, dtype=np.float32)
+        raw = frames @ self._basis
+        frame_power = (frames * frames) @ self._wsq
+        frame_power *= 1.0 / self._wsq_sum
+        return raw, frame_power
+
     def analyse(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """DFT coefficients and mean frame power for ``frames`` of shape (F, frame_len).
 
