@@ -1,0 +1,51 @@
+"""Services started after recording is live: retention (always) and the uploader.
+
+The daemon calls :func:`start_services` from ``Daemon._extra_services`` and joins the
+returned threads on shutdown (in reverse order, after ``daemon.stop`` is set).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from recorder.retention import Retention
+from recorder.service import ServiceThread
+
+log = logging.getLogger(__name__)
+
+
+class _UploaderThread(ServiceThread):
+    """The uploader's service thread; disconnects cleanly when it stops."""
+
+    def __init__(self, uploader, stop: threading.Event):
+        super().__init__("uploader", 0.02, uploader.tick, stop)
+        self.uploader = uploader
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            self.uploader.close()
+
+
+def start_services(daemon) -> list[threading.Thread]:
+    """Start retention and (if ``sync.enabled``) the uploader; return their threads."""
+    cfg = daemon.cfg
+    retention = Retention(daemon.store, daemon.data_dir, cfg, alarms=daemon.alarms)
+    daemon.retention = retention
+    threads: list[threading.Thread] = []
+    t_ret = ServiceThread("retention", cfg.retention.interval_s, retention.tick, daemon.stop)
+    t_ret.start()
+    threads.append(t_ret)
+    if cfg.sync.enabled:
+        from sync.uploader import Uploader
+        up = Uploader(daemon.store, cfg, device=daemon.device, data_dir=daemon.data_dir,
+                      status=daemon.status, alarms=daemon.alarms, retention=retention)
+        daemon.uploader = up
+        daemon.sync_status = up.sync_status
+        up.start()
+        t_up = _UploaderThread(up, daemon.stop)
+        t_up.start()
+        threads.append(t_up)
+    return threads

@@ -1,0 +1,380 @@
+"""``linetap ingest``: a stateless upstream ingest worker.
+
+Run N of them: each joins the MQTT v5 shared subscription ``$share/<group>/...`` so the
+broker spreads the boxes' messages across workers. A worker keeps no state of its
+own: partial chunks go to the (shared) object store under ``partial/``, so any worker
+can finish a segment another started, and a restarted worker loses nothing.
+
+For each segment: reassemble, check size and sha256, check that the header names the
+topic's device/call/seq and that the device is registered to the topic's site, write
+the blob durably, commit the row, and only then publish the ack. Idempotent on
+(device, call, seq, sha256): the same key again is acked without a second copy; the
+same (device, call, seq) with another hash is kept aside as a conflict, alarmed, and
+never overwrites the first. Manifests are checked with
+:func:`recorder.evidence.check_manifest` against the device's registered key.
+
+The broker's own PUBACK is sent only after the message is handled (``manual_ack``),
+so a worker that dies mid-message leaves it with the broker for redelivery; the box's
+ack timeout covers a broker that forgets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import socket
+import ssl
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+import peewee as pw
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from recorder import evidence, segfile
+from recorder.errors import LinetapError, ProtocolError, SegmentFormatError
+from recorder.timebase import parse_iso
+from sync import protocol, upstream_config, upstream_ops
+from sync.objectstore import open_objects
+from sync.upstream_store import Command, Health, Problem, UCall, USegment, db, open_db
+
+log = logging.getLogger(__name__)
+
+# Fault injection for tests: die (as kill -9 would) after this many durable writes,
+# before the ack is published. Unset in production.
+_CRASH_AFTER = int(os.environ.get("LINETAP_INGEST_CRASH_AFTER", "0") or 0)
+
+
+class Ingest:
+    """Message handling, independent of MQTT (so it is testable with plain calls).
+
+    :meth:`handle` returns ``(ack_topic, ack_payload)`` to publish, or None.
+    """
+
+    def __init__(self, ucfg, objects=None):
+        self.ucfg = ucfg
+        self.objects = objects or open_objects(ucfg.objects)
+        self.stored = self.duplicates = self.conflicts = self.dropped = 0
+        self._writes = 0
+
+    # -- dispatch ----------------------------------------------------------------------------
+    def handle(self, topic: str, payload: bytes):
+        t = protocol.parse_topic(topic)
+        if t.prefix != self.ucfg.topic_prefix:
+            raise ProtocolError(f"topic prefix {t.prefix!r}")
+        site = self.ucfg.site_of(t.device)
+        if site is None or site.name != t.site:
+            self.dropped += 1
+            log.warning("message from unregistered device %s (site %s) dropped", t.device,
+                        t.site)
+            return None
+        if t.kind == "seg":
+            return self._segment(t, site, protocol.parse_chunk(payload))
+        if t.kind == "man":
+            return self._manifest(t, site, protocol.parse_chunk(payload))
+        if t.kind == "report":
+            self._report(t, payload)
+        elif t.kind == "health":
+            self._health(t, payload)
+        return None
+
+    def _ack_topic(self, t) -> str:
+        return f"{protocol.base(t.prefix, t.site, t.device)}/ack"
+
+    # -- reassembly --------------------------------------------------------------------------
+    def _assemble(self, t, ch: protocol.Chunk, name: str) -> bytes | None:
+        """The whole file once every chunk is in; None while chunks are missing."""
+        if ch.count == 1:
+            blob = ch.data
+        else:
+            pdir = f"partial/{t.device}/{t.call}/{name}.{ch.sha256}"
+            self.objects.put(f"{pdir}/{ch.index:05d}", ch.data)
+            parts = self.objects.list(pdir)
+            if len(parts) < ch.count:
+                return None
+            blob = b"".join(self.objects.get(f"{pdir}/{i:05d}") for i in range(ch.count))
+            for p in parts:
+                self.objects.delete(p)
+        if len(blob) != ch.total or hashlib.sha256(blob).hexdigest() != ch.sha256:
+            self.dropped += 1
+            log.warning("%s/%s %s: size or sha256 mismatch; dropped (the box resends)",
+                        t.device, t.call, name)
+            return None
+        return blob
+
+    def _maybe_crash(self) -> None:
+        self._writes += 1
+        if _CRASH_AFTER and self._writes >= _CRASH_AFTER:
+            log.error("fault injection: dying before the ack")
+            os._exit(9)
+
+    # -- segments ----------------------------------------------------------------------------
+    def _segment(self, t, site, ch):
+        key = (t.device, t.call, t.seq)
+        old = USegment.get_or_none(USegment.device == t.device, USegment.call == t.call,
+                                   USegment.seq == t.seq)
+        if old is not None and old.sha256 == ch.sha256:
+            self.duplicates += 1
+            return self._ack_topic(t), protocol.ack_payload(segs=[(t.call, t.seq, ch.sha256)])
+        blob = self._assemble(t, ch, f"{t.seq:05d}")
+        if blob is None:
+            return None
+        try:
+            p = segfile.parse(blob, signed=False)
+            h = p.header
+        except SegmentFormatError as exc:
+            self.dropped += 1
+            log.warning("%s/%s/%d is not a segment file: %s", *key, exc)
+            return None
+        if (h.get("device"), h.get("call"), h.get("seq")) != key or p.kind != 1:
+            self.dropped += 1
+            log.warning("%s/%s/%d: header names another segment; dropped", *key)
+            return None
+        okey = f"seg/{t.device}/{t.call}/{t.seq:05d}.{ch.sha256}"
+        if old is not None:
+            return self._conflict(t, ch, okey, blob)
+        self.objects.put(okey, blob)
+        start = _epoch(h.get("start")) if t.seq == 0 else None
+        try:
+            with db.atomic():
+                USegment.insert(device=t.device, call=t.call, seq=t.seq, sha256=ch.sha256,
+                                size=len(blob), key=okey, created=time.time()).execute()
+                self._touch_call(t, site, start)
+        except pw.IntegrityError:
+            # Another worker stored this key first: duplicate or conflict.
+            old = USegment.get(USegment.device == t.device, USegment.call == t.call,
+                               USegment.seq == t.seq)
+            if old.sha256 != ch.sha256:
+                return self._conflict(t, ch, okey, blob)
+            self.duplicates += 1
+        else:
+            self.stored += 1
+            self._maybe_crash()
+        return self._ack_topic(t), protocol.ack_payload(segs=[(t.call, t.seq, ch.sha256)])
+
+    def _conflict(self, t, ch, okey, blob):
+        ckey = "conflict/" + okey
+        self.objects.put(ckey, blob)
+        Problem.insert(kind="conflict", device=t.device, call=t.call, seq=t.seq,
+                       sha256=ch.sha256, key=ckey,
+                       detail="same (device, call, seq), different sha256") \
+            .on_conflict_ignore().execute()
+        self.conflicts += 1
+        log.error("ALARM sync_conflict: %s/%s/%d arrived with another hash; kept aside",
+                  t.device, t.call, t.seq)
+        return self._ack_topic(t), protocol.ack_payload(conflicts=[(t.call, t.seq, ch.sha256)])
+
+    def _touch_call(self, t, site, start: float | None, **fields) -> None:
+        UCall.insert(device=t.device, call=t.call, site=site.name, created=time.time()) \
+            .on_conflict_ignore().execute()
+        row = UCall.get(UCall.device == t.device, UCall.call == t.call)
+        upd = dict(fields)
+        if start is not None and (row.start_time is None or start < row.start_time):
+            upd["start_time"] = start
+            upd["deadline"] = start + site.retention_days * 86400
+        if upd:
+            UCall.update(**upd).where(UCall.id == row.id).execute()
+
+    # -- manifests ---------------------------------------------------------------------------
+    def _manifest(self, t, site, ch):
+        row = UCall.get_or_none(UCall.device == t.device, UCall.call == t.call)
+        if row is not None and row.manifest_sha256 == ch.sha256:
+            self.duplicates += 1
+            return self._ack_topic(t), protocol.ack_payload(mans=[(t.call, ch.sha256)])
+        blob = self._assemble(t, ch, "manifest")
+        if blob is None:
+            return None
+        header, problems = evidence.check_manifest(blob, t.call, t.device,
+                                                   site.devices[t.device])
+        if row is not None and row.manifest_sha256 is not None:
+            problems.append("another manifest for this call is already stored")
+        if problems:
+            detail = "; ".join(problems)
+            Problem.insert(kind="rejected", device=t.device, call=t.call, seq=None,
+                           sha256=ch.sha256, detail=detail).on_conflict_ignore().execute()
+            log.error("ALARM manifest_rejected: %s/%s: %s", t.device, t.call, detail)
+            return self._ack_topic(t), protocol.ack_payload(rejected=[(t.call, detail)])
+        okey = f"man/{t.device}/{t.call}.{ch.sha256}.ltm"
+        self.objects.put(okey, blob)
+        with db.atomic():
+            self._touch_call(t, site, _epoch(header.get("created")), manifest_key=okey,
+                             manifest_sha256=ch.sha256, expected=header.get("segments", []))
+        self.stored += 1
+        self._maybe_crash()
+        return self._ack_topic(t), protocol.ack_payload(mans=[(t.call, ch.sha256)])
+
+    # -- reports and health ------------------------------------------------------------------
+    def _report(self, t, payload: bytes) -> None:
+        try:
+            r = json.loads(payload)
+            nonce, status = r.get("nonce"), r.get("status")
+        except (ValueError, AttributeError):
+            return
+        if not nonce:
+            return
+        reason = r.get("reason") or r.get("result") or ""
+        if status == "rejected" and "replayed" in reason:
+            # A resend of a command the box already applied.
+            Command.update(status="applied").where((Command.nonce == nonce)
+                                                   & (Command.status == "pending")).execute()
+            return
+        Command.update(status=status, result=reason).where(
+            (Command.nonce == nonce) & (Command.device == t.device)).execute()
+        log.log(logging.WARNING if status == "rejected" else logging.INFO,
+                "box %s %s command %s: %s", t.device, status, nonce[:8], reason)
+
+    def _health(self, t, payload: bytes) -> None:
+        try:
+            body = json.loads(payload)
+        except ValueError:
+            return
+        Health.insert(device=t.device, site=t.site, body=body, time=time.time()) \
+            .on_conflict_replace().execute()
+
+
+def _epoch(iso_s) -> float | None:
+    try:
+        return parse_iso(iso_s) if iso_s else None
+    except (ValueError, TypeError):
+        return None
+
+
+class Worker:
+    """An :class:`Ingest` on an MQTT v5 shared subscription, plus the retention and
+    command-delivery ticks."""
+
+    def __init__(self, ucfg, *, client_id: str | None = None, reconnect_s=(0.5, 30.0)):
+        self.ucfg = ucfg
+        self.ingest = Ingest(ucfg)
+        self.client_id = client_id or ucfg.client_id or \
+            f"ingest-{socket.gethostname()}-{os.getpid()}"
+        self.reconnect_s = reconnect_s
+        self.connected = threading.Event()
+        self.stop = threading.Event()
+        self.client: mqtt.Client | None = None
+        self._lock = threading.Lock()
+
+    def filters(self) -> list[str]:
+        g, p = self.ucfg.share_group, self.ucfg.topic_prefix
+        return [f"$share/{g}/{p}/+/+/{k}" for k in ("seg/#", "man/#", "report", "health")]
+
+    def start(self) -> None:
+        u = self.ucfg
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                        protocol=mqtt.MQTTv5, manual_ack=True)
+        if u.ca:
+            c.tls_set(ca_certs=u.ca, certfile=u.cert or None, keyfile=u.key or None,
+                      tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        c.reconnect_delay_set(*self.reconnect_s)
+        c.max_inflight_messages_set(100)
+        c.on_connect, c.on_message = self._on_connect, self._on_message
+        c.on_disconnect = lambda *a: self.connected.clear()
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        c.connect_async(u.host, u.port, keepalive=30, clean_start=False, properties=props)
+        c.loop_start()
+        self.client = c
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            log.warning("broker refused ingest connection: %s", reason_code)
+            return
+        client.subscribe([(f, 1) for f in self.filters()])
+        self.connected.set()
+        log.info("ingest %s connected", self.client_id)
+
+    def _on_message(self, client, userdata, msg):
+        try:
+            with self._lock:
+                out = self.ingest.handle(msg.topic, bytes(msg.payload))
+            if out is not None:
+                client.publish(out[0], out[1], qos=1)
+        except (ProtocolError, LinetapError) as exc:
+            log.warning("message on %s refused: %s", msg.topic, exc)
+        except Exception:
+            # Unknown failure (database down...): no PUBACK, so the broker redelivers.
+            log.exception("message on %s failed", msg.topic)
+            return
+        client.ack(msg.mid, msg.qos)
+
+    def tick(self) -> None:
+        """Retention and command delivery (idempotent, so every worker may run it)."""
+        with self._lock:
+            upstream_ops.refresh_deadlines(self.ucfg)
+            upstream_ops.expire(self.ingest.objects)
+            if self.ucfg.command_key:
+                upstream_ops.queue_retention(self.ucfg)
+            if self.connected.is_set():
+                self.send_commands()
+
+    def send_commands(self) -> int:
+        now, n = time.time(), 0
+        for cmd in Command.select().where((Command.status == "pending")
+                                          & (Command.expires > now)):
+            if cmd.sent_time is not None and now - cmd.sent_time < self.ucfg.command_resend_s:
+                continue
+            site = self.ucfg.site_of(cmd.device)
+            if site is None:
+                continue
+            topic = f"{protocol.base(self.ucfg.topic_prefix, site.name, cmd.device)}/cmd"
+            self.client.publish(topic, cmd.envelope.encode(), qos=1)
+            Command.update(sent_time=now).where(Command.nonce == cmd.nonce).execute()
+            n += 1
+        return n
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.disconnect()
+            self.client.loop_stop()
+            self.client = None
+
+
+def run_worker(ucfg, stop: threading.Event, *, interval_s: float = 1.0) -> Worker:
+    """Run a worker until ``stop`` is set (the body of ``linetap ingest``)."""
+    open_db(ucfg.db_url)
+    w = Worker(ucfg)
+    w.start()
+    next_tick = 0.0
+    try:
+        while not stop.wait(interval_s):
+            if time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + ucfg.retention_interval_s
+                try:
+                    w.tick()
+                except Exception:
+                    log.exception("ingest tick failed")
+            elif w.connected.is_set():
+                try:
+                    with w._lock:
+                        w.send_commands()
+                except Exception:
+                    log.exception("command delivery failed")
+    finally:
+        w.close()
+    return w
+
+
+def cli_main(argv: list[str]) -> int:
+    import signal
+    ap = argparse.ArgumentParser(prog="linetap ingest", description="upstream ingest worker")
+    ap.add_argument("--config", required=True, help="upstream TOML (see docs/sync.md)")
+    args = ap.parse_args(argv)
+    ucfg = upstream_config.load(args.config)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    run_worker(ucfg, stop)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from recorder.logsetup import setup_logging
+    setup_logging()
+    sys.exit(cli_main(sys.argv[1:]))

@@ -1,0 +1,82 @@
+"""Blob storage for the upstream: a filesystem object store, with an S3-ready interface.
+
+Keys are ``/``-separated relative names (``seg/<device>/<call>/<seq>.<sha256>``). A
+``put`` returns only once the bytes are durable (temp + fsync + rename + fsync dir),
+because the ingest acks to the box right after it and the box then may delete its copy.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+from recorder.errors import ConfigError, StoreError
+from recorder.fsutil import atomic_write
+
+
+class ObjectStore(Protocol):
+    """What the ingest needs from a blob store (an S3 adapter implements the same)."""
+
+    def put(self, key: str, data: bytes) -> None: ...
+    def get(self, key: str) -> bytes: ...
+    def exists(self, key: str) -> bool: ...
+    def delete(self, key: str) -> None: ...
+    def list(self, prefix: str) -> list[str]: ...
+
+
+class FsObjectStore:
+    """Objects as files under ``root`` (which may be shared by every ingest worker)."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        if not key or key.startswith("/") or ".." in key.split("/"):
+            raise StoreError(f"bad object key {key!r}")
+        return self.root / key
+
+    def put(self, key: str, data: bytes) -> None:
+        p = self._path(key)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(p, data, mode=0o640)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise StoreError(f"object {key} not found") from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        """Remove an object and any folders it leaves empty."""
+        p = self._path(key)
+        p.unlink(missing_ok=True)
+        d = p.parent
+        while d != self.root and self.root in d.parents:
+            try:
+                d.rmdir()
+            except OSError:
+                break
+            d = d.parent
+
+    def list(self, prefix: str) -> list[str]:
+        """Keys directly under the folder ``prefix`` (sorted)."""
+        d = self._path(prefix.rstrip("/"))
+        if not d.is_dir():
+            return []
+        return sorted(f"{prefix.rstrip('/')}/{p.name}" for p in d.iterdir()
+                      if p.is_file() and not p.name.startswith("."))
+
+
+def open_objects(location: str) -> ObjectStore:
+    """An object store from a path (or ``file://`` URL). ``s3://`` is not built yet."""
+    if location.startswith("s3://"):
+        raise ConfigError([f"objects.path {location}: the S3 adapter is not implemented; "
+                           "use a filesystem path"])
+    if location.startswith("file://"):
+        location = location[len("file://"):]
+    return FsObjectStore(location)

@@ -1,0 +1,139 @@
+"""Wire format between the box and the upstream (MQTT v5 topics and payloads).
+
+Topics, under ``<prefix>/<site>/<device>/`` (one subtree per device, enforced by the
+broker ACL; see docs/sync.md):
+
+=================  =======  ===================================================
+``seg/<call>/<n>``  box->up  one chunk of segment file ``n`` of ``call``
+``man/<call>``      box->up  one chunk of the call's signed manifest file
+``status``          box->up  retained ``online`` / ``offline`` (last will)
+``health``          box->up  JSON health (disk, backlog, lines, overruns, version)
+``report``          box->up  JSON results of upstream commands (applied / rejected)
+``ack``             up->box  JSON application-level acks after a durable write
+``cmd``             up->box  signed command envelope (:mod:`sync.commands`)
+=================  =======  ===================================================
+
+Every ``seg``/``man`` payload starts with a fixed 44-byte chunk header so a chunk
+carries its own identity even if a broker strips MQTT user properties::
+
+    0   4  magic b"LTC1"
+    4   2  chunk index, unsigned big-endian (0-based)
+    6   2  chunk count (1..65535)
+    8   4  total size of the whole file in bytes
+    12 32  sha256 of the whole file
+    44  .. chunk bytes
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import dataclass
+
+from recorder.errors import ProtocolError
+
+CHUNK_MAGIC = b"LTC1"
+_HDR = struct.Struct(">4sHHI32s")
+HEADER_LEN = _HDR.size
+MAX_PAYLOAD = 128 * 1024          # bytes per MQTT message, header included
+
+
+@dataclass(frozen=True)
+class Chunk:
+    index: int
+    count: int
+    total: int
+    sha256: str      # hex
+    data: bytes
+
+
+def split(blob: bytes, max_payload: int = MAX_PAYLOAD) -> list[bytes]:
+    """Split a file into MQTT payloads of at most ``max_payload`` bytes each."""
+    room = min(max_payload, MAX_PAYLOAD) - HEADER_LEN
+    if room <= 0:
+        raise ProtocolError(f"chunk size {max_payload} leaves no room for data")
+    sha = hashlib.sha256(blob).digest()
+    n = max(1, -(-len(blob) // room))
+    if n > 0xFFFF:
+        raise ProtocolError(f"file of {len(blob)} bytes needs too many chunks")
+    return [_HDR.pack(CHUNK_MAGIC, i, n, len(blob), sha) + blob[i * room:(i + 1) * room]
+            for i in range(n)]
+
+
+def parse_chunk(payload: bytes) -> Chunk:
+    """Decode one chunk payload; raise :class:`ProtocolError` if malformed."""
+    if len(payload) < HEADER_LEN:
+        raise ProtocolError("chunk shorter than its header")
+    magic, idx, count, total, sha = _HDR.unpack_from(payload)
+    if magic != CHUNK_MAGIC:
+        raise ProtocolError("bad chunk magic")
+    if count == 0 or idx >= count:
+        raise ProtocolError(f"chunk index {idx} of {count}")
+    if len(payload) > MAX_PAYLOAD:
+        raise ProtocolError("chunk larger than 128 KiB")
+    return Chunk(idx, count, total, sha.hex(), bytes(payload[HEADER_LEN:]))
+
+
+# -- topics -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Topic:
+    prefix: str
+    site: str
+    device: str
+    kind: str                    # seg | man | status | health | report | ack | cmd
+    call: str | None = None
+    seq: int | None = None
+
+
+def base(prefix: str, site: str, device: str) -> str:
+    return f"{prefix}/{site}/{device}"
+
+
+def seg_topic(prefix, site, device, call, seq) -> str:
+    return f"{base(prefix, site, device)}/seg/{call}/{seq}"
+
+
+def man_topic(prefix, site, device, call) -> str:
+    return f"{base(prefix, site, device)}/man/{call}"
+
+
+def parse_topic(topic: str) -> Topic:
+    """Split a topic into its parts; raise :class:`ProtocolError` for an unknown shape."""
+    parts = topic.split("/")
+    if len(parts) < 4 or not all(parts[:4]):
+        raise ProtocolError(f"topic {topic!r} has no site/device/kind")
+    prefix, site, device, kind = parts[:4]
+    rest = parts[4:]
+    try:
+        if kind == "seg" and len(rest) == 2:
+            return Topic(prefix, site, device, kind, rest[0], int(rest[1]))
+        if kind == "man" and len(rest) == 1:
+            return Topic(prefix, site, device, kind, rest[0])
+    except ValueError:
+        raise ProtocolError(f"topic {topic!r}: bad segment number") from None
+    if kind in ("status", "health", "report", "ack", "cmd") and not rest:
+        return Topic(prefix, site, device, kind)
+    raise ProtocolError(f"topic {topic!r} is not a Linetap topic")
+
+
+# -- acks ---------------------------------------------------------------------------------------
+def ack_payload(segs=(), mans=(), conflicts=(), rejected=()) -> bytes:
+    """``segs``: (call, seq, sha256); ``mans``: (call, sha256); ``conflicts``: like segs;
+    ``rejected``: (call, reason) for manifests the upstream refused."""
+    return json.dumps({"segs": [list(s) for s in segs], "mans": [list(m) for m in mans],
+                       "conflicts": [list(c) for c in conflicts],
+                       "rejected": [list(r) for r in rejected]},
+                      separators=(",", ":")).encode()
+
+
+def parse_ack(payload: bytes) -> dict:
+    try:
+        d = json.loads(payload)
+        out = {"segs": [(str(c), int(s), str(h)) for c, s, h in d.get("segs", [])],
+               "mans": [(str(c), str(h)) for c, h in d.get("mans", [])],
+               "conflicts": [(str(c), int(s), str(h)) for c, s, h in d.get("conflicts", [])],
+               "rejected": [(str(c), str(r)) for c, r in d.get("rejected", [])]}
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ProtocolError(f"malformed ack: {exc}") from exc
+    return out

@@ -1,0 +1,341 @@
+"""The box's uploader: SQLite outbox -> MQTT v5 -> application-level acks.
+
+The outbox is the store itself: ``segment`` rows with ``acked = 0`` and ``call`` rows
+with a manifest and ``manifest_acked = 0``. Nothing is held only in paho's memory, so
+a reboot, a broker restart (mosquitto keeps sessions in RAM) or days offline lose
+nothing: whatever was not acked is simply sent again. A row is marked acked only when
+the upstream says, on ``.../ack``, that it wrote that exact (call, seq, sha256)
+durably; an item not acked within ``ack_timeout_s`` is sent again (ingest is
+idempotent, so a duplicate costs bandwidth, never a second copy).
+
+At most ``sync.window`` items (segments or manifests) are in flight. The next items
+are chosen by :func:`plan`, which alternates between the oldest backlog and the newest
+call so a live call is not starved behind days of backlog.
+
+Threads: paho's network thread (``loop_start``) only queues incoming messages; one
+uploader thread (a :class:`~recorder.service.ServiceThread`) owns every database
+write, publishing and command handling.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import shutil
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from recorder import audit
+from recorder.errors import CommandRejected, KeyFileError, ProtocolError
+from sync import commands, protocol
+
+log = logging.getLogger(__name__)
+
+SESSION_EXPIRY_S = 7 * 86400     # broker keeps our session (and queued acks) this long
+TICK_S = 0.02                    # uploader thread period (seconds)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One thing to upload: a segment (``seq`` set) or a manifest (``seq`` None)."""
+
+    call: str
+    seq: int | None
+    sha256: str
+    path: str                    # relative to the data dir
+
+    @property
+    def key(self) -> tuple:
+        return (self.call, self.seq)
+
+
+def plan(oldest: list, newest: list, inflight, room: int) -> list:
+    """Choose up to ``room`` items: alternately the oldest backlog and the newest call.
+
+    ``oldest`` and ``newest`` are candidate lists in their own order; items whose
+    ``key`` is in ``inflight`` (a set of keys) are skipped; no item is chosen twice.
+    Pure.
+    """
+    out, seen = [], set(inflight)
+    lists = [list(oldest), list(newest)]
+    pos = [0, 0]
+    turn = 1 if newest else 0      # the live call goes first
+    while len(out) < room and (pos[0] < len(lists[0]) or pos[1] < len(lists[1])):
+        src = lists[turn]
+        while pos[turn] < len(src) and src[pos[turn]].key in seen:
+            pos[turn] += 1
+        if pos[turn] < len(src):
+            it = src[pos[turn]]
+            pos[turn] += 1
+            out.append(it)
+            seen.add(it.key)
+        turn ^= 1
+    return out
+
+
+class Uploader:
+    """Uploads one box's outbox. Construct, :meth:`start`, then run :meth:`tick` on a
+    service thread (or use :meth:`thread`); :meth:`close` on shutdown.
+
+    ``status`` returns the daemon status dict for health messages (or None);
+    ``retention`` (a :class:`recorder.retention.Retention`) applies upstream commands;
+    ``ack_timeout_s`` is how long an unacked item waits before it is sent again.
+    """
+
+    def __init__(self, store, cfg, *, device: str, data_dir, status: Callable | None = None,
+                 alarms=None, retention=None, ack_timeout_s: float = 60.0,
+                 reconnect_s: tuple[float, float] = (1.0, 60.0), clock=time.time):
+        self.store, self.cfg, self.sc = store, cfg, cfg.sync
+        self.device, self.site = device, cfg.device.site or "default"
+        self.data_dir = data_dir
+        self.status_fn, self.alarms, self.retention = status, alarms, retention
+        self.ack_timeout_s, self.reconnect_s, self.clock = ack_timeout_s, reconnect_s, clock
+        self.base = protocol.base(self.sc.topic_prefix, self.site, device)
+        self.inbox: queue.Queue = queue.Queue()
+        self.inflight: dict[tuple, float] = {}       # item key -> monotonic send time
+        self.parked: set[tuple] = set()              # refused upstream; alarmed
+        self.link = "offline"
+        self.link_detail = ""
+        self.connected = threading.Event()
+        self._reset = threading.Event()
+        self._next_health = 0.0
+        self.sent = self.acked = self.resent = 0
+        self.command_key = self._load_command_key()
+        self.client: mqtt.Client | None = None
+
+    def _load_command_key(self):
+        from recorder.keys import load_ed25519_public
+        try:
+            return load_ed25519_public(self.sc.command_key)
+        except KeyFileError as exc:
+            log.warning("no upstream command key (%s): every command will be rejected", exc)
+            return None
+
+    # -- MQTT -------------------------------------------------------------------------------
+    def start(self) -> None:
+        sc = self.sc
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.device,
+                        protocol=mqtt.MQTTv5)
+        c.tls_set(ca_certs=sc.ca, certfile=sc.cert, keyfile=sc.key,
+                  tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        if sc.password:
+            c.username_pw_set(self.device, sc.password)
+        c.will_set(f"{self.base}/status", b"offline", qos=1, retain=True)
+        c.reconnect_delay_set(*self.reconnect_s)
+        c.max_inflight_messages_set(max(20, 4 * sc.window))
+        c.max_queued_messages_set(0)
+        c.on_connect, c.on_disconnect = self._on_connect, self._on_disconnect
+        c.on_message = self._on_message
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        self.link = "connecting"
+        c.connect_async(sc.host, sc.port, keepalive=30, clean_start=False, properties=props)
+        c.loop_start()
+        self.client = c
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            self.link, self.link_detail = "refused", str(reason_code)
+            log.warning("broker refused the connection: %s", reason_code)
+            return
+        client.subscribe([(f"{self.base}/ack", 1), (f"{self.base}/cmd", 1)])
+        client.publish(f"{self.base}/status", b"online", qos=1, retain=True)
+        self.link, self.link_detail = "online", ""
+        self._reset.set()
+        self.connected.set()
+        log.info("connected to broker %s:%d", self.sc.host, self.sc.port)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        self.connected.clear()
+        self.link, self.link_detail = "offline", str(reason_code)
+        log.info("disconnected from broker: %s", reason_code)
+
+    def _on_message(self, client, userdata, msg):
+        self.inbox.put((msg.topic, bytes(msg.payload)))
+
+    def close(self) -> None:
+        """Say offline (retained) and disconnect."""
+        c, self.client = self.client, None
+        if c is None:
+            return
+        try:
+            if self.connected.is_set():
+                c.publish(f"{self.base}/status", b"offline", qos=1, retain=True) \
+                    .wait_for_publish(2.0)
+        except (RuntimeError, ValueError):
+            log.debug("offline status not sent", exc_info=True)
+        c.disconnect()
+        c.loop_stop()
+        self.connected.clear()
+        self.link = "offline"
+
+    # -- the tick ---------------------------------------------------------------------------
+    def tick(self) -> None:
+        """Apply incoming acks and commands, then top up the in-flight window."""
+        self._drain_inbox()
+        if not self.connected.is_set():
+            return
+        if self._reset.is_set():
+            # A new connection: what was in flight may have died with the old one.
+            self._reset.clear()
+            self.inflight.clear()
+        now = time.monotonic()
+        for k, t in list(self.inflight.items()):
+            if now - t > self.ack_timeout_s:
+                del self.inflight[k]
+                self.resent += 1
+        room = self.sc.window - len(self.inflight)
+        if room > 0:
+            for it in plan(*self._candidates(room), set(self.inflight) | self.parked, room):
+                self._publish(it)
+        if time.monotonic() >= self._next_health:
+            self._next_health = time.monotonic() + self.sc.health_interval_s
+            self.publish_health()
+
+    def _candidates(self, room: int) -> tuple[list[Item], list[Item]]:
+        C, S = self.store.m.Call, self.store.m.Segment
+        limit = room + len(self.inflight) + len(self.parked)
+        mans = [Item(c.id, None, c.manifest_sha256, c.manifest) for c in
+                C.select(C.id, C.manifest, C.manifest_sha256)
+                .where(C.manifest.is_null(False) & (C.manifest_acked == False)  # noqa: E712
+                       & (C.state != "deleted")).order_by(C.created).limit(limit)]
+        base_q = S.select(S.call, S.seq, S.sha256, S.path).where(S.acked == False)  # noqa: E712
+        oldest = [Item(s.call_id, s.seq, s.sha256, s.path)
+                  for s in base_q.order_by(S.id).limit(limit)]
+        last = S.select(S.call).where(S.acked == False).order_by(S.id.desc()).first()  # noqa: E712
+        newest = []
+        if last is not None:
+            newest = [Item(s.call_id, s.seq, s.sha256, s.path) for s in
+                      base_q.where(S.call == last.call_id).order_by(S.seq).limit(limit)]
+        # Manifests are small and complete a call upstream: they go with the backlog.
+        return mans + oldest, newest
+
+    def _publish(self, it: Item) -> None:
+        try:
+            blob = self.store.abs(it.path).read_bytes()
+        except OSError:
+            log.warning("outbox file %s is gone; retention will settle the row", it.path)
+            self.parked.add(it.key)
+            return
+        if it.seq is None:
+            topic = protocol.man_topic(self.sc.topic_prefix, self.site, self.device, it.call)
+        else:
+            topic = protocol.seg_topic(self.sc.topic_prefix, self.site, self.device, it.call,
+                                       it.seq)
+        for payload in protocol.split(blob, self.sc.chunk_bytes):
+            self.client.publish(topic, payload, qos=1)
+        self.inflight[it.key] = time.monotonic()
+        self.sent += 1
+
+    # -- incoming -----------------------------------------------------------------------------
+    def _drain_inbox(self) -> None:
+        while True:
+            try:
+                topic, payload = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                kind = protocol.parse_topic(topic).kind
+                if kind == "ack":
+                    self._apply_ack(protocol.parse_ack(payload))
+                elif kind == "cmd":
+                    self._command(payload)
+            except ProtocolError as exc:
+                log.warning("ignored message on %s: %s", topic, exc)
+
+    def _apply_ack(self, ack: dict) -> None:
+        C, S = self.store.m.Call, self.store.m.Segment
+        now = self.clock()
+        with self.store.db.atomic():
+            for call, seq, sha in ack["segs"]:
+                n = S.update(acked=True, acked_time=now).where(
+                    (S.call == call) & (S.seq == seq) & (S.sha256 == sha)
+                    & (S.acked == False)).execute()  # noqa: E712
+                self.inflight.pop((call, seq), None)
+                self.acked += n
+            for call, sha in ack["mans"]:
+                C.update(manifest_acked=True).where(
+                    (C.id == call) & (C.manifest_sha256 == sha)).execute()
+                self.inflight.pop((call, None), None)
+        for call, seq, sha in ack["conflicts"]:
+            self.parked.add((call, seq))
+            self.inflight.pop((call, seq), None)
+            log.error("upstream holds a different segment %s/%d; ours (%s) kept aside", call,
+                      seq, sha[:12])
+            self._alarm("sync_conflict", call=call, seq=seq)
+        for call, reason in ack["rejected"]:
+            self.parked.add((call, None))
+            self.inflight.pop((call, None), None)
+            log.error("upstream rejected the manifest of %s: %s", call, reason)
+            self._alarm("sync_rejected", call=call, reason=reason)
+
+    def _alarm(self, name, **detail) -> None:
+        if self.alarms is not None:
+            self.alarms.set(name, True, **detail)
+
+    def _command(self, payload: bytes) -> None:
+        body = None
+        try:
+            body = commands.verify(payload, self.command_key, self.device)
+            commands.check_nonce(self.store, body)
+            if self.retention is None:
+                raise CommandRejected("retention service not running")
+            result = self.retention.apply(body)
+            audit.record(self.data_dir, "command_applied", kind=body["kind"],
+                         nonce=body["nonce"], result=result)
+            self._report({"nonce": body["nonce"], "kind": body["kind"], "status": "applied",
+                          "result": result})
+        except CommandRejected as exc:
+            try:
+                info, _raw, _sig = commands.parse(payload)
+            except CommandRejected:
+                info = {}
+            nonce, kind = info.get("nonce"), info.get("kind")
+            audit.record(self.data_dir, "command_rejected", reason=str(exc),
+                         kind=str(kind), nonce=str(nonce))
+            log.warning("rejected upstream command %s: %s", kind, exc)
+            self._report({"nonce": nonce, "kind": kind, "status": "rejected",
+                          "reason": str(exc)})
+
+    def _report(self, obj: dict) -> None:
+        if self.client is not None:
+            self.client.publish(f"{self.base}/report", json.dumps(obj).encode(), qos=1)
+
+    # -- status and health -------------------------------------------------------------------
+    def sync_status(self) -> dict:
+        """Link state, backlog (unacked segments) and the oldest one's age (seconds)."""
+        S = self.store.m.Segment
+        q = S.select().where(S.acked == False)  # noqa: E712
+        oldest = q.order_by(S.created).first()
+        return {"link": self.link, "detail": self.link_detail, "backlog": q.count(),
+                "oldest_age_s": round(self.clock() - oldest.created, 1) if oldest else None,
+                "inflight": len(self.inflight), "sent": self.sent, "acked": self.acked,
+                "resent": self.resent, "parked": len(self.parked)}
+
+    def publish_health(self) -> None:
+        from recorder.commands import store_summary
+        st = {}
+        if self.status_fn is not None:
+            try:
+                st = self.status_fn() or {}
+            except Exception:
+                log.exception("status for health failed")
+        sync = self.sync_status()
+        body = {"device": self.device, "version": st.get("version"), "time": self.clock(),
+                "disk_free_mb": round(shutil.disk_usage(self.store.root).free / 2**20, 1),
+                "backlog": sync["backlog"], "oldest_unsynced_age_s": sync["oldest_age_s"],
+                "lines": [{"line": ln["line"], "state": ln["state"]}
+                          for ln in st.get("lines", [])],
+                "overruns": st.get("overruns"), "alarms": sorted(st.get("alarms") or {}),
+                "store": store_summary(self.store)}
+        self.client.publish(f"{self.base}/health", json.dumps(body, default=str).encode(),
+                            qos=1)

@@ -1,0 +1,155 @@
+"""Upstream operations on stored calls: retention, delete, hold, commands, export.
+
+Used by the ingest workers (retention tick, command delivery) and by
+``linetap upstream``. Every deletion and hold is written to the ``uaudit`` table.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+
+from recorder import evidence
+from recorder.errors import CommandRejected, KeyFileError, StoreError
+from recorder.export import decode_segments, export_json, open_manifest, write_call
+from sync import commands
+from sync.upstream_store import Command, DeviceState, UCall, USegment, audit, db
+
+log = logging.getLogger(__name__)
+
+
+def load_command_key(path: str):
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise KeyFileError(f"upstream command key {path} unreadable: {exc}") from exc
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise KeyFileError(f"upstream command key {path} is not Ed25519")
+    return key
+
+
+def find_call(call: str, device: str | None = None) -> UCall:
+    q = UCall.select().where(UCall.call == call)
+    if device:
+        q = q.where(UCall.device == device)
+    rows = list(q)
+    if not rows:
+        raise StoreError(f"no such call {call}")
+    if len(rows) > 1:
+        raise StoreError(f"call id {call} exists on several devices; pass --device")
+    return rows[0]
+
+
+def delete_call(objects, row: UCall, reason: str) -> bool:
+    """Delete blobs, then rows; keep a tombstone. False if already deleted."""
+    if row.state == "deleted":
+        return False
+    if row.legal_hold:
+        raise CommandRejected(f"call {row.call} is on legal hold")
+    segs = list(USegment.select().where((USegment.device == row.device)
+                                        & (USegment.call == row.call)))
+    for s in segs:
+        objects.delete(s.key)
+    if row.manifest_key:
+        objects.delete(row.manifest_key)
+    with db.atomic():
+        USegment.delete().where((USegment.device == row.device)
+                                & (USegment.call == row.call)).execute()
+        UCall.update(state="deleted", deleted_time=time.time(), delete_reason=reason,
+                     manifest_key=None, expected=None).where(UCall.id == row.id).execute()
+    audit("retention_expiry" if reason == "retention_expiry" else "delete",
+          device=row.device, call=row.call, reason=reason, segments=len(segs))
+    return True
+
+
+def expire(objects, now: float | None = None) -> int:
+    """Delete every live call past its deadline and not on hold."""
+    now = time.time() if now is None else now
+    n = 0
+    for row in UCall.select().where((UCall.state == "live") & (UCall.legal_hold == False)  # noqa: E712
+                                    & (UCall.deadline <= now)):
+        try:
+            n += delete_call(objects, row, "retention_expiry")
+        except CommandRejected:
+            continue
+    return n
+
+
+def refresh_deadlines(ucfg) -> None:
+    """Deadline = start + the site's retention (which may have changed in the config)."""
+    for site in ucfg.sites.values():
+        UCall.update(deadline=UCall.start_time + site.retention_days * 86400).where(
+            (UCall.site == site.name) & UCall.start_time.is_null(False)).execute()
+
+
+def queue_command(ucfg, device: str, kind: str, **args) -> str:
+    """Sign a command for ``device`` and queue it for the workers to deliver."""
+    key = load_command_key(ucfg.command_key)
+    env = commands.sign(key, kind, device, lifetime_s=ucfg.command_lifetime_s, **args)
+    body, _raw, _sig = commands.parse(env)
+    Command.create(nonce=body["nonce"], device=device, kind=kind, envelope=env.decode(),
+                   expires=body["expires"])
+    audit("command_queued", device=device, kind=kind, nonce=body["nonce"],
+          call=args.get("call"))
+    return body["nonce"]
+
+
+def queue_retention(ucfg) -> int:
+    """Queue a retention command to every device whose box has another value."""
+    n = 0
+    for site in ucfg.sites.values():
+        for dev in site.devices:
+            st, _ = DeviceState.get_or_create(device=dev)
+            if st.retention_pushed != site.retention_days:
+                queue_command(ucfg, dev, "retention", days=site.retention_days)
+                DeviceState.update(retention_pushed=site.retention_days).where(
+                    DeviceState.device == dev).execute()
+                n += 1
+    return n
+
+
+def user_delete(ucfg, objects, call: str, device: str | None = None) -> UCall:
+    """The practice deletes a call: here now, and on the box by signed command."""
+    row = find_call(call, device)
+    delete_call(objects, row, "upstream_delete")
+    queue_command(ucfg, row.device, "delete", call=row.call)
+    return row
+
+
+def user_hold(ucfg, call: str, on: bool, device: str | None = None) -> UCall:
+    row = find_call(call, device)
+    UCall.update(legal_hold=on).where(UCall.id == row.id).execute()
+    audit("legal_hold", device=row.device, call=row.call, on=on)
+    queue_command(ucfg, row.device, "hold", call=row.call, on=on)
+    return row
+
+
+def export_call(ucfg, objects, private_key, out_dir, row: UCall) -> dict:
+    """Write ``<call>.wav`` and ``<call>.json`` exactly as ``linetap export`` on the box."""
+    site = ucfg.site_of(row.device)
+    dkey = site.devices.get(row.device) if site else None
+    if row.manifest_key is None:
+        raise StoreError(f"call {row.call}: no manifest upstream yet")
+    mdata = objects.get(row.manifest_key)
+    header, problems = evidence.check_manifest(mdata, row.call, row.device, dkey)
+    segs = list(USegment.select().where((USegment.device == row.device)
+                                        & (USegment.call == row.call)).order_by(USegment.seq))
+    blobs = [(s.seq, objects.get(s.key)) for s in segs]
+    found = {seq: evidence.Found.from_bytes(seq, data) for seq, data in blobs}
+    problems += evidence.diagnose(evidence.expected_from_manifest(header), found)
+    body = open_manifest(mdata, private_key)
+    if body is None:
+        raise StoreError(f"call {row.call}: manifest does not open with this key")
+    pcm, p2 = decode_segments(blobs, private_key, body.get("first_sample"),
+                              body.get("codec", "flac"))
+    v = evidence.Verdict("failed" if problems or p2 else "verified", problems + p2)
+    meta = export_json(body, None, v.status, v.detail)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_call(out, row.call, pcm, int(body["rate"]), meta)
+    audit("export", device=row.device, call=row.call, status=v.status)
+    return {"call_id": row.call, "status": v.status, "duration_s": meta.get("duration_s")}

@@ -1,0 +1,168 @@
+"""Upstream metadata (peewee; SQLite by default, PostgreSQL at scale).
+
+Tables: ``ucall`` (one row per (device, call), tombstoned on deletion), ``usegment``
+(unique on (device, call, seq): the idempotency key; the sha256 decides duplicate or
+conflict), ``problem`` (conflicting segments and refused manifests, kept aside),
+``command`` (signed commands to boxes, with their delivery status), ``health`` (last
+health message per device) and ``uaudit`` (every deletion, hold and command).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import peewee as pw
+from playhouse.db_url import connect
+
+log = logging.getLogger(__name__)
+
+db = pw.DatabaseProxy()
+
+
+class JSONField(pw.TextField):
+    def db_value(self, value):
+        return None if value is None else json.dumps(value, sort_keys=True)
+
+    def python_value(self, value):
+        return None if value is None else json.loads(value)
+
+
+class Base(pw.Model):
+    class Meta:
+        database = db
+
+
+class UCall(Base):
+    device = pw.CharField()
+    call = pw.CharField()
+    site = pw.CharField(index=True)
+    start_time = pw.DoubleField(null=True)       # epoch s of the call's first sample
+    deadline = pw.DoubleField(null=True, index=True)
+    legal_hold = pw.BooleanField(default=False)
+    state = pw.CharField(default="live")         # live | deleted
+    deleted_time = pw.DoubleField(null=True)
+    delete_reason = pw.CharField(null=True)
+    manifest_key = pw.CharField(null=True)
+    manifest_sha256 = pw.CharField(null=True)
+    expected = JSONField(null=True)              # manifest header segment list
+    created = pw.DoubleField(default=time.time)
+
+    class Meta:
+        table_name = "ucall"
+        indexes = ((("device", "call"), True),)
+
+
+class USegment(Base):
+    device = pw.CharField()
+    call = pw.CharField()
+    seq = pw.IntegerField()
+    sha256 = pw.CharField()
+    size = pw.IntegerField()
+    key = pw.CharField()
+    created = pw.DoubleField(default=time.time)
+
+    class Meta:
+        table_name = "usegment"
+        indexes = ((("device", "call", "seq"), True),)
+
+
+class Problem(Base):
+    kind = pw.CharField()                        # conflict | rejected
+    device = pw.CharField()
+    call = pw.CharField()
+    seq = pw.IntegerField(null=True)
+    sha256 = pw.CharField()
+    key = pw.CharField(null=True)
+    detail = pw.TextField(default="")
+    created = pw.DoubleField(default=time.time)
+
+    class Meta:
+        table_name = "problem"
+        indexes = ((("kind", "device", "call", "seq", "sha256"), True),)
+
+
+class Command(Base):
+    nonce = pw.CharField(primary_key=True)
+    device = pw.CharField(index=True)
+    kind = pw.CharField()
+    envelope = pw.TextField()
+    expires = pw.DoubleField()
+    status = pw.CharField(default="pending", index=True)   # pending | applied | rejected
+    result = pw.TextField(null=True)
+    sent_time = pw.DoubleField(null=True)
+    created = pw.DoubleField(default=time.time)
+
+    class Meta:
+        table_name = "command"
+
+
+class Health(Base):
+    device = pw.CharField(primary_key=True)
+    site = pw.CharField()
+    body = JSONField()
+    time = pw.DoubleField()
+
+    class Meta:
+        table_name = "health"
+
+
+class DeviceState(Base):
+    device = pw.CharField(primary_key=True)
+    retention_pushed = pw.DoubleField(null=True)   # days last sent to the box
+
+    class Meta:
+        table_name = "device_state"
+
+
+class UAudit(Base):
+    time = pw.DoubleField(default=time.time)
+    action = pw.CharField()
+    detail = JSONField()
+
+    class Meta:
+        table_name = "uaudit"
+
+
+MODELS = [UCall, USegment, Problem, Command, Health, DeviceState, UAudit]
+
+
+def open_db(url: str) -> pw.Database:
+    """Connect ``db`` to ``url`` (``sqlite:///path`` or ``postgresql://...``) and create
+    missing tables. Safe to call from several workers at once."""
+    if url.startswith("sqlite"):
+        d = connect(url, pragmas={"journal_mode": "wal", "synchronous": "full",
+                                  "busy_timeout": 30000})
+    else:
+        d = connect(url)
+    db.initialize(d)
+    for attempt in range(3):
+        try:
+            with d.atomic():
+                d.create_tables(MODELS, safe=True)
+            break
+        except (pw.IntegrityError, pw.ProgrammingError, pw.OperationalError):
+            # Two workers creating the same table at once in PostgreSQL: one loses.
+            if attempt == 2:
+                raise
+            time.sleep(0.2)
+    return d
+
+
+def audit(action: str, **detail) -> None:
+    UAudit.create(action=action, detail=detail)
+    log.info("upstream audit: %s %s", action, detail)
+
+
+def expected_seqs(row: UCall) -> dict[int, str]:
+    return {int(s["seq"]): s["sha256"] for s in (row.expected or [])}
+
+
+def is_complete(row: UCall) -> bool:
+    """Manifest present and every segment in its chain stored with the right hash."""
+    if row.manifest_key is None or row.expected is None:
+        return False
+    have = {s.seq: s.sha256 for s in USegment.select(USegment.seq, USegment.sha256).where(
+        (USegment.device == row.device) & (USegment.call == row.call))}
+    return all(have.get(k) == v for k, v in expected_seqs(row).items())
