@@ -470,7 +470,8 @@ class Dispatcher:
         if pending is None or self.env.monotonic() > pending[1]:
             raise ReplyError(protocol.E_CONFIRM, "no confirmation code pending or it expired: "
                              "send factory_reset_begin first")
-        if not isinstance(code, str) or not secrets.compare_digest(code, pending[0]):
+        if not isinstance(code, str) or not secrets.compare_digest(code.encode("utf-8"),
+                                                                pending[0].encode()):
             raise ReplyError(protocol.E_CONFIRM, "wrong confirmation code; start again with "
                              "factory_reset_begin")
         return self._factory_reset()
