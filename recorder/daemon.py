@@ -107,17 +107,24 @@ class Daemon:
         if removed:
             log.warning("removed %d temp file(s) left by a power cut", len(removed))
         self.store = Store(self.data_dir)
+        # The identity is "made" once its fingerprint is in the store. A power cut
+        # while the key was first being written leaves no fingerprint, so it is made
+        # again; after that, a missing, corrupt or different key is an alarm.
+        known = self.store.get_meta("identity_fingerprint")
         try:
-            self.identity = keys.ensure_identity(self.data_dir,
-                                                 first_start=self.store.first_start)
+            self.identity = keys.ensure_identity(self.data_dir, first_start=known is None)
+            fp = keys.fingerprint(keys.raw_public(self.identity.public_key()))
+            if known is not None and fp != known:
+                raise KeyFileError(f"device identity key is {fp}, but this store was "
+                                   f"recorded by {known}")
         except KeyFileError as exc:
             self.alarms.set("identity_key", True, detail=str(exc))
             raise LinetapError(f"refusing to record: {exc}. Restore the key from backup, "
                                "or re-provision the box (factory reset)") from exc
-        if self.store.first_start:
+        if known is None:
+            self.store.set_meta("identity_fingerprint", fp)
             audit.record(self.data_dir, "identity_created", device=self.device,
-                         fingerprint=keys.fingerprint(keys.raw_public(
-                             self.identity.public_key())))
+                         fingerprint=fp)
         self.public_key = keys.load_practice_public(cfg.recording.public_key)
         self.timebase = self.hw.timebase or Timebase.from_system(self.rate)
         self.writer = Writer(self.store, device=self.device, rate=self.rate,

@@ -12,15 +12,19 @@ from pathlib import Path
 
 TEMP_SUFFIX = ".tmp"
 
-# Test hook for crash campaigns: LINETAP_CRASH_AT=<point> makes the process die with
-# SIGKILL at that point (before_fsync, before_rename, before_dirsync), exactly as a power
-# cut would. Unset in production, where it costs one dict lookup per write.
-_CRASH_AT = os.environ.get("LINETAP_CRASH_AT", "")
+# Test hook for crash campaigns: LINETAP_CRASH_AT=<point>[:<n>] makes the process die
+# with SIGKILL at the n-th time (default 1st) it reaches that point (before_fsync,
+# before_rename, before_dirsync), exactly as a power cut would. Unset in production,
+# where it costs one string test per write.
+_CRASH_AT, _, _CRASH_N = os.environ.get("LINETAP_CRASH_AT", "").partition(":")
+_crash_seen = {"n": 0}
 
 
 def _crash_point(name: str) -> None:
     if _CRASH_AT and _CRASH_AT == name:
-        os.kill(os.getpid(), 9)
+        _crash_seen["n"] += 1
+        if _crash_seen["n"] >= int(_CRASH_N or 1):
+            os.kill(os.getpid(), 9)
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
