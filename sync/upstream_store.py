@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 
 import peewee as pw
 from playhouse.db_url import connect
@@ -132,6 +133,9 @@ def open_db(url: str) -> pw.Database:
     """Connect ``db`` to ``url`` (``sqlite:///path`` or ``postgresql://...``) and create
     missing tables. Safe to call from several workers at once."""
     if url.startswith("sqlite"):
+        path = url.split(":///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
         d = connect(url, pragmas={"journal_mode": "wal", "synchronous": "full",
                                   "busy_timeout": 30000})
     else:

@@ -68,3 +68,107 @@ def box_cfg(data_dir, **sync) -> Config:
     for k, v in sync.items():
         over[f"sync__{k}"] = v
     return cfg.replace(**over)
+
+
+# -- upstream and uploader plumbing ---------------------------------------------------------------
+def upstream_cfg(tmp: Path, broker, pki, boxes, *, db_url=None, retention_days=90.0,
+                 command_key=None):
+    """An UpstreamConfig registering each box's identity key under site ``site1``."""
+    from recorder.keys import raw_public
+    from sync.upstream_config import from_dict
+    devices = {b.device: raw_public(b.identity.public_key()).hex() for b in boxes}
+    raw = {"database": {"url": db_url or f"sqlite:///{tmp / 'upstream.db'}"},
+           "objects": {"path": str(tmp / "objects")},
+           "broker": {"host": "127.0.0.1", "port": broker.port, "ca": str(pki.ca),
+                      "cert": pki.ingest.cert, "key": pki.ingest.key},
+           "commands": {"resend_s": 1},
+           "retention": {"interval_s": 1},
+           "sites": {"site1": {"retention_days": retention_days, "devices": devices}}}
+    if command_key:
+        raw["commands"]["key"] = str(command_key)
+    return from_dict(raw)
+
+
+def write_command_key(path: Path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from recorder.keys import pem_public
+    key = ed25519.Ed25519PrivateKey.generate()
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    pub = path.with_suffix(".pub")
+    pub.write_bytes(pem_public(key.public_key()))
+    return key, pub
+
+
+class Running:
+    """An uploader on its own service thread, as the daemon runs it."""
+
+    def __init__(self, box, broker, pki, *, window=16, ack_timeout_s=3.0, command_pub=None,
+                 free_bytes=None, alarms=None):
+        import threading
+
+        from recorder.retention import Retention
+        from recorder.service import ServiceThread
+        from sync.uploader import Uploader
+        dev = pki.devices[box.device]
+        extra = {"command_key": str(command_pub)} if command_pub else {}
+        self.cfg = box_cfg(box.data_dir, device=box.device, enabled=True, host="127.0.0.1",
+                           port=broker.port, ca=str(pki.ca), cert=dev.cert, key=dev.key,
+                           window=window, **extra)
+        self.retention = Retention(box.store, box.data_dir, self.cfg, alarms=alarms,
+                                   free_bytes=free_bytes or (lambda: 10**12))
+        self.up = Uploader(box.store, self.cfg, device=box.device, data_dir=box.data_dir,
+                           retention=self.retention, alarms=alarms,
+                           ack_timeout_s=ack_timeout_s, reconnect_s=(0.05, 0.5))
+        self.stop = threading.Event()
+        self.up.start()
+        self.thread = ServiceThread("uploader", 0.02, self.up.tick, self.stop)
+        self.thread.start()
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(10)
+        self.up.close()
+
+
+def wait_for(pred, timeout=60.0, what="condition"):
+    """Poll ``pred`` until true; fail after ``timeout`` s (a guard, never an assertion on
+    timing)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def unacked(store) -> int:
+    S, C = store.m.Segment, store.m.Call
+    return (S.select().where(S.acked == False).count()  # noqa: E712
+            + C.select().where(C.manifest.is_null(False) & (C.manifest_acked == False)  # noqa: E712
+                               & (C.state != "deleted")).count())
+
+
+class InProcWorker:
+    """An ingest worker in this process (the DB proxy is process-global)."""
+
+    def __init__(self, ucfg, client_id="ingest-t1"):
+        import threading
+
+        from recorder.service import ServiceThread
+        from sync.ingest import Worker
+        from sync.upstream_store import open_db
+        open_db(ucfg.db_url)
+        self.w = Worker(ucfg, client_id=client_id, reconnect_s=(0.05, 0.5))
+        self.w.start()
+        self.stop = threading.Event()
+        self.t = ServiceThread("ingest-tick", 0.2, self.w.tick, self.stop)
+        self.t.start()
+
+    def close(self):
+        self.stop.set()
+        self.t.join(10)
+        self.w.close()
