@@ -71,11 +71,10 @@ def box_cfg(data_dir, **sync) -> Config:
 
 
 # -- upstream and uploader plumbing ---------------------------------------------------------------
-def upstream_cfg(tmp: Path, broker, pki, boxes, *, db_url=None, retention_days=90.0,
-                 command_key=None):
-    """An UpstreamConfig registering each box's identity key under site ``site1``."""
+def upstream_raw(tmp: Path, broker, pki, boxes, *, db_url=None, retention_days=90.0,
+                 command_key=None) -> dict:
+    """Upstream config data registering each box's identity key under site ``site1``."""
     from recorder.keys import raw_public
-    from sync.upstream_config import from_dict
     devices = {b.device: raw_public(b.identity.public_key()).hex() for b in boxes}
     raw = {"database": {"url": db_url or f"sqlite:///{tmp / 'upstream.db'}"},
            "objects": {"path": str(tmp / "objects")},
@@ -86,7 +85,35 @@ def upstream_cfg(tmp: Path, broker, pki, boxes, *, db_url=None, retention_days=9
            "sites": {"site1": {"retention_days": retention_days, "devices": devices}}}
     if command_key:
         raw["commands"]["key"] = str(command_key)
-    return from_dict(raw)
+    return raw
+
+
+def upstream_cfg(*args, **kw):
+    from sync.upstream_config import from_dict
+    return from_dict(upstream_raw(*args, **kw))
+
+
+def to_toml(raw: dict) -> str:
+    """Just enough TOML for upstream configs (tables of scalars, nested tables)."""
+    def val(v):
+        return str(v).lower() if isinstance(v, bool) else \
+            (f'"{v}"' if isinstance(v, str) else repr(v))
+    out = []
+
+    def table(name, d):
+        out.append(f"[{name}]")
+        subs = []
+        for k, v in d.items():
+            if isinstance(v, dict):
+                subs.append((f'{name}."{k}"' if "-" in k else f"{name}.{k}", v))
+            else:
+                out.append(f'"{k}" = {val(v)}')
+        out.append("")
+        for n, v in subs:
+            table(n, v)
+    for k, v in raw.items():
+        table(k, v)
+    return "\n".join(out)
 
 
 def write_command_key(path: Path):

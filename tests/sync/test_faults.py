@@ -1,0 +1,164 @@
+"""Faults: broker restarts mid-transfer, duplicated and reordered deliveries, a worker
+killed after its durable write but before its ack. 0 lost, 0 stored twice."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+
+from synchelpers import (
+    InProcWorker,
+    Running,
+    make_box,
+    practice_keys,
+    to_toml,
+    unacked,
+    upstream_cfg,
+    upstream_raw,
+    wait_for,
+    write_calls,
+)
+
+from sync import protocol
+from sync.ingest import Ingest
+from sync.upstream_store import Problem, UCall, USegment, is_complete, open_db
+
+
+def _acked(store) -> int:
+    S = store.m.Segment
+    return S.select().where(S.acked == True).count()  # noqa: E712
+
+
+def _stored_once(ucfg, total):
+    from pathlib import Path
+    assert USegment.select().count() == total
+    files = [p for p in (Path(ucfg.objects) / "seg").rglob("*") if p.is_file()]
+    assert len(files) == total, "a segment was stored twice"
+
+
+def test_broker_restarts_mid_transfer(tmp_path, broker, pki):
+    _priv, pub, *_ = practice_keys(tmp_path)
+    box = make_box(tmp_path / "box", pub)
+    write_calls(box, n_calls=6, segs=4, noisy=True)
+    total = 24
+    ucfg = upstream_cfg(tmp_path / "up", broker, pki, [box])
+    worker = InProcWorker(ucfg)
+    run = Running(box, broker, pki, window=2, ack_timeout_s=2.0)
+    try:
+        for k in range(3):
+            target = min(total - 1, _acked(box.store) + 3)
+            wait_for(lambda t=target: _acked(box.store) >= t, what=f"progress {k}")
+            broker.restart()
+        wait_for(lambda: unacked(box.store) == 0, timeout=120, what="drain after restarts")
+    finally:
+        run.close()
+        worker.close()
+    _stored_once(ucfg, total)
+    assert all(is_complete(r) for r in UCall.select())
+
+
+def _items(box):
+    """(topic, payload) for every chunk of every segment and manifest of the box."""
+    out = []
+    st = box.store
+    for c in st.calls():
+        for s in st.segments_of(c.id):
+            t = protocol.seg_topic("linetap", "site1", box.device, c.id, s.seq)
+            out += [(t, p) for p in protocol.split(st.abs(s.path).read_bytes(), 40000)]
+        t = protocol.man_topic("linetap", "site1", box.device, c.id)
+        out += [(t, p) for p in protocol.split(st.abs(c.manifest).read_bytes())]
+    return out
+
+
+def test_duplicated_and_reordered_deliveries(tmp_path, pki):
+    _priv, pub, *_ = practice_keys(tmp_path)
+    box = make_box(tmp_path / "box", pub)
+    write_calls(box, n_calls=3, segs=3, noisy=True)
+    ucfg = upstream_cfg(tmp_path / "up", type("B", (), {"port": 1})(), pki, [box])
+    open_db(ucfg.db_url)
+    ing = Ingest(ucfg)
+    items = _items(box)
+    rng = random.Random(7)
+    deliveries = items * 3
+    rng.shuffle(deliveries)                   # manifests before segments, chunks mixed
+    acks = []
+    for topic, payload in deliveries:
+        out = ing.handle(topic, payload)
+        if out:
+            acks.append(protocol.parse_ack(out[1]))
+    _stored_once(ucfg, 9)
+    assert ing.stored == 9 + 3 and ing.conflicts == 0
+    assert all(is_complete(r) for r in UCall.select())
+    acked = {tuple(s) for a in acks for s in a["segs"]}
+    assert len(acked) == 9
+    # The same key with another hash is kept aside and alarmed, never overwritten.
+    c = box.store.calls()[0]
+    s0 = box.store.segments_of(c.id)[0]
+    evil = bytearray(box.store.abs(s0.path).read_bytes())
+    evil[-1] ^= 1
+    t = protocol.seg_topic("linetap", "site1", box.device, c.id, 0)
+    for chunk in protocol.split(bytes(evil)):
+        out = ing.handle(t, chunk)
+    assert protocol.parse_ack(out[1])["conflicts"] and not protocol.parse_ack(out[1])["segs"]
+    assert USegment.get(USegment.call == c.id, USegment.seq == 0).sha256 == s0.sha256
+    assert Problem.select().where(Problem.kind == "conflict").count() == 1
+    # A chunk whose reassembled hash is wrong is dropped, not stored.
+    bad = protocol.split(b"x" * 100)[0][:-1] + b"y"
+    assert ing.handle(protocol.seg_topic("linetap", "site1", box.device, c.id, 9), bad) is None
+    # A device registered to another site, or unknown, is dropped.
+    assert ing.handle(protocol.seg_topic("linetap", "site2", box.device, c.id, 0),
+                      protocol.split(bytes(evil))[0]) is None
+
+
+def test_box_applies_only_matching_acks(tmp_path, pki):
+    from sync.uploader import Uploader
+    _priv, pub, *_ = practice_keys(tmp_path)
+    box = make_box(tmp_path / "box", pub)
+    (cid,) = write_calls(box, n_calls=1, segs=2)
+    up = Uploader(box.store, upstream_box_cfg(box), device=box.device,
+                  data_dir=box.data_dir)
+    segs = box.store.segments_of(cid)
+    up._apply_ack(protocol.parse_ack(protocol.ack_payload(
+        segs=[(cid, 0, "0" * 64), (cid, 1, segs[1].sha256), (cid, 1, segs[1].sha256)])))
+    got = {s.seq: s.acked for s in box.store.segments_of(cid)}
+    assert got == {0: False, 1: True}
+
+
+def upstream_box_cfg(box):
+    from synchelpers import box_cfg
+    return box_cfg(box.data_dir, device=box.device)
+
+
+def test_worker_killed_before_ack(tmp_path, broker, pki):
+    _priv, pub, *_ = practice_keys(tmp_path)
+    box = make_box(tmp_path / "box", pub)
+    write_calls(box, n_calls=3, segs=3)
+    total = 9
+    raw = upstream_raw(tmp_path / "up", broker, pki, [box])
+    conf = tmp_path / "upstream.toml"
+    conf.write_text(to_toml(raw))
+    env = dict(os.environ, LINETAP_INGEST_CRASH_AFTER="3")
+    proc = subprocess.Popen([sys.executable, "-m", "sync.ingest", "--config", str(conf)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run = Running(box, broker, pki, window=4, ack_timeout_s=2.0)
+    try:
+        proc.wait(60)
+        assert proc.returncode == 9, proc.stderr.read().decode()[-2000:]
+        ucfg = upstream_cfg(tmp_path / "up", broker, pki, [box])
+        open_db(ucfg.db_url)
+        # The write happened, its ack did not.
+        assert USegment.select().count() + UCall.select().where(
+            UCall.manifest_key.is_null(False)).count() >= 3
+        worker = InProcWorker(ucfg, client_id="ingest-t2")
+        try:
+            wait_for(lambda: unacked(box.store) == 0, what="drain after worker crash")
+        finally:
+            worker.close()
+    finally:
+        run.close()
+        if proc.poll() is None:
+            proc.kill()
+    _stored_once(ucfg, total)
+    assert all(is_complete(r) for r in UCall.select())
