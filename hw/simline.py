@@ -146,33 +146,40 @@ class SimulatedLine:
         steps.sort(key=lambda p: (p.sample, p.order, p.active))
         return steps
 
-    def _render_clips(self) -> list[tuple[int, int, np.ndarray]]:
-        """(line, start sample, float32 audio) for every sound in the scenario."""
-        r = self.rate
-        clips = []
-        for e in self.sc.events:
-            s = e.sample(r)
-            a = None
-            if e.type == "audio":
-                a = self.sc.audio[e.args["path"]] * np.float32(
-                    10 ** (e.args.get("gain_db", 0.0) / 20))
-            elif e.type == "tone":
-                hz = e.args["hz"] if isinstance(e.args["hz"], list) else [e.args["hz"]]
-                n = int(round(e.args["duration"] * r))
-                t = np.arange(n) / r
-                amp = 10 ** (e.args.get("level_dbfs", -12.0) / 20)
-                a = sum(np.sin(2 * np.pi * f * t) for f in hz) * amp
-            elif e.type == "dtmf":
-                from recorder.dsp import gen
-                a = gen.dtmf(e.args["digits"], r, on_ms=e.args.get("on_ms", 80.0),
-                             off_ms=e.args.get("off_ms", 80.0),
-                             level_dbfs=e.args.get("level_dbfs", -10.0))
-            elif e.type == "cli":
-                a = self._render_cli(e)
-            if a is not None and len(a):
-                clips.append((e.line, s, np.asarray(a, dtype=np.float32)))
+    def _render_clips(self) -> list[tuple[int, int, object]]:
+        """(line, start sample, event) for every sound; each is rendered only when it
+        starts playing and dropped when it ends, so memory stays flat on long scenarios."""
+        clips = [(e.line, e.sample(self.rate), e) for e in self.sc.events
+                 if e.type in ("audio", "tone", "dtmf", "cli")]
         clips.sort(key=lambda c: c[1])
         return clips
+
+    def _render(self, e):
+        """(length, get(lo, hi) -> float32) for one scenario event's audio.
+
+        Tones are computed per period, so a day-long tone costs no memory.
+        """
+        r = self.rate
+        if e.type == "tone":
+            hz = e.args["hz"] if isinstance(e.args["hz"], list) else [e.args["hz"]]
+            amp = 10 ** (e.args.get("level_dbfs", -12.0) / 20)
+
+            def get(lo, hi):
+                t = np.arange(lo, hi) / r
+                return (sum(np.sin(2 * np.pi * f * t) for f in hz) * amp).astype(np.float32)
+            return int(round(e.args["duration"] * r)), get
+        if e.type == "audio":
+            a = self.sc.audio[e.args["path"]] * np.float32(
+                10 ** (e.args.get("gain_db", 0.0) / 20))
+        elif e.type == "dtmf":
+            from recorder.dsp import gen
+            a = gen.dtmf(e.args["digits"], r, on_ms=e.args.get("on_ms", 80.0),
+                         off_ms=e.args.get("off_ms", 80.0),
+                         level_dbfs=e.args.get("level_dbfs", -10.0))
+        else:
+            a = self._render_cli(e)
+        a = np.asarray(a, dtype=np.float32)
+        return len(a), lambda lo, hi: a[lo:hi]
 
     def _render_cli(self, e) -> np.ndarray:
         from datetime import timedelta
@@ -330,15 +337,16 @@ class SimulatedLine:
             # 2. audio: clips overlapping [n, n+p), the device's playback, optional noise
             buf = np.zeros((p, lines), dtype=np.float32)
             while ci < len(clips) and clips[ci][1] < n + p:
-                active.append(clips[ci])
+                line, s0, ev = clips[ci]
+                active.append((line, s0, *self._render(ev)))
                 ci += 1
             still = []
-            for line, s0, a in active:
-                lo, hi = max(n, s0), min(n + p, s0 + len(a))
+            for line, s0, length, get in active:
+                lo, hi = max(n, s0), min(n + p, s0 + length)
                 if hi > lo:
-                    buf[lo - n:hi - n, line] += a[lo - s0:hi - s0]
-                if s0 + len(a) > n + p:
-                    still.append((line, s0, a))
+                    buf[lo - n:hi - n, line] += get(lo - s0, hi - s0)
+                if s0 + length > n + p:
+                    still.append((line, s0, length, get))
             active = still
             if self.loopback:
                 lb = self._loopback(n, p)

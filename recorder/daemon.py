@@ -190,7 +190,7 @@ class Daemon:
         t_play.start()
         self.threads.append(t_play)
         self.capture = AlsaCapture(self.hw.capture_device, self.lines, self.rate, period,
-                                   pacer=self.hw.pacer)
+                                   pacer=self._sim_pacer() if self.hw.pacer else None)
         t_cap = LoopThread("capture", self._capture_loop, self.stop)
         t_cap.start()
         self.threads.append(t_cap)
@@ -213,6 +213,28 @@ class Daemon:
         except ImportError:
             return
         self.threads += start_services(self)
+
+    def _sim_pacer(self):
+        """Simulation only: the line runs as fast as the *slowest* consumer.
+
+        A real codec delivers audio in real time and the ring absorbs any lag. A
+        simulated line has no such clock, so capture may only run ahead of the call
+        recorders by the ring size, less what they may still read back (pre-roll and
+        caller ID before the first ring).
+        """
+        from recorder.calls import CLI_LOOKBACK_S
+        keep = int((self.cfg.timing.preroll_s + CLI_LOOKBACK_S + 1.0) * self.rate)
+        limit = self.ring.size - keep - 2 * self.cfg.audio.period_frames
+        if limit <= 0:
+            raise LinetapError("audio.ring_s is too short for the pre-roll and caller ID")
+        ring, recorders = self.ring, self.processor.recorders
+
+        def pacer(wanted: int) -> bool:
+            with ring.cond:
+                ring.cond.wait_for(lambda: wanted - min(r.pos for r in recorders) <= limit
+                                   or self.stop.is_set())
+            return self.hw.pacer(wanted)
+        return pacer
 
     # -- loops ---------------------------------------------------------------------------
     def _capture_loop(self) -> None:
@@ -260,6 +282,9 @@ class Daemon:
             done = self.capture_done.is_set() or self.stop.is_set()
             upto = ring.written if done else ring.written - latency
             proc.process(upto)
+            if not real:
+                with ring.cond:
+                    ring.cond.notify_all()     # the simulated line may move on
             if done and proc.pos >= ring.written:
                 break
         proc.finish()

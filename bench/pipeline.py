@@ -1,0 +1,112 @@
+"""The whole device path in seconds of audio per CPU-second, next to bare FLAC encoding
+of the same audio in the same run; peak RSS with 4 lines; overruns with 4 lines paced
+in real time while a CPU hog runs.
+
+Path measured: simulated line -> ALSA capture -> ring -> call state machine -> DTMF scan
+-> FLAC -> HPKE -> fsync'd atomic write -> SQLite row + chain -> signed manifest.
+
+    .venv/bin/python bench/pipeline.py [--minutes 30] [--realtime-seconds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from hw import scenario as scen  # noqa: E402
+from recorder import codec, config, keys, simulate  # noqa: E402
+
+
+def _scenario(lines: int, seconds: float, noise=-40.0) -> scen.Scenario:
+    ev = []
+    for ln in range(lines):
+        ev += [{"at": 0.0, "line": ln, "type": "tone", "hz": [300 + 50 * ln, 1100],
+                "duration": seconds, "level_dbfs": -18},
+               {"at": 0.5, "line": ln, "type": "offhook"},
+               {"at": seconds - 1.0, "line": ln, "type": "onhook"}]
+    return scen.from_dict({"rate": 8000, "start": "2026-11-25T09:00:00Z",
+                           "duration": seconds, "lines": lines, "events": ev,
+                           "noise_dbfs": noise})
+
+
+def device_path(lines: int, seconds: float, speed=0.0, period=4096, mask=True) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        _priv, pub = keys.practice_keygen(Path(tmp) / "p.key")
+        sc = _scenario(lines, seconds)
+        cfg = simulate.sim_config(config.Config(), sc, str(Path(tmp) / "data"), str(pub))
+        cfg = cfg.replace(audio__period_frames=period, recording__dtmf_mask=mask)
+        t0, w0 = time.process_time(), time.monotonic()
+        res = simulate.run(sc, cfg, speed=speed)
+        cpu, wall = time.process_time() - t0, time.monotonic() - w0
+    return {"cpu_s": cpu, "wall_s": wall, "audio_s": seconds * lines,
+            "overruns": res.status["overruns"]["consumer"] + res.status["overruns"]["alsa_xruns"],
+            "segments": res.status["writer"]["segments"],
+            "writer_cpu_s": res.daemon.writer.cpu_s}
+
+
+def bare_flac(seconds: float) -> float:
+    rng = np.random.default_rng(0)
+    t = np.arange(80000) / 8000
+    x = (np.sin(2 * np.pi * 300 * t) + np.sin(2 * np.pi * 1100 * t)) * 10 ** (-18 / 20)
+    x = x + rng.standard_normal(len(x)) * 0.01
+    pcm = np.clip(np.rint(x * 32768), -32768, 32767).astype(np.int16)
+    n = int(seconds / 10)
+    t0 = time.process_time()
+    for _ in range(n):
+        codec.encode(pcm, 8000, "flac")
+    return n * 10 / (time.process_time() - t0)
+
+
+def rss_child(lines: int, seconds: float) -> None:
+    device_path(lines, seconds)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--minutes", type=float, default=30.0)
+    ap.add_argument("--realtime-seconds", type=float, default=30.0)
+    ap.add_argument("--rss-child", nargs=2, type=float, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.rss_child:
+        rss_child(int(args.rss_child[0]), args.rss_child[1])
+        return
+    secs = args.minutes * 60
+    one = device_path(1, secs)
+    nomask = device_path(1, secs, mask=False)
+    bare = bare_flac(secs)
+    x1 = one["audio_s"] / one["cpu_s"]
+    x1n = nomask["audio_s"] / nomask["cpu_s"]
+    print(f"device path, 1 line:                {x1:8.0f}x real time per line (CPU)")
+    print(f"device path, 1 line, no DTMF scan:  {x1n:8.0f}x")
+    print(f"bare FLAC encode, same audio:       {bare:8.0f}x")
+    print(f"ratio to bare encode: {x1 / bare:.2f} (without DTMF scan {x1n / bare:.2f})")
+    rss = int(subprocess.run([sys.executable, __file__, "--rss-child", "4", "600"],
+                             capture_output=True, text=True, check=True).stdout.split()[-1])
+    print(f"peak RSS, 4 lines (process total):  {rss / 1024:.1f} MB")
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        rt = device_path(4, args.realtime_seconds, speed=1.0, period=160)
+    finally:
+        hog.kill()
+    print(f"4 lines paced in real time with a CPU hog for {args.realtime_seconds:.0f} s: "
+          f"{rt['overruns']} overruns")
+    print(json.dumps({"bench": "pipeline", "x_realtime": round(x1),
+                      "x_realtime_no_dtmf": round(x1n), "bare_flac_x_realtime": round(bare),
+                      "ratio": round(x1 / bare, 2), "peak_rss_mb_4line": round(rss / 1024, 1),
+                      "overruns_4line_realtime_hog": rt["overruns"]}))
+
+
+if __name__ == "__main__":
+    main()

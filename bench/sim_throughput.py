@@ -1,0 +1,99 @@
+"""Seconds of line audio per CPU-second through the simulator and the real ALSA path,
+next to a bare FIFO copy of the same bytes, measured side by side in one run.
+
+    .venv/bin/python bench/sim_throughput.py [--seconds 1800]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from hw import alsa_sim, audio, scenario, simline  # noqa: E402
+from hw.clock import SimClock  # noqa: E402
+from hw.gpio import make_factory  # noqa: E402
+from hw.pins import PinMap  # noqa: E402
+from recorder.config import PinsConfig  # noqa: E402
+
+PERIOD = 4096
+
+
+def through_alsa(lines: int, seconds: float) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        sa = alsa_sim.make(tmp)
+        os.environ["ALSA_CONFIG_PATH"] = str(sa.conf)
+        sc = scenario.from_dict({"rate": 8000, "start": "2026-11-25T09:00:00Z",
+                                 "duration": seconds, "lines": lines, "events": [
+                                     {"at": 0.0, "line": i, "type": "tone", "hz": 400 + 100 * i,
+                                      "duration": seconds} for i in range(lines)]})
+        f = make_factory("mock")
+        pm = PinMap.from_config(PinsConfig(), lines)
+        line = simline.SimulatedLine(sc, sa, f, pm, SimClock(8000), PERIOD, loopback=False)
+        t0 = time.process_time()
+        line.start()
+        cap = audio.AlsaCapture(sa.capture_pcm, lines, 8000, PERIOD, pacer=line.pacer)
+        frames = 0
+        while (b := cap.read()) is not None:
+            frames += len(b)
+        line.join()
+        cpu = time.process_time() - t0
+        cap.close()
+    return frames / 8000 / cpu
+
+
+def bare_copy(lines: int, seconds: float) -> float:
+    """The floor: the same bytes through a FIFO with os.write/os.read, nothing else."""
+    nbytes = int(seconds * 8000) * 2 * lines
+    chunk = (4096 // (2 * lines)) * 2 * lines
+    buf = bytes(chunk)
+    with tempfile.TemporaryDirectory() as tmp:
+        fifo = Path(tmp) / "f"
+        os.mkfifo(fifo)
+
+        def writer():
+            fd = os.open(fifo, os.O_WRONLY)
+            for _ in range(nbytes // chunk):
+                os.write(fd, buf)
+            os.close(fd)
+
+        t0 = time.process_time()
+        th = threading.Thread(target=writer)
+        th.start()
+        fd = os.open(fifo, os.O_RDONLY)
+        got = 0
+        while (d := os.read(fd, PERIOD * 2 * lines)):
+            got += len(d)
+        os.close(fd)
+        th.join()
+        cpu = time.process_time() - t0
+    return got / (2 * lines * 8000) / cpu
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=1800.0)
+    args = ap.parse_args()
+    rows = {}
+    for lines in (1, 4):
+        sim = through_alsa(lines, args.seconds)
+        bare = bare_copy(lines, args.seconds)
+        rows[lines] = (sim, bare)
+        print(f"{lines} line(s): simulator+ALSA {sim:8.0f}x real time, bare FIFO copy "
+              f"{bare:8.0f}x, ratio {sim / bare:.2f}")
+    one, four = rows[1], rows[4]
+    print(json.dumps({"bench": "sim_throughput", "x_realtime_1line": round(one[0]),
+                      "x_realtime_4line": round(four[0]), "bare_x_realtime_4line":
+                      round(four[1]), "ratio": round(four[0] / four[1], 2),
+                      "ratio_1line": round(one[0] / one[1], 2)}))
+
+
+if __name__ == "__main__":
+    main()
