@@ -71,3 +71,9 @@ def test_version_and_help(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--version"])
     assert "linetap" in capsys.readouterr().out
+
+
+def test_configuration_doc_is_current():
+    from pathlib import Path
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    assert config.reference_markdown().strip() in doc
