@@ -197,6 +197,10 @@ class Daemon:
         t_calls = LoopThread("calls", self._calls_loop, self.stop)
         t_calls.start()
         self.threads.append(t_calls)
+        from recorder.control import ControlServer
+        control = ControlServer(self)
+        control.start()
+        self.threads.append(control)
         self.house = ServiceThread("house", 1.0, self._house_tick, self.stop)
         self.house.start()
         self.threads.append(self.house)
