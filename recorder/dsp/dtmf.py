@@ -53,6 +53,7 @@ MIN_PURITY = 0.90  # share of frame power in the two tones (15 dB S/N gives 0.96
 OCTAVE_TOL = 0.010
 MERGE_GAP_S = 0.025  # same digit again within this (edge to edge) is one digit
 EDGE_MARGIN_S = 0.002  # reported [start, end) is widened by this on each side
+EDGE_FRAMES = 8  # frames kept either side of a run to locate its edges (40 ms)
 BATCH_S = 0.1  # DtmfDetector analyses once this much audio is waiting (adds <= 0.1 s delay)
 
 # --- frame stage (loose: the run stage makes the real decision) ---
@@ -107,19 +108,24 @@ def judge(m: ToneMeasure, rate: int) -> str | None:
 
 
 class _Run:
-    """Consecutive frames classified as the same digit, plus the frames either side."""
+    """Consecutive frames classified as the same digit, plus frames either side for edges."""
 
     __slots__ = ("code", "k0", "x", "pf", "pre", "post", "start", "end")
 
-    def __init__(self, code: int, k0: int, pre):
+    def __init__(self, code: int, k0: int, pre: np.ndarray):
         self.code = code
         self.k0 = k0  # frame index of the first frame
         self.x: list[np.ndarray] = []  # per frame: 8 complex bins
         self.pf: list[float] = []  # per frame: frame power
-        self.pre = pre  # bins of frame k0 - 1, None at stream start
-        self.post = None  # bins of the first frame after the run, None at stream end
+        self.pre = pre  # (P, 8) bins of frames k0-P .. k0-1, P <= EDGE_FRAMES
+        self.post: list[np.ndarray] = []  # bins of up to EDGE_FRAMES frames after the run
         self.start = 0.0
         self.end = 0.0
+
+    @property
+    def k_end(self) -> int:
+        """Index of the first frame after the run."""
+        return self.k0 + len(self.x)
 
 
 class DtmfDetector:
@@ -142,8 +148,9 @@ class DtmfDetector:
         self._tail = np.zeros(0, dtype=np.float32)  # samples from frame self._k onwards
         self._k = 0  # index of the next frame to analyse; it starts at sample k * hop
         self._fed = 0  # samples fed so far
-        self._prev_x = None  # bins of frame self._k - 1
+        self._hist = np.zeros((0, 8), dtype=np.complex64)  # bins of the frames before _k
         self._run: _Run | None = None
+        self._closing: list[_Run] = []  # ended runs still collecting frames after their end
         self._pending: list[_Run] = []  # closed runs of one digit, possibly to be bridged
         self._closed = False
         self._min_power = 0.5 * 10.0 ** (_FRAME_MIN_LEVEL_DBFS / 10.0)
@@ -179,9 +186,13 @@ class DtmfDetector:
         out = self._process(self._take_inbox())
         # Zero padding lets the last frames slide past the end, so a tone cut off by the end
         # of the stream gets a proper falling edge at the last real sample.
-        out += self._process(np.zeros(self.frame_len + self.hop, dtype=np.float32))
+        pad = self.frame_len + (EDGE_FRAMES + 1) * self.hop
+        out += self._process(np.zeros(pad, dtype=np.float32))
         if self._run is not None:
-            out += self._close_run(None)
+            self._closing.append(self._run)
+            self._run = None
+        while self._closing:
+            self._complete(self._closing.pop(0), out)
         out += self._finish_pending()
         self._closed = True
         return out
@@ -204,12 +215,13 @@ class DtmfDetector:
         sq = raw * raw
         power = (sq[:, :8] + sq[:, 8:]) * self._bank.power_scale
         codes = self._classify(power, pf)
-        if self._run is not None or codes.max() >= 0:
+        if self._run is not None or self._closing or codes.max() >= 0:
             bins = raw[:, :8] + 1j * raw[:, 8:]
             self._walk(bins, pf, codes, out)
-        else:  # nothing tone-like in this block: only keep the last frame as context
+        else:  # nothing tone-like in this block: only keep the last frames as context
             self._expire_pending(self._k + n_frames, out)
-            self._prev_x = raw[-1, :8] + 1j * raw[-1, 8:]
+            tail = raw[-EDGE_FRAMES:, :8] + 1j * raw[-EDGE_FRAMES:, 8:]
+            self._hist = np.concatenate((self._hist, tail))[-EDGE_FRAMES:]
             self._k += n_frames
         self._tail = buf[n_frames * self.hop :].copy()
         return out
@@ -248,75 +260,98 @@ class DtmfDetector:
         active = np.flatnonzero(codes >= 0)
         i = 0
         while i < n:
-            k = self._k + i
             if self._run is None:
                 j = np.searchsorted(active, i)
                 if j == active.size:
-                    self._expire_pending(self._k + n, out)
                     break
                 i = int(active[j])
                 k = self._k + i
                 self._expire_pending(k, out)
-                pre = bins[i - 1] if i > 0 else self._prev_x
+                pre = np.concatenate((self._hist, bins[:i]))[-EDGE_FRAMES:]
                 self._run = _Run(int(codes[i]), k, pre)
             elif codes[i] != self._run.code:
-                out += self._close_run(bins[i])
+                self._closing.append(self._run)
+                self._run = None
                 continue  # frame i may start a new run
             self._run.x.append(bins[i])
             self._run.pf.append(float(pf[i]))
             i += 1
-        self._prev_x = bins[-1]
+        # Ended runs collect EDGE_FRAMES frames past their end, then are completed in order.
+        for run in self._closing:
+            first = run.k_end + len(run.post) - self._k
+            if first < n:
+                run.post.extend(bins[first : first + EDGE_FRAMES - len(run.post)])
+        while self._closing and len(self._closing[0].post) >= EDGE_FRAMES:
+            self._complete(self._closing.pop(0), out)
+        if self._run is None:
+            self._expire_pending(self._k + n, out)
+        self._hist = np.concatenate((self._hist, bins[-EDGE_FRAMES:]))[-EDGE_FRAMES:]
         self._k += n
 
-    def _close_run(self, post) -> list[tuple[str, int, int]]:
-        run, self._run = self._run, None
-        run.post = post
+    def _complete(self, run: _Run, out) -> None:
+        """An ended run has its edges: bridge it onto the pending digit or start a new one."""
         self._edges(run)
-        out: list[tuple[str, int, int]] = []
         if self._pending:
             last = self._pending[-1]
             if run.code == last.code and run.start - last.end < self._merge_gap:
                 self._pending.append(run)
-                return out
+                return
             out += self._finish_pending()
         self._pending = [run]
-        return out
 
     def _expire_pending(self, k_next: int, out) -> None:
-        """Finish the pending digit once no later run could still be bridged onto it."""
+        """Finish the pending digit once no later run could still be bridged onto it.
+
+        ``k_next``: no run not yet seen can start before this frame. Runs still collecting
+        their trailing frames may yet be bridged, so they hold the pending digit back.
+        """
         if not self._pending:
             return
+        if self._closing:
+            k_next = min(k_next, self._closing[0].k0)
         earliest_start = (k_next - 1) * self.hop + self.frame_len / 2
         if earliest_start - self._pending[-1].end >= self._merge_gap:
             out += self._finish_pending()
 
     def _edges(self, run: _Run) -> None:
-        """Half-amplitude edges of a run, in (fractional) samples."""
+        """Half-amplitude edges of a run, in (fractional) samples.
+
+        Each tone's amplitude is normalised to its peak inside the run; their sum is 2 on the
+        plateau and 1 where the window centre sits on a tone edge. Frames before and after
+        the run count too while both tones are present: the frame stage may reject the
+        partly covered frames at an edge.
+        """
         lo, hi = divmod(run.code, 4)
         hi += 4
-        xs = np.array(run.x)
-        a_lo, a_hi = np.abs(xs[:, lo]), np.abs(xs[:, hi])
-        m_lo, m_hi = a_lo.max(), a_hi.max()
-
-        def env(row):
-            return None if row is None else abs(row[lo]) / m_lo + abs(row[hi]) / m_hi
-
-        e = a_lo / m_lo + a_hi / m_hi  # 2.0 at the plateau, 1.0 at an edge
-        above = np.flatnonzero(e >= 1.0)
-        first, last = int(above[0]), int(above[-1])
-        before = e[first - 1] if first > 0 else env(run.pre)
-        after = e[last + 1] if last + 1 < e.size else env(run.post)
+        parts = [run.pre, np.array(run.x)]
+        if run.post:
+            parts.append(np.array(run.post))
+        rows = np.concatenate(parts)
+        p, r = len(run.pre), len(run.x)
+        a_lo, a_hi = np.abs(rows[:, lo]), np.abs(rows[:, hi])
+        n_lo, n_hi = a_lo / a_lo[p : p + r].max(), a_hi / a_hi[p : p + r].max()
+        e = n_lo + n_hi
+        inside = (e >= 1.0) & (np.minimum(n_lo, n_hi) >= 0.25)
+        above = np.flatnonzero(e[p : p + r] >= 1.0)
+        first, last = p + int(above[0]), p + int(above[-1])
+        while first > 0 and inside[first - 1]:
+            first -= 1
+        while last + 1 < e.size and inside[last + 1]:
+            last += 1
+        k_first_row = run.k0 - p
         half = self.frame_len / 2
-        if before is None:  # tone already on when the stream started
-            start = 0.0
+        if first == 0:  # on since before the frames we kept (or the stream start)
+            start = float(k_first_row * self.hop)
         else:
-            frac = (1.0 - before) / (e[first] - before) if e[first] > before else 1.0
-            start = (run.k0 + first - 1 + frac) * self.hop + half
-        if after is None:
-            end = float(self._fed)
+            before = e[first - 1]
+            frac = (1.0 - before) / (e[first] - before) if e[first] > before else 0.0
+            start = (k_first_row + first - 1 + min(max(frac, 0.0), 1.0)) * self.hop + half
+        if last + 1 == e.size:  # still on when the stream ended
+            end = float(min(self._fed, (k_first_row + last) * self.hop + self.frame_len))
         else:
-            frac = (e[last] - 1.0) / (e[last] - after) if e[last] > after else 0.0
-            end = (run.k0 + last + frac) * self.hop + half
+            after = e[last + 1]
+            frac = (e[last] - 1.0) / (e[last] - after) if e[last] > after else 1.0
+            end = (k_first_row + last + min(max(frac, 0.0), 1.0)) * self.hop + half
         run.start, run.end = start, end
 
     def measure(self, runs: list[_Run]) -> ToneMeasure:

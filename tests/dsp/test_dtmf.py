@@ -243,3 +243,35 @@ def test_feed_after_flush_is_an_error():
 def test_feed_accepts_empty_blocks():
     det = DtmfDetector(8000)
     assert det.feed(np.zeros(0, np.int16)) == []
+
+
+@pytest.mark.parametrize("rate", RATES)
+def test_edges_bracket_tones_in_noise(rate):
+    """[start, end) contains every tone, over-reaching by at most 5 ms (docs/dsp.md table)."""
+    before, after = [], []
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        on_ms = float(rng.uniform(40, 120))
+        level, twist = float(rng.uniform(-30, -8)), float(rng.uniform(-8, 4))
+        x = gen.dtmf(
+            "1597*#AD",
+            rate,
+            on_ms=on_ms,
+            off_ms=60,
+            level_dbfs=level,
+            twist_db=twist,
+            freq_offset=float(rng.uniform(-0.015, 0.015)),
+        )
+        lead = int(rng.uniform(0.05, 0.1) * rate)
+        x = pad(x, rate, lead / rate, 0.1)
+        x = add_noise(x, 15.0, sine_power(level) + sine_power(level + twist), seed)
+        det = DtmfDetector(rate)
+        got = det.feed(x) + det.flush()
+        assert "".join(d for d, _, _ in got) == "1597*#AD"
+        n_on, n_off = round(on_ms * rate / 1000), round(60 * rate / 1000)
+        for i, (_, start, end) in enumerate(got):
+            t0 = lead + i * (n_on + n_off)
+            before.append(t0 - start)
+            after.append(end - (t0 + n_on))
+    assert min(before) > 0 and min(after) > 0
+    assert max(before) <= 0.005 * rate and max(after) <= 0.005 * rate
