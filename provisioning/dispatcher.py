@@ -448,7 +448,7 @@ class Dispatcher:
 
     def cmd_audio_test(self, args: dict) -> dict:
         line = _int_arg(args, "line", 0, 0, rconfig.MAX_LINES - 1)
-        hz = _num_arg(args, "hz", 1000.0, 50.0, 3800.0)
+        hz = _num_arg(args, "hz", 1000.0, 100.0, 7900.0)  # the daemon checks rate/2
         seconds = _num_arg(args, "seconds", 1.0, 0.1, 10.0)
         dbfs = _num_arg(args, "dbfs", -12.0, -60.0, 0.0)
         rec = self._control({"cmd": "tone", "line": line, "hz": hz, "seconds": seconds,
