@@ -8,6 +8,8 @@ import os
 import numpy as np
 import pytest
 from dsp_helpers import add_noise, pad, sine_power
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from recorder.dsp import callerid, gen
 from recorder.dsp.common import DspInputError, mask_number
@@ -331,3 +333,17 @@ def test_generator_rejects_bad_fields(kwargs):
 )
 def test_mask_number(number, masked):
     assert mask_number(number) == masked
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(data=st.binary(max_size=80))
+def test_parse_message_never_crashes(data):
+    r = callerid.parse_message(data)
+    assert r is None or (r["number"] is not None or r["absence_reason"] is not None)
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(symbols=st.text(alphabet="0123456789*#ABCD", max_size=24))
+def test_parse_dtmf_clip_never_crashes(symbols):
+    r = callerid.parse_dtmf_clip(symbols)
+    assert r is None or (r["number"] is not None) != (r["absence_reason"] is not None)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from dsp_helpers import add_noise, pad, sine_power
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from recorder.dsp import dtmf, gen
 from recorder.dsp.common import DBM0_TO_DBFS, DspInputError
@@ -275,3 +277,38 @@ def test_edges_bracket_tones_in_noise(rate):
             after.append(end - (t0 + n_on))
     assert min(before) > 0 and min(after) > 0
     assert max(before) <= 0.005 * rate and max(after) <= 0.005 * rate
+
+
+@settings(max_examples=25, deadline=None, database=None)
+@given(cuts=st.lists(st.integers(min_value=0, max_value=3000), min_size=1, max_size=40))
+def test_streaming_any_chunking_hypothesis(cuts):
+    rate = 8000
+    x = _HYPO_SIGNAL
+    det = DtmfDetector(rate)
+    got, i, j = [], 0, 0
+    while i < x.size:
+        n = cuts[j % len(cuts)]
+        got += det.feed(x[i : i + n])
+        i, j = i + n, j + 1
+        if n == 0 and all(c == 0 for c in cuts):
+            break
+    got += det.feed(x[i:]) + det.flush()
+    assert got == _HYPO_BATCH
+
+
+_HYPO_SIGNAL = add_noise(
+    pad(gen.dtmf("1A5#", 8000, on_ms=45, off_ms=40, twist_db=-3), 8000, 0.013, 0.0),
+    18.0,
+    2 * sine_power(-10.0),
+    seed=11,
+)
+_HYPO_BATCH = [(d, round(s * 8000), round(e * 8000)) for d, s, e in dtmf.detect(_HYPO_SIGNAL, 8000)]
+
+
+def test_one_huge_feed_equals_detect():
+    rate = 8000
+    x = np.tile(sequence(rate), 6)
+    det = DtmfDetector(rate)
+    got = det.feed(x) + det.flush()
+    assert [(d, s / rate, e / rate) for d, s, e in got] == dtmf.detect(x, rate)
+    assert "".join(d for d, _, _ in got) == ALL * 6
