@@ -13,9 +13,10 @@ same (device, call, seq) with another hash is kept aside as a conflict, alarmed,
 never overwrites the first. Manifests are checked with
 :func:`recorder.evidence.check_manifest` against the device's registered key.
 
-The broker's own PUBACK is sent only after the message is handled (``manual_ack``),
-so a worker that dies mid-message leaves it with the broker for redelivery; the box's
-ack timeout covers a broker that forgets.
+The broker's own PUBACK is sent only after the message is handled (``manual_ack``).
+Workers connect with a clean, non-persistent session so a dead worker drops out of the
+shared group at once instead of soaking up messages; anything it held is resent by the
+box after its ack timeout (the box's outbox, not the broker, is the durable queue).
 """
 
 from __future__ import annotations
@@ -274,9 +275,12 @@ class Worker:
         c.max_inflight_messages_set(100)
         c.on_connect, c.on_message = self._on_connect, self._on_message
         c.on_disconnect = lambda *a: self.connected.clear()
+        # No persistent session for a worker: a dead worker's session would stay in the
+        # shared group and keep being handed messages (mosquitto queues for offline
+        # members). What was in flight is resent by the box after its ack timeout.
         props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 3600
-        c.connect_async(u.host, u.port, keepalive=30, clean_start=False, properties=props)
+        props.SessionExpiryInterval = 0
+        c.connect_async(u.host, u.port, keepalive=30, clean_start=True, properties=props)
         c.loop_start()
         self.client = c
 

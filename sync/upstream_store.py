@@ -20,6 +20,7 @@ from playhouse.db_url import connect
 log = logging.getLogger(__name__)
 
 db = pw.DatabaseProxy()
+_url: str | None = None
 
 
 class JSONField(pw.TextField):
@@ -131,7 +132,12 @@ MODELS = [UCall, USegment, Problem, Command, Health, DeviceState, UAudit]
 
 def open_db(url: str) -> pw.Database:
     """Connect ``db`` to ``url`` (``sqlite:///path`` or ``postgresql://...``) and create
-    missing tables. Safe to call from several workers at once."""
+    missing tables. Safe to call from several workers at once; a second call with the
+    same URL in one process reuses the open database (swapping the proxy under running
+    threads would split their transactions)."""
+    global _url
+    if _url == url and db.obj is not None:
+        return db.obj
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:":
@@ -141,6 +147,7 @@ def open_db(url: str) -> pw.Database:
     else:
         d = connect(url)
     db.initialize(d)
+    _url = url
     for attempt in range(3):
         try:
             with d.atomic():
