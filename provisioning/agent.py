@@ -110,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cli_main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    # `linetap provision-agent -- --port X`: the dispatcher in recorder/cli.py passes
+    # the "--" through; drop it.
+    args = build_parser().parse_args(argv[1:] if argv[:1] == ["--"] else argv)
     import serial  # pyserial; imported here so the dispatcher imports without it
 
     config_path = Path(args.config)
@@ -134,12 +136,12 @@ def cli_main(argv: list[str]) -> int:
     notifier = SdNotifier()
     stop = threading.Event()
     notifier.ready("provisioning mode" if pres.active() else "read-only")
-    log.info("provisioning agent on %s (%s)", args.port,
-             "provisioning mode" if pres.active() else "read-only")
     try:
         while not stop.is_set():
             try:
                 with serial.Serial(args.port, 115200, timeout=READ_TIMEOUT_S) as port:
+                    log.info("provisioning agent serving on %s (%s)", args.port,
+                             "provisioning mode" if pres.active() else "read-only")
                     Agent(port, dispatcher, stop=stop, notifier=notifier).serve()
             except (serial.SerialException, OSError):
                 log.exception("serial port %s failed; reopening", args.port)

@@ -104,7 +104,7 @@ def _say(out, text: str) -> None:
 
 
 def apply_site(link: Link, site: sitefile.SiteFile, *, ca_cert: Path | None = None,
-               ca_key: Path | None = None, set_clock: bool = True, out=sys.stdout,
+               ca_key: Path | None = None, set_clock: bool = True, out=None,
                now=None) -> dict:
     """Provision one box from ``site``; print progress to ``out``; return a summary.
 
@@ -113,6 +113,7 @@ def apply_site(link: Link, site: sitefile.SiteFile, *, ca_cert: Path | None = No
     the config in force. Raises on the first failure, with the old config in force.
     """
     now = now or (lambda: dt.datetime.now(dt.UTC))
+    out = out or sys.stdout
     steps = 5 + len(site.keys)
     n = 0
 
@@ -217,8 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(args, link: Link, out=sys.stdout, inp=input) -> int:
+def run(args, link: Link, out=None, inp=input) -> int:
     """Run one parsed subcommand over ``link``; returns the exit status."""
+    out = out or sys.stdout
     c = args.cmd
     if c == "hello":
         _print(out, link.call("hello"), args.json)
@@ -270,7 +272,8 @@ def run(args, link: Link, out=sys.stdout, inp=input) -> int:
 
 
 def cli_main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv[1:] if argv[:1] == ["--"] else argv)
     try:
         if args.cmd == "apply" and args.check:
             site = sitefile.load(args.site)

@@ -335,7 +335,8 @@ def cli_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", help="config file (default /etc/linetap/linetap.toml)")
     ap.add_argument("--data-dir", help="override device.data_dir")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
-    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = ap.parse_args(argv[1:] if argv[:1] == ["--"] else argv)
     results = run_checks(args.config, args.data_dir)
     if args.json:
         print(json.dumps([asdict(r) for r in results], indent=2))
