@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import socket
 import ssl
 import threading
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 # Fault injection for tests: die (as kill -9 would) after this many durable writes,
 # before the ack is published. Unset in production.
 _CRASH_AFTER = int(os.environ.get("LINETAP_INGEST_CRASH_AFTER", "0") or 0)
+BATCH = 64                # messages per database transaction
 
 
 class Ingest:
@@ -62,8 +64,44 @@ class Ingest:
         self.objects = objects or open_objects(ucfg.objects)
         self.stored = self.duplicates = self.conflicts = self.dropped = 0
         self._writes = 0
+        self._dirs: set | None = None      # folders to fsync before the batch commits
+        self._calls: dict | None = None    # call rows seen in this batch
 
     # -- dispatch ----------------------------------------------------------------------------
+    def handle_batch(self, msgs: list[tuple[str, bytes]]) -> list:
+        """Handle several messages in one database transaction (group commit).
+
+        Blobs are fsynced one by one, their folders once, then the rows commit; only
+        after that may the returned acks be published. Returns one result per message:
+        ``(ack_topic, payload)``, None, or the exception that message raised.
+        """
+        out: list = []
+        self._dirs, self._calls = set(), {}
+        counts = (self.stored, self.duplicates, self.conflicts, self.dropped, self._writes)
+        # One lock order for every worker (PostgreSQL would otherwise find deadlocks
+        # between two batches holding the same keys in opposite orders).
+        order = sorted(range(len(msgs)), key=lambda i: msgs[i][0])
+        res: dict[int, object] = {}
+        try:
+            with db.atomic():
+                for i in order:
+                    topic, payload = msgs[i]
+                    try:
+                        with db.atomic():
+                            res[i] = self.handle(topic, payload)
+                    except (ProtocolError, LinetapError) as exc:
+                        res[i] = exc
+                self.objects.sync_dirs(self._dirs)
+        except BaseException:
+            (self.stored, self.duplicates, self.conflicts, self.dropped,
+             self._writes) = counts
+            raise
+        finally:
+            self._dirs = self._calls = None
+        self._maybe_crash()
+        out = [res[i] for i in range(len(msgs))]
+        return out
+
     def handle(self, topic: str, payload: bytes):
         t = protocol.parse_topic(topic)
         if t.prefix != self.ucfg.topic_prefix:
@@ -94,7 +132,8 @@ class Ingest:
             blob = ch.data
         else:
             pdir = f"partial/{t.device}/{t.call}/{name}.{ch.sha256}"
-            self.objects.put(f"{pdir}/{ch.index:05d}", ch.data)
+            # Scratch: if it is lost the box resends, so it is not fsynced.
+            self.objects.put(f"{pdir}/{ch.index:05d}", ch.data, durable=False)
             parts = self.objects.list(pdir)
             if len(parts) < ch.count:
                 return None
@@ -109,14 +148,32 @@ class Ingest:
         return blob
 
     def _maybe_crash(self) -> None:
-        self._writes += 1
         if _CRASH_AFTER and self._writes >= _CRASH_AFTER:
             log.error("fault injection: dying before the ack")
             os._exit(9)
 
     # -- segments ----------------------------------------------------------------------------
+    def _call_row(self, t) -> UCall | None:
+        """The call row, cached for one batch (a batch mostly holds one call)."""
+        k = (t.device, t.call)
+        if self._calls is not None and k in self._calls:
+            return self._calls[k]
+        row = UCall.get_or_none(UCall.device == t.device, UCall.call == t.call)
+        if self._calls is not None and row is not None:
+            self._calls[k] = row
+        return row
+
+    def _deleted(self, t, ch, **ack):
+        # A late copy of a call already deleted upstream (retention or the practice):
+        # ack it so the box stops sending, but never store it again.
+        self.duplicates += 1
+        return self._ack_topic(t), protocol.ack_payload(**ack)
+
     def _segment(self, t, site, ch):
         key = (t.device, t.call, t.seq)
+        crow = self._call_row(t)
+        if crow is not None and crow.state == "deleted":
+            return self._deleted(t, ch, segs=[(t.call, t.seq, ch.sha256)])
         old = USegment.get_or_none(USegment.device == t.device, USegment.call == t.call,
                                    USegment.seq == t.seq)
         if old is not None and old.sha256 == ch.sha256:
@@ -139,13 +196,14 @@ class Ingest:
         okey = f"seg/{t.device}/{t.call}/{t.seq:05d}.{ch.sha256}"
         if old is not None:
             return self._conflict(t, ch, okey, blob)
-        self.objects.put(okey, blob)
+        self.objects.put(okey, blob, dirs=self._dirs)
         start = _epoch(h.get("start")) if t.seq == 0 else None
         try:
             with db.atomic():
                 USegment.insert(device=t.device, call=t.call, seq=t.seq, sha256=ch.sha256,
                                 size=len(blob), key=okey, created=time.time()).execute()
-                self._touch_call(t, site, start)
+                if crow is None or start is not None:
+                    self._touch_call(t, site, start)
         except pw.IntegrityError:
             # Another worker stored this key first: duplicate or conflict.
             old = USegment.get(USegment.device == t.device, USegment.call == t.call,
@@ -155,7 +213,7 @@ class Ingest:
             self.duplicates += 1
         else:
             self.stored += 1
-            self._maybe_crash()
+            self._writes += 1
         return self._ack_topic(t), protocol.ack_payload(segs=[(t.call, t.seq, ch.sha256)])
 
     def _conflict(self, t, ch, okey, blob):
@@ -180,10 +238,14 @@ class Ingest:
             upd["deadline"] = start + site.retention_days * 86400
         if upd:
             UCall.update(**upd).where(UCall.id == row.id).execute()
+        if self._calls is not None:
+            self._calls.pop((t.device, t.call), None)
 
     # -- manifests ---------------------------------------------------------------------------
     def _manifest(self, t, site, ch):
         row = UCall.get_or_none(UCall.device == t.device, UCall.call == t.call)
+        if row is not None and row.state == "deleted":
+            return self._deleted(t, ch, mans=[(t.call, ch.sha256)])
         if row is not None and row.manifest_sha256 == ch.sha256:
             self.duplicates += 1
             return self._ack_topic(t), protocol.ack_payload(mans=[(t.call, ch.sha256)])
@@ -201,12 +263,12 @@ class Ingest:
             log.error("ALARM manifest_rejected: %s/%s: %s", t.device, t.call, detail)
             return self._ack_topic(t), protocol.ack_payload(rejected=[(t.call, detail)])
         okey = f"man/{t.device}/{t.call}.{ch.sha256}.ltm"
-        self.objects.put(okey, blob)
+        self.objects.put(okey, blob, dirs=self._dirs)
         with db.atomic():
             self._touch_call(t, site, _epoch(header.get("created")), manifest_key=okey,
                              manifest_sha256=ch.sha256, expected=header.get("segments", []))
         self.stored += 1
-        self._maybe_crash()
+        self._writes += 1
         return self._ack_topic(t), protocol.ack_payload(mans=[(t.call, ch.sha256)])
 
     # -- reports and health ------------------------------------------------------------------
@@ -259,6 +321,9 @@ class Worker:
         self.stop = threading.Event()
         self.client: mqtt.Client | None = None
         self._lock = threading.Lock()
+        self.q: queue.Queue = queue.Queue(maxsize=10000)
+        self.handler = threading.Thread(target=self.run_handler, name="ingest-handler",
+                                        daemon=True)
 
     def filters(self) -> list[str]:
         g, p = self.ucfg.share_group, self.ucfg.topic_prefix
@@ -281,8 +346,9 @@ class Worker:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 0
         c.connect_async(u.host, u.port, keepalive=30, clean_start=True, properties=props)
-        c.loop_start()
         self.client = c
+        self.handler.start()
+        c.loop_start()
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         if reason_code.is_failure:
@@ -293,18 +359,39 @@ class Worker:
         log.info("ingest %s connected", self.client_id)
 
     def _on_message(self, client, userdata, msg):
-        try:
-            with self._lock:
-                out = self.ingest.handle(msg.topic, bytes(msg.payload))
-            if out is not None:
-                client.publish(out[0], out[1], qos=1)
-        except (ProtocolError, LinetapError) as exc:
-            log.warning("message on %s refused: %s", msg.topic, exc)
-        except Exception:
-            # Unknown failure (database down...): no PUBACK, so the broker redelivers.
-            log.exception("message on %s failed", msg.topic)
-            return
-        client.ack(msg.mid, msg.qos)
+        # paho's thread only queues; the handler thread batches (group commit).
+        self.q.put((msg.topic, bytes(msg.payload), msg.mid, msg.qos))
+
+    def run_handler(self) -> None:
+        """Handler loop: take up to ``BATCH`` queued messages, store them in one
+        transaction, then publish the acks and release the broker PUBACKs."""
+        while not self.stop.is_set():
+            try:
+                first = self.q.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            msgs = [first]
+            while len(msgs) < BATCH:
+                try:
+                    msgs.append(self.q.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                with self._lock:
+                    results = self.ingest.handle_batch([(t, p) for t, p, _m, _q in msgs])
+            except Exception:
+                # Database down or similar: no acks, no PUBACKs; the box resends.
+                log.exception("batch of %d message(s) failed", len(msgs))
+                continue
+            client = self.client
+            if client is None:
+                continue
+            for (topic, _p, mid, qos), res in zip(msgs, results, strict=True):
+                if isinstance(res, Exception):
+                    log.warning("message on %s refused: %s", topic, res)
+                elif res is not None:
+                    client.publish(res[0], res[1], qos=1)
+                client.ack(mid, qos)
 
     def tick(self) -> None:
         """Retention and command delivery (idempotent, so every worker may run it)."""
@@ -332,6 +419,9 @@ class Worker:
         return n
 
     def close(self) -> None:
+        self.stop.set()
+        if self.handler.is_alive():
+            self.handler.join(10)
         if self.client is not None:
             self.client.disconnect()
             self.client.loop_stop()

@@ -12,13 +12,15 @@ from pathlib import Path
 from typing import Protocol
 
 from recorder.errors import ConfigError, StoreError
-from recorder.fsutil import atomic_write
+from recorder.fsutil import atomic_write, fsync_dir
 
 
 class ObjectStore(Protocol):
     """What the ingest needs from a blob store (an S3 adapter implements the same)."""
 
-    def put(self, key: str, data: bytes) -> None: ...
+    def put(self, key: str, data: bytes, *, durable: bool = True,
+            dirs: set | None = None) -> None: ...
+    def sync_dirs(self, dirs: set) -> None: ...
     def get(self, key: str) -> bytes: ...
     def exists(self, key: str) -> bool: ...
     def delete(self, key: str) -> None: ...
@@ -37,10 +39,36 @@ class FsObjectStore:
             raise StoreError(f"bad object key {key!r}")
         return self.root / key
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes, *, durable: bool = True,
+            dirs: set | None = None) -> None:
+        """Store ``data`` under ``key``. ``durable=False`` skips every fsync (for
+        re-sendable scratch such as partial chunks). With a ``dirs`` set, the folder
+        fsync is left to :meth:`sync_dirs` so a batch pays it once per folder."""
         p = self._path(key)
         p.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(p, data, mode=0o640)
+        if not durable:
+            atomic_write(p, data, mode=0o640, sync=False)
+            return
+        if dirs is None:
+            atomic_write(p, data, mode=0o640)
+            return
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, p)
+        dirs.add(p.parent)
+
+    def sync_dirs(self, dirs: set) -> None:
+        """fsync folders whose renames :meth:`put` deferred."""
+        for d in dirs:
+            fsync_dir(d)
+        dirs.clear()
 
     def get(self, key: str) -> bytes:
         try:

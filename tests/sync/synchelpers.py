@@ -31,7 +31,7 @@ def make_box(data_dir: Path, public_key, device="dev-a", retention_days=90.0) ->
 
 
 def write_calls(box, n_calls=2, segs=3, start=None, lines=2, seg_s=10.0, noisy=False,
-                seed=1) -> list[str]:
+                seed=1, noise_std=6000.0) -> list[str]:
     """Write ``n_calls`` closed calls of ``segs`` segments each; returns call ids."""
     start = time.time() - 3600 if start is None else start
     rng = np.random.default_rng(seed)
@@ -51,7 +51,7 @@ def write_calls(box, n_calls=2, segs=3, start=None, lines=2, seg_s=10.0, noisy=F
             t = np.arange(n) / RATE
             pcm = (3000 * np.sin(2 * np.pi * (300 + 50 * c + 10 * s) * t))
             if noisy:
-                pcm = pcm + rng.normal(0, 6000, n)
+                pcm = pcm + rng.normal(0, noise_std, n)
             w.handle(WriteSegment(info.id, s, first + s * n,
                                   np.clip(pcm, -32767, 32767).astype(np.int16)))
         info.end_sample = first + segs * n

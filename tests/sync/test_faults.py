@@ -107,6 +107,15 @@ def test_duplicated_and_reordered_deliveries(tmp_path, pki):
     # A chunk whose reassembled hash is wrong is dropped, not stored.
     bad = protocol.split(b"x" * 100)[0][:-1] + b"y"
     assert ing.handle(protocol.seg_topic("linetap", "site1", box.device, c.id, 9), bad) is None
+    # A late copy of a call deleted upstream is acked but never stored again.
+    from sync import upstream_ops
+    row = UCall.get(UCall.call == c.id)
+    upstream_ops.delete_call(ing.objects, row, "upstream_delete")
+    late = [(t, p) for t, p in items if f"/{c.id}" in t]
+    res = ing.handle_batch(late)
+    assert all(r is not None and not isinstance(r, Exception) for r in res)
+    assert USegment.select().where(USegment.call == c.id).count() == 0
+    assert UCall.get(UCall.call == c.id).state == "deleted"
     # A device registered to another site, or unknown, is dropped.
     assert ing.handle(protocol.seg_topic("linetap", "site2", box.device, c.id, 0),
                       protocol.split(bytes(evil))[0]) is None

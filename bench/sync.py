@@ -1,0 +1,165 @@
+"""Sync benchmark: backlog drain rate vs a bare paho QoS 1 publisher, and ingest rate.
+
+    /tmp/syncvenv/bin/python bench/sync.py [--segments 300] [--window 16]
+
+Starts mosquitto (mutual TLS, the test ACL) on a free loopback port in a temp folder,
+fills a box store with real sealed 10 s FLAC segments (via the real Writer), then:
+
+1. bare: one paho client publishes every chunk of every segment at QoS 1 to the same
+   topics and waits for all PUBACKs (the ceiling for this broker and link);
+2. drain: the real uploader drains the same backlog through one ingest worker
+   (a separate process) until every segment is acked at application level
+   (durable object write + database commit upstream);
+3. ingest: one ingest worker's handling rate without MQTT (segments/s).
+
+Prints a table and, last, one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# This file is named sync.py: keep its folder off the path so ``import sync`` finds the
+# package, not this script.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+sys.modules.pop("sync", None)
+sys.path.insert(0, str(ROOT / "tests" / "sync"))
+sys.path.insert(0, str(ROOT))
+
+import paho.mqtt.client as mqtt  # noqa: E402
+from conftest import DEVICES, PKI, Broker  # noqa: E402
+from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+from synchelpers import (  # noqa: E402
+    Running,
+    make_box,
+    practice_keys,
+    to_toml,
+    unacked,
+    upstream_cfg,
+    upstream_raw,
+    wait_for,
+    write_calls,
+)
+
+from sync import protocol  # noqa: E402
+
+
+def payloads(box):
+    out = []
+    for c in box.store.calls():
+        for s in box.store.segments_of(c.id):
+            t = protocol.seg_topic("linetap", "site1", box.device, c.id, s.seq)
+            out += [(t, p) for p in protocol.split(box.store.abs(s.path).read_bytes())]
+    return out
+
+
+def bare(broker, pki, items, window_msgs: int) -> float:
+    """Seconds for a bare QoS 1 publisher to get every PUBACK."""
+    import ssl
+    dev = pki.devices["dev-a"]
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="dev-a", protocol=mqtt.MQTTv5)
+    c.tls_set(ca_certs=str(pki.ca), certfile=dev.cert, keyfile=dev.key,
+              tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    c.max_inflight_messages_set(window_msgs)
+    c.max_queued_messages_set(0)
+    done = threading.Event()
+    left = {"n": len(items)}
+
+    def on_publish(client, userdata, mid, rc, props):
+        left["n"] -= 1
+        if left["n"] == 0:
+            done.set()
+    c.on_publish = on_publish
+    c.connect("127.0.0.1", broker.port)
+    c.loop_start()
+    t0 = time.perf_counter()
+    for t, p in items:
+        c.publish(t, p, qos=1)
+    done.wait(600)
+    dt = time.perf_counter() - t0
+    c.disconnect()
+    c.loop_stop()
+    return dt
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--segments", type=int, default=300)
+    ap.add_argument("--window", type=int, default=16)
+    ap.add_argument("--noise", type=float, default=1500.0,
+                    help="noise std added to the test tone; sets segment size")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="linetap-bench-"))
+    pki = PKI(tmp)
+    pki.devices = {cn: pki.client(cn) for cn in DEVICES}
+    pki.ingest = pki.client("ingest")
+    (tmp / "broker").mkdir()
+    broker = Broker(tmp / "broker", pki)
+    broker.start()
+    try:
+        _priv, pub, *_ = practice_keys(tmp)
+        box = make_box(tmp / "box", pub)
+        calls = max(1, args.segments // 10)
+        write_calls(box, n_calls=calls, segs=args.segments // calls, noisy=True,
+                    noise_std=args.noise)
+        S = box.store.m.Segment
+        n = S.select().count()
+        mb = sum(s.size for s in S.select()) / 1e6
+        items = payloads(box)
+        t_bare = bare(broker, pki, items, max(20, 4 * args.window))
+        # drain through a separate ingest process
+        raw = upstream_raw(tmp / "up", broker, pki, [box])
+        conf = tmp / "upstream.toml"
+        conf.write_text(to_toml(raw))
+        proc = subprocess.Popen([sys.executable, "-m", "sync.ingest", "--config", str(conf)],
+                                cwd=ROOT, env=dict(os.environ),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)   # let the worker subscribe before the backlog starts
+        t0 = time.perf_counter()
+        run = Running(box, broker, pki, window=args.window, ack_timeout_s=30.0)
+        try:
+            wait_for(lambda: unacked(box.store) == 0, timeout=600, what="drain")
+            t_drain = time.perf_counter() - t0
+        finally:
+            run.close()
+            proc.terminate()
+            proc.wait(10)
+        # one ingest worker without MQTT
+        from sync.ingest import Ingest
+        from sync.upstream_store import open_db
+        ucfg = upstream_cfg(tmp / "up2", broker, pki, [box])
+        open_db(ucfg.db_url)
+        ing = Ingest(ucfg)
+        t0 = time.perf_counter()
+        for t, p in items:
+            ing.handle(t, p)
+        t_ing = time.perf_counter() - t0
+    finally:
+        broker.stop()
+    res = {"bench": "sync", "segments": n, "mb": round(mb, 2), "window": args.window,
+           "bare_mb_s": round(mb / t_bare, 2), "bare_segments_s": round(n / t_bare, 1),
+           "drain_mb_s": round(mb / t_drain, 2), "segments_s": round(n / t_drain, 1),
+           "ingest_segments_s": round(n / t_ing, 1),
+           "ratio": round(t_bare / t_drain, 3)}
+    print(f"{'path':<34}{'s':>8}{'MB/s':>9}{'seg/s':>9}")
+    print(f"{'bare paho QoS 1 (PUBACK)':<34}{t_bare:>8.2f}{mb / t_bare:>9.2f}{n / t_bare:>9.1f}")
+    print(f"{'uploader drain (app-level ack)':<34}{t_drain:>8.2f}{mb / t_drain:>9.2f}"
+          f"{n / t_drain:>9.1f}")
+    print(f"{'one ingest worker (no MQTT)':<34}{t_ing:>8.2f}{mb / t_ing:>9.2f}"
+          f"{n / t_ing:>9.1f}")
+    print(f"{n} segments, {mb:.2f} MB, window {args.window}")
+    print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
