@@ -114,6 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # argparse's REMAINDER refuses a leading option ("doctor --json"), so delegated
+    # commands get everything after their name untouched.
+    words = [i for i, a in enumerate(argv) if not a.startswith("-")]
+    if words and argv[words[0]] in DELEGATED:
+        i = words[0]
+        head = build_parser().parse_args(argv[:i])
+        setup_logging(verbose=head.verbose, quiet=head.quiet)
+        try:
+            return int(_load(DELEGATED[argv[i]][0])(argv[i + 1:]) or 0)
+        except LinetapError as exc:
+            print(f"linetap {argv[i]}: {exc}", file=sys.stderr)
+            return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(verbose=args.verbose, quiet=args.quiet)
