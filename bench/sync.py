@@ -91,6 +91,44 @@ def bare(broker, pki, items, window_msgs: int) -> float:
     return dt
 
 
+def null_acker(broker, pki):
+    """A consumer that acks every segment as soon as its last chunk arrives, without
+    storing anything: measures the uploader's own ceiling."""
+    import ssl
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="null-acker", protocol=mqtt.MQTTv5)
+    c.tls_set(ca_certs=str(pki.ca), certfile=pki.ingest.cert, keyfile=pki.ingest.key,
+              tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    ready = threading.Event()
+
+    def on_connect(client, userdata, flags, rc, props):
+        client.subscribe([("linetap/+/+/seg/#", 1), ("linetap/+/+/man/#", 1)])
+        ready.set()
+
+    def on_message(client, userdata, msg):
+        t = protocol.parse_topic(msg.topic)
+        ch = protocol.parse_chunk(msg.payload)
+        if ch.index != ch.count - 1:
+            return
+        ack = protocol.ack_payload(segs=[(t.call, t.seq, ch.sha256)]) if t.kind == "seg" \
+            else protocol.ack_payload(mans=[(t.call, ch.sha256)])
+        client.publish(f"{protocol.base(t.prefix, t.site, t.device)}/ack", ack, qos=1)
+    c.on_connect, c.on_message = on_connect, on_message
+    c.connect("127.0.0.1", broker.port)
+    c.loop_start()
+    ready.wait(10)
+    return c
+
+
+def timed_drain(box, broker, pki, window) -> float:
+    t0 = time.perf_counter()
+    run = Running(box, broker, pki, window=window, ack_timeout_s=30.0)
+    try:
+        wait_for(lambda: unacked(box.store) == 0, timeout=600, what="drain")
+        return time.perf_counter() - t0
+    finally:
+        run.close()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--segments", type=int, default=300)
@@ -124,15 +162,21 @@ def main() -> int:
                                 cwd=ROOT, env=dict(os.environ),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.0)   # let the worker subscribe before the backlog starts
-        t0 = time.perf_counter()
-        run = Running(box, broker, pki, window=args.window, ack_timeout_s=30.0)
         try:
-            wait_for(lambda: unacked(box.store) == 0, timeout=600, what="drain")
-            t_drain = time.perf_counter() - t0
+            t_drain = timed_drain(box, broker, pki, args.window)
         finally:
-            run.close()
             proc.terminate()
             proc.wait(10)
+        # the same backlog again, acked by a consumer that stores nothing
+        S.update(acked=False, acked_time=None).execute()
+        C = box.store.m.Call
+        C.update(manifest_acked=False).execute()
+        nul = null_acker(broker, pki)
+        try:
+            t_null = timed_drain(box, broker, pki, args.window)
+        finally:
+            nul.disconnect()
+            nul.loop_stop()
         # one ingest worker without MQTT
         from sync.ingest import Ingest
         from sync.upstream_store import open_db
@@ -140,8 +184,8 @@ def main() -> int:
         open_db(ucfg.db_url)
         ing = Ingest(ucfg)
         t0 = time.perf_counter()
-        for t, p in items:
-            ing.handle(t, p)
+        for i in range(0, len(items), 64):      # the worker's batch size
+            ing.handle_batch(items[i:i + 64])
         t_ing = time.perf_counter() - t0
     finally:
         broker.stop()
@@ -149,11 +193,15 @@ def main() -> int:
            "bare_mb_s": round(mb / t_bare, 2), "bare_segments_s": round(n / t_bare, 1),
            "drain_mb_s": round(mb / t_drain, 2), "segments_s": round(n / t_drain, 1),
            "ingest_segments_s": round(n / t_ing, 1),
+           "uploader_only_segments_s": round(n / t_null, 1),
+           "uploader_only_ratio": round(t_bare / t_null, 3),
            "ratio": round(t_bare / t_drain, 3)}
     print(f"{'path':<34}{'s':>8}{'MB/s':>9}{'seg/s':>9}")
     print(f"{'bare paho QoS 1 (PUBACK)':<34}{t_bare:>8.2f}{mb / t_bare:>9.2f}{n / t_bare:>9.1f}")
     print(f"{'uploader drain (app-level ack)':<34}{t_drain:>8.2f}{mb / t_drain:>9.2f}"
           f"{n / t_drain:>9.1f}")
+    print(f"{'uploader drain, null acker':<34}{t_null:>8.2f}{mb / t_null:>9.2f}"
+          f"{n / t_null:>9.1f}")
     print(f"{'one ingest worker (no MQTT)':<34}{t_ing:>8.2f}{mb / t_ing:>9.2f}"
           f"{n / t_ing:>9.1f}")
     print(f"{n} segments, {mb:.2f} MB, window {args.window}")

@@ -15,20 +15,6 @@ from recorder.service import ServiceThread
 log = logging.getLogger(__name__)
 
 
-class _UploaderThread(ServiceThread):
-    """The uploader's service thread; disconnects cleanly when it stops."""
-
-    def __init__(self, uploader, stop: threading.Event):
-        super().__init__("uploader", 0.02, uploader.tick, stop)
-        self.uploader = uploader
-
-    def run(self) -> None:
-        try:
-            super().run()
-        finally:
-            self.uploader.close()
-
-
 def start_services(daemon) -> list[threading.Thread]:
     """Start retention and (if ``sync.enabled``) the uploader; return their threads."""
     cfg = daemon.cfg
@@ -39,13 +25,13 @@ def start_services(daemon) -> list[threading.Thread]:
     t_ret.start()
     threads.append(t_ret)
     if cfg.sync.enabled:
-        from sync.uploader import Uploader
+        from sync.uploader import Uploader, UploaderThread
         up = Uploader(daemon.store, cfg, device=daemon.device, data_dir=daemon.data_dir,
                       status=daemon.status, alarms=daemon.alarms, retention=retention)
         daemon.uploader = up
         daemon.sync_status = up.sync_status
         up.start()
-        t_up = _UploaderThread(up, daemon.stop)
+        t_up = UploaderThread(up, daemon.stop)
         t_up.start()
         threads.append(t_up)
     return threads

@@ -31,6 +31,7 @@ import socket
 import ssl
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import paho.mqtt.client as mqtt
 import peewee as pw
@@ -66,6 +67,10 @@ class Ingest:
         self._writes = 0
         self._dirs: set | None = None      # folders to fsync before the batch commits
         self._calls: dict | None = None    # call rows seen in this batch
+        self._futs: list = []              # blob writes in flight in this batch
+        # fsync releases the GIL: a batch's blobs are written in parallel, and the
+        # rows commit only after every one of them (and its folder) is durable.
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ingest-io")
 
     # -- dispatch ----------------------------------------------------------------------------
     def handle_batch(self, msgs: list[tuple[str, bytes]]) -> list:
@@ -76,7 +81,7 @@ class Ingest:
         ``(ack_topic, payload)``, None, or the exception that message raised.
         """
         out: list = []
-        self._dirs, self._calls = set(), {}
+        self._dirs, self._calls, self._futs = set(), {}, []
         counts = (self.stored, self.duplicates, self.conflicts, self.dropped, self._writes)
         # One lock order for every worker (PostgreSQL would otherwise find deadlocks
         # between two batches holding the same keys in opposite orders).
@@ -91,13 +96,18 @@ class Ingest:
                             res[i] = self.handle(topic, payload)
                     except (ProtocolError, LinetapError) as exc:
                         res[i] = exc
+                for f in self._futs:
+                    f.result()           # every blob fsynced (raises if a write failed)
                 self.objects.sync_dirs(self._dirs)
         except BaseException:
             (self.stored, self.duplicates, self.conflicts, self.dropped,
              self._writes) = counts
             raise
         finally:
+            for f in self._futs:
+                f.cancel()
             self._dirs = self._calls = None
+            self._futs = []
         self._maybe_crash()
         out = [res[i] for i in range(len(msgs))]
         return out
@@ -146,6 +156,13 @@ class Ingest:
                         t.device, t.call, name)
             return None
         return blob
+
+    def _put(self, key: str, blob: bytes) -> None:
+        if self._dirs is None:
+            self.objects.put(key, blob)
+        else:
+            self._futs.append(self._pool.submit(self.objects.put, key, blob,
+                                                dirs=self._dirs))
 
     def _maybe_crash(self) -> None:
         if _CRASH_AFTER and self._writes >= _CRASH_AFTER:
@@ -196,7 +213,7 @@ class Ingest:
         okey = f"seg/{t.device}/{t.call}/{t.seq:05d}.{ch.sha256}"
         if old is not None:
             return self._conflict(t, ch, okey, blob)
-        self.objects.put(okey, blob, dirs=self._dirs)
+        self._put(okey, blob)
         start = _epoch(h.get("start")) if t.seq == 0 else None
         try:
             with db.atomic():
@@ -218,7 +235,7 @@ class Ingest:
 
     def _conflict(self, t, ch, okey, blob):
         ckey = "conflict/" + okey
-        self.objects.put(ckey, blob)
+        self._put(ckey, blob)
         Problem.insert(kind="conflict", device=t.device, call=t.call, seq=t.seq,
                        sha256=ch.sha256, key=ckey,
                        detail="same (device, call, seq), different sha256") \
@@ -263,7 +280,7 @@ class Ingest:
             log.error("ALARM manifest_rejected: %s/%s: %s", t.device, t.call, detail)
             return self._ack_topic(t), protocol.ack_payload(rejected=[(t.call, detail)])
         okey = f"man/{t.device}/{t.call}.{ch.sha256}.ltm"
-        self.objects.put(okey, blob, dirs=self._dirs)
+        self._put(okey, blob)
         with db.atomic():
             self._touch_call(t, site, _epoch(header.get("created")), manifest_key=okey,
                              manifest_sha256=ch.sha256, expected=header.get("segments", []))
@@ -386,11 +403,19 @@ class Worker:
             client = self.client
             if client is None:
                 continue
-            for (topic, _p, mid, qos), res in zip(msgs, results, strict=True):
+            merged: dict[str, dict] = {}
+            for (topic, _p, _mid, _qos), res in zip(msgs, results, strict=True):
                 if isinstance(res, Exception):
                     log.warning("message on %s refused: %s", topic, res)
                 elif res is not None:
-                    client.publish(res[0], res[1], qos=1)
+                    acc = merged.setdefault(res[0], {"segs": [], "mans": [], "conflicts": [],
+                                                     "rejected": []})
+                    for k, v in protocol.parse_ack(res[1]).items():
+                        acc[k] += v
+            # One ack message per device per batch, then the broker PUBACKs.
+            for topic, acc in merged.items():
+                client.publish(topic, protocol.ack_payload(**acc), qos=1)
+            for _t, _p, mid, qos in msgs:
                 client.ack(mid, qos)
 
     def tick(self) -> None:

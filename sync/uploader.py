@@ -36,12 +36,14 @@ from paho.mqtt.properties import Properties
 
 from recorder import audit
 from recorder.errors import CommandRejected, KeyFileError, ProtocolError
+from recorder.service import ServiceThread
 from sync import commands, protocol
 
 log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 7 * 86400     # broker keeps our session (and queued acks) this long
-TICK_S = 0.02                    # uploader thread period (seconds)
+TICK_S = 0.25                    # uploader tick when nothing wakes it (seconds)
+REFRESH_S = 1.0                  # candidate cache lifetime (seconds)
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,28 @@ class Item:
     @property
     def key(self) -> tuple:
         return (self.call, self.seq)
+
+
+class UploaderThread(ServiceThread):
+    """The uploader's service thread: ticks every ``TICK_S`` and also as soon as an ack
+    arrives (an ack frees window room; waiting out a fixed period would cap throughput
+    at ``window / period``). Disconnects cleanly when ``stop`` is set."""
+
+    def __init__(self, uploader: Uploader, stop: threading.Event):
+        super().__init__("uploader", TICK_S, uploader.tick, stop)
+        self.uploader = uploader
+
+    def run(self) -> None:
+        try:
+            self._guarded()
+            while not self.stop_event.is_set():
+                self.uploader.wake.wait(self.interval)
+                self.uploader.wake.clear()
+                if self.stop_event.is_set():
+                    break
+                self._guarded()
+        finally:
+            self.uploader.close()
 
 
 def plan(oldest: list, newest: list, inflight, room: int) -> list:
@@ -107,6 +131,9 @@ class Uploader:
         self.link_detail = ""
         self.connected = threading.Event()
         self._reset = threading.Event()
+        self.wake = threading.Event()        # set when an ack or command arrives
+        self._cand: tuple | None = None       # cached (oldest, newest) candidates
+        self._cand_until = self._cand_at = 0.0
         self._next_health = 0.0
         self.sent = self.acked = self.resent = 0
         self.command_key = self._load_command_key()
@@ -152,6 +179,7 @@ class Uploader:
         self.link, self.link_detail = "online", ""
         self._reset.set()
         self.connected.set()
+        self.wake.set()
         log.info("connected to broker %s:%d", self.sc.host, self.sc.port)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
@@ -161,6 +189,7 @@ class Uploader:
 
     def _on_message(self, client, userdata, msg):
         self.inbox.put((msg.topic, bytes(msg.payload)))
+        self.wake.set()
 
     def close(self) -> None:
         """Say offline (retained) and disconnect."""
@@ -188,18 +217,39 @@ class Uploader:
             # A new connection: what was in flight may have died with the old one.
             self._reset.clear()
             self.inflight.clear()
+            self._cand = None
         now = time.monotonic()
         for k, t in list(self.inflight.items()):
             if now - t > self.ack_timeout_s:
                 del self.inflight[k]
                 self.resent += 1
+                self._cand = None            # re-read: it goes back into the plan
         room = self.sc.window - len(self.inflight)
         if room > 0:
-            for it in plan(*self._candidates(room), set(self.inflight) | self.parked, room):
+            for it in self._plan(room):
                 self._publish(it)
         if time.monotonic() >= self._next_health:
             self._next_health = time.monotonic() + self.sc.health_interval_s
             self.publish_health()
+
+    def _plan(self, room: int) -> list[Item]:
+        """Next items to send. Candidates are read from SQLite in batches of a few
+        windows and reused for up to ``REFRESH_S`` (building and running the queries
+        on every ack would cost more than sending)."""
+        skip = set(self.inflight) | self.parked
+        now = time.monotonic()
+        if self._cand is None or now >= self._cand_until:
+            self._cand = self._candidates(4 * self.sc.window)
+            self._cand_until = now + REFRESH_S
+        chosen = plan(*self._cand, skip, room)
+        if len(chosen) < room and now > self._cand_at + 0.02:
+            # The cache ran dry: look for anything newer before giving up.
+            self._cand = self._candidates(4 * self.sc.window)
+            self._cand_until, self._cand_at = now + REFRESH_S, now
+            chosen = plan(*self._cand, skip, room)
+        keys = {it.key for it in chosen}
+        self._cand = tuple([it for it in lst if it.key not in keys] for lst in self._cand)
+        return chosen
 
     def _candidates(self, room: int) -> tuple[list[Item], list[Item]]:
         C, S = self.store.m.Call, self.store.m.Segment
@@ -238,33 +288,42 @@ class Uploader:
 
     # -- incoming -----------------------------------------------------------------------------
     def _drain_inbox(self) -> None:
+        acks = {"segs": [], "mans": [], "conflicts": [], "rejected": []}
         while True:
             try:
                 topic, payload = self.inbox.get_nowait()
             except queue.Empty:
-                return
+                break
             try:
                 kind = protocol.parse_topic(topic).kind
                 if kind == "ack":
-                    self._apply_ack(protocol.parse_ack(payload))
+                    for k, v in protocol.parse_ack(payload).items():
+                        acks[k] += v
                 elif kind == "cmd":
                     self._command(payload)
             except ProtocolError as exc:
                 log.warning("ignored message on %s: %s", topic, exc)
+        if any(acks.values()):
+            # One transaction (one fsync) for every ack that arrived since the last tick.
+            self._apply_ack(acks)
 
     def _apply_ack(self, ack: dict) -> None:
         C, S = self.store.m.Call, self.store.m.Segment
         now = self.clock()
+        seg_t, call_t = S._meta.table_name, C._meta.table_name
         with self.store.db.atomic():
+            # Plain executemany: building one peewee query per ack cost more than the
+            # whole publish path.
+            cur = self.store.db.cursor()
             for call, seq, sha in ack["segs"]:
-                n = S.update(acked=True, acked_time=now).where(
-                    (S.call == call) & (S.seq == seq) & (S.sha256 == sha)
-                    & (S.acked == False)).execute()  # noqa: E712
+                cur.execute(f"UPDATE {seg_t} SET acked = 1, acked_time = ? "  # noqa: S608
+                            "WHERE call_id = ? AND seq = ? AND sha256 = ? AND acked = 0",
+                            (now, call, seq, sha))
+                self.acked += cur.rowcount
                 self.inflight.pop((call, seq), None)
-                self.acked += n
             for call, sha in ack["mans"]:
-                C.update(manifest_acked=True).where(
-                    (C.id == call) & (C.manifest_sha256 == sha)).execute()
+                cur.execute(f"UPDATE {call_t} SET manifest_acked = 1 "  # noqa: S608
+                            "WHERE id = ? AND manifest_sha256 = ?", (call, sha))
                 self.inflight.pop((call, None), None)
         for call, seq, sha in ack["conflicts"]:
             self.parked.add((call, seq))

@@ -138,8 +138,7 @@ class Running:
         import threading
 
         from recorder.retention import Retention
-        from recorder.service import ServiceThread
-        from sync.uploader import Uploader
+        from sync.uploader import Uploader, UploaderThread
         dev = pki.devices[box.device]
         extra = {"command_key": str(command_pub)} if command_pub else {}
         self.cfg = box_cfg(box.data_dir, device=box.device, enabled=True, host="127.0.0.1",
@@ -152,7 +151,7 @@ class Running:
                            ack_timeout_s=ack_timeout_s, reconnect_s=(0.05, 0.5))
         self.stop = threading.Event()
         self.up.start()
-        self.thread = ServiceThread("uploader", 0.02, self.up.tick, self.stop)
+        self.thread = UploaderThread(self.up, self.stop)
         self.thread.start()
 
     def close(self):
