@@ -103,6 +103,10 @@ def test_commands_hold_delete_retention_and_rejections(tmp_path, broker, pki):
     assert [c["call_id"] for c in json.loads(buf.getvalue())] == [ids[0]]
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
+        assert cli_main(["--config", str(conf), "expiring", "--days", "11", "--json"]) == 0
+    assert [c["call_id"] for c in json.loads(buf.getvalue())] == [ids[0]]   # held, listed
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
         assert cli_main(["--config", str(conf), "export", "--key", str(privpath), "--out",
                          str(tmp_path / "ex")]) == 0
     assert (tmp_path / "ex" / f"{ids[0]}.wav").exists()

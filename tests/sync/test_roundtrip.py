@@ -36,6 +36,12 @@ def test_roundtrip_export_identical(tmp_path, broker, pki):
         wait_for(lambda: unacked(box.store) == 0, what="every item acked")
         st = run.up.sync_status()
         assert st["link"] == "online" and st["backlog"] == 0
+        # The first tick sent a health message; a worker keeps the latest per device.
+        from sync.upstream_store import Health
+        wait_for(lambda: Health.get_or_none(Health.device == "dev-a") is not None,
+                 what="health stored")
+        h = Health.get(Health.device == "dev-a").body
+        assert {"disk_free_mb", "backlog", "oldest_unsynced_age_s", "store"} <= set(h)
     finally:
         run.close()
         worker.close()
