@@ -18,7 +18,15 @@ log = logging.getLogger(__name__)
 def start_services(daemon) -> list[threading.Thread]:
     """Start retention and (if ``sync.enabled``) the uploader; return their threads."""
     cfg = daemon.cfg
-    retention = Retention(daemon.store, daemon.data_dir, cfg, alarms=daemon.alarms)
+    clock = None
+    if cfg.device.hardware == "sim":
+        # In simulation calls carry line time (the scenario's start + t), so "now" for
+        # deadlines is line time too; wall-clock now would expire a scenario dated in
+        # the past the moment its calls were written.
+        def clock():
+            return daemon.timebase.epoch(daemon.ring.written)
+    retention = Retention(daemon.store, daemon.data_dir, cfg, alarms=daemon.alarms,
+                          **({"clock": clock} if clock else {}))
     daemon.retention = retention
     threads: list[threading.Thread] = []
     t_ret = ServiceThread("retention", cfg.retention.interval_s, retention.tick, daemon.stop)

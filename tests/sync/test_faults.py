@@ -133,6 +133,12 @@ def test_box_applies_only_matching_acks(tmp_path, pki):
         segs=[(cid, 0, "0" * 64), (cid, 1, segs[1].sha256), (cid, 1, segs[1].sha256)])))
     got = {s.seq: s.acked for s in box.store.segments_of(cid)}
     assert got == {0: False, 1: True}
+    # A conflict reply parks the item (no endless resend) and raises an alarm.
+    alarms = {}
+    up.alarms = type("A", (), {"set": lambda self, n, on, **d: alarms.update({n: d})})()
+    up._apply_ack(protocol.parse_ack(protocol.ack_payload(conflicts=[(cid, 0, "f" * 64)])))
+    assert (cid, 0) in up.parked and "sync_conflict" in alarms
+    assert not box.store.segments_of(cid)[0].acked
 
 
 def upstream_box_cfg(box):
