@@ -72,3 +72,19 @@ def test_simulated_run_syncs(tmp_path, broker, pki):
         for ext in ("wav", "json"):
             assert (tmp_path / "ex_box" / f"{c.id}.{ext}").read_bytes() == \
                 (tmp_path / "ex_up" / f"{c.id}.{ext}").read_bytes()
+
+
+def test_simulation_in_the_past_keeps_its_calls(tmp_path):
+    """Retention runs on line time in simulation: a scenario dated years ago must not
+    have its calls expired by the wall clock as soon as they are written."""
+    _priv, _pub, pubpath, _ = practice_keys(tmp_path)
+    data = tmp_path / "box"
+    raw = dict(SCENARIO, start="2020-01-01T09:00:00Z", duration=22.0,
+               events=[e for e in SCENARIO["events"] if e["at"] <= 20.0])
+    sc = scen.from_dict(raw, tmp_path)
+    cfg = simulate.sim_config(box_cfg(data).replace(retention__interval_s=1.0), sc,
+                              str(data), public_key=str(pubpath))
+    simulate.run(sc, cfg, speed=4.0)      # slow enough for retention ticks to run
+    store = Store(data)
+    assert len(store.calls()) == 2
+    assert all(c.state != "deleted" for c in store.calls(include_deleted=True))
