@@ -167,6 +167,9 @@ class Retention:
             return False
         if row.legal_hold:
             raise CommandRejected(f"call {call_id} is on legal hold")
+        if row.state == "active":
+            # The writer still owns it; deleting under it would leave a half call.
+            raise CommandRejected(f"call {call_id} is in progress")
         segs = store.segments_of(call_id)
         dirs = set()
         unsynced = sum(1 for s in segs if not s.acked)

@@ -96,6 +96,11 @@ class Ingest:
                             res[i] = self.handle(topic, payload)
                     except (ProtocolError, LinetapError) as exc:
                         res[i] = exc
+                    except pw.DatabaseError as exc:
+                        # This message's savepoint is rolled back; the rest commit. No
+                        # ack for it: the box resends.
+                        log.warning("message on %s not stored: %s", topic, exc)
+                        res[i] = exc
                 for f in self._futs:
                     f.result()           # every blob fsynced (raises if a write failed)
                 self.objects.sync_dirs(self._dirs)
@@ -313,8 +318,11 @@ class Ingest:
             body = json.loads(payload)
         except ValueError:
             return
-        Health.insert(device=t.device, site=t.site, body=body, time=time.time()) \
-            .on_conflict_replace().execute()
+        now = time.time()
+        # ON CONFLICT ... DO UPDATE works on SQLite and PostgreSQL alike (REPLACE does not).
+        Health.insert(device=t.device, site=t.site, body=body, time=now).on_conflict(
+            conflict_target=[Health.device],
+            update={Health.site: t.site, Health.body: body, Health.time: now}).execute()
 
 
 def _epoch(iso_s) -> float | None:

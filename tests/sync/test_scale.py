@@ -48,3 +48,23 @@ def test_two_workers_postgres(tmp_path, broker, pki, postgres):
     assert w1.w.ingest.stored > 0 and w2.w.ingest.stored > 0
     # Counters are rolled back with a failed batch, so this is exact.
     assert w1.w.ingest.stored + w2.w.ingest.stored == total + 10
+
+
+def test_health_upsert_postgres(tmp_path, pki, postgres):
+    """Repeated health messages replace the device's row on PostgreSQL too."""
+    from types import SimpleNamespace
+
+    from sync.ingest import Ingest
+    from sync.upstream_store import Health, open_db
+    box = SimpleNamespace(device="dev-a", identity=__import__(
+        "cryptography.hazmat.primitives.asymmetric.ed25519",
+        fromlist=["x"]).Ed25519PrivateKey.generate())
+    ucfg = upstream_cfg(tmp_path / "up", SimpleNamespace(port=1), pki, [box],
+                        db_url=postgres.new_db("health"))
+    open_db(ucfg.db_url)
+    ing = Ingest(ucfg)
+    for n in range(3):
+        res = ing.handle_batch([("linetap/site1/dev-a/health", b'{"backlog": %d}' % n)])
+        assert res == [None]
+    assert Health.select().count() == 1
+    assert Health.get().body == {"backlog": 2}
