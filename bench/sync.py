@@ -120,8 +120,11 @@ def null_acker(broker, pki):
 
 
 def timed_drain(box, broker, pki, window) -> float:
-    t0 = time.perf_counter()
+    """Seconds from CONNACK to the last app-level ack (the bare publisher's clock also
+    starts after its connection is up)."""
     run = Running(box, broker, pki, window=window, ack_timeout_s=30.0)
+    run.up.connected.wait(30)
+    t0 = time.perf_counter()
     try:
         wait_for(lambda: unacked(box.store) == 0, timeout=600, what="drain")
         return time.perf_counter() - t0

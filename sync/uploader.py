@@ -134,6 +134,7 @@ class Uploader:
         self.wake = threading.Event()        # set when an ack or command arrives
         self._cand: tuple | None = None       # cached (oldest, newest) candidates
         self._cand_until = self._cand_at = 0.0
+        self._relaxed = False
         self._next_health = 0.0
         self.sent = self.acked = self.resent = 0
         self.command_key = self._load_command_key()
@@ -210,6 +211,12 @@ class Uploader:
     # -- the tick ---------------------------------------------------------------------------
     def tick(self) -> None:
         """Apply incoming acks and commands, then top up the in-flight window."""
+        if not self._relaxed:
+            # This thread's own SQLite connection commits acks without an fsync (WAL,
+            # synchronous=NORMAL): an ack lost to a power cut only means one resend,
+            # which the ingest dedups. Commands switch back to FULL (see _command).
+            self.store.db.execute_sql("PRAGMA synchronous=NORMAL")
+            self._relaxed = True
         self._drain_inbox()
         if not self.connected.is_set():
             return
@@ -342,6 +349,15 @@ class Uploader:
             self.alarms.set(name, True, **detail)
 
     def _command(self, payload: bytes) -> None:
+        # Nonces and deletions must survive a power cut (replay protection, tombstones).
+        self.store.db.execute_sql("PRAGMA synchronous=FULL")
+        try:
+            self._command_full(payload)
+        finally:
+            if self._relaxed:
+                self.store.db.execute_sql("PRAGMA synchronous=NORMAL")
+
+    def _command_full(self, payload: bytes) -> None:
         body = None
         try:
             body = commands.verify(payload, self.command_key, self.device)
