@@ -177,3 +177,28 @@ def test_worker_killed_before_ack(tmp_path, broker, pki):
             proc.kill()
     _stored_once(ucfg, total)
     assert all(is_complete(r) for r in UCall.select())
+
+
+def test_offline_then_broker_appears(tmp_path, broker, pki):
+    """The box starts with the broker down (days offline in miniature), keeps
+    recording into its outbox, and drains when the broker comes back."""
+    _priv, pub, *_ = practice_keys(tmp_path)
+    box = make_box(tmp_path / "box", pub)
+    write_calls(box, n_calls=2, segs=2)
+    broker.stop()
+    run = Running(box, broker, pki, ack_timeout_s=2.0)
+    try:
+        st = run.up.sync_status()
+        assert st["link"] in ("connecting", "offline") and st["backlog"] == 4
+        write_calls(box, n_calls=2, segs=2, seed=5)      # more calls while offline
+        broker.start()
+        ucfg = upstream_cfg(tmp_path / "up", broker, pki, [box])
+        worker = InProcWorker(ucfg)
+        try:
+            wait_for(lambda: unacked(box.store) == 0, what="drain after offline")
+        finally:
+            worker.close()
+        assert run.up.sync_status()["link"] == "online"
+    finally:
+        run.close()
+    _stored_once(ucfg, 8)
