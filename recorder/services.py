@@ -34,11 +34,20 @@ def start_services(daemon) -> list[threading.Thread]:
     threads.append(t_ret)
     if cfg.sync.enabled:
         from sync.uploader import Uploader, UploaderThread
-        up = Uploader(daemon.store, cfg, device=daemon.device, data_dir=daemon.data_dir,
-                      status=daemon.status, alarms=daemon.alarms, retention=retention)
+        try:
+            up = Uploader(daemon.store, cfg, device=daemon.device, data_dir=daemon.data_dir,
+                          status=daemon.status, alarms=daemon.alarms, retention=retention)
+            up.start()
+        except (OSError, ValueError) as exc:
+            # Recording must never depend on sync: a bad certificate path or TLS file
+            # is an alarm, and the outbox simply waits for a fixed config.
+            log.exception("sync not started")
+            why = str(exc)
+            daemon.alarms.set("sync_config", True, detail=why)
+            daemon.sync_status = lambda: {"link": "not started", "detail": why}
+            return threads
         daemon.uploader = up
         daemon.sync_status = up.sync_status
-        up.start()
         t_up = UploaderThread(up, daemon.stop)
         t_up.start()
         threads.append(t_up)
