@@ -40,16 +40,36 @@ def _scenario(lines: int, seconds: float, noise=-40.0) -> scen.Scenario:
                            "noise_dbfs": noise})
 
 
-def device_path(lines: int, seconds: float, speed=0.0, period=4096, mask=True) -> dict:
+def device_path(lines: int, seconds: float, speed=0.0, period=4096, detector=True) -> dict:
+    """Run the daemon on a simulated call of ``seconds`` on each of ``lines``.
+
+    ``device_cpu_s`` sums the CPU time of the daemon's own threads (capture, playback,
+    calls, writer, ...), leaving out the simulator that synthesises the line in the same
+    process. ``detector=False`` runs without the DTMF detector (for comparison only: the
+    product always runs it, for dialled digits and masking).
+    """
+    import recorder.daemon as daemon_mod
+    saved = daemon_mod.DtmfStream
+    if not detector:
+        daemon_mod.DtmfStream = None
+    try:
+        return _device_path(lines, seconds, speed, period)
+    finally:
+        daemon_mod.DtmfStream = saved
+
+
+def _device_path(lines, seconds, speed, period) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         _priv, pub = keys.practice_keygen(Path(tmp) / "p.key")
         sc = _scenario(lines, seconds)
         cfg = simulate.sim_config(config.Config(), sc, str(Path(tmp) / "data"), str(pub))
-        cfg = cfg.replace(audio__period_frames=period, recording__dtmf_mask=mask)
+        cfg = cfg.replace(audio__period_frames=period)
         t0, w0 = time.process_time(), time.monotonic()
         res = simulate.run(sc, cfg, speed=speed)
         cpu, wall = time.process_time() - t0, time.monotonic() - w0
     return {"cpu_s": cpu, "wall_s": wall, "audio_s": seconds * lines,
+            "device_cpu_s": sum(res.daemon.thread_cpu.values()),
+            "threads": res.daemon.thread_cpu,
             "overruns": res.status["overruns"]["consumer"] + res.status["overruns"]["alsa_xruns"],
             "segments": res.status["writer"]["segments"],
             "writer_cpu_s": res.daemon.writer.cpu_s}
@@ -69,8 +89,13 @@ def bare_flac(seconds: float) -> float:
 
 
 def rss_child(lines: int, seconds: float) -> None:
+    import recorder.calls  # noqa: F401 - everything the daemon imports, before it runs
+    import recorder.daemon  # noqa: F401
+    import recorder.dsp.callerid  # noqa: F401
+    import recorder.services  # noqa: F401
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     device_path(lines, seconds)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def main() -> None:
@@ -84,17 +109,22 @@ def main() -> None:
         return
     secs = args.minutes * 60
     one = device_path(1, secs)
-    nomask = device_path(1, secs, mask=False)
+    nodet = device_path(1, secs, detector=False)
     bare = bare_flac(secs)
-    x1 = one["audio_s"] / one["cpu_s"]
-    x1n = nomask["audio_s"] / nomask["cpu_s"]
-    print(f"device path, 1 line:                {x1:8.0f}x real time per line (CPU)")
-    print(f"device path, 1 line, no DTMF scan:  {x1n:8.0f}x")
-    print(f"bare FLAC encode, same audio:       {bare:8.0f}x")
-    print(f"ratio to bare encode: {x1 / bare:.2f} (without DTMF scan {x1n / bare:.2f})")
-    rss = int(subprocess.run([sys.executable, __file__, "--rss-child", "4", "600"],
-                             capture_output=True, text=True, check=True).stdout.split()[-1])
-    print(f"peak RSS, 4 lines (process total):  {rss / 1024:.1f} MB")
+    x1 = one["audio_s"] / one["device_cpu_s"]
+    x1n = nodet["audio_s"] / nodet["device_cpu_s"]
+    xproc = one["audio_s"] / one["cpu_s"]
+    print(f"device path, 1 line (daemon threads' CPU):      {x1:8.0f}x real time")
+    print(f"  per thread (CPU s): {one['threads']}")
+    print(f"device path without the DTMF detector:          {x1n:8.0f}x")
+    print(f"whole process incl. the line simulator:         {xproc:8.0f}x")
+    print(f"bare FLAC encode, same audio:                   {bare:8.0f}x")
+    print(f"ratio to bare encode: {x1 / bare:.2f} (without the detector {x1n / bare:.2f})")
+    out = subprocess.run([sys.executable, __file__, "--rss-child", "4", "600"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    base, rss = int(out[-2]), int(out[-1])
+    print(f"peak RSS, 4 lines, whole process: {rss / 1024:.1f} MB "
+          f"(of which imports alone: {base / 1024:.1f} MB)")
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         rt = device_path(4, args.realtime_seconds, speed=1.0, period=160)
@@ -103,8 +133,10 @@ def main() -> None:
     print(f"4 lines paced in real time with a CPU hog for {args.realtime_seconds:.0f} s: "
           f"{rt['overruns']} overruns")
     print(json.dumps({"bench": "pipeline", "x_realtime": round(x1),
-                      "x_realtime_no_dtmf": round(x1n), "bare_flac_x_realtime": round(bare),
-                      "ratio": round(x1 / bare, 2), "peak_rss_mb_4line": round(rss / 1024, 1),
+                      "x_realtime_no_detector": round(x1n), "x_realtime_process": round(xproc),
+                      "bare_flac_x_realtime": round(bare), "ratio": round(x1 / bare, 2),
+                      "peak_rss_mb_4line": round(rss / 1024, 1),
+                      "import_rss_mb": round(base / 1024, 1),
                       "overruns_4line_realtime_hog": rt["overruns"]}))
 
 

@@ -70,6 +70,7 @@ class Announcer:
         self._lock = threading.Lock()
         self._sched: list[tuple[int, int, Clip]] = []   # (line, start frame, clip)
         self.rendered = 0                                # frames handed to playback
+        self._silence = np.zeros((0, lines), dtype=np.int16)
 
     def schedule(self, line: int, clip: Clip, at: int) -> int:
         """Play ``clip`` on ``line`` from playback frame ``at``, or from the first frame
@@ -91,7 +92,17 @@ class Announcer:
             self._sched = keep
 
     def render(self, start: int, n: int) -> np.ndarray:
-        """Frames [start, start+n) as int16 (n, lines); silence where nothing plays."""
+        """Frames [start, start+n) as int16 (n, lines); silence where nothing plays.
+
+        The returned array may be a shared read-only block of silence: do not modify it.
+        """
+        with self._lock:
+            if not self._sched:
+                self.rendered = start + n
+                if self._silence.shape[0] != n:
+                    self._silence = np.zeros((n, self.lines), dtype=np.int16)
+                    self._silence.flags.writeable = False
+                return self._silence
         out = np.zeros((n, self.lines), dtype=np.int16)
         with self._lock:
             keep = []

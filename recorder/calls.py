@@ -444,7 +444,8 @@ class Processor:
             except Overrun:
                 continue
             if len(x):
-                peak = int(np.max(np.abs(x.astype(np.int32))))
+                # max and min, not abs(): no temporary array on the hot path
+                peak = max(int(x.max()), -int(x.min()))
                 self.levels[ln] = 20 * np.log10(max(peak, 1) / 32768.0)
                 if peak >= 32767:
                     self.clipped[ln] += 1

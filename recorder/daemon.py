@@ -372,6 +372,7 @@ class Daemon:
                 self.store.checkpoint()
             finally:
                 self.store.close()
+        self.thread_cpu = {t.name: round(getattr(t, "cpu_s", 0.0), 4) for t in self.threads}
         errors = [t.error for t in self.threads if getattr(t, "error", None)]
         self.done.set()
         if errors:

@@ -26,6 +26,7 @@ class ServiceThread(threading.Thread):
         self.first_tick = first_tick
         self.errors = 0
         self.heartbeat = time.monotonic()
+        self.cpu_s = 0.0          # this thread's CPU seconds, updated every tick
 
     def _guarded(self) -> None:
         try:
@@ -34,6 +35,7 @@ class ServiceThread(threading.Thread):
             self.errors += 1
             log.exception("%s: tick failed (%d so far)", self.name, self.errors)
         self.heartbeat = time.monotonic()
+        self.cpu_s = time.thread_time()
 
     def run(self) -> None:
         if self.first_tick:
@@ -55,6 +57,7 @@ class LoopThread(threading.Thread):
         self._body, self.stop_event = body, stop
         self.error: BaseException | None = None
         self.heartbeat = time.monotonic()
+        self.cpu_s = 0.0          # this thread's CPU seconds, set when the body returns
 
     def run(self) -> None:
         try:
@@ -63,6 +66,8 @@ class LoopThread(threading.Thread):
             self.error = exc
             log.exception("%s failed; stopping the daemon", self.name)
             self.stop_event.set()
+        finally:
+            self.cpu_s = time.thread_time()
 
 
 def join_all(threads, timeout: float = 10.0) -> list[str]:
