@@ -48,6 +48,7 @@ lint: setup
 bench: setup
 	$(PY) bench/sim_throughput.py
 	$(PY) bench/pipeline.py
+	$(PY) bench/evidence.py
 	$(PY) bench/dsp.py
 	[ ! -f bench/sync.py ] || $(PY) bench/sync.py
 
