@@ -1,0 +1,328 @@
+"""Shared plumbing for the reliability campaigns (``bench/campaigns/*.py``).
+
+Each campaign prints a summary table, ends with one JSON line of headline figures and
+exits non-zero on any violation. This module holds what several of them need: a
+loopback mosquitto with mutual TLS and the per-device ACL plus an ingest worker (the
+same PKI and broker classes the sync tests use, from ``tests/sync/conftest.py``), a
+``linetap simulate`` subprocess, scans of a data dir for temp and plaintext files, and
+the table/JSON output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "sync"))   # conftest.PKI/Broker, synchelpers
+
+PLAINTEXT_MAGIC = (b"RIFF", b"fLaC", b"OggS")
+DEVICE = "lt-campaign01"
+SITE = "site1"
+
+
+# -- output ------------------------------------------------------------------------------------
+def parse_args(doc: str, extra=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="short run (under 3 minutes)")
+    ap.add_argument("--seed", type=int, default=None, help="random seed (default: time)")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    if extra:
+        extra(ap)
+    args = ap.parse_args()
+    if args.seed is None:
+        args.seed = int(time.time()) % 100000
+    return args
+
+
+def table(title: str, rows: list[tuple], head: tuple = ("check", "value", "result")) -> None:
+    """Print a plain text table (first column left-aligned)."""
+    rows = [tuple(str(c) for c in r) for r in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in rows)) if rows else len(str(h))
+              for i, h in enumerate(head)]
+    print(f"\n{title}")
+    print("  ".join(str(h).ljust(w) for h, w in zip(head, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+
+
+def finish(summary: dict, violations: list[str]) -> int:
+    """Print violations and the JSON headline line; return the exit status."""
+    if violations:
+        print(f"\nVIOLATIONS ({len(violations)}):")
+        for v in violations[:200]:
+            print(f"  - {v}")
+    summary["violations"] = len(violations)
+    print(json.dumps(summary, sort_keys=False))
+    return 1 if violations else 0
+
+
+def workdir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f"linetap-{prefix}-"))
+
+
+# -- data dir scans ----------------------------------------------------------------------------
+def stale_temp_files(data: Path, live_pid: int | None = None) -> list[Path]:
+    """Temp files not owned by the live process (their names carry the writer's pid)."""
+    out = []
+    for p in data.rglob("*.tmp"):
+        if live_pid is not None and f".{live_pid}.tmp" in p.name:
+            continue
+        out.append(p)
+    return out
+
+
+def plaintext_files(data: Path) -> list[Path]:
+    """Files under ``data`` that start like plaintext audio (WAV, FLAC, Ogg)."""
+    out = []
+    for p in data.rglob("*"):
+        try:
+            if p.is_file():
+                with open(p, "rb") as f:
+                    if f.read(4) in PLAINTEXT_MAGIC:
+                        out.append(p)
+        except OSError:
+            continue
+    return out
+
+
+def read_status(data: Path) -> dict | None:
+    try:
+        return json.loads((data / "run" / "status.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def median(xs):
+    xs = sorted(xs)
+    if not xs:
+        return None
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+# -- scenarios ---------------------------------------------------------------------------------
+def day_scenario(rng: random.Random, start: str, duration: float, lines: int = 4,
+                 min_gap=2.0, max_gap=40.0, min_call=8.0, max_call=150.0) -> tuple[dict, list]:
+    """A busy scenario: calls on every line back to back. Returns (raw scenario, calls)
+    where calls are ``(line, offhook_s, onhook_s or None)`` in line time."""
+    events, calls = [], []
+    for ln in range(lines):
+        t = rng.uniform(0.5, 6.0)
+        while t < duration - 3:
+            inbound = rng.random() < 0.6
+            if inbound:
+                ring_end = min(t + rng.uniform(2.5, 6.0), duration - 2)
+                events.append({"at": round(t, 3), "line": ln, "type": "ring",
+                               "until": round(ring_end, 3)})
+                t = ring_end + 0.2
+            length = rng.uniform(min_call, max_call)
+            off = round(t, 3)
+            end = off + length
+            events.append({"at": off, "line": ln, "type": "offhook"})
+            events.append({"at": off, "line": ln, "type": "tone",
+                           "hz": rng.choice([300, 440, 700, 1000, 1300]),
+                           "duration": round(min(length, duration - off - 0.01), 3),
+                           "level_dbfs": -14})
+            if end < duration - 1:
+                events.append({"at": round(end, 3), "line": ln, "type": "onhook"})
+                calls.append((ln, off, round(end, 3)))
+            else:
+                calls.append((ln, off, None))
+                break
+            t = end + rng.uniform(min_gap, max_gap)
+    raw = {"rate": 8000, "start": start, "duration": duration, "lines": lines,
+           "events": events}
+    return raw, calls
+
+
+# -- the box under test ------------------------------------------------------------------------
+def write_toml(path: Path, raw: dict) -> Path:
+    from synchelpers import to_toml
+    path.write_text(to_toml(raw))
+    return path
+
+
+@dataclass
+class Box:
+    """A data dir plus config for ``linetap simulate`` subprocesses."""
+
+    dir: Path
+    practice_pub: Path
+    practice_priv: Path
+    config: Path | None = None
+    proc: subprocess.Popen | None = None
+    log: Path | None = None
+    boots: int = 0
+    extra_env: dict = field(default_factory=dict)
+
+    @property
+    def data(self) -> Path:
+        return self.dir / "data"
+
+    def spawn(self, scenario: Path, speed: float, env: dict | None = None) -> subprocess.Popen:
+        self.boots += 1
+        self.log = self.dir / f"boot-{self.boots:04d}.log"
+        cmd = [sys.executable, "-m", "recorder.cli", "-q", "simulate", str(scenario),
+               "--data-dir", str(self.data), "--public-key", str(self.practice_pub),
+               "--speed", str(speed)]
+        if self.config:
+            cmd += ["--config", str(self.config)]
+        self.proc = subprocess.Popen(cmd, cwd=str(ROOT), env={**os.environ, **self.extra_env,
+                                                              **(env or {})},
+                                     stdout=subprocess.DEVNULL,
+                                     stderr=open(self.log, "wb"))  # noqa: SIM115
+        return self.proc
+
+    def kill(self) -> float:
+        """SIGKILL the daemon; returns the wall time of the kill."""
+        t = time.time()
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        if self.proc:
+            self.proc.wait(30)
+        return t
+
+    def log_tail(self, n=1500) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+
+def new_box(root: Path) -> Box:
+    from recorder import keys
+    root.mkdir(parents=True, exist_ok=True)
+    priv, pub = keys.practice_keygen(root / "practice.key")
+    return Box(root, Path(pub), Path(priv))
+
+
+class SyncRig:
+    """mosquitto (mutual TLS + ACL) on loopback and one ingest worker subprocess with a
+    SQLite upstream, registered for one device whose identity is made here."""
+
+    def __init__(self, root: Path, box: Box, device: str = DEVICE, host: str = "127.0.0.1"):
+        from conftest import PKI, Broker
+
+        from recorder import keys
+        from recorder.keys import raw_public
+        self.root, self.box, self.device = root, box, device
+        (root / "pki").mkdir(parents=True, exist_ok=True)
+        (root / "broker").mkdir(exist_ok=True)
+        self.pki = PKI(root / "pki")
+        self.dev = self.pki.client(device)
+        self.pki.ingest = self.pki.client("ingest")
+        self.broker = Broker(root / "broker", self.pki)
+        box.data.mkdir(parents=True, exist_ok=True)
+        ident = keys.ensure_identity(box.data, first_start=True)
+        self.identity_hex = raw_public(ident.public_key()).hex()
+        self.host = host
+        self.ingest_proc = None
+
+    def upstream_raw(self, broker_host="127.0.0.1") -> dict:
+        return {"database": {"url": f"sqlite:///{self.root / 'upstream.db'}"},
+                "objects": {"path": str(self.root / "objects")},
+                "broker": {"host": broker_host, "port": self.broker.port,
+                           "ca": str(self.pki.ca), "cert": self.pki.ingest.cert,
+                           "key": self.pki.ingest.key},
+                "commands": {"resend_s": 5},
+                "retention": {"interval_s": 30},
+                "sites": {SITE: {"retention_days": 90.0,
+                                 "devices": {self.device: self.identity_hex}}}}
+
+    def box_raw(self, **over) -> dict:
+        raw = {"device": {"id": self.device, "site": SITE},
+               "sync": {"enabled": True, "host": self.host, "port": self.broker.port,
+                        "ca": str(self.pki.ca), "cert": self.dev.cert, "key": self.dev.key,
+                        "health_interval_s": 5.0},
+               "retention": {"interval_s": 5.0}}
+        for k, v in over.items():
+            sec, key = k.split("__", 1)
+            raw.setdefault(sec, {})[key] = v
+        return raw
+
+    def start(self, ingest=True, ingest_prefix: list[str] | None = None) -> None:
+        self.broker.start()
+        self.box.config = write_toml(self.root / "box.toml", self.box_raw())
+        self.up_conf = write_toml(self.root / "upstream.toml", self.upstream_raw())
+        if ingest:
+            self.start_ingest(ingest_prefix)
+
+    def start_ingest(self, prefix: list[str] | None = None, conf: Path | None = None) -> None:
+        self.ingest_log = open(self.root / "ingest.log", "ab")  # noqa: SIM115
+        self.ingest_proc = subprocess.Popen(
+            [*(prefix or []), sys.executable, "-m", "sync.ingest", "--config",
+             str(conf or self.up_conf)], cwd=str(ROOT), stdout=subprocess.DEVNULL,
+            stderr=self.ingest_log)
+
+    def stop(self) -> None:
+        if self.ingest_proc and self.ingest_proc.poll() is None:
+            self.ingest_proc.terminate()
+            try:
+                self.ingest_proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.ingest_proc.kill()
+                self.ingest_proc.wait()
+        self.broker.stop()
+
+    def upstream(self):
+        """Open the upstream DB in this process (read-only use)."""
+        from sync.upstream_config import from_dict
+        from sync.upstream_store import open_db
+        ucfg = from_dict(self.upstream_raw())
+        open_db(ucfg.db_url)
+        return ucfg
+
+
+def unacked(data: Path) -> int:
+    from synchelpers import unacked as _unacked
+
+    from recorder.store import Store
+    s = Store(data)
+    try:
+        return _unacked(s)
+    finally:
+        s.close()
+
+
+def compare_upstream(rig: SyncRig, data: Path) -> dict:
+    """Box segments and manifests vs upstream rows: lost, duplicated, mismatched."""
+    from recorder.store import Store
+    from sync.upstream_store import Problem, UCall, USegment
+    rig.upstream()
+    s = Store(data)
+    try:
+        box_segs = {}
+        for r in s.m.Segment.select():
+            box_segs[(r.call_id if hasattr(r, "call_id") else r.call, r.seq)] = r.sha256
+        box_mans = {c.id: c.manifest_sha256 for c in s.calls()
+                    if c.manifest and c.state != "deleted"}
+    finally:
+        s.close()
+    up_segs: dict = {}
+    dup = 0
+    for r in USegment.select().where(USegment.device == rig.device):
+        k = (r.call, r.seq)
+        if k in up_segs:
+            dup += 1
+        up_segs[k] = getattr(r, "sha256", None)
+    lost = [k for k in box_segs if k not in up_segs]
+    mism = [k for k, v in box_segs.items() if k in up_segs and up_segs[k] not in (None, v)]
+    extra = [k for k in up_segs if k not in box_segs]
+    up_calls = {r.call: r for r in UCall.select().where(UCall.device == rig.device)}
+    man_lost = [c for c in box_mans if c not in up_calls or not up_calls[c].manifest_key]
+    problems = Problem.select().where(Problem.device == rig.device).count()
+    return {"box_segments": len(box_segs), "upstream_segments": len(up_segs),
+            "lost": lost, "duplicated": dup, "mismatched": mism, "extra_upstream": extra,
+            "manifests": len(box_mans), "manifests_lost": man_lost, "problems": problems}

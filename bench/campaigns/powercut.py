@@ -1,0 +1,383 @@
+"""Power-cut campaign: SIGKILL ``linetap simulate`` (4 lines, sync on) at random instants
+and inside fsync/rename, restart it, and check the store after every restart.
+
+Each boot replays a fresh busy 4-line scenario (distinct start times per boot, one hour
+apart) paced at ``--speed`` times real time (20 by default: the same threads, pacer and
+write path as real time, 20x faster). A local mosquitto (mutual TLS + ACL) and one
+ingest worker subprocess (SQLite upstream) run throughout.
+
+Checked after every restart (once the new boot is recording, i.e. recovery is done):
+``PRAGMA integrity_check`` is ok; every committed call verifies (hashes, chain,
+signature); no temp file from a dead process and no plaintext audio (RIFF/fLaC/OggS)
+exists; every call that was open at the kill is ``recovered`` (row, metadata and signed
+manifest header); the audio lost per open call is at most ``segment_s`` + the recorder's
+hold. At the end: the backlog drains, nothing lost or duplicated upstream, ``linetap
+verify`` and ``linetap audit --verify`` pass.
+
+Kill time in line time is estimated from the last ``run/status.json`` (its ``time`` and
+``captured_s``) plus the wall time since, times the speed: an upper bound, so the loss
+figures are upper bounds too.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bench.campaigns import common  # noqa: E402
+
+RATE = 8000
+SEGMENT_S = 10.0
+HOLD_S = 3.0           # max(debounce + hangup, pause end_hold) + 1 s, see recorder/calls.py
+SLACK_S = 1.0          # allowance for the kill-time estimate (50 ms of wall time at x20)
+POINTS = ("before_fsync", "before_rename", "before_dirsync")
+
+
+class Campaign:
+    def __init__(self, args):
+        self.args = args
+        self.rng = random.Random(args.seed)
+        self.root = common.workdir("powercut")
+        self.box = common.new_box(self.root / "box")
+        self.rig = common.SyncRig(self.root, self.box)
+        self.violations: list[str] = []
+        self.pending: list[dict] = []          # kills whose recovery is not checked yet
+        self.verified: set[str] = set()
+        self.losses: list[float] = []
+        self.loss_unmeasured = 0
+        self.recovered_checked = 0
+        self.stats = {"kills": 0, "random_kills": 0, "startup_kills": 0, "crash_points": 0,
+                      "crash_points_fired": 0, "restarts_checked": 0, "boots": 0,
+                      "max_backlog": 0, "overruns": 0}
+        self.base = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
+
+    # -- one boot --------------------------------------------------------------------------
+    def scenario(self, k: int) -> tuple[Path, list]:
+        start = (self.base + timedelta(hours=k)).isoformat().replace("+00:00", "Z")
+        raw, calls = common.day_scenario(self.rng, start, 2400.0, lines=4)
+        p = self.root / "scenarios" / f"boot-{k:04d}.json"
+        p.parent.mkdir(exist_ok=True)
+        p.write_text(json.dumps(raw))
+        return p, calls
+
+    def wait_running(self, spawned: float, timeout=90.0) -> dict | None:
+        """Wait for a fresh status.json (recovery done, capture running)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            st = common.read_status(self.box.data)
+            if st and st.get("time", 0) > spawned and st.get("captured_s", 0) > 0:
+                return st
+            if self.box.proc.poll() is not None:
+                return None
+            time.sleep(0.02)
+        self.violations.append(f"boot {self.box.boots}: not recording after {timeout} s")
+        return None
+
+    def boot(self, k: int, mode: str, point: str | None = None) -> None:
+        sc, calls = self.scenario(k)
+        env = {"LINETAP_CRASH_AT": point} if point else None
+        spawned = time.time()
+        proc = self.box.spawn(sc, self.args.speed, env=env)
+        self.stats["boots"] += 1
+        st = None
+        if mode == "startup":
+            time.sleep(self.rng.uniform(0.0, 1.5))
+        else:
+            st = self.wait_running(spawned)
+            if st is not None:
+                self.check_restart()
+        if mode == "random":
+            deadline = time.monotonic() + self.rng.uniform(0.3, 10.0)
+            while time.monotonic() < deadline and proc.poll() is None:
+                s2 = common.read_status(self.box.data)
+                if s2 and s2.get("time", 0) > spawned:
+                    st = s2
+                time.sleep(0.05)
+        elif mode == "point":
+            while proc.poll() is None:
+                s2 = common.read_status(self.box.data)
+                if s2 and s2.get("time", 0) > spawned:
+                    st = s2
+                time.sleep(0.01)
+        alive = proc.poll() is None
+        t_kill = self.box.kill()
+        if mode == "point":
+            fired = proc.returncode == -9
+            self.stats["crash_points"] += 1
+            self.stats["crash_points_fired"] += fired
+            if not fired and proc.returncode != 0:
+                self.violations.append(f"boot {self.box.boots} ({point}): exit "
+                                       f"{proc.returncode}: {self.box.log_tail(600)}")
+            if not fired:
+                return
+        else:
+            if not alive:
+                self.violations.append(f"boot {self.box.boots}: daemon died before the kill "
+                                       f"(rc {proc.returncode}): {self.box.log_tail(800)}")
+            self.stats["random_kills" if mode == "random" else "startup_kills"] += 1
+        self.stats["kills"] += 1
+        st_fresh = st if st and st.get("time", 0) > spawned else None
+        if st_fresh:
+            self.stats["overruns"] = max(self.stats["overruns"],
+                                         st_fresh["overruns"]["consumer"])
+        tk = None
+        if st_fresh:
+            tk = st_fresh["captured_s"] + max(0.0, t_kill - st_fresh["time"]) * self.args.speed
+        self.pending.append({"boot": self.box.boots, "k": k, "calls": calls, "tk": tk,
+                             "active": self.open_calls(), "mode": mode, "point": point})
+
+    def open_calls(self) -> list[dict]:
+        from recorder.store import Store
+        s = Store(self.box.data)
+        try:
+            C = s.m.Call
+            return [{"id": r.id, "line": r.line, "first": r.first_sample,
+                     "offhook": r.offhook_sample} for r in C.select().where(C.state == "active")]
+        finally:
+            s.close()
+
+    # -- checks ----------------------------------------------------------------------------
+    def check_restart(self) -> None:
+        from recorder.store import Store
+        from recorder.verify import device_key_for, verify_call
+        self.stats["restarts_checked"] += 1
+        data = self.box.data
+        tag = f"after boot {self.box.boots - 1} (checked in boot {self.box.boots})"
+        s = Store(data)
+        try:
+            ic = s.integrity_check()
+            if ic != "ok":
+                self.violations.append(f"{tag}: integrity_check {ic!r}")
+            key = device_key_for(data)
+            rows = {r.id: r for r in s.calls()}
+            for pend in self.pending:
+                for a in pend["active"]:
+                    r = rows.get(a["id"])
+                    if r is None:
+                        continue   # deleted by retention (not expected here)
+                    if r.state == "active":
+                        self.violations.append(f"{tag}: call {a['id']} still active")
+                        continue
+                    self.recovered_checked += 1
+                    if r.state != "recovered" or not (r.meta or {}).get("recovered"):
+                        self.violations.append(f"{tag}: call {a['id']} open at the kill is "
+                                               f"{r.state}, meta.recovered="
+                                               f"{(r.meta or {}).get('recovered')}")
+                    v, h = verify_call(s, r, key)
+                    if v.status != "verified":
+                        self.violations.append(f"{tag}: recovered call {a['id']} "
+                                               f"{v.status}: {v.detail}")
+                    elif not h.get("recovered"):
+                        self.violations.append(f"{tag}: manifest of {a['id']} not marked "
+                                               "recovered")
+                    self.verified.add(a["id"])
+                self.measure_loss(pend, s, rows, tag)
+            self.pending = []
+            for r in rows.values():
+                if r.id in self.verified or r.state == "active":
+                    continue
+                v, _h = verify_call(s, r, key)
+                if v.status != "verified":
+                    self.violations.append(f"{tag}: call {r.id} ({r.state}) {v.status}: "
+                                           f"{v.detail}")
+                self.verified.add(r.id)
+        finally:
+            s.close()
+        stale = common.stale_temp_files(data, self.box.proc.pid)
+        if stale:
+            self.violations.append(f"{tag}: temp files survived: "
+                                   f"{[str(p.relative_to(data)) for p in stale[:5]]}")
+        plain = common.plaintext_files(data)
+        if plain:
+            self.violations.append(f"{tag}: plaintext audio files: "
+                                   f"{[str(p.relative_to(data)) for p in plain[:5]]}")
+        st = common.read_status(data) or {}
+        sync = st.get("sync") or {}
+        self.stats["max_backlog"] = max(self.stats["max_backlog"], sync.get("backlog") or 0)
+
+    def measure_loss(self, pend, s, rows, tag) -> None:
+        """Loss per call open at the kill: min(hang-up, kill) - end of what was recorded."""
+        tk = pend["tk"]
+        if tk is None:
+            self.loss_unmeasured += sum(1 for _ in pend["active"])
+            return
+        for ln, off, on in pend["calls"]:
+            if off + 0.2 >= tk or (on is not None and on <= tk - HOLD_S - 1.0):
+                continue   # started after the kill, or over well before it
+            cands = [a for a in pend["active"] if a["line"] == ln and a["offhook"] is not None
+                     and abs(a["offhook"] / RATE - off) < 1.0]
+            if not cands:
+                if on is not None and on <= tk:
+                    continue   # hung up before the kill and closed normally
+                # In progress at the kill with no row: the kill came within the hold.
+                loss = tk - off
+                self.losses.append(max(0.0, loss))
+                self.check_loss(loss, tag, f"line {ln} call at {off:.1f} s (no row)")
+                continue
+            r = rows.get(cands[0]["id"])
+            if r is None or r.end_sample is None:
+                self.loss_unmeasured += 1
+                continue
+            expected_end = min(tk, on if on is not None else tk)
+            loss = expected_end - r.end_sample / RATE
+            self.losses.append(max(0.0, loss))
+            self.check_loss(loss, tag, f"call {r.id}")
+
+    def check_loss(self, loss, tag, what) -> None:
+        if loss > SEGMENT_S + HOLD_S + SLACK_S:
+            self.violations.append(f"{tag}: {what} lost {loss:.1f} s of audio (bound "
+                                   f"{SEGMENT_S + HOLD_S} s + {SLACK_S} s estimate slack)")
+
+    # -- the end ---------------------------------------------------------------------------
+    def drain(self) -> dict:
+        """A quiet boot recovers the last kill, drains the backlog, and stops."""
+        quiet = self.root / "scenarios" / "quiet.json"
+        k = self.stats["boots"] + 1
+        start = (self.base + timedelta(hours=k)).isoformat().replace("+00:00", "Z")
+        quiet.write_text(json.dumps({"rate": RATE, "start": start, "duration": 3600.0,
+                                     "lines": 4, "events": []}))
+        spawned = time.time()
+        self.box.spawn(quiet, self.args.speed)
+        if self.wait_running(spawned) is not None:
+            self.check_restart()
+        t0 = time.monotonic()
+        drained = False
+        while time.monotonic() - t0 < 150 and self.box.proc.poll() is None:
+            if common.unacked(self.box.data) == 0:
+                drained = True
+                break
+            time.sleep(0.5)
+        drain_s = time.monotonic() - t0
+        self.box.kill()
+        if not drained:
+            self.violations.append(f"backlog did not drain: {common.unacked(self.box.data)} "
+                                   "item(s) unacked")
+        time.sleep(1.0)   # let the ingest worker finish its last batch
+        cmp = common.compare_upstream(self.rig, self.box.data)
+        if cmp["lost"]:
+            self.violations.append(f"{len(cmp['lost'])} segment(s) lost upstream, e.g. "
+                                   f"{cmp['lost'][:3]}")
+        if cmp["duplicated"] or cmp["mismatched"] or cmp["problems"]:
+            self.violations.append(f"upstream duplicates {cmp['duplicated']}, mismatched "
+                                   f"{len(cmp['mismatched'])}, problems {cmp['problems']}")
+        if cmp["manifests_lost"]:
+            self.violations.append(f"{len(cmp['manifests_lost'])} manifest(s) missing "
+                                   f"upstream, e.g. {cmp['manifests_lost'][:3]}")
+        objs = sum(1 for p in (self.root / "objects").rglob("*.seg") if p.is_file()) \
+            if (self.root / "objects").exists() else None
+        cmp["objects"] = objs
+        cmp["drain_s"] = round(drain_s, 1)
+        return cmp
+
+    def final_cli_checks(self) -> dict:
+        py = sys.executable
+        out = {}
+        for name, cmd in (("verify", ["verify", "--data-dir", str(self.box.data)]),
+                          ("audit", ["audit", "--verify", "--data-dir", str(self.box.data)])):
+            p = subprocess.run([py, "-m", "recorder.cli", *cmd], cwd=str(common.ROOT),
+                               capture_output=True, text=True, timeout=600)
+            out[name] = p.returncode
+            if p.returncode != 0:
+                bad = [ln for ln in p.stdout.splitlines() if "failed" in ln or "TAMPER" in ln]
+                self.violations.append(f"linetap {name} exit {p.returncode}: {bad[:5]}")
+        return out
+
+    def run(self) -> int:
+        a = self.args
+        n_random = a.kills if a.kills is not None else (10 if a.quick else 200)
+        n_points = a.points if a.points is not None else (6 if a.quick else 45)
+        t0 = time.monotonic()
+        self.rig.start()
+        self.box.config = common.write_toml(
+            self.root / "box.toml",
+            self.rig.box_raw(retention__keep_synced_days=3650.0))
+        try:
+            k = 0
+            for i in range(n_random):
+                mode = "startup" if self.rng.random() < 0.12 else "random"
+                self.boot(k, mode)
+                k += 1
+                if i % 20 == 19:
+                    print(f"  {i + 1} random kills, {len(self.violations)} violation(s)",
+                          flush=True)
+            for i in range(n_points):
+                point = POINTS[i % 3]
+                n = self.rng.choice([1, 1, 2, 3]) if i < 6 else self.rng.randint(1, 60)
+                self.boot(k, "point", f"{point}:{n}")
+                k += 1
+            cmp = self.drain()
+            clis = self.final_cli_checks()
+        finally:
+            self.rig.stop()
+        elapsed = time.monotonic() - t0
+        st = self.stats
+        losses = self.losses
+        lmax = max(losses) if losses else None
+        lmed = common.median(losses)
+        common.table("Power-cut campaign", [
+            ("boots", st["boots"], ""),
+            ("SIGKILLs at random instants", st["random_kills"], ""),
+            ("SIGKILLs during start-up/recovery", st["startup_kills"], ""),
+            ("crash points run / fired", f"{st['crash_points']} / {st['crash_points_fired']}",
+             ""),
+            ("restarts checked", st["restarts_checked"], ""),
+            ("recovered calls checked", self.recovered_checked, ""),
+            ("calls verified", len(self.verified), ""),
+            ("audio lost per open call, max (s)", f"{lmax:.2f}" if lmax is not None else "-",
+             "ok" if lmax is None or lmax <= SEGMENT_S + HOLD_S + SLACK_S else "VIOLATION"),
+            ("audio lost per open call, median (s)",
+             f"{lmed:.2f}" if lmed is not None else "-", ""),
+            ("loss samples / unmeasured", f"{len(losses)} / {self.loss_unmeasured}", ""),
+            ("max sync backlog seen", st["max_backlog"], ""),
+            ("consumer overruns (max per boot)", st["overruns"], ""),
+            ("segments box / upstream", f"{cmp['box_segments']} / {cmp['upstream_segments']}",
+             ""),
+            ("lost / duplicated upstream", f"{len(cmp['lost'])} / {cmp['duplicated']}",
+             "ok" if not cmp["lost"] and not cmp["duplicated"] else "VIOLATION"),
+            ("manifests missing upstream", len(cmp["manifests_lost"]),
+             "ok" if not cmp["manifests_lost"] else "VIOLATION"),
+            ("final drain (s)", cmp["drain_s"], ""),
+            ("linetap verify / audit --verify exit", f"{clis['verify']} / {clis['audit']}", ""),
+            ("violations", len(self.violations), "ok" if not self.violations else "FAIL"),
+            ("elapsed (s)", round(elapsed, 1), ""),
+        ], head=("measure", "value", "result"))
+        summary = {"campaign": "powercut", "quick": a.quick, "seed": a.seed, "speed": a.speed,
+                   "kills": st["kills"], "random_kills": st["random_kills"] + st["startup_kills"],
+                   "crash_points": st["crash_points"],
+                   "crash_points_fired": st["crash_points_fired"],
+                   "restarts_checked": st["restarts_checked"],
+                   "recovered_calls": self.recovered_checked,
+                   "calls_verified": len(self.verified),
+                   "loss_max_s": round(lmax, 2) if lmax is not None else None,
+                   "loss_median_s": round(lmed, 2) if lmed is not None else None,
+                   "loss_bound_s": SEGMENT_S + HOLD_S,
+                   "segments": cmp["box_segments"], "upstream_lost": len(cmp["lost"]),
+                   "upstream_duplicated": cmp["duplicated"],
+                   "manifests_missing_upstream": len(cmp["manifests_lost"]),
+                   "elapsed_s": round(elapsed, 1)}
+        if a.keep or self.violations:
+            print(f"work folder kept: {self.root}")
+        else:
+            import shutil
+            shutil.rmtree(self.root, ignore_errors=True)
+        return common.finish(summary, self.violations)
+
+
+def main() -> int:
+    def extra(ap):
+        ap.add_argument("--speed", type=float, default=20.0, help="pacing, x real time")
+        ap.add_argument("--kills", type=int, default=None, help="random kills")
+        ap.add_argument("--points", type=int, default=None, help="crash-point runs")
+    args = common.parse_args(__doc__, extra)
+    return Campaign(args).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
