@@ -192,7 +192,7 @@ class Processor:
 
     def __init__(self, *, cfg, ring: RingBuffer, put, announcer: Announcer, board,
                  timebase, lines: int, rate: int, settings: list[LineSettings],
-                 dsp_factory=None, on_alarm=None, audit=None):
+                 dsp_factory=None, audit=None):
         self.ring, self.put, self.announcer, self.board = ring, put, announcer, board
         self.timebase, self.lines, self.rate = timebase, lines, rate
         self.settings = settings
@@ -210,6 +210,7 @@ class Processor:
         self.edges: deque[Edge] = deque()
         self.pos = 0
         self.calls: list[CallInfo | None] = [None] * lines
+        self.last_call: list[CallInfo | None] = [None] * lines
         self.pending_cli: list[dict | None] = [None] * lines
         self.ring_sample: list[int | None] = [None] * lines
         self.dtmf_mask = cfg.recording.dtmf_mask
@@ -219,11 +220,13 @@ class Processor:
         self.next_beep: list[int | None] = [None] * lines
         self.dial_open = [False] * lines
         self.dial_last: list[int | None] = [None] * lines
-        self.on_alarm = on_alarm or (lambda *a, **k: None)
         self.audit = audit or (lambda *a, **k: None)
         self.counts = {"calls": 0, "missed": 0, "late_edges": 0, "flashes": 0}
         self.levels = [-120.0] * lines
         self.clipped = [0] * lines
+        self.silent_since: list[int | None] = [None] * lines   # sample digital silence began
+        self.last_clip: list[int | None] = [None] * lines      # sample of the last clip
+        self.stuck: set[int] = set()                           # lines past max_call_s
 
     # -- inputs ---------------------------------------------------------------------------
     def edge(self, e: Edge) -> None:
@@ -328,9 +331,12 @@ class Processor:
             if call is None:
                 return
             call.end_reason = a.reason
+            if a.reason != "max_call":
+                self.stuck.discard(ln)
             rec.mark(a.sample, "end")
             self.announcer.cancel(ln, a.sample)
             self.calls[ln] = None
+            self.last_call[ln] = call       # a rollover continues from it
             self.next_beep[ln] = None
             self.button = cs.button_call_ended(self.button, ln)
             self._led(ln, "off")
@@ -349,7 +355,8 @@ class Processor:
                 self.calls[ln].flashes.append([a.sample, a.length])
             self.counts["flashes"] += 1
         elif isinstance(a, cs.StuckOffHook):
-            self.on_alarm("stuck_offhook", line=ln)
+            self.stuck.add(ln)
+            log.warning("line %d: off-hook for more than max_call_s; rolling over", ln)
 
     def _new_id(self, ln: int, sample: int) -> str:
         t = time.gmtime(self.timebase.epoch(sample))
@@ -357,7 +364,7 @@ class Processor:
 
     def _start_call(self, ln: int, a: cs.CallStart) -> None:
         st = self.settings[ln]
-        prev = self.calls[ln]
+        prev = self.last_call[ln]
         if not st.record:
             log.info("line %d: call not recorded (recording is off for this line)", ln)
             return
@@ -449,6 +456,12 @@ class Processor:
                 self.levels[ln] = 20 * np.log10(max(peak, 1) / 32768.0)
                 if peak >= 32767:
                     self.clipped[ln] += 1
+                    self.last_clip[ln] = upto
+                if peak == 0:
+                    if self.silent_since[ln] is None:
+                        self.silent_since[ln] = upto - len(x)
+                else:
+                    self.silent_since[ln] = None
             det = self.dsp[ln]
             if call is None or det is None:
                 continue

@@ -21,7 +21,7 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from hw.audio import AlsaCapture, AlsaPlayback
@@ -29,6 +29,8 @@ from hw.clock import CaptureClock, SampleClock
 from hw.gpio import Board, make_factory
 from hw.pins import PinMap
 from recorder import __version__, audit, keys
+from recorder import alarms as alarm_rules
+from recorder.alarms import Alarms
 from recorder.announce import Announcer, load_clip, tone_clip
 from recorder.calls import DtmfStream, LineSettings, Processor
 from recorder.config import Config, device_id
@@ -58,30 +60,6 @@ class Hardware:
     timebase: Timebase | None = None
 
 
-@dataclass
-class Alarms:
-    """Active alarms by name, each with its detail; raised and cleared by the daemon."""
-
-    active: dict = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def set(self, name: str, on: bool, **detail) -> None:
-        with self.lock:
-            was = name in self.active
-            if on:
-                self.active[name] = detail
-            else:
-                self.active.pop(name, None)
-        if on and not was:
-            log.warning("alarm raised: %s %s", name, detail)
-        elif was and not on:
-            log.info("alarm cleared: %s", name)
-
-    def snapshot(self) -> dict:
-        with self.lock:
-            return dict(self.active)
-
-
 class Daemon:
     def __init__(self, cfg: Config, hw: Hardware, *, notifier=None):
         self.cfg, self.hw = cfg, hw
@@ -97,6 +75,9 @@ class Daemon:
         self.capture = self.playback = self.board = None
         self.capture_done = threading.Event()
         self.played = 0
+        self.last_capture = time.monotonic()
+        self._link_down_since: float | None = None
+        self._led_slot = 0
 
     # -- start ---------------------------------------------------------------------------
     def _prepare(self) -> None:
@@ -119,6 +100,11 @@ class Daemon:
                                    f"recorded by {known}")
         except KeyFileError as exc:
             self.alarms.set("identity_key", True, detail=str(exc))
+            # The daemon will not run, so leave the alarm where `linetap status` and
+            # the provisioning agent look for it.
+            atomic_write(self.data_dir / STATUS_FILE, json.dumps(
+                {"running": False, "device": self.device, "version": __version__,
+                 "alarms": self.alarms.snapshot()}).encode(), mode=0o644, sync=False)
             raise LinetapError(f"refusing to record: {exc}. Restore the key from backup, "
                                "or re-provision the box (factory reset)") from exc
         if known is None:
@@ -173,7 +159,6 @@ class Daemon:
                                    announcer=self.announcer, board=None,
                                    timebase=self.timebase, lines=self.lines, rate=self.rate,
                                    settings=settings, dsp_factory=DtmfStream,
-                                   on_alarm=self._alarm_from_calls,
                                    audit=lambda a, **kw: audit.record(self.data_dir, a, **kw))
         self.board = Board(PinMap.from_config(cfg.pins, self.lines), factory, clock,
                            self.processor.edge)
@@ -204,6 +189,9 @@ class Daemon:
         self.house = ServiceThread("house", 1.0, self._house_tick, self.stop)
         self.house.start()
         self.threads.append(self.house)
+        led = ServiceThread("led", alarm_rules.SLOT_S, self._led_tick, self.stop)
+        led.start()
+        self.threads.append(led)
         self._extra_services()
         if self.notifier:
             self.notifier.ready()
@@ -249,6 +237,7 @@ class Daemon:
             if block is None:
                 break
             ring.write(block)
+            self.last_capture = time.monotonic()
             if mark is not None:
                 mark(cap.frames)
         self.capture_done.set()
@@ -295,9 +284,6 @@ class Daemon:
         self.writer.put(None)
 
     # -- housekeeping -----------------------------------------------------------------------
-    def _alarm_from_calls(self, name, **detail) -> None:
-        self.alarms.set(name, True, **detail)
-
     def status(self) -> dict:
         p = self.processor
         lines = []
@@ -322,19 +308,45 @@ class Daemon:
                            "queue": self.writer.q.qsize()},
                 "sync": getattr(self, "sync_status", lambda: None)()}
 
+    def _alarm_inputs(self, st: dict) -> alarm_rules.Inputs:
+        p, now = self.processor, time.monotonic()
+        line_now = self.ring.written
+        sync = st.get("sync") or {}
+        link = sync.get("link")
+        if link is not None and link != "up":
+            self._link_down_since = self._link_down_since or now
+        else:
+            self._link_down_since = None
+        return alarm_rules.Inputs(
+            overruns=st["overruns"]["consumer"] + st["overruns"]["alsa_xruns"],
+            capture_age_s=0.0 if self.capture_done.is_set() else now - self.last_capture,
+            clock_synchronised=self.timebase.synchronised,
+            sync_on=link is not None,
+            link_down_s=None if self._link_down_since is None else now - self._link_down_since,
+            oldest_unsynced_age_s=sync.get("oldest_age_s"),
+            silent_s=tuple(0.0 if s is None else (line_now - s) / self.rate
+                           for s in p.silent_since),
+            clip_age_s=tuple(None if s is None else (line_now - s) / self.rate
+                             for s in p.last_clip),
+            stuck_lines=tuple(sorted(p.stuck)))
+
     def _house_tick(self) -> None:
         st = self.status()
-        overruns = st["overruns"]["consumer"] + st["overruns"]["alsa_xruns"]
-        self.alarms.set("capture_overruns", overruns > 0, count=overruns)
+        for name, detail in alarm_rules.evaluate(self._alarm_inputs(st)).items():
+            self.alarms.set(name, detail is not None, **(detail or {}))
         st["alarms"] = self.alarms.snapshot()
         atomic_write(self.data_dir / STATUS_FILE, json.dumps(st, default=str).encode(),
                      mode=0o644, sync=False)
-        if self.board is not None:
-            self.board.set_status_led(int(time.monotonic()) % 2 == 0)
         if self.notifier:
             # Ping the watchdog only while capture is alive.
             if self.capture_alive():
                 self.notifier.watchdog()
+
+    def _led_tick(self) -> None:
+        """Status LED: a heartbeat, or the blink code of the most urgent alarm."""
+        self._led_slot += 1
+        code = alarm_rules.blink_code(self.alarms.snapshot())
+        self.board.set_status_led(alarm_rules.led_on(code, self._led_slot))
 
     def capture_alive(self) -> bool:
         t = self.threads[2] if len(self.threads) > 2 else None
