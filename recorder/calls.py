@@ -35,6 +35,7 @@ CLI_LOOKBACK_S = 8.0        # caller ID arrives before the first ring
 DIAL_GAP_S = 4.0            # an outbound call's dialling ends after this gap
 DIAL_MAX_S = 30.0           # ... or this long after off-hook
 MASK_GUARD_S = 0.03         # silence kept either side of a masked digit
+BEEP_HORIZON_S = 10.0       # warning beeps are queued this far ahead
 
 
 @dataclass(order=True)
@@ -406,7 +407,9 @@ class Processor:
     def _beeps(self, upto: int) -> None:
         for ln, due in enumerate(self.next_beep):
             st = self.settings[ln]
-            if due is not None and due <= upto + self.rate:
+            # Queue beeps well ahead of the playback position (clips not yet played
+            # are cancelled at hang-up), so a busy processor never makes one late.
+            if due is not None and due <= upto + BEEP_HORIZON_S * self.rate:
                 self.announcer.schedule(ln, st.beep, due)
                 self.next_beep[ln] = due + st.beep_interval
 

@@ -207,24 +207,20 @@ class Daemon:
         self.threads += start_services(self)
 
     def _sim_pacer(self):
-        """Simulation only: the line runs as fast as the *slowest* consumer.
+        """Simulation only: the line runs as fast as the daemon keeps up, no faster.
 
-        A real codec delivers audio in real time and the ring absorbs any lag. A
-        simulated line has no such clock, so capture may only run ahead of the call
-        recorders by the ring size, less what they may still read back (pre-roll and
-        caller ID before the first ring).
+        A real codec delivers audio in real time, and the call processor runs a couple
+        of periods behind it. A simulated line has no clock of its own, so capture may
+        lead the processor by only a few periods, as it would in real time. Decisions
+        that set playback (announcement, beeps) are then taken as promptly as on a Pi,
+        and the recorders, which trail the processor within the ring, are never lapped.
         """
-        from recorder.calls import CLI_LOOKBACK_S
-        keep = int((self.cfg.timing.preroll_s + CLI_LOOKBACK_S + 1.0) * self.rate)
-        limit = self.ring.size - keep - 2 * self.cfg.audio.period_frames
-        if limit <= 0:
-            raise LinetapError("audio.ring_s is too short for the pre-roll and caller ID")
-        ring, recorders = self.ring, self.processor.recorders
+        limit = 4 * self.cfg.audio.period_frames
+        ring, proc = self.ring, self.processor
 
         def pacer(wanted: int) -> bool:
             with ring.cond:
-                ring.cond.wait_for(lambda: wanted - min(r.pos for r in recorders) <= limit
-                                   or self.stop.is_set())
+                ring.cond.wait_for(lambda: wanted - proc.pos <= limit or self.stop.is_set())
             return self.hw.pacer(wanted)
         return pacer
 

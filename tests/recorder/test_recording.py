@@ -170,3 +170,20 @@ def test_sixteen_khz(sim):
              {"at": 4.0, "line": 0, "type": "onhook"}], duration=6, period=800)
     sc = sim.scenario([], 6)
     assert sc.rate == 8000
+
+
+def test_periodic_warning_beep(sim):
+    from recorder import config
+    cfg = config.loads("[announcement]\nbeep_interval_s = 5.0\nbeep_hz = 1400.0\n"
+                       "beep_ms = 200.0\n")
+    sim.run([{"at": 1.0, "line": 0, "type": "offhook"},
+             {"at": 18.0, "line": 0, "type": "onhook"}], duration=20, cfg=cfg)
+    meta, pcm = only(sim.export()[0])
+    first = int(0.5 * RATE)
+    for k in (1, 2, 3):                       # beeps at 6 s, 11 s, 16 s of line time
+        at = int((1.0 + 5 * k) * RATE) - first
+        burst = pcm[at:at + int(0.2 * RATE)].astype(float)
+        assert np.abs(burst).max() > 1000, k
+        spec = np.abs(np.fft.rfft(burst))
+        assert abs(np.fft.rfftfreq(len(burst), 1 / RATE)[np.argmax(spec)] - 1400) < 10
+    assert not pcm[int(3 * RATE):int(5.5 * RATE)].any()      # silence between beeps

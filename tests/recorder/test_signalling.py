@@ -30,3 +30,29 @@ def test_cli_dialled_digits_and_masking(sim):
     assert dtmf.detect(pcm, 8000) == []
     rows = sim.store().calls(number="01632960123")
     assert [r.id for r in rows] == [meta["call_id"]]
+
+
+def test_subject_access_export_by_number(sim, tmp_path):
+    from recorder import cli
+    sim.run([{"at": 1.0, "line": 0, "type": "cli", "number": "01632960123"},
+             {"at": 2.0, "line": 0, "type": "ring", "until": 6.0},
+             {"at": 3.3, "line": 0, "type": "offhook"},
+             {"at": 8.0, "line": 0, "type": "onhook"},
+             {"at": 10.0, "line": 0, "type": "cli", "number": "01632960999"},
+             {"at": 11.0, "line": 0, "type": "ring", "until": 15.0},
+             {"at": 12.3, "line": 0, "type": "offhook"},
+             {"at": 16.0, "line": 0, "type": "onhook"},
+             {"at": 18.0, "line": 0, "type": "offhook"},
+             {"at": 19.0, "line": 0, "type": "dtmf", "digits": "01632960123", "on_ms": 90,
+              "off_ms": 90},
+             {"at": 26.0, "line": 0, "type": "onhook"}], duration=28)
+    out = tmp_path / "sar"
+    rc = cli.main(["export", "--data-dir", str(sim.data), "--key", str(sim.priv),
+                   "--out", str(out), "--number", "01632960123"])
+    assert rc == 0
+    import json
+    metas = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    assert sorted(m["direction"] for m in metas) == ["inbound", "outbound"]
+    assert all("01632960123" in (m["caller_number"] or "", m["dialled_digits"] or "")
+               for m in metas)
+    assert len(list(out.glob("*.wav"))) == 2
