@@ -225,15 +225,15 @@ def mutate_obj(rng: random.Random, obj, n=None):
     for _ in range(n or rng.randint(1, 3)):
         paths = []
 
-        def walk(o, path):
-            paths.append(path)
+        def walk(o, path, acc):
+            acc.append(path)
             if isinstance(o, dict):
                 for k, v in o.items():
-                    walk(v, (*path, k))
+                    walk(v, (*path, k), acc)
             elif isinstance(o, list):
                 for i, v in enumerate(o):
-                    walk(v, (*path, i))
-        walk(obj, ())
+                    walk(v, (*path, i), acc)
+        walk(obj, (), paths)
         path = rng.choice(paths)
         if not path:
             if rng.random() < 0.1:
@@ -524,7 +524,7 @@ def run_atheris(ctx, target: str, seconds: float, work: Path) -> Result | None:
     return res
 
 
-# -- MQTT: wrong certificates, other devices, forged and replayed commands --------------------------
+# -- MQTT: wrong certificates, other devices, forged and replayed commands -----------------------
 def mqtt_attacks(work: Path) -> dict:
     """Attack a running uploader through the real broker; returns counts."""
     import paho.mqtt.client as mqtt
