@@ -1,10 +1,15 @@
 """``linetap upstream``: the practice's view of the upstream store.
 
-    linetap upstream --config U.toml calls [--site S] [--json]
+    linetap upstream --config U.toml calls [--site S] [--all] [--json]
+    linetap upstream --config U.toml calls --number N --key PRACTICE_KEY [--site S] [--json]
     linetap upstream --config U.toml export --key PRACTICE_KEY --out DIR [--call ID]...
+    linetap upstream --config U.toml export --key PRACTICE_KEY --out DIR --number N
     linetap upstream --config U.toml delete --call ID [--device D]
     linetap upstream --config U.toml hold --call ID (--on | --off) [--device D]
     linetap upstream --config U.toml expiring [--days N]
+
+Numbers are never stored upstream in clear (they are inside each manifest's sealed
+payload), so ``--number`` opens the manifests with the practice key to search them.
 
 ``delete`` and ``hold`` act upstream at once and queue a signed command that the
 ingest workers deliver to the box (and resend until the box reports on it).
@@ -42,11 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calls", help="list calls")
     p.add_argument("--site")
     p.add_argument("--all", action="store_true", help="include deleted (tombstones)")
+    p.add_argument("--number", help="only calls to or from this number (needs --key)")
+    p.add_argument("--key", help="practice private key (to open manifests for --number)")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("export", help="decrypt, verify and write WAV + JSON")
     p.add_argument("--key", required=True, help="practice private key")
     p.add_argument("--out", required=True)
     p.add_argument("--call", action="append", default=[])
+    p.add_argument("--number", help="every call to or from this number (subject access)")
     p = sub.add_parser("delete", help="delete a call here and on the box")
     p.add_argument("--call", required=True)
     p.add_argument("--device")
@@ -78,6 +86,18 @@ def cli_main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     ucfg = upstream_config.load(args.config)
     open_db(ucfg.db_url)
+    if args.cmd == "calls" and args.number:
+        if not args.key:
+            print("calls --number needs --key PRACTICE_KEY: numbers are stored only "
+                  "inside the sealed manifests", file=sys.stderr)
+            return 2
+        priv = keys.load_practice_private(args.key)
+        rows, unreadable = upstream_ops.search_number(open_objects(ucfg.objects), priv,
+                                                      args.number, args.site)
+        _print([_row(r) for r in rows], args.json)
+        if unreadable:
+            print(f"{unreadable} manifest(s) did not open with this key", file=sys.stderr)
+        return 0
     if args.cmd == "calls":
         q = UCall.select().order_by(UCall.start_time)
         if args.site:
@@ -95,8 +115,16 @@ def cli_main(argv: list[str]) -> int:
     if args.cmd == "export":
         objects = open_objects(ucfg.objects)
         priv = keys.load_practice_private(args.key)
-        rows = [upstream_ops.find_call(c) for c in args.call] if args.call else \
-            [r for r in UCall.select().where(UCall.state == "live") if r.manifest_key]
+        if args.number and args.call:
+            print("export: give --call or --number, not both", file=sys.stderr)
+            return 2
+        if args.number:
+            rows, _unreadable = upstream_ops.search_number(objects, priv, args.number)
+        elif args.call:
+            rows = [upstream_ops.find_call(c) for c in args.call]
+        else:
+            rows = [r for r in UCall.select().where(UCall.state == "live")
+                    .order_by(UCall.start_time) if r.manifest_key]
         failed = 0
         for r in rows:
             d = upstream_ops.export_call(ucfg, objects, priv, args.out, r)

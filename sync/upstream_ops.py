@@ -128,6 +128,51 @@ def user_hold(ucfg, call: str, on: bool, device: str | None = None) -> UCall:
     return row
 
 
+def mask_number(number: str | None) -> str:
+    """``0163*****23``: enough to tell audit lines apart, never the whole number."""
+    if not number:
+        return ""
+    n = str(number)
+    return n[:4] + "*" * max(0, len(n) - 6) + n[-2:] if len(n) > 6 else "*" * len(n)
+
+
+def number_matches(body: dict, number: str) -> bool:
+    """The box's rule (``Store.calls(number=...)``): exact ``caller_number`` or
+    ``dialled_digits``."""
+    return number in (body.get("caller_number"), body.get("dialled_digits"))
+
+
+def search_number(objects, private_key, number: str, site: str | None = None
+                  ) -> tuple[list[UCall], int]:
+    """Live calls whose sealed manifest names ``number``; returns (rows, unreadable).
+
+    The upstream stores no phone number in clear: numbers live only inside each
+    manifest's HPKE-sealed payload, which only the practice key opens. So a search by
+    number opens every candidate manifest with the practice's private key (data
+    minimisation: the upstream operator, its database and its backups cannot search,
+    list or leak numbers). Cost is one manifest open per stored call. ``unreadable``
+    counts manifests that did not open with this key (another practice's key, or a
+    damaged object).
+    """
+    q = UCall.select().where((UCall.state == "live") & UCall.manifest_key.is_null(False))
+    if site:
+        q = q.where(UCall.site == site)
+    found, unreadable = [], 0
+    for r in q.order_by(UCall.start_time, UCall.device, UCall.call):
+        try:
+            body = open_manifest(objects.get(r.manifest_key), private_key)
+        except StoreError:
+            body = None
+        if body is None:
+            unreadable += 1
+            continue
+        if number_matches(body, number):
+            found.append(r)
+    audit("search_number", number=mask_number(number), site=site, matches=len(found),
+          unreadable=unreadable)
+    return found, unreadable
+
+
 def export_call(ucfg, objects, private_key, out_dir, row: UCall) -> dict:
     """Write ``<call>.wav`` and ``<call>.json`` exactly as ``linetap export`` on the box."""
     site = ucfg.site_of(row.device)

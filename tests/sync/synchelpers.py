@@ -31,8 +31,11 @@ def make_box(data_dir: Path, public_key, device="dev-a", retention_days=90.0) ->
 
 
 def write_calls(box, n_calls=2, segs=3, start=None, lines=2, seg_s=10.0, noisy=False,
-                seed=1, noise_std=6000.0) -> list[str]:
-    """Write ``n_calls`` closed calls of ``segs`` segments each; returns call ids."""
+                seed=1, noise_std=6000.0, parties=None) -> list[str]:
+    """Write ``n_calls`` closed calls of ``segs`` segments each; returns call ids.
+
+    ``parties``: one ``(direction, caller_number, dialled_digits)`` per call (default:
+    inbound from 01632960123)."""
     start = time.time() - 3600 if start is None else start
     rng = np.random.default_rng(seed)
     tb = Timebase(RATE, start)
@@ -43,9 +46,11 @@ def write_calls(box, n_calls=2, segs=3, start=None, lines=2, seg_s=10.0, noisy=F
     n = int(seg_s * RATE)
     for c in range(n_calls):
         first = c * (segs + 2) * n
+        direction, number, dialled = (parties[c] if parties else
+                                      ("inbound", "01632960123", ""))
         info = CallInfo(id=f"C{c:03d}-L{c % lines}-{secrets.token_hex(3)}", line=c % lines,
-                        direction="inbound", offhook_sample=first, first_sample=first,
-                        caller_number="01632960123")
+                        direction=direction, offhook_sample=first, first_sample=first,
+                        caller_number=number, dialled_digits=dialled)
         w.handle(OpenCall(info))
         for s in range(segs):
             t = np.arange(n) / RATE
