@@ -20,6 +20,7 @@ that period has been written, which is what a codec's crystal does on a real HAT
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import threading
@@ -36,7 +37,7 @@ from recorder.errors import HardwareError
 
 log = logging.getLogger(__name__)
 
-PIPE_BUF = 4096               # writes up to this size are atomic, so frames never split
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 RING_HZ = 25.0                # ring voltage pulses seen by the opto
 UK_CADENCE = ((0.0, 0.4), (0.6, 1.0))   # bursts within each 3.0 s cycle
 UK_CYCLE_S = 3.0
@@ -301,6 +302,11 @@ class SimulatedLine:
 
     def _write_line(self) -> None:
         fd = os.open(self.alsa.capture_fifo, os.O_WRONLY)
+        want = max(1 << 16, 4 * self.period * 2 * self.lines)
+        try:
+            fcntl.fcntl(fd, F_SETPIPE_SZ, min(want, 1 << 20))
+        except OSError:
+            log.debug("could not enlarge the capture pipe; periods stay small")
         try:
             self._write_frames(fd)
         finally:
@@ -312,12 +318,16 @@ class SimulatedLine:
     def _write_frames(self, fd: int) -> None:
         p, lines, r = self.period, self.lines, self.rate
         fb = 2 * lines
-        piece = (PIPE_BUF // fb) * fb
         steps, si = self._steps, 0
         clips, ci, active = self._clips, 0, []
         pins = {}
         noise = self.sc.noise_dbfs
         rng = np.random.default_rng(1)
+        # Buffers are reused period after period: the simulator must cost far less than
+        # the daemon it feeds, and fresh arrays per period dominated its profile.
+        buf = np.empty((p, lines), dtype=np.float32)
+        out = np.empty((p, lines), dtype="<i2")
+        silence = bytes(p * fb)
         t0 = time.monotonic()
         for n in range(0, self.total_frames, p):
             if self.finished:
@@ -335,38 +345,46 @@ class SimulatedLine:
                 si += 1
             self.clock.position = n + p
             # 2. audio: clips overlapping [n, n+p), the device's playback, optional noise
-            buf = np.zeros((p, lines), dtype=np.float32)
             while ci < len(clips) and clips[ci][1] < n + p:
                 line, s0, ev = clips[ci]
                 active.append((line, s0, *self._render(ev)))
                 ci += 1
-            still = []
-            for line, s0, length, get in active:
-                lo, hi = max(n, s0), min(n + p, s0 + length)
-                if hi > lo:
-                    buf[lo - n:hi - n, line] += get(lo - s0, hi - s0)
-                if s0 + length > n + p:
-                    still.append((line, s0, length, get))
-            active = still
-            if self.loopback:
-                lb = self._loopback(n, p)
+            lb = self._loopback(n, p) if self.loopback else None
+            if not active and lb is None and noise is None:
+                pcm = silence
+            else:
+                buf.fill(0.0)
+                still = []
+                for line, s0, length, get in active:
+                    lo, hi = max(n, s0), min(n + p, s0 + length)
+                    if hi > lo:
+                        buf[lo - n:hi - n, line] += get(lo - s0, hi - s0)
+                    if s0 + length > n + p:
+                        still.append((line, s0, length, get))
+                active = still
                 if lb is not None:
                     buf += lb
-            if noise is not None:
-                buf += rng.standard_normal(buf.shape).astype(np.float32) * np.float32(
-                    10 ** (noise / 20))
-            pcm = np.clip(np.rint(buf * 32768.0), -32768, 32767).astype("<i2").tobytes()
+                if noise is not None:
+                    buf += rng.standard_normal(buf.shape).astype(np.float32) * np.float32(
+                        10 ** (noise / 20))
+                np.multiply(buf, 32768.0, out=buf)
+                np.rint(buf, out=buf)
+                np.clip(buf, -32768, 32767, out=buf)
+                np.copyto(out, buf, casting="unsafe")
+                pcm = out.tobytes()
             # 3. pace, then write in atomic pieces so a read never sees half a frame
             if self.speed > 0:
                 due = t0 + n / (r * self.speed)
                 delay = due - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-            for i in range(0, len(pcm), piece):
-                view = memoryview(pcm)[i:i + piece]
-                while view:
-                    k = os.write(fd, view)
-                    view = view[k:]
+            # One write per period: the pacer never lets capture read past `written`,
+            # so a reader cannot see part of a frame, and the pipe is sized to hold
+            # several periods so this write does not wait on the reader mid-period.
+            view = memoryview(pcm)
+            while view:
+                k = os.write(fd, view)
+                view = view[k:]
             with self._cond:
                 self.written = n + p
                 self._cond.notify_all()
