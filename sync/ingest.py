@@ -44,7 +44,17 @@ from recorder.errors import LinetapError, ProtocolError, SegmentFormatError
 from recorder.timebase import parse_iso
 from sync import protocol, upstream_config, upstream_ops
 from sync.objectstore import open_objects
-from sync.upstream_store import Command, Health, Problem, UCall, USegment, db, open_db
+from sync.upstream_store import (
+    Command,
+    Health,
+    ManifestHistory,
+    Problem,
+    UCall,
+    USegment,
+    audit,
+    db,
+    open_db,
+)
 
 log = logging.getLogger(__name__)
 
@@ -271,26 +281,74 @@ class Ingest:
         if row is not None and row.manifest_sha256 == ch.sha256:
             self.duplicates += 1
             return self._ack_topic(t), protocol.ack_payload(mans=[(t.call, ch.sha256)])
+        if row is not None and ManifestHistory.select().where(
+                (ManifestHistory.device == t.device) & (ManifestHistory.call == t.call)
+                & (ManifestHistory.sha256 == ch.sha256)).exists():
+            # A late copy of a version a newer one already replaced: nothing to store.
+            self.duplicates += 1
+            return self._ack_topic(t), protocol.ack_payload(mans=[(t.call, ch.sha256)])
         blob = self._assemble(t, ch, "manifest")
         if blob is None:
             return None
         header, problems = evidence.check_manifest(blob, t.call, t.device,
                                                    site.devices[t.device])
-        if row is not None and row.manifest_sha256 is not None:
-            problems.append("another manifest for this call is already stored")
         if problems:
-            detail = "; ".join(problems)
-            Problem.insert(kind="rejected", device=t.device, call=t.call, seq=None,
-                           sha256=ch.sha256, detail=detail).on_conflict_ignore().execute()
-            log.error("ALARM manifest_rejected: %s/%s: %s", t.device, t.call, detail)
-            return self._ack_topic(t), protocol.ack_payload(rejected=[(t.call, detail)])
+            return self._manifest_refused(t, ch, "rejected", "; ".join(problems))
         okey = f"man/{t.device}/{t.call}.{ch.sha256}.ltm"
+        if row is not None and row.manifest_sha256 is not None:
+            return self._manifest_resigned(t, site, ch, row, header, blob, okey)
         self._put(okey, blob)
         with db.atomic():
             self._touch_call(t, site, _epoch(header.get("created")), manifest_key=okey,
                              manifest_sha256=ch.sha256, expected=header.get("segments", []))
         self.stored += 1
         self._writes += 1
+        return self._ack_topic(t), protocol.ack_payload(mans=[(t.call, ch.sha256)])
+
+    def _manifest_refused(self, t, ch, kind: str, detail: str, blob: bytes | None = None):
+        key = None
+        if blob is not None:
+            key = f"conflict/man/{t.device}/{t.call}.{ch.sha256}.ltm"
+            self._put(key, blob)
+        Problem.insert(kind=kind, device=t.device, call=t.call, seq=None, sha256=ch.sha256,
+                       key=key, detail=detail).on_conflict_ignore().execute()
+        log.error("ALARM manifest_%s: %s/%s: %s", kind, t.device, t.call, detail)
+        return self._ack_topic(t), protocol.ack_payload(rejected=[(t.call, detail)])
+
+    def _manifest_resigned(self, t, site, ch, row, header, blob, okey):
+        """A second, validly signed manifest for a stored call (the box re-signed it,
+        e.g. after crash recovery). Accepted if :func:`supersedes` says so; the old
+        version is kept as history. Anything else is a conflict, kept aside."""
+        try:
+            old_h = segfile.parse(self.objects.get(row.manifest_key)).header
+        except (SegmentFormatError, LinetapError) as exc:
+            old_h = {"segments": row.expected or [], "created": None}
+            log.warning("%s/%s: stored manifest unreadable (%s); using its row", t.device,
+                        t.call, exc)
+        why = supersedes(old_h, header)
+        if why is not None:
+            return self._manifest_refused(t, ch, "conflict", why, blob)
+        self._put(okey, blob)
+        n = UCall.update(manifest_key=okey, manifest_sha256=ch.sha256,
+                         expected=header.get("segments", [])).where(
+            (UCall.id == row.id) & (UCall.manifest_sha256 == row.manifest_sha256)).execute()
+        if n != 1:
+            # Another worker replaced it meanwhile: no ack, the box resends and the next
+            # attempt compares against the winner.
+            raise pw.IntegrityError(f"manifest of {t.device}/{t.call} changed under us")
+        ManifestHistory.insert(device=t.device, call=t.call, sha256=row.manifest_sha256,
+                               key=row.manifest_key, segments=len(old_h.get("segments") or []),
+                               created=old_h.get("created"), replaced_by=ch.sha256) \
+            .on_conflict_ignore().execute()
+        audit("manifest_superseded", device=t.device, call=t.call,
+              old_sha256=row.manifest_sha256, new_sha256=ch.sha256,
+              old_segments=len(old_h.get("segments") or []),
+              new_segments=len(header.get("segments") or []))
+        self.stored += 1
+        self._writes += 1
+        log.info("%s/%s: re-signed manifest accepted (%d -> %d segments); old one kept",
+                 t.device, t.call, len(old_h.get("segments") or []),
+                 len(header.get("segments") or []))
         return self._ack_topic(t), protocol.ack_payload(mans=[(t.call, ch.sha256)])
 
     # -- reports and health ------------------------------------------------------------------
@@ -323,6 +381,32 @@ class Ingest:
         Health.insert(device=t.device, site=t.site, body=body, time=now).on_conflict(
             conflict_target=[Health.device],
             update={Health.site: t.site, Health.body: body, Health.time: now}).execute()
+
+
+def supersedes(old: dict, new: dict) -> str | None:
+    """May manifest header ``new`` replace ``old`` for the same call? None if yes, else
+    the reason it is a conflict. Pure.
+
+    Both must already have passed :func:`recorder.evidence.check_manifest` against the
+    same registered device key (the caller checks ``new``; ``old`` was checked when it
+    was stored). ``new`` must list every segment ``old`` lists, in the same place with
+    the same sha256 and size (it may add more: a recovered call signed again once its
+    later segments were found), and must not be older (``created``).
+    """
+    def key(s):
+        return (int(s["seq"]), str(s["sha256"]), int(s["size"]))
+    try:
+        o = [key(s) for s in old.get("segments") or []]
+        n = [key(s) for s in new.get("segments") or []]
+    except (KeyError, TypeError, ValueError):
+        return "conflict: a segment list is malformed"
+    if n[:len(o)] != o:
+        return (f"conflict: new manifest ({len(n)} segment(s)) does not extend the stored "
+                f"one ({len(o)} segment(s))")
+    to, tn = _epoch(old.get("created")), _epoch(new.get("created"))
+    if to is not None and (tn is None or tn < to):
+        return "conflict: new manifest is older than the stored one"
+    return None
 
 
 def _epoch(iso_s) -> float | None:

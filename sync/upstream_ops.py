@@ -16,7 +16,16 @@ from recorder import evidence
 from recorder.errors import CommandRejected, KeyFileError, StoreError
 from recorder.export import decode_segments, export_json, open_manifest, write_call
 from sync import commands
-from sync.upstream_store import Command, DeviceState, UCall, USegment, audit, db
+from sync.upstream_store import (
+    Command,
+    DeviceState,
+    ManifestHistory,
+    Problem,
+    UCall,
+    USegment,
+    audit,
+    db,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +65,27 @@ def delete_call(objects, row: UCall, reason: str) -> bool:
         objects.delete(s.key)
     if row.manifest_key:
         objects.delete(row.manifest_key)
+    hist = list(ManifestHistory.select().where((ManifestHistory.device == row.device)
+                                               & (ManifestHistory.call == row.call)))
+    for h in hist:
+        objects.delete(h.key)        # replaced manifests go with the call
+    kept = list(Problem.select().where((Problem.device == row.device)
+                                       & (Problem.call == row.call)
+                                       & Problem.key.is_null(False)))
+    for p in kept:
+        objects.delete(p.key)        # so do copies kept aside as conflicts
     with db.atomic():
         USegment.delete().where((USegment.device == row.device)
                                 & (USegment.call == row.call)).execute()
+        ManifestHistory.delete().where((ManifestHistory.device == row.device)
+                                       & (ManifestHistory.call == row.call)).execute()
+        Problem.update(key=None).where((Problem.device == row.device)
+                                       & (Problem.call == row.call)).execute()
         UCall.update(state="deleted", deleted_time=time.time(), delete_reason=reason,
                      manifest_key=None, expected=None).where(UCall.id == row.id).execute()
     audit("retention_expiry" if reason == "retention_expiry" else "delete",
-          device=row.device, call=row.call, reason=reason, segments=len(segs))
+          device=row.device, call=row.call, reason=reason, segments=len(segs),
+          history=len(hist), kept_aside=len(kept))
     return True
 
 

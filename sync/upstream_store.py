@@ -3,6 +3,7 @@
 Tables: ``ucall`` (one row per (device, call), tombstoned on deletion), ``usegment``
 (unique on (device, call, seq): the idempotency key; the sha256 decides duplicate or
 conflict), ``problem`` (conflicting segments and refused manifests, kept aside),
+``manifest_history`` (manifests replaced by a newer re-signed version),
 ``command`` (signed commands to boxes, with their delivery status), ``health`` (last
 health message per device) and ``uaudit`` (every deletion, hold and command).
 """
@@ -85,6 +86,24 @@ class Problem(Base):
         indexes = ((("kind", "device", "call", "seq", "sha256"), True),)
 
 
+class ManifestHistory(Base):
+    """A manifest a newer, extending version from the same device key replaced. Its
+    object stays in the store (``key``) until the call is deleted."""
+
+    device = pw.CharField()
+    call = pw.CharField()
+    sha256 = pw.CharField()
+    key = pw.CharField()
+    segments = pw.IntegerField()
+    created = pw.CharField(null=True)            # the manifest header's ``created``
+    replaced_by = pw.CharField()                 # sha256 of the manifest that replaced it
+    replaced_time = pw.DoubleField(default=time.time)
+
+    class Meta:
+        table_name = "manifest_history"
+        indexes = ((("device", "call", "sha256"), True),)
+
+
 class Command(Base):
     nonce = pw.CharField(primary_key=True)
     device = pw.CharField(index=True)
@@ -127,7 +146,7 @@ class UAudit(Base):
         table_name = "uaudit"
 
 
-MODELS = [UCall, USegment, Problem, Command, Health, DeviceState, UAudit]
+MODELS = [UCall, USegment, Problem, ManifestHistory, Command, Health, DeviceState, UAudit]
 
 
 def open_db(url: str) -> pw.Database:

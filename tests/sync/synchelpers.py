@@ -30,6 +30,18 @@ def make_box(data_dir: Path, public_key, device="dev-a", retention_days=90.0) ->
                            public_key=public_key, retention_days=retention_days)
 
 
+def box_writer(box, start: float) -> Writer:
+    """The box's real Writer, with line time starting at ``start`` (epoch s)."""
+    return Writer(box.store, device=box.device, rate=RATE, codec_name="flac",
+                  aead="chacha20poly1305", public_key=box.public_key, identity=box.identity,
+                  timebase=Timebase(RATE, start), retention_s=box.retention_days * 86400)
+
+
+def tone(n: int, hz: float) -> np.ndarray:
+    t = np.arange(n) / RATE
+    return (3000 * np.sin(2 * np.pi * hz * t)).astype(np.int16)
+
+
 def write_calls(box, n_calls=2, segs=3, start=None, lines=2, seg_s=10.0, noisy=False,
                 seed=1, noise_std=6000.0, parties=None) -> list[str]:
     """Write ``n_calls`` closed calls of ``segs`` segments each; returns call ids.
@@ -38,10 +50,7 @@ def write_calls(box, n_calls=2, segs=3, start=None, lines=2, seg_s=10.0, noisy=F
     inbound from 01632960123)."""
     start = time.time() - 3600 if start is None else start
     rng = np.random.default_rng(seed)
-    tb = Timebase(RATE, start)
-    w = Writer(box.store, device=box.device, rate=RATE, codec_name="flac",
-               aead="chacha20poly1305", public_key=box.public_key, identity=box.identity,
-               timebase=tb, retention_s=box.retention_days * 86400)
+    w = box_writer(box, start)
     ids = []
     n = int(seg_s * RATE)
     for c in range(n_calls):
