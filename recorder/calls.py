@@ -14,6 +14,7 @@ far enough back that a hang-up (decided ``hangup_s`` after its edge), a long pre
 from __future__ import annotations
 
 import bisect
+import copy
 import logging
 import secrets
 import time
@@ -27,7 +28,7 @@ from recorder import callstate as cs
 from recorder.announce import Announcer, Clip
 from recorder.logsetup import mask_number
 from recorder.ring import Overrun, RingBuffer
-from recorder.writer import CallInfo, CloseCall, MissedCall, OpenCall, WriteSegment
+from recorder.writer import CallInfo, CloseCall, MissedCall, OpenCall, UpdateCall, WriteSegment
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,16 @@ class LineRecorder:
         self.buf = [rest] if len(rest) else []
         self.buf_len = len(rest)
 
+    def _persist(self) -> None:
+        """Store the call's metadata now (pauses matter most), on the same timeline as
+        its segments, so a power cut loses neither."""
+        snap = copy.copy(self.call)
+        snap.pauses = [list(p) for p in self.call.pauses]
+        snap.masked_dtmf = [list(p) for p in self.call.masked_dtmf]
+        snap.flashes = [list(p) for p in self.call.flashes]
+        snap.gaps = [list(p) for p in self.call.gaps]
+        self.put(UpdateCall(snap))
+
     def _apply(self, m: Mark) -> None:
         s = m.sample
         if m.kind == "start":
@@ -164,6 +175,7 @@ class LineRecorder:
             info = self.call
             if self.paused_since is not None:
                 info.pauses.append([self.paused_since, s])
+            info.open_pause = None
             info.end_sample = s
             if self.buf_len:
                 self._emit(self.buf_len)
@@ -173,17 +185,20 @@ class LineRecorder:
         elif self.call is None:
             return
         elif m.kind == "pause" and self.paused_since is None and not self.ended:
-            self.paused_since = s
+            self.paused_since = self.call.open_pause = s
+            self._persist()
         elif m.kind == "resume" and self.paused_since is not None:
             if s > self.paused_since:
                 self.call.pauses.append([self.paused_since, s])
-            self.paused_since = None
+            self.paused_since = self.call.open_pause = None
+            self._persist()
         elif m.kind == "ended" and not self.ended:
             if self.paused_since is not None and s > self.paused_since:
                 self.call.pauses.append([self.paused_since, s])
-            self.paused_since = None
+            self.paused_since = self.call.open_pause = None
             self.ended = True
             self.call.recording_ended = s
+            self._persist()
         elif m.kind == "mask":
             self.masks.append(m.data)
 

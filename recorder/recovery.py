@@ -75,6 +75,11 @@ def recover(store, writer, device: str) -> int:
         end_time = None
         if row.start_time is not None and end is not None and row.first_sample is not None:
             end_time = row.start_time + (end - row.first_sample) / row.rate
+        # A pause still open at the power cut ends where the recording ends.
+        from recorder.timebase import iso
+        for p in meta.get("pauses", []):
+            if p.get("end") is None:
+                p["end"], p["end_sample"] = iso(end_time), end
         C.update(state="recovered", end_sample=end, end_time=end_time, meta=meta) \
             .where(C.id == row.id).execute()
         writer.write_manifest(store.call(row.id))

@@ -50,6 +50,7 @@ class CallInfo:
     flashes: list = field(default_factory=list)        # [[sample, length]]
     gaps: list = field(default_factory=list)           # overruns: [[start, end]]
     recording_ended: int | None = None
+    open_pause: int | None = None                      # sample a pause began, if paused
     rollover_of: str | None = None
     end_sample: int | None = None
     end_reason: str | None = None
@@ -71,6 +72,13 @@ class WriteSegment:
 
 @dataclass
 class CloseCall:
+    info: CallInfo
+
+
+@dataclass
+class UpdateCall:
+    """A snapshot of a call's metadata, stored while it runs so a power cut keeps it."""
+
     info: CallInfo
 
 
@@ -143,6 +151,9 @@ class Writer:
             self._open(job.info)
         elif isinstance(job, CloseCall):
             self._close(job.info)
+        elif isinstance(job, UpdateCall):
+            C = self.store.m.Call
+            C.update(meta=self._meta(job.info)).where(C.id == job.info.id).execute()
         elif isinstance(job, MissedCall):
             self._missed(job.info, job.ring_end)
         else:
@@ -215,9 +226,12 @@ class Writer:
 
     def _meta(self, info: CallInfo) -> dict:
         ep = self._epoch
+        pauses = [[a, b] for a, b in info.pauses]
+        if info.open_pause is not None:
+            pauses.append([info.open_pause, None])     # closed at recovery if cut short
         return {
             "pauses": [{"start": iso(ep(a)), "end": iso(ep(b)), "start_sample": a,
-                        "end_sample": b} for a, b in info.pauses],
+                        "end_sample": b} for a, b in pauses],
             "masked_dtmf": [{"start": iso(ep(a)), "end": iso(ep(b))}
                             for a, b in info.masked_dtmf],
             "flashes": [{"at": iso(ep(s)), "length_s": n / self.rate}

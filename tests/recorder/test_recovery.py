@@ -16,11 +16,11 @@ from recorder.store import Store
 from recorder.verify import device_key_for, verify_call
 
 
-def _scenario(path, duration):
+def _scenario(path, duration, extra=()):
     path.write_text(json.dumps({
         "rate": 8000, "start": "2026-11-25T09:00:00Z", "duration": duration, "lines": 1,
         "events": [{"at": 0.0, "line": 0, "type": "tone", "hz": 900, "duration": duration},
-                   {"at": 1.0, "line": 0, "type": "offhook"}]}))
+                   {"at": 1.0, "line": 0, "type": "offhook"}, *extra]}))
     return path
 
 
@@ -97,3 +97,24 @@ def test_crash_inside_the_segment_write(tmp_path, practice_keys, point):
         v, _ = verify_call(s, row, device_key_for(tmp_path / "data"))
         assert v.status == "verified", v.detail
     assert not list((tmp_path / "data").rglob(f"*{fsutil.TEMP_SUFFIX}"))
+
+
+def test_power_cut_during_a_pause_keeps_the_pause(tmp_path, practice_keys):
+    sc = _scenario(tmp_path / "paused.json", 600.0,
+                   [{"at": 12.0, "type": "button", "button": "pause", "hold": 0.1}])
+    proc = _simulate(tmp_path, practice_keys, sc, speed=20)
+    _wait_for_segments(tmp_path / "data", 4, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    quiet = tmp_path / "quiet.json"
+    quiet.write_text(json.dumps({"rate": 8000, "start": "2026-11-25T10:00:00Z",
+                                 "duration": 1.0, "lines": 1, "events": []}))
+    p2 = _simulate(tmp_path, practice_keys, quiet, speed=0)
+    assert p2.wait(60) == 0, p2.stderr.read().decode()[-2000:]
+    s = Store(tmp_path / "data")
+    row = s.calls()[0]
+    assert row.state == "recovered"
+    pauses = row.meta["pauses"]
+    assert len(pauses) == 1 and pauses[0]["start"] == "2026-11-25T09:00:12.000Z"
+    end = row.first_sample + sum(x.samples for x in s.segments_of(row.id))
+    assert pauses[0]["end_sample"] == end and pauses[0]["end"] is not None
