@@ -63,7 +63,7 @@ class Alarms:
 class Thresholds:
     broker_down_s: float = 300.0      # link down this long -> broker_unreachable
     backlog_age_s: float = 3600.0     # oldest unsynced segment older -> sync_backlog_age
-    dead_line_s: float = 600.0        # digital silence this long -> dead_line
+    dead_line_s: float = 600.0        # near-silence this long -> dead_line
     clip_window_s: float = 60.0       # clipping seen within this window -> clipping
 
 
@@ -78,7 +78,7 @@ class Inputs:
     sync_on: bool = False
     link_down_s: float | None = None     # how long the broker link has been down
     oldest_unsynced_age_s: float | None = None
-    silent_s: tuple = ()                 # per line: seconds of unbroken digital silence
+    silent_s: tuple = ()                 # per line: seconds of unbroken near-silence
     clip_age_s: tuple = ()               # per line: seconds since the last clip, or None
     stuck_lines: tuple = ()              # lines whose call passed max_call_s
 

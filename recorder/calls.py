@@ -37,6 +37,8 @@ DIAL_GAP_S = 4.0            # an outbound call's dialling ends after this gap
 DIAL_MAX_S = 30.0           # ... or this long after off-hook
 MASK_GUARD_S = 0.03         # silence kept either side of a masked digit
 BEEP_HORIZON_S = 10.0       # warning beeps are queued this far ahead
+DEAD_PEAK = 2               # peak (LSB) at or below which a line is dead: about -84 dBFS,
+                            # under the hum and noise any live analog line carries
 
 
 @dataclass(order=True)
@@ -240,7 +242,7 @@ class Processor:
         self.counts = {"calls": 0, "missed": 0, "late_edges": 0, "flashes": 0}
         self.levels = [-120.0] * lines
         self.clipped = [0] * lines
-        self.silent_since: list[int | None] = [None] * lines   # sample digital silence began
+        self.silent_since: list[int | None] = [None] * lines   # sample near-silence began
         self.last_clip: list[int | None] = [None] * lines      # sample of the last clip
         self.stuck: set[int] = set()                           # lines past max_call_s
 
@@ -475,7 +477,7 @@ class Processor:
                 if peak >= 32767:
                     self.clipped[ln] += 1
                     self.last_clip[ln] = upto
-                if peak == 0:
+                if peak <= DEAD_PEAK:
                     if self.silent_since[ln] is None:
                         self.silent_since[ln] = upto - len(x)
                 else:
