@@ -31,6 +31,20 @@ DEVICE = "lt-campaign01"
 SITE = "site1"
 
 
+def sync_fixtures():
+    """``tests/sync/conftest.py`` (PKI, Broker) loaded under its own module name, so it
+    does not clash with whatever ``conftest`` pytest has already imported."""
+    import importlib.util
+    name = "linetap_sync_fixtures"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, ROOT / "tests" / "sync" / "conftest.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
 # -- output ------------------------------------------------------------------------------------
 def parse_args(doc: str, extra=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
@@ -213,17 +227,16 @@ class SyncRig:
     SQLite upstream, registered for one device whose identity is made here."""
 
     def __init__(self, root: Path, box: Box, device: str = DEVICE, host: str = "127.0.0.1"):
-        from conftest import PKI, Broker
-
         from recorder import keys
         from recorder.keys import raw_public
         self.root, self.box, self.device = root, box, device
         (root / "pki").mkdir(parents=True, exist_ok=True)
         (root / "broker").mkdir(exist_ok=True)
-        self.pki = PKI(root / "pki")
+        fx = sync_fixtures()
+        self.pki = fx.PKI(root / "pki")
         self.dev = self.pki.client(device)
         self.pki.ingest = self.pki.client("ingest")
-        self.broker = Broker(root / "broker", self.pki)
+        self.broker = fx.Broker(root / "broker", self.pki)
         box.data.mkdir(parents=True, exist_ok=True)
         ident = keys.ensure_identity(box.data, first_start=True)
         self.identity_hex = raw_public(ident.public_key()).hex()

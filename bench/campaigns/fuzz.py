@@ -45,6 +45,30 @@ TARGETS = ("frames", "commands", "scenario", "config", "segments")
 DEVICE = "dev-a"
 
 
+# Crashes found by this campaign and reported as product bugs (exception type, file).
+# The campaign still counts them as violations; tests/reliability tolerates exactly
+# these in its short runs and pins each with a strict xfail reproducer.
+KNOWN = {
+    ("RecursionError", "provisioning/protocol.py"): "Frame.json: deeply nested JSON payload",
+    ("RecursionError", "sync/commands.py"): "commands.parse: deeply nested JSON envelope/body",
+    ("TypeError", "sync/commands.py"): "commands.verify: unhashable 'kind' (list/dict)",
+    ("RecursionError", "hw/scenario.py"): "scenario.load: deeply nested JSON",
+    ("RecursionError", "recorder/config.py"): "config.loads: deeply nested TOML array",
+}
+# One root cause: decode_segments/codec.decode trust the sealed header's first_sample and
+# samples (and the FLAC STREAMINFO length), so a validly sealed file with odd values
+# escapes as any of these.
+for _t in ("ValueError", "OverflowError", "MemoryError", "TypeError"):
+    KNOWN[(_t, "recorder/export.py")] = "decode_segments trusts header first_sample/samples"
+    KNOWN[(_t, "recorder/codec.py")] = "codec.decode trusts header samples / FLAC length"
+
+
+def crash_kind(key: str) -> tuple[str, str]:
+    """('RecursionError', 'sync/commands.py') from 'RecursionError at sync/commands.py:48'."""
+    typ, _, where = key.partition(" at ")
+    return typ, where.rsplit(":", 1)[0]
+
+
 class Hang(BaseException):
     """Raised by SIGALRM inside one execution that took longer than HANG_S."""
 
@@ -431,7 +455,7 @@ def run_one(ctx, res: Result, target: str, inp) -> None:
     res.execs += 1
 
 
-def run_hypothesis(ctx, target: str, seconds: float) -> Result:
+def run_hypothesis(ctx, target: str, seconds: float, derandomize: bool = False) -> Result:
     """hypothesis picks seeds and sizes; inputs are drawn from a seeded RNG (fast), in
     batches of examples until the time is up."""
     from hypothesis import HealthCheck, given, settings
@@ -440,11 +464,11 @@ def run_hypothesis(ctx, target: str, seconds: float) -> Result:
     t0 = time.monotonic()
     end = t0 + seconds
 
-    @settings(max_examples=200, deadline=None, database=None,
+    @settings(max_examples=200, deadline=None, database=None, derandomize=derandomize,
               suppress_health_check=list(HealthCheck))
     @given(st.integers(0, 2**63), st.integers(1, 8), st.binary(max_size=64))
     def batch(seed, n, extra):
-        rng = random.Random(seed)
+        rng = random.Random(seed * 1000003 + rounds[0])
         for _ in range(n):
             if time.monotonic() > end:
                 return
@@ -453,7 +477,9 @@ def run_hypothesis(ctx, target: str, seconds: float) -> Result:
         if target in ("frames", "commands", "segments"):
             run_one(ctx, res, target, extra)
 
+    rounds = [0]
     while time.monotonic() < end:
+        rounds[0] += 1             # new inputs each round, even when derandomized
         batch()
     res.seconds = time.monotonic() - t0
     return res
@@ -528,17 +554,17 @@ def run_atheris(ctx, target: str, seconds: float, work: Path) -> Result | None:
 def mqtt_attacks(work: Path) -> dict:
     """Attack a running uploader through the real broker; returns counts."""
     import paho.mqtt.client as mqtt
-    from conftest import PKI, Broker
     from synchelpers import Running, make_box, practice_keys, wait_for, write_command_key
 
     from recorder import audit
     from sync import commands
     (work / "pki").mkdir(parents=True)
     (work / "broker").mkdir()
-    pki = PKI(work / "pki")
+    fx = common.sync_fixtures()
+    pki = fx.PKI(work / "pki")
     pki.devices = {cn: pki.client(cn) for cn in ("dev-a", "dev-b")}
     pki.ingest = pki.client("ingest")
-    broker = Broker(work / "broker", pki)
+    broker = fx.Broker(work / "broker", pki)
     broker.start()
     out = {"attempts": 0, "rejected": 0, "reported": 0, "failures": []}
     _priv, pub, *_ = practice_keys(work)

@@ -1,0 +1,120 @@
+"""Short version of the hostile-input campaign (bench/campaigns/fuzz.py).
+
+Each parser gets a few seconds of hypothesis-driven inputs; only documented
+LinetapError subclasses may escape. Crashes the full campaign already found and
+reported are listed in ``fuzz.KNOWN`` and tolerated here, each pinned by a strict
+xfail reproducer below: when the product is fixed the xfail turns into a failure,
+and the entry should be removed from ``KNOWN``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from bench.campaigns import fuzz  # noqa: E402
+
+SECONDS = 4.0
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory):
+    return fuzz.Ctx(tmp_path_factory.mktemp("fuzz"))
+
+
+@pytest.mark.parametrize("target", fuzz.TARGETS)
+def test_parser_raises_only_documented_errors(ctx, target):
+    res = fuzz.run_hypothesis(ctx, target, SECONDS, derandomize=True)
+    assert res.execs > 0
+    new = {k: c for k, c in res.crashes.items() if fuzz.crash_kind(k) not in fuzz.KNOWN}
+    assert not new, f"{target}: undocumented exceptions escaped: {new}"
+
+
+# -- the known bugs, one reproducer each (strict: a fix makes these fail loudly) --------------
+DEEP = "[" * 100000
+
+KNOWN_BUG = pytest.mark.xfail(strict=True, reason="known product bug found by the fuzz "
+                              "campaign (see docs/reliability.md)")
+
+
+@KNOWN_BUG
+def test_provisioning_frame_with_deeply_nested_json():
+    from provisioning import protocol
+    from recorder.errors import LinetapError
+    frame = protocol.encode(protocol.T_REQUEST, 1, DEEP.encode())
+    (ev,) = protocol.FrameParser().feed(frame)
+    with pytest.raises(LinetapError):
+        ev.json()
+
+
+@KNOWN_BUG
+@pytest.mark.parametrize("payload", [DEEP.encode(),
+                                     json.dumps({"body": DEEP, "sig": "00"}).encode()])
+def test_command_with_deeply_nested_json(payload):
+    from recorder.errors import CommandRejected
+    from sync import commands
+    with pytest.raises(CommandRejected):
+        commands.verify(payload, None, "dev-a")
+
+
+@KNOWN_BUG
+def test_signed_command_with_a_list_as_kind(ctx):
+    from recorder.errors import CommandRejected
+    from sync import commands
+    env = ctx.sign_body({"v": 1, "kind": ["delete"], "device": "dev-a", "nonce": "ab" * 16,
+                         "issued": 1.8e9, "expires": 1.8e9 + 60})
+    with pytest.raises(CommandRejected):
+        commands.verify(env, ctx.cmd_pub, "dev-a", now=1.8e9)
+
+
+@KNOWN_BUG
+def test_scenario_file_with_deeply_nested_json(tmp_path):
+    from hw import scenario
+    from recorder.errors import ScenarioError
+    p = tmp_path / "s.json"
+    p.write_text(DEEP)
+    with pytest.raises(ScenarioError):
+        scenario.load(p)
+
+
+@KNOWN_BUG
+def test_config_with_deeply_nested_array():
+    from recorder import config
+    from recorder.errors import ConfigError
+    with pytest.raises(ConfigError):
+        config.loads("a = " + DEEP)
+
+
+def _sealed(ctx, **over):
+    from recorder import segfile
+    h = {"v": 1, "kind": "segment", "device": "dev-a", "call": "C1", "seq": 0,
+         "first_sample": 0, "samples": 400, "rate": 8000, "codec": "flac",
+         "suite": segfile.suite_ids(), "start": "2026-11-25T09:00:00.000Z", **over}
+    return ctx.seal(h, ctx.payloads[0])
+
+
+@KNOWN_BUG
+@pytest.mark.parametrize("first_sample", ["x", float("inf")])
+def test_export_of_a_sealed_segment_with_a_bad_first_sample(ctx, first_sample):
+    """Anyone with the practice *public* key can seal such a file; a box could upload it."""
+    from recorder import export
+    _pcm, problems = export.decode_segments([(0, _sealed(ctx, first_sample=first_sample))],
+                                            ctx.practice_priv, None, "flac")
+    assert problems
+
+
+@KNOWN_BUG
+def test_export_does_not_trust_a_huge_sample_count(ctx):
+    """An Opus-labelled segment claiming 10^9 samples makes export allocate 2 GB of zeros
+    (and 10^10 would exhaust memory); it should be refused as malformed."""
+    from recorder import export
+    pcm, problems = export.decode_segments([(0, _sealed(ctx, codec="opus",
+                                                        samples=10**9))],
+                                           ctx.practice_priv, None, "flac")
+    assert problems and len(pcm) == 0
