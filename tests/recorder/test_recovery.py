@@ -32,6 +32,15 @@ def _simulate(tmp_path, practice_keys, scenario, speed, env=None):
         env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+def _reboot_quietly(tmp_path, practice_keys, duration):
+    """The next boot: a short, quiet line on the same data dir; it must exit cleanly."""
+    quiet = tmp_path / "quiet.json"
+    quiet.write_text(json.dumps({"rate": 8000, "start": "2026-11-25T10:00:00Z",
+                                 "duration": duration, "lines": 1, "events": []}))
+    p2 = _simulate(tmp_path, practice_keys, quiet, speed=0)
+    assert p2.wait(60) == 0, p2.stderr.read().decode()[-2000:]
+
+
 def _wait_for_segments(data, n, proc, timeout=60):
     t_end = time.monotonic() + timeout
     while time.monotonic() < t_end:
@@ -60,11 +69,7 @@ def test_restart_in_the_middle_of_a_call(tmp_path, practice_keys):
     assert s.calls()[0].state == "active"
     s.close()
     # Next boot: a short, quiet line. The old call must be closed, signed, and verify.
-    quiet = tmp_path / "quiet.json"
-    quiet.write_text(json.dumps({"rate": 8000, "start": "2026-11-25T10:00:00Z",
-                                 "duration": 2.0, "lines": 1, "events": []}))
-    p2 = _simulate(tmp_path, practice_keys, quiet, speed=0)
-    assert p2.wait(60) == 0, p2.stderr.read().decode()[-2000:]
+    _reboot_quietly(tmp_path, practice_keys, 2.0)
     s = Store(tmp_path / "data")
     row = s.calls()[0]
     assert row.state == "recovered" and row.meta["recovered"] is True
@@ -86,11 +91,7 @@ def test_crash_inside_the_segment_write(tmp_path, practice_keys, point):
                      env={"LINETAP_CRASH_AT": point})
     proc.wait(60)
     assert proc.returncode == -signal.SIGKILL
-    quiet = tmp_path / "quiet.json"
-    quiet.write_text(json.dumps({"rate": 8000, "start": "2026-11-25T10:00:00Z",
-                                 "duration": 1.0, "lines": 1, "events": []}))
-    p2 = _simulate(tmp_path, practice_keys, quiet, speed=0)
-    assert p2.wait(60) == 0, p2.stderr.read().decode()[-2000:]
+    _reboot_quietly(tmp_path, practice_keys, 1.0)
     s = Store(tmp_path / "data")
     assert s.integrity_check() == "ok"
     for row in s.calls():
@@ -106,11 +107,7 @@ def test_power_cut_during_a_pause_keeps_the_pause(tmp_path, practice_keys):
     _wait_for_segments(tmp_path / "data", 4, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
-    quiet = tmp_path / "quiet.json"
-    quiet.write_text(json.dumps({"rate": 8000, "start": "2026-11-25T10:00:00Z",
-                                 "duration": 1.0, "lines": 1, "events": []}))
-    p2 = _simulate(tmp_path, practice_keys, quiet, speed=0)
-    assert p2.wait(60) == 0, p2.stderr.read().decode()[-2000:]
+    _reboot_quietly(tmp_path, practice_keys, 1.0)
     s = Store(tmp_path / "data")
     row = s.calls()[0]
     assert row.state == "recovered"
