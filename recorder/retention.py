@@ -12,8 +12,11 @@ Rules, in order (a call on legal hold is never deleted, whatever the reason):
    or not it was synced; the box never waits for the upstream.
 2. ``synced``: every segment and the manifest were acked by the upstream more than
    ``keep_synced_s`` ago.
-3. ``eviction``: free space is below ``min_free_bytes``; synced calls go first (oldest
-   first), then the oldest unsynced calls, with the ``low_storage`` alarm raised.
+3. ``eviction``: free space is below ``min_free_bytes``; eviction works per segment:
+   first whole calls that are fully synced (oldest first), then the synced segments of
+   calls not fully synced (oldest call first, in order), and only then unsynced
+   segments (oldest first), with the ``low_storage`` alarm raised. A call that is not
+   fully synced keeps its row and manifest (the manifest still goes upstream).
 
 Active calls are never deleted here (the writer still owns them).
 """
@@ -40,6 +43,15 @@ AUDIT_ACTION = {"retention_expiry": "retention_expiry", "synced": "delete",
 
 
 @dataclass(frozen=True)
+class SegView:
+    """One segment file still on disk."""
+
+    seq: int
+    bytes: int
+    synced: bool                     # acked upstream
+
+
+@dataclass(frozen=True)
 class CallView:
     """What retention needs to know about one call (times are epoch seconds)."""
 
@@ -51,12 +63,16 @@ class CallView:
     synced: bool = False             # every segment and the manifest acked upstream
     synced_time: float | None = None  # when the last ack arrived
     bytes: int = 0                   # bytes of files still on disk
+    # Per-segment detail for eviction; empty means "evict this call as one unit".
+    segments: tuple[SegView, ...] = ()
 
 
 def decide(calls: list[CallView], now: float, free_bytes: int, min_free_bytes: int, *,
-           keep_synced_s: float = 7 * 86400) -> list[tuple[str, str]]:
-    """Which calls to delete now, and why: ``[(call_id, reason)]`` in execution order.
+           keep_synced_s: float = 7 * 86400) -> list[tuple]:
+    """What to delete now, and why, in execution order.
 
+    Returns ``(call_id, reason)`` for a whole call and ``(call_id, "eviction", seqs)``
+    (a sorted tuple of segment numbers) when only some segments of a call are evicted.
     ``free_bytes`` and ``min_free_bytes`` are bytes; ``keep_synced_s`` seconds. Pure.
     """
     out: list[tuple[str, str]] = []
@@ -75,15 +91,75 @@ def decide(calls: list[CallView], now: float, free_bytes: int, min_free_bytes: i
             chosen.add(c.id)
             free_bytes += c.bytes
     if free_bytes < min_free_bytes:
-        rest = [c for c in live if c.id not in chosen and c.bytes > 0]
-        order = sorted(rest, key=lambda c: (not c.synced, c.start))
-        for c in order:
-            if free_bytes >= min_free_bytes:
-                break
-            out.append((c.id, "eviction"))
-            chosen.add(c.id)
-            free_bytes += c.bytes
+        out += _evict([c for c in live if c.id not in chosen], free_bytes, min_free_bytes)
     return out
+
+
+def _evict(calls: list[CallView], free_bytes: int, min_free_bytes: int) -> list[tuple]:
+    """Disk-full eviction (rule 3), per segment. Pure."""
+    by_age = sorted(calls, key=lambda c: (c.start, c.id))
+    units = {c.id: c.segments or ((SegView(-1, c.bytes, c.synced),) if c.bytes > 0 else ())
+             for c in by_age}
+    picked: dict[str, list[int]] = {}
+
+    def take(c, segs, whole=False) -> bool:
+        """Pick ``segs`` of ``c`` in order until enough is free (all of them if
+        ``whole``); True once enough is free."""
+        nonlocal free_bytes
+        for sv in sorted(segs, key=lambda sv: sv.seq):
+            if free_bytes >= min_free_bytes and not whole:
+                return True
+            if sv.bytes <= 0:
+                continue
+            picked.setdefault(c.id, []).append(sv.seq)
+            free_bytes += sv.bytes
+        return free_bytes >= min_free_bytes
+
+    # 1. Whole calls already safe upstream, oldest first (a whole call, even if that
+    #    frees more than needed: no half-deleted synced calls).
+    done = False
+    for c in by_age:
+        if c.synced and units[c.id] and take(c, units[c.id], whole=True):
+            done = True
+            break
+    # 2. Synced segments of calls that are not fully synced yet.
+    if not done:
+        for c in by_age:
+            if not c.synced and take(c, [sv for sv in units[c.id] if sv.synced]):
+                done = True
+                break
+    # 3. Unsynced segments, oldest first: data lost, so the caller raises low_storage.
+    if not done:
+        for c in by_age:
+            if not c.synced and take(c, [sv for sv in units[c.id] if not sv.synced]):
+                break
+    out: list[tuple] = []
+    for cid, seqs in picked.items():
+        c = next(x for x in calls if x.id == cid)
+        if seqs == [-1] or (c.synced and len(seqs) == len(units[cid])):
+            out.append((cid, "eviction"))
+        else:
+            out.append((cid, "eviction", tuple(sorted(seqs))))
+    return out
+
+
+SIM_DISK_BYTES = 32 * 2**30   # simulated data disk: a 32 GB SD card
+
+
+class SimDisk:
+    """Free-space probe for simulation: a virtual disk of ``capacity`` bytes that holds
+    only the recordings under ``root``. Free space follows what is written and deleted,
+    and the host's real disk never decides what a simulated box evicts."""
+
+    def __init__(self, root, capacity: int = SIM_DISK_BYTES):
+        self.root, self.capacity = Path(root), int(capacity)
+
+    def __call__(self) -> int:
+        """Free bytes (may be negative when the recordings exceed ``capacity``)."""
+        used = 0
+        if self.root.is_dir():
+            used = sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+        return self.capacity - used
 
 
 class Retention:
@@ -103,8 +179,16 @@ class Retention:
         self.deleted = 0
 
     # -- snapshot -------------------------------------------------------------------------
-    def views(self) -> list[CallView]:
+    def views(self, segments: bool = False) -> list[CallView]:
+        """Snapshot of every call not deleted; with ``segments``, per-segment detail
+        too (only needed when the disk is low, so the common tick stays cheap)."""
         C, S = self.store.m.Call, self.store.m.Segment
+        per: dict[str, list[SegView]] = {}
+        if segments:
+            for sr in S.select(S.call, S.seq, S.size, S.acked).order_by(S.call, S.seq) \
+                    .tuples():
+                per.setdefault(sr[0], []).append(SegView(int(sr[1]), int(sr[2] or 0),
+                                                         bool(sr[3])))
         agg = {r.call_id: r for r in S.select(
             S.call, pw.fn.COUNT(S.id).alias("n"), pw.fn.SUM(S.size).alias("size"),
             pw.fn.SUM(S.acked.cast("integer")).alias("acked"),
@@ -118,27 +202,36 @@ class Retention:
             synced = n == acked and bool(c.manifest_acked) if c.state != "missed" else False
             st = a.t if a and a.t else None
             out.append(CallView(c.id, c.start_time or c.created, c.deadline, c.state,
-                                bool(c.legal_hold), synced, st, int(size)))
+                                bool(c.legal_hold), synced, st, int(size),
+                                tuple(per.get(c.id, ()))))
         return out
 
     # -- tick -----------------------------------------------------------------------------
-    def tick(self) -> list[tuple[str, str]]:
+    def tick(self) -> list[tuple]:
+        """One retention pass; returns :func:`decide`'s decisions as executed."""
         r = self.cfg.retention
         now = self.clock()
         self._pushed_deadlines()
         min_free = int(r.min_free_mb * 1024 * 1024)
         free = self.free_bytes()
-        todo = decide(self.views(), now, free, min_free,
-                      keep_synced_s=r.keep_synced_days * 86400)
+        views = self.views(segments=free < min_free)
+        todo = decide(views, now, free, min_free, keep_synced_s=r.keep_synced_days * 86400)
+        unsynced_seqs = {v.id: {sv.seq for sv in v.segments if not sv.synced} for v in views}
         evicted_unsynced = 0
-        for call_id, reason in todo:
+        for d in todo:
+            call_id, reason = d[0], d[1]
+            if len(d) == 3:
+                evicted_unsynced += len(unsynced_seqs.get(call_id, set()) & set(d[2]))
+                self.evict_segments(call_id, d[2])
+                continue
             row = self.store.call(call_id)
             if reason == "eviction" and row is not None and not self._synced(row):
-                evicted_unsynced += 1
+                evicted_unsynced += max(1, len(unsynced_seqs.get(call_id, ())))
             self.delete_call(call_id, reason)
         if self.alarms is not None:
-            low = self.free_bytes() < min_free or evicted_unsynced > 0
-            self.alarms.set("low_storage", low, free_mb=round(self.free_bytes() / 2**20, 1),
+            left = self.free_bytes()
+            low = left < min_free or evicted_unsynced > 0
+            self.alarms.set("low_storage", low, free_mb=round(left / 2**20, 1),
                             evicted_unsynced=evicted_unsynced)
         return todo
 
@@ -196,6 +289,37 @@ class Retention:
         log.info("deleted call %s (%s): %d segment(s), %d unsynced", call_id, reason,
                  len(segs), unsynced)
         return True
+
+    def evict_segments(self, call_id: str, seqs, reason: str = "eviction") -> int:
+        """Disk full: delete some segments of a call (files, then rows), keeping the call
+        row and its manifest; audit it. Returns how many segments went."""
+        store = self.store
+        S = store.m.Segment
+        row = store.call(call_id)
+        if row is None or row.state == "deleted":
+            return 0
+        if row.legal_hold:
+            raise CommandRejected(f"call {call_id} is on legal hold")
+        if row.state == "active":
+            raise CommandRejected(f"call {call_id} is in progress")
+        want = {int(q) for q in seqs}
+        segs = [s for s in store.segments_of(call_id) if s.seq in want]
+        if not segs:
+            return 0
+        unsynced = [s.seq for s in segs if not s.acked]
+        for s in segs:
+            store.abs(s.path).unlink(missing_ok=True)
+        ids = [s.id for s in segs]
+        for i in range(0, len(ids), BATCH):
+            with store.db.atomic():
+                S.delete().where(S.id.in_(ids[i:i + BATCH])).execute()
+        audit.record(self.data_dir, AUDIT_ACTION.get(reason, "eviction"), call=call_id,
+                     reason=reason, segments=len(segs), seqs=sorted(s.seq for s in segs),
+                     unsynced_segments=len(unsynced), whole_call=False)
+        self.deleted += 1
+        log.warning("evicted %d segment(s) of call %s (%d unsynced): disk low", len(segs),
+                    call_id, len(unsynced))
+        return len(segs)
 
     def _prune(self, d: Path) -> None:
         """Remove ``d`` and empty parents up to (not including) the segments root."""

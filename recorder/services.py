@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from recorder.retention import Retention
+from recorder.retention import Retention, SimDisk
 from recorder.service import ServiceThread
 
 log = logging.getLogger(__name__)
@@ -25,8 +25,16 @@ def start_services(daemon) -> list[threading.Thread]:
         # the past the moment its calls were written.
         def clock():
             return daemon.timebase.epoch(daemon.ring.written)
+    # Free-space probe (bytes): injected as ``daemon.free_bytes`` if the daemon has one
+    # (tests, a simulation scenario filling the disk); in simulation a virtual disk
+    # holding only the recordings, so the host's real free space never drives eviction;
+    # on hardware the data partition's real free space.
+    free_bytes = getattr(daemon, "free_bytes", None)
+    if free_bytes is None and cfg.device.hardware == "sim":
+        free_bytes = SimDisk(daemon.store.root / "segments")
+    kw = {"clock": clock} if clock else {}
     retention = Retention(daemon.store, daemon.data_dir, cfg, alarms=daemon.alarms,
-                          **({"clock": clock} if clock else {}))
+                          free_bytes=free_bytes, **kw)
     daemon.retention = retention
     threads: list[threading.Thread] = []
     t_ret = ServiceThread("retention", cfg.retention.interval_s, retention.tick, daemon.stop)

@@ -396,6 +396,11 @@ class Uploader:
                 "inflight": len(self.inflight), "sent": self.sent, "acked": self.acked,
                 "resent": self.resent, "parked": len(self.parked)}
 
+    def _free_bytes(self) -> int:
+        """Free space as retention sees it (its probe is injectable), else the disk's."""
+        probe = getattr(self.retention, "free_bytes", None)
+        return probe() if probe is not None else shutil.disk_usage(self.store.root).free
+
     def publish_health(self) -> None:
         from recorder.commands import store_summary
         st = {}
@@ -406,7 +411,7 @@ class Uploader:
                 log.exception("status for health failed")
         sync = self.sync_status()
         body = {"device": self.device, "version": st.get("version"), "time": self.clock(),
-                "disk_free_mb": round(shutil.disk_usage(self.store.root).free / 2**20, 1),
+                "disk_free_mb": round(self._free_bytes() / 2**20, 1),
                 "backlog": sync["backlog"], "oldest_unsynced_age_s": sync["oldest_age_s"],
                 "lines": [{"line": ln["line"], "state": ln["state"]}
                           for ln in st.get("lines", [])],

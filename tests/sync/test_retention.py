@@ -7,7 +7,7 @@ from synchelpers import box_cfg, make_box, practice_keys, write_calls
 
 from recorder import audit
 from recorder.errors import CommandRejected
-from recorder.retention import CallView, Retention, decide
+from recorder.retention import CallView, Retention, SegView, decide
 
 DAY = 86400.0
 NOW = 1_800_000_000.0
@@ -48,6 +48,55 @@ def cv(id_, age_days, *, keep=90, state="closed", hold=False, synced=False, sync
     ([cv("m", 1, state="missed", size=0)], 0, 10 * MB, []),
 ])
 def test_decide_table(calls, free, min_free, want):
+    assert decide(calls, NOW, free, min_free) == want
+
+
+def sv(*spec):
+    """Segments from (synced, size_mb) pairs, seq in order."""
+    return tuple(SegView(i, int(mb * MB), bool(sy)) for i, (sy, mb) in enumerate(spec))
+
+
+def cs(id_, age_days, segs, *, synced=None, **kw):
+    """A call with per-segment detail; fully synced only if said so."""
+    full = all(s.synced for s in segs) if synced is None else synced
+    c = cv(id_, age_days, synced=full, synced_age=1 if full else None,
+           size=sum(s.bytes for s in segs), **kw)
+    from dataclasses import replace
+    return replace(c, segments=segs)
+
+
+@pytest.mark.parametrize("calls, free, min_free, want", [
+    # A fully synced call goes whole (even if one segment would do), before any
+    # unsynced byte of an older call.
+    ([cs("u_old", 9, sv((0, 1), (0, 1))), cs("s", 2, sv((1, 1), (1, 1), (1, 1)))],
+     9 * MB, 10 * MB, [("s", "eviction")]),
+    # Next: the synced segments of calls not fully synced, oldest call first, in order;
+    # the call (row + manifest) stays because part of it is not upstream yet.
+    ([cs("p_old", 5, sv((1, 1), (0, 1), (1, 1))), cs("p_new", 3, sv((1, 1), (0, 1))),
+      cs("u", 9, sv((0, 1)))],
+     7 * MB, 10 * MB, [("p_old", "eviction", (0, 2)), ("p_new", "eviction", (0,))]),
+    # Segments all acked but the manifest not: still not a whole-call eviction.
+    ([cs("m", 5, sv((1, 1), (1, 1)), synced=False)], 9 * MB, 11 * MB,
+     [("m", "eviction", (0, 1))]),
+    # Last: unsynced segments, oldest call first, one at a time until enough is free.
+    ([cs("u_new", 1, sv((0, 1), (0, 1))), cs("u_old", 4, sv((0, 1), (0, 1), (0, 1))),
+      cs("s", 2, sv((1, 1)))],
+     6 * MB, 10 * MB, [("s", "eviction"), ("u_old", "eviction", (0, 1, 2))]),
+    ([cs("u_new", 1, sv((0, 1), (0, 1))), cs("u_old", 4, sv((0, 1), (0, 1), (0, 1))),
+      cs("s", 2, sv((1, 1)))],
+     5 * MB, 10 * MB,
+     [("s", "eviction"), ("u_old", "eviction", (0, 1, 2)), ("u_new", "eviction", (0,))]),
+    # Mixed: synced parts of every call before any unsynced segment.
+    ([cs("a", 5, sv((0, 1), (1, 1))), cs("b", 4, sv((1, 1), (0, 1)))],
+     7 * MB, 10 * MB,
+     [("a", "eviction", (0, 1)), ("b", "eviction", (0,))]),
+    # Held and active calls keep every segment, even with the disk full.
+    ([cs("h", 5, sv((1, 1)), hold=True), cs("act", 4, sv((0, 1)), state="active")],
+     0, 10 * MB, []),
+    # Enough space: nothing evicted.
+    ([cs("a", 5, sv((1, 1)))], 10 * MB, 10 * MB, []),
+])
+def test_decide_eviction_per_segment(calls, free, min_free, want):
     assert decide(calls, NOW, free, min_free) == want
 
 
@@ -104,10 +153,19 @@ def test_executor_expiry_hold_and_eviction(box, tmp_path):
     one = sum(s.size for s in store.segments_of(new[0]))
     free["v"] = min_free - int(1.5 * one)
     got = r.tick()
-    assert got == [(new[0], "eviction"), (new[1], "eviction")]
-    assert "low_storage" in alarms.active
+    # Per segment: the synced call whole, then the oldest unsynced call's segments (its
+    # row and manifest stay: the manifest still goes upstream).
+    assert got[0] == (new[0], "eviction")
+    assert got[1][:2] == (new[1], "eviction") and len(got[1]) == 3
+    assert "low_storage" in alarms.active and alarms.active["low_storage"][
+        "evicted_unsynced"] == len(got[1][2])
+    left = {s.seq for s in store.segments_of(new[1])}
+    assert left == {0, 1} - set(got[1][2])
+    assert store.call(new[1]).state == "closed" and store.abs(store.call(new[1]).manifest) \
+        .is_file()
     assert store.call(new[2]).state == "closed"
-    assert [e["action"] for e in audit.read(box.data_dir)].count("eviction") == 2
+    ev = [e["detail"] for e in audit.read(box.data_dir) if e["action"] == "eviction"]
+    assert len(ev) == 2 and ev[1]["seqs"] == list(got[1][2]) and not ev[1]["whole_call"]
     with pytest.raises(CommandRejected):
         r.delete_call(old[1], "upstream_delete")
 
@@ -125,3 +183,53 @@ def test_executor_synced_copy_and_pushed_retention(box):
     # The upstream pushes 10 days: the other call (20 days old) is now past its deadline.
     r.apply({"kind": "retention", "days": 10, "nonce": "n" * 16})
     assert r.tick() == [(ids[1], "retention_expiry")]
+
+
+class FakeDisk:
+    """A disk of ``capacity`` bytes holding only the recordings under ``root``: free
+    space follows what retention deletes, and nothing reads the real disk."""
+
+    def __init__(self, root, capacity):
+        self.root, self.capacity = root, capacity
+
+    def __call__(self):
+        used = sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+        return self.capacity - used
+
+
+def test_executor_evicts_segments_against_a_fake_disk(box):
+    import time
+    now = time.time()
+    ids = write_calls(box, n_calls=3, segs=3, start=now - 3 * DAY)
+    store = box.store
+    S, C = store.m.Segment, store.m.Call
+    # Call 0: fully synced. Call 1: segment 0 acked, the rest and the manifest not.
+    S.update(acked=True, acked_time=now).where(S.call == ids[0]).execute()
+    C.update(manifest_acked=True).where(C.id == ids[0]).execute()
+    S.update(acked=True, acked_time=now).where((S.call == ids[1]) & (S.seq == 0)).execute()
+    cfg = box_cfg(box.data_dir)
+    min_free = int(cfg.retention.min_free_mb * MB)
+    seg = {(s.call_id, s.seq): s.size for s in S.select()}
+    # Short by the synced call plus half of call 1's first segment.
+    short = sum(v for (c, _), v in seg.items() if c == ids[0]) + seg[(ids[1], 0)] // 2
+    disk = FakeDisk(box.data_dir / "segments", 0)
+    disk.capacity = min_free - short - disk()       # so that free = min_free - short
+    alarms = FakeAlarms()
+    r = Retention(store, box.data_dir, cfg, alarms=alarms, free_bytes=disk)
+    got = r.tick()
+    assert got == [(ids[0], "eviction"), (ids[1], "eviction", (0,))]
+    assert disk() >= min_free
+    assert store.call(ids[0]).state == "deleted"
+    assert [s.seq for s in store.segments_of(ids[1])] == [1, 2]
+    # Only synced data went: no alarm.
+    assert "low_storage" not in alarms.active
+    # The disk fills again: now unsynced segments go, oldest first, and the alarm rises.
+    disk.capacity += min_free - seg[(ids[1], 1)] - seg[(ids[1], 2)] // 2 - disk()
+    got = r.tick()
+    assert got == [(ids[1], "eviction", (1, 2))]
+    assert alarms.active["low_storage"]["evicted_unsynced"] == 2
+    assert store.call(ids[1]).state == "closed" and not store.segments_of(ids[1])
+    ev = [e["detail"] for e in audit.read(box.data_dir) if e["action"] == "eviction"]
+    assert [(d["call"], d.get("seqs"), d["unsynced_segments"]) for d in ev] == [
+        (ids[0], None, 0), (ids[1], [0], 0), (ids[1], [1, 2], 2)]
+    assert store.segments_of(ids[2]) and store.call(ids[2]).state == "closed"

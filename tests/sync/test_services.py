@@ -35,3 +35,37 @@ def test_bad_sync_config_is_an_alarm_not_a_crash(tmp_path):
     finally:
         d.stop.set()
         assert join_all(threads, 10) == []
+
+
+def _daemon(tmp_path, hardware, **extra):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    _priv, pub, *_ = practice_keys(tmp_path)
+    box = make_box(tmp_path / "box", pub)
+    cfg = box_cfg(box.data_dir).replace(device__hardware=hardware)
+    return SimpleNamespace(cfg=cfg, store=box.store, data_dir=box.data_dir, device="dev-a",
+                           stop=threading.Event(), alarms=Alarms(), status=lambda: {},
+                           timebase=SimpleNamespace(epoch=lambda n: 0.0),
+                           ring=SimpleNamespace(written=0), **extra)
+
+
+def test_free_space_probe_injected_or_simulated(tmp_path):
+    """Eviction never reads the host's disk in simulation, and a probe on the daemon
+    is what retention uses."""
+    from recorder.retention import SIM_DISK_BYTES, SimDisk
+    from recorder.service import join_all
+    from recorder.services import start_services
+    d = _daemon(tmp_path / "sim", "sim")
+    threads = start_services(d)
+    d.stop.set()
+    assert join_all(threads, 10) == []
+    probe = d.retention.free_bytes
+    assert isinstance(probe, SimDisk) and probe() == SIM_DISK_BYTES   # nothing recorded
+    seg = d.store.root / "segments" / "x"
+    seg.mkdir(parents=True)
+    (seg / "s.lts").write_bytes(b"x" * 1000)
+    assert probe() == SIM_DISK_BYTES - 1000
+    d2 = _daemon(tmp_path / "inj", "sim", free_bytes=lambda: 123)
+    threads = start_services(d2)
+    d2.stop.set()
+    assert join_all(threads, 10) == []
+    assert d2.retention.free_bytes() == 123
