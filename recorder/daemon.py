@@ -46,6 +46,13 @@ from recorder.writer import Writer
 log = logging.getLogger(__name__)
 
 STATUS_FILE = "run/status.json"
+WATCHDOG_AUDIO_S = 5.0     # no audio for this long and systemd's watchdog is not fed
+
+
+def watchdog_ok(capture_thread_alive: bool, capture_age_s: float) -> bool:
+    """Feed systemd's watchdog only while audio is really arriving: a capture thread
+    stuck inside an ALSA read is alive but useless, and systemd should restart us."""
+    return capture_thread_alive and capture_age_s < WATCHDOG_AUDIO_S
 
 
 @dataclass
@@ -333,10 +340,9 @@ class Daemon:
         st["alarms"] = self.alarms.snapshot()
         atomic_write(self.data_dir / STATUS_FILE, json.dumps(st, default=str).encode(),
                      mode=0o644, sync=False)
-        if self.notifier:
-            # Ping the watchdog only while capture is alive.
-            if self.capture_alive():
-                self.notifier.watchdog()
+        if self.notifier and watchdog_ok(self.capture_alive(),
+                                         time.monotonic() - self.last_capture):
+            self.notifier.watchdog()
 
     def _led_tick(self) -> None:
         """Status LED: a heartbeat, or the blink code of the most urgent alarm."""

@@ -95,3 +95,11 @@ def test_identity_alarm_is_left_for_status(sim, practice_keys, capsys):
     from recorder import cli
     assert cli.main(["status", "--data-dir", str(sim.data)]) == 0
     assert "ALARM identity_key" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("alive,age,ok", [
+    (True, 0.1, True), (True, 4.9, True), (True, 5.0, False), (False, 0.1, False),
+])
+def test_watchdog_is_fed_only_while_audio_arrives(alive, age, ok):
+    from recorder.daemon import watchdog_ok
+    assert watchdog_ok(alive, age) is ok
