@@ -7,6 +7,8 @@
     linetap upstream --config U.toml delete --call ID [--device D]
     linetap upstream --config U.toml hold --call ID (--on | --off) [--device D]
     linetap upstream --config U.toml expiring [--days N]
+    linetap upstream --config U.toml problems [--json]
+    linetap upstream --config U.toml audit [--verify] [--json]
 
 Numbers are never stored upstream in clear (they are inside each manifest's sealed
 payload), so ``--number`` opens the manifests with the practice key to search them.
@@ -26,7 +28,16 @@ from recorder import keys
 from recorder.timebase import iso
 from sync import upstream_config, upstream_ops
 from sync.objectstore import open_objects
-from sync.upstream_store import UCall, USegment, expected_seqs, is_complete, open_db
+from sync.upstream_store import (
+    Problem,
+    UAudit,
+    UCall,
+    USegment,
+    expected_seqs,
+    is_complete,
+    open_db,
+    verify_audit,
+)
 
 
 def _row(r: UCall) -> dict:
@@ -67,7 +78,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("expiring", help="calls whose deadline falls within N days")
     p.add_argument("--days", type=float, default=7.0)
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser("problems", help="conflicts and rejected manifests kept aside")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("audit", help="the upstream audit trail (hash-chained)")
+    p.add_argument("--verify", action="store_true", help="check the chain; exit 1 if broken")
+    p.add_argument("--json", action="store_true")
     return ap
+
+
+def _problem(p: Problem) -> dict:
+    return {"kind": p.kind, "device": p.device, "call_id": p.call, "seq": p.seq,
+            "sha256": p.sha256, "key": p.key, "detail": p.detail, "time": iso(p.created)}
+
+
+def _dump(obj) -> None:
+    json.dump(obj, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
 
 
 def _print(rows, as_json) -> None:
@@ -105,6 +131,37 @@ def cli_main(argv: list[str]) -> int:
         if not args.all:
             q = q.where(UCall.state == "live")
         _print([_row(r) for r in q], args.json)
+        return 0
+    if args.cmd == "problems":
+        rows = [_problem(p) for p in Problem.select().order_by(Problem.created, Problem.id)]
+        if args.json:
+            _dump(rows)
+        else:
+            for r in rows:
+                what = "manifest" if r["seq"] is None else f"segment {r['seq']}"
+                print(f"{r['time']}  {r['kind']:<9} {r['device']:<16} {r['call_id']} "
+                      f"{what} {r['sha256'][:12]}  {r['detail']}")
+            print(f"{len(rows)} problem(s)")
+        return 0
+    if args.cmd == "audit":
+        if args.verify:
+            n, problems = verify_audit()
+            if args.json:
+                _dump({"entries": n, "intact": not problems, "problems": problems})
+            else:
+                for p in problems:
+                    print(f"BROKEN: {p}")
+                print(f"upstream audit: {n} entr{'y' if n == 1 else 'ies'}, "
+                      f"{'chain intact' if not problems else 'CHAIN BROKEN'}")
+            return 1 if problems else 0
+        rows = [{"seq": a.seq, "time": iso(a.time), "action": a.action, "detail": a.detail,
+                 "hash": a.hash} for a in UAudit.select().order_by(UAudit.seq)]
+        if args.json:
+            _dump(rows)
+        else:
+            for r in rows:
+                print(f"{r['seq']:>6} {r['time']} {r['action']:<20} "
+                      f"{json.dumps(r['detail'], sort_keys=True)}")
         return 0
     if args.cmd == "expiring":
         end = time.time() + args.days * 86400

@@ -10,6 +10,7 @@ health message per device) and ``uaudit`` (every deletion, hold and command).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -138,9 +139,15 @@ class DeviceState(Base):
 
 
 class UAudit(Base):
+    """Hash-chained like the box's ``audit.log``: ``hash`` is sha256 over the canonical
+    JSON of ``{seq, time, action, detail, prev}``, ``prev`` the previous row's hash."""
+
+    seq = pw.IntegerField(null=True, unique=True)
     time = pw.DoubleField(default=time.time)
     action = pw.CharField()
     detail = JSONField()
+    prev = pw.CharField(null=True)
+    hash = pw.CharField(null=True)
 
     class Meta:
         table_name = "uaudit"
@@ -170,6 +177,7 @@ def open_db(url: str) -> pw.Database:
     for attempt in range(3):
         try:
             with d.atomic():
+                _migrate_uaudit(d)
                 d.create_tables(MODELS, safe=True)
             break
         except (pw.IntegrityError, pw.ProgrammingError, pw.OperationalError):
@@ -180,9 +188,86 @@ def open_db(url: str) -> pw.Database:
     return d
 
 
+GENESIS = "0" * 64
+
+
+def _canonical(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _entry_hash(seq: int, t: float, action: str, detail, prev: str) -> str:
+    return hashlib.sha256(_canonical({"seq": seq, "time": t, "action": action,
+                                      "detail": detail, "prev": prev})).hexdigest()
+
+
+def _migrate_uaudit(d) -> None:
+    """Add the chain columns to a ``uaudit`` table from before the chain, and chain its
+    rows in id order (they had no integrity protection before; from here on they do)."""
+    if not d.table_exists("uaudit"):
+        return
+    cols = {c.name for c in d.get_columns("uaudit")}
+    if "hash" in cols:
+        return
+    from playhouse.migrate import SchemaMigrator, migrate
+    m = SchemaMigrator.from_database(d)
+    migrate(m.add_column("uaudit", "seq", pw.IntegerField(null=True)),
+            m.add_column("uaudit", "prev", pw.CharField(null=True)),
+            m.add_column("uaudit", "hash", pw.CharField(null=True)))
+    prev, n = GENESIS, 0
+    rows = list(UAudit.select(UAudit.id, UAudit.time, UAudit.action, UAudit.detail)
+                .order_by(UAudit.id))
+    for r in rows:
+        n += 1
+        h = _entry_hash(n, r.time, r.action, r.detail, prev)
+        UAudit.update(seq=n, prev=prev, hash=h).where(UAudit.id == r.id).execute()
+        prev = h
+    # create_tables (next) adds the unique index on seq.
+    log.warning("uaudit: %d existing row(s) chained on migration", n)
+
+
 def audit(action: str, **detail) -> None:
-    UAudit.create(action=action, detail=detail)
+    """Append one hash-chained ``uaudit`` row. Never put full phone numbers in
+    ``detail``.
+
+    Appends are serialised: on PostgreSQL a self-conflicting table lock held to the end
+    of the transaction (so two workers cannot both chain onto the same row); on SQLite
+    the single writer lock (``BEGIN IMMEDIATE`` when no transaction is open). The unique
+    ``seq`` is a last guard: a fork raises instead of being stored.
+    """
+    d = db.obj
+    detail = json.loads(json.dumps(detail, default=str))      # what the row will hold
+    postgres = isinstance(d, pw.PostgresqlDatabase)
+    kw = {} if postgres or d.in_transaction() else {"lock_type": "IMMEDIATE"}
+    with d.atomic(**kw):
+        if postgres:
+            d.execute_sql("LOCK TABLE uaudit IN SHARE ROW EXCLUSIVE MODE")
+        last = UAudit.select(UAudit.seq, UAudit.hash).order_by(UAudit.seq.desc()).first()
+        seq = (last.seq if last else 0) + 1
+        prev = last.hash if last else GENESIS
+        t = time.time()
+        UAudit.create(seq=seq, time=t, action=action, detail=detail, prev=prev,
+                      hash=_entry_hash(seq, t, action, detail, prev))
     log.info("upstream audit: %s %s", action, detail)
+
+
+def verify_audit() -> tuple[int, list[str]]:
+    """Check the whole ``uaudit`` chain. Returns (rows checked, problems)."""
+    problems: list[str] = []
+    prev, expect, n = GENESIS, 1, 0
+    for r in UAudit.select().order_by(UAudit.seq.asc(nulls="LAST"), UAudit.id):
+        n += 1
+        if r.seq is None or r.hash is None:
+            problems.append(f"row id {r.id}: not chained")
+            continue
+        if r.seq != expect:
+            problems.append(f"seq {r.seq}: {expect} was expected (a row was removed)")
+        if _entry_hash(r.seq, r.time, r.action, r.detail, r.prev) != r.hash:
+            problems.append(f"seq {r.seq}: altered")
+        if r.prev != prev:
+            problems.append(f"seq {r.seq}: chain broken (a row before it was removed, "
+                            "altered or reordered)")
+        prev, expect = r.hash, r.seq + 1
+    return n, problems
 
 
 def expected_seqs(row: UCall) -> dict[int, str]:
