@@ -515,6 +515,7 @@ class Worker:
         with self._lock:
             upstream_ops.refresh_deadlines(self.ucfg)
             upstream_ops.expire(self.ingest.objects)
+            upstream_ops.clean_partials(self.ingest.objects, self.ucfg.partial_max_age_s)
             if self.ucfg.command_key:
                 upstream_ops.queue_retention(self.ucfg)
             if self.connected.is_set():

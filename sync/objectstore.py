@@ -25,6 +25,7 @@ class ObjectStore(Protocol):
     def exists(self, key: str) -> bool: ...
     def delete(self, key: str) -> None: ...
     def list(self, prefix: str) -> list[str]: ...
+    def walk(self, prefix: str) -> list[tuple[str, float]]: ...
 
 
 class FsObjectStore:
@@ -98,6 +99,22 @@ class FsObjectStore:
             return []
         return sorted(f"{prefix.rstrip('/')}/{p.name}" for p in d.iterdir()
                       if p.is_file() and not p.name.startswith("."))
+
+
+    def walk(self, prefix: str) -> list[tuple[str, float]]:
+        """Every object under the folder ``prefix``, at any depth, with its modification
+        time (epoch s), temp files included (sorted by key)."""
+        d = self._path(prefix.rstrip("/"))
+        if not d.is_dir():
+            return []
+        out = []
+        for p in d.rglob("*"):
+            try:
+                if p.is_file():
+                    out.append((p.relative_to(self.root).as_posix(), p.stat().st_mtime))
+            except FileNotFoundError:
+                continue          # removed meanwhile (another worker finished it)
+        return sorted(out)
 
 
 def open_objects(location: str) -> ObjectStore:

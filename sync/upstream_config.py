@@ -7,6 +7,7 @@ Example (see docs/sync.md)::
 
     [objects]
     path = "/var/lib/linetap-upstream/objects"
+    partial_max_age_days = 7        # abandoned partial chunk uploads are removed after this
 
     [broker]
     host = "broker.example"
@@ -39,7 +40,7 @@ from recorder.keys import load_ed25519_public
 
 SECTIONS = {
     "database": {"url": str},
-    "objects": {"path": str},
+    "objects": {"path": str, "partial_max_age_days": (int, float)},
     "broker": {"host": str, "port": int, "ca": str, "cert": str, "key": str,
                "topic_prefix": str, "share_group": str, "client_id": str},
     "commands": {"key": str, "lifetime_days": (int, float), "resend_s": (int, float)},
@@ -59,6 +60,7 @@ class Site:
 class UpstreamConfig:
     db_url: str = "sqlite:///linetap-upstream.db"
     objects: str = "objects"
+    partial_max_age_s: float = 7 * 86400
     host: str = "localhost"
     port: int = 8883
     ca: str = ""
@@ -107,6 +109,10 @@ def from_dict(raw: dict, source: str = "upstream config", base: Path | None = No
     db, ob, br, cm = g("database", {}), g("objects", {}), g("broker", {}), g("commands", {})
     cfg.db_url = db.get("url", cfg.db_url)
     cfg.objects = ob.get("path", cfg.objects)
+    age = ob.get("partial_max_age_days", 7)
+    if not 0.001 <= age <= 365:
+        problems.append("objects.partial_max_age_days must be a number in 0.001..365")
+    cfg.partial_max_age_s = float(age) * 86400
     for k in ("host", "port", "ca", "cert", "key", "topic_prefix", "share_group", "client_id"):
         if k in br:
             setattr(cfg, k, br[k])

@@ -102,6 +102,31 @@ def expire(objects, now: float | None = None) -> int:
     return n
 
 
+def clean_partials(objects, max_age_s: float, now: float | None = None) -> int:
+    """Remove abandoned partial chunk uploads (``partial/<device>/<call>/<file>``
+    folders whose newest chunk is older than ``max_age_s``); audit what went. A box
+    that still wants the file resends every chunk, so nothing is lost. Returns how
+    many folders were removed."""
+    now = time.time() if now is None else now
+    groups: dict[str, list[tuple[str, float]]] = {}
+    for key, mtime in objects.walk("partial"):
+        groups.setdefault(key.rsplit("/", 1)[0], []).append((key, mtime))
+    gone, chunks = [], 0
+    for folder, items in sorted(groups.items()):
+        if now - max(m for _k, m in items) < max_age_s:
+            continue
+        for k, _m in items:
+            objects.delete(k)
+        gone.append(folder)
+        chunks += len(items)
+    if gone:
+        # Folder names carry device, call and segment: no personal data.
+        audit("partial_cleanup", folders=len(gone), chunks=chunks,
+              max_age_days=round(max_age_s / 86400, 3), removed=gone[:100])
+        log.info("removed %d abandoned partial upload(s) (%d chunk(s))", len(gone), chunks)
+    return len(gone)
+
+
 def refresh_deadlines(ucfg) -> None:
     """Deadline = start + the site's retention (which may have changed in the config)."""
     for site in ucfg.sites.values():
