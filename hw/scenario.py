@@ -116,6 +116,8 @@ def load(path: str | os.PathLike) -> Scenario:
     except json.JSONDecodeError as exc:
         raise ScenarioError([f"not valid JSON: {exc.msg} at line {exc.lineno} column "
                              f"{exc.colno}"], str(path)) from exc
+    except RecursionError:
+        raise ScenarioError(["JSON is nested too deeply"], str(path)) from None
     return from_dict(raw, base=path.parent, source=str(path))
 
 

@@ -111,6 +111,8 @@ class Frame:
             obj = json.loads(self.payload.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
             raise ProtocolError(f"payload is not UTF-8 JSON: {exc}") from None
+        except RecursionError:
+            raise ProtocolError("payload JSON is nested too deeply") from None
         if not isinstance(obj, dict):
             raise ProtocolError(f"payload is JSON {type(obj).__name__}, not an object")
         return obj

@@ -13,6 +13,7 @@ import soundfile as sf
 from recorder.errors import SegmentFormatError
 
 CODECS = {"flac": ("FLAC", "PCM_16"), "opus": ("OGG", "OPUS")}
+MAX_SEGMENT_SAMPLES = 16000 * 300     # the longest segment config allows: 300 s at 16 kHz
 
 
 def encode(pcm: np.ndarray, rate: int, codec: str = "flac") -> bytes:
@@ -26,16 +27,25 @@ def encode(pcm: np.ndarray, rate: int, codec: str = "flac") -> bytes:
 
 
 def decode(data: bytes, samples: int, codec: str = "flac") -> np.ndarray:
-    """Decode to mono int16 of exactly ``samples`` (Opus may differ by its padding)."""
+    """Decode to mono int16 of exactly ``samples`` (Opus may differ by its padding).
+
+    The stream's own length is checked before anything is allocated: a sealed segment
+    can be made by anyone with the practice *public* key, so neither its header nor its
+    FLAC STREAMINFO is trusted to size memory.
+    """
+    if not isinstance(samples, int) or not 0 < samples <= MAX_SEGMENT_SAMPLES:
+        raise SegmentFormatError(f"segment length {samples!r} is not 1..{MAX_SEGMENT_SAMPLES}")
     try:
-        pcm, _sr = sf.read(io.BytesIO(data), dtype="int16", always_2d=False)
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            if f.channels != 1:
+                raise SegmentFormatError(f"{codec} audio has {f.channels} channels, not 1")
+            if codec == "flac" and f.frames != samples:
+                raise SegmentFormatError(f"FLAC audio has {f.frames} samples, header says "
+                                         f"{samples}")
+            pcm = f.read(frames=samples, dtype="int16", always_2d=False)
     except (RuntimeError, sf.LibsndfileError) as exc:
         raise SegmentFormatError(f"{codec} audio does not decode: {exc}") from exc
-    if pcm.ndim != 1:
-        pcm = pcm[:, 0]
-    if len(pcm) > samples:
-        pcm = pcm[:samples]
-    elif len(pcm) < samples:
+    if len(pcm) < samples:
         if codec == "flac":
             raise SegmentFormatError(f"FLAC audio has {len(pcm)} samples, header says "
                                      f"{samples}")

@@ -340,6 +340,8 @@ def loads(text: str, source: str = "config") -> Config:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"not valid TOML: {exc}"], source) from exc
+    except RecursionError:
+        raise ConfigError(["not valid TOML: nested too deeply"], source) from None
     return from_dict(raw, source)
 
 

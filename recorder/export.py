@@ -24,6 +24,9 @@ from recorder.writer import manifest_body
 
 log = logging.getLogger(__name__)
 
+MAX_SAMPLE = 1 << 48                       # sample indexes beyond this are nonsense
+MAX_CALL_SAMPLES = 86400 * 16000           # the longest call part config allows
+
 
 def decode_segments(blobs, private_key, first_sample: int | None, default_codec: str
                     ) -> tuple[np.ndarray, list[str]]:
@@ -37,14 +40,26 @@ def decode_segments(blobs, private_key, first_sample: int | None, default_codec:
     for seq, data in blobs:
         try:
             p = segfile.parse(data, signed=False)
-            pcm = codec.decode(segfile.open_payload(p, private_key), p.header["samples"],
+            a = p.header.get("first_sample")
+            if not isinstance(a, int) or isinstance(a, bool) or not 0 <= a < MAX_SAMPLE:
+                raise SegmentFormatError(f"first_sample {a!r} is not a sample index")
+            pcm = codec.decode(segfile.open_payload(p, private_key), p.header.get("samples"),
                                p.header.get("codec", default_codec))
-            parts.append((int(p.header["first_sample"]), pcm))
-        except (SegmentFormatError, KeyError, TypeError) as exc:
+            parts.append((a, pcm))
+        except SegmentFormatError as exc:
             problems.append(f"segment {seq} not exported: {exc}")
+    first = first_sample if first_sample is not None else \
+        min((a for a, _ in parts), default=0)
+    # A call part is never longer than the longest max_call_s allows; a segment placed
+    # beyond that is reported, not allocated for.
+    keep, parts = parts, []
+    for a, pcm in keep:
+        if a < first or a + len(pcm) - first > MAX_CALL_SAMPLES:
+            problems.append(f"segment at sample {a} lies outside the call")
+        else:
+            parts.append((a, pcm))
     if not parts:
         return np.zeros(0, np.int16), problems
-    first = first_sample if first_sample is not None else min(a for a, _ in parts)
     end = max(a + len(p) for a, p in parts)
     out = np.zeros(end - first, dtype=np.int16)
     for a, pcm in parts:

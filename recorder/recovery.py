@@ -62,9 +62,15 @@ def adopt_orphans(store, row, device: str) -> int:
 
 
 def recover(store, writer, device: str) -> int:
-    """Close every call left active; returns how many were recovered."""
+    """Close every call left active, and sign every finished call that has no manifest
+    (a power cut between the row's state change and the manifest's rename). Returns how
+    many calls were recovered or completed."""
     C = store.m.Call
     n = 0
+    for row in C.select().where(C.state.in_(["closed", "recovered"]) & C.manifest.is_null()):
+        log.warning("call %s: finished without a manifest; signing it now", row.id)
+        writer.write_manifest(row)
+        n += 1
     for row in C.select().where(C.state == "active"):
         adopt_orphans(store, row, device)
         segs = store.segments_of(row.id)

@@ -57,6 +57,8 @@ def suite_ids(aead: str = "chacha20poly1305") -> dict:
 
 
 def _suite(ids: dict) -> hpke.Suite:
+    if not isinstance(ids, dict):
+        raise SegmentFormatError(f"HPKE suite {ids!r} is not an object")
     if ids.get("kem") != KEM_X25519 or ids.get("kdf") != KDF_HKDF_SHA256 \
             or ids.get("aead") not in _AEAD_BY_ID:
         raise SegmentFormatError(f"unsupported HPKE suite {ids}")
@@ -100,7 +102,7 @@ def parse(data: bytes, *, signed: bool | None = None) -> Parsed:
     pre = data[: _PRE.size + hlen]
     try:
         header = json.loads(pre[_PRE.size:])
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise SegmentFormatError("header is not valid JSON") from exc
     if not isinstance(header, dict):
         raise SegmentFormatError("header is not a JSON object")

@@ -17,6 +17,7 @@ expire, so a replay is caught for as long as the command would be valid).
 from __future__ import annotations
 
 import json
+import math
 import secrets
 import time
 
@@ -49,8 +50,9 @@ def parse(envelope: bytes) -> tuple[dict, bytes, bytes]:
         raw = env["body"].encode()
         sig = bytes.fromhex(env["sig"])
         body = json.loads(raw)
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise CommandRejected(f"malformed command: {exc}") from exc
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        # RecursionError: JSON nested deeper than the parser's stack (hostile input)
+        raise CommandRejected(f"malformed command: {type(exc).__name__}") from exc
     if not isinstance(body, dict):
         raise CommandRejected("malformed command: body is not an object")
     return body, raw, sig
@@ -77,6 +79,8 @@ def verify(envelope: bytes, key: ed25519.Ed25519PublicKey | None, device: str,
         expires, issued = float(body["expires"]), float(body["issued"])
     except (KeyError, TypeError, ValueError):
         raise CommandRejected("command has no valid expiry") from None
+    if not (math.isfinite(expires) and math.isfinite(issued)):
+        raise CommandRejected("command has no valid expiry")   # NaN compares false
     if expires <= now:
         raise CommandRejected("command expired")
     if expires - issued > MAX_LIFETIME_S:
@@ -85,7 +89,7 @@ def verify(envelope: bytes, key: ed25519.Ed25519PublicKey | None, device: str,
     if not isinstance(nonce, str) or not 16 <= len(nonce) <= 128:
         raise CommandRejected("command has no valid nonce")
     kind = body.get("kind")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise CommandRejected(f"unknown command kind {kind!r}")
     for name, tp in KINDS[kind].items():
         v = body.get(name)

@@ -36,14 +36,9 @@ def test_parser_raises_only_documented_errors(ctx, target):
     assert not new, f"{target}: undocumented exceptions escaped: {new}"
 
 
-# -- the known bugs, one reproducer each (strict: a fix makes these fail loudly) --------------
+# -- bugs the campaign found, now fixed: one reproducer each, kept as regression tests ------
 DEEP = "[" * 100000
 
-KNOWN_BUG = pytest.mark.xfail(strict=True, reason="known product bug found by the fuzz "
-                              "campaign (see docs/reliability.md)")
-
-
-@KNOWN_BUG
 def test_provisioning_frame_with_deeply_nested_json():
     from provisioning import protocol
     from recorder.errors import LinetapError
@@ -53,7 +48,6 @@ def test_provisioning_frame_with_deeply_nested_json():
         ev.json()
 
 
-@KNOWN_BUG
 @pytest.mark.parametrize("payload", [DEEP.encode(),
                                      json.dumps({"body": DEEP, "sig": "00"}).encode()])
 def test_command_with_deeply_nested_json(payload):
@@ -63,7 +57,6 @@ def test_command_with_deeply_nested_json(payload):
         commands.verify(payload, None, "dev-a")
 
 
-@KNOWN_BUG
 def test_signed_command_with_a_list_as_kind(ctx):
     from recorder.errors import CommandRejected
     from sync import commands
@@ -73,7 +66,6 @@ def test_signed_command_with_a_list_as_kind(ctx):
         commands.verify(env, ctx.cmd_pub, "dev-a", now=1.8e9)
 
 
-@KNOWN_BUG
 def test_scenario_file_with_deeply_nested_json(tmp_path):
     from hw import scenario
     from recorder.errors import ScenarioError
@@ -83,7 +75,6 @@ def test_scenario_file_with_deeply_nested_json(tmp_path):
         scenario.load(p)
 
 
-@KNOWN_BUG
 def test_config_with_deeply_nested_array():
     from recorder import config
     from recorder.errors import ConfigError
@@ -99,7 +90,6 @@ def _sealed(ctx, **over):
     return ctx.seal(h, ctx.payloads[0])
 
 
-@KNOWN_BUG
 @pytest.mark.parametrize("first_sample", ["x", float("inf")])
 def test_export_of_a_sealed_segment_with_a_bad_first_sample(ctx, first_sample):
     """Anyone with the practice *public* key can seal such a file; a box could upload it."""
@@ -109,7 +99,6 @@ def test_export_of_a_sealed_segment_with_a_bad_first_sample(ctx, first_sample):
     assert problems
 
 
-@KNOWN_BUG
 def test_export_does_not_trust_a_huge_sample_count(ctx):
     """An Opus-labelled segment claiming 10^9 samples makes export allocate 2 GB of zeros
     (and 10^10 would exhaust memory); it should be refused as malformed."""

@@ -42,9 +42,6 @@ def _scenario(path: Path, start: str, duration: float, call: bool) -> Path:
     return path
 
 
-@pytest.mark.xfail(strict=True, reason="known product bug: recovery commits "
-                   "state='recovered' before the manifest is written, and only ever "
-                   "retries calls in state 'active' (see docs/reliability.md)")
 @pytest.mark.parametrize("point", ["before_fsync:1", "before_rename:1"])
 def test_power_cut_during_recovery_leaves_a_verifiable_call(tmp_path, point):
     box = common.new_box(tmp_path / "box")
