@@ -40,7 +40,7 @@ from recorder.recovery import recover
 from recorder.ring import RingBuffer
 from recorder.service import LoopThread, ServiceThread, join_all
 from recorder.store import Store
-from recorder.timebase import Timebase
+from recorder.timebase import Timebase, clock_synchronised
 from recorder.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -124,8 +124,7 @@ class Daemon:
                              codec_name=cfg.recording.codec, aead=cfg.recording.aead,
                              public_key=self.public_key, identity=self.identity,
                              timebase=self.timebase,
-                             retention_s=cfg.retention.days * 86400,
-                             clock_ok=self.timebase.synchronised)
+                             retention_s=cfg.retention.days * 86400)
         n = recover(self.store, self.writer, self.device)
         if n:
             log.warning("recovered %d call(s) left open by a crash or power cut", n)
@@ -333,7 +332,18 @@ class Daemon:
                              for s in p.last_clip),
             stuck_lines=tuple(sorted(p.stuck)))
 
+    def _check_clock(self) -> None:
+        """Re-anchor UTC labels once NTP synchronises (never in simulation)."""
+        if self.timebase.synchronised or self.hw.timebase is not None:
+            return
+        if clock_synchronised():
+            step = self.timebase.resync(self.ring.written, time.time())
+            log.warning("system clock synchronised; call times re-anchored by %+.3f s",
+                        step)
+            audit.record(self.data_dir, "clock_synchronised", step_s=round(step, 3))
+
     def _house_tick(self) -> None:
+        self._check_clock()
         st = self.status()
         for name, detail in alarm_rules.evaluate(self._alarm_inputs(st)).items():
             self.alarms.set(name, detail is not None, **(detail or {}))

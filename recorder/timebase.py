@@ -25,11 +25,48 @@ class Timebase:
     def epoch(self, sample: int) -> float:
         return self.epoch0 + sample / self.rate
 
+    def resync(self, frames_now: int, wall_now: float) -> float:
+        """The system clock has just become synchronised: re-anchor so that capture
+        sample ``frames_now`` is ``wall_now``. Returns the step applied, in seconds.
 
-def clock_synchronised() -> bool:
-    """True if systemd-timesyncd (or chrony via the same flag file) reports sync."""
-    import os
-    return os.path.exists("/run/systemd/timesync/synchronized") or time.time() > 1.7e9
+        Call boundaries never move (they are sample indexes); only the UTC labels of
+        samples from now on change. Calls already started keep ``clock_synchronised``
+        false in their metadata.
+        """
+        new0 = wall_now - frames_now / self.rate
+        step, self.epoch0, self.synchronised = new0 - self.epoch0, new0, True
+        return step
+
+
+TIME_ERROR = 5    # adjtimex(): the kernel's clock is not synchronised (STA_UNSYNC)
+
+
+def clock_synchronised(adjtimex=None) -> bool:
+    """True when the kernel says the system clock is NTP-synchronised.
+
+    This is what ``timedatectl`` reports as NTPSynchronized: ``adjtimex`` (read-only,
+    modes 0) returns TIME_ERROR while the clock is unsynchronised, whichever NTP client
+    runs. A Pi without an RTC boots with fake-hwclock's last saved time, which looks
+    plausible but is not synchronised, so the year alone proves nothing.
+    """
+    if adjtimex is None:
+        adjtimex = _adjtimex
+    try:
+        state = adjtimex()
+    except OSError:
+        return False
+    return state >= 0 and state != TIME_ERROR
+
+
+def _adjtimex() -> int:
+    import ctypes
+    import ctypes.util
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    buf = ctypes.create_string_buffer(512)      # struct timex, modes = 0: read only
+    state = libc.adjtimex(buf)
+    if state < 0:
+        raise OSError(ctypes.get_errno(), "adjtimex failed")
+    return state
 
 
 def iso(epoch: float | None) -> str | None:

@@ -51,6 +51,7 @@ class CallInfo:
     gaps: list = field(default_factory=list)           # overruns: [[start, end]]
     recording_ended: int | None = None
     open_pause: int | None = None                      # sample a pause began, if paused
+    clock_ok: bool = True                              # system clock synced at call start
     rollover_of: str | None = None
     end_sample: int | None = None
     end_reason: str | None = None
@@ -92,13 +93,12 @@ class Writer:
     """Consumes jobs on its own thread (see module docstring)."""
 
     def __init__(self, store: Store, *, device: str, rate: int, codec_name: str, aead: str,
-                 public_key, identity, timebase, retention_s: float, clock_ok: bool = True,
+                 public_key, identity, timebase, retention_s: float,
                  max_queue: int = 64):
         self.store, self.device, self.rate = store, device, rate
         self.codec, self.aead = codec_name, aead
         self.public_key, self.identity, self.timebase = public_key, identity, timebase
         self.retention_s = retention_s
-        self.clock_ok = clock_ok
         self.q: queue.Queue = queue.Queue(maxsize=max_queue)
         self._chains: dict[str, tuple[int, bytes]] = {}   # call -> (next seq, chain)
         self._dirs: dict = {}                               # call -> its segment folder
@@ -183,7 +183,8 @@ class Writer:
                  state="missed", rate=self.rate, codec=self.codec, start_time=t,
                  ring_time=t, end_time=self._epoch(ring_end),
                  caller_number=info.caller_number, caller_name=info.caller_name,
-                 meta={"missed": True, "clock_synchronised": self.clock_ok},
+                 meta={"missed": True,
+                       "clock_synchronised": self.timebase.synchronised},
                  deadline=t + self.retention_s, created=time.time()).execute()
         log.info("missed call on line %d", info.line)
 
@@ -258,7 +259,7 @@ class Writer:
             "rollover_of": info.rollover_of,
             "end_reason": info.end_reason,
             "recovered": info.recovered,
-            "clock_synchronised": self.clock_ok,
+            "clock_synchronised": info.clock_ok,
         }
 
     def _close(self, info: CallInfo) -> None:
