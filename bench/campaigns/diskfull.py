@@ -160,14 +160,20 @@ class Campaign:
         ``--full-s`` seconds (or until :meth:`unfill` if ``hold``)."""
         time.sleep(delay)
         ballast = self.mnt / "ballast"
-        with open(ballast, "wb") as f:
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-                    f.flush()
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
+        fd = os.open(ballast, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            block = b"\0" * 65536
+            while True:
+                try:
+                    os.write(fd, block)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    if len(block) == 1:
+                        break
+                    block = block[:len(block) // 2]
+        finally:
+            os.close(fd)
         if hold:
             return
         time.sleep(self.args.full_s)          # the disk stays full this long
@@ -278,7 +284,7 @@ class Campaign:
             self.box.config = None
             # Phase A: broker down (nothing listening on its port) for several days.
             from recorder import audit
-            for _ in range(days_down):
+            for _ in range(days_down if "A" in phases else 0):
                 info = self.boot("broker down", day_s)
                 self.judge_boot(info)
                 st = self.check_store(f"day {info['day']}")
