@@ -127,6 +127,9 @@ class Uploader:
         self.inbox: queue.Queue = queue.Queue()
         self.inflight: dict[tuple, float] = {}       # item key -> monotonic send time
         self.parked: set[tuple] = set()              # refused upstream; alarmed
+        # Manifests the upstream rejected, by call -> the sha256 it rejected: only that
+        # version is held back, so a re-signed manifest goes out again.
+        self.rejected_mans: dict[str, str] = {}
         self.link = "offline"
         self.link_detail = ""
         self.connected = threading.Event()
@@ -260,11 +263,12 @@ class Uploader:
 
     def _candidates(self, room: int) -> tuple[list[Item], list[Item]]:
         C, S = self.store.m.Call, self.store.m.Segment
-        limit = room + len(self.inflight) + len(self.parked)
+        limit = room + len(self.inflight) + len(self.parked) + len(self.rejected_mans)
         mans = [Item(c.id, None, c.manifest_sha256, c.manifest) for c in
                 C.select(C.id, C.manifest, C.manifest_sha256)
                 .where(C.manifest.is_null(False) & (C.manifest_acked == False)  # noqa: E712
-                       & (C.state != "deleted")).order_by(C.created).limit(limit)]
+                       & (C.state != "deleted")).order_by(C.created).limit(limit)
+                if self.rejected_mans.get(c.id) != c.manifest_sha256]
         base_q = S.select(S.call, S.seq, S.sha256, S.path).where(S.acked == False)  # noqa: E712
         oldest = [Item(s.call_id, s.seq, s.sha256, s.path)
                   for s in base_q.order_by(S.id).limit(limit)]
@@ -339,7 +343,11 @@ class Uploader:
                       seq, sha[:12])
             self._alarm("sync_conflict", call=call, seq=seq)
         for call, reason in ack["rejected"]:
-            self.parked.add((call, None))
+            # The ack names no hash: the version held back is the one the row names
+            # now (the one that was sent, unless it was re-signed in between, in which
+            # case the new one is held until the next restart or re-sign).
+            row = C.get_or_none(C.id == call)
+            self.rejected_mans[call] = row.manifest_sha256 if row is not None else ""
             self.inflight.pop((call, None), None)
             log.error("upstream rejected the manifest of %s: %s", call, reason)
             self._alarm("sync_rejected", call=call, reason=reason)
@@ -394,7 +402,8 @@ class Uploader:
         return {"link": self.link, "detail": self.link_detail, "backlog": q.count(),
                 "oldest_age_s": round(self.clock() - oldest.created, 1) if oldest else None,
                 "inflight": len(self.inflight), "sent": self.sent, "acked": self.acked,
-                "resent": self.resent, "parked": len(self.parked)}
+                "resent": self.resent,
+                "parked": len(self.parked) + len(self.rejected_mans)}
 
     def _free_bytes(self) -> int:
         """Free space as retention sees it (its probe is injectable), else the disk's."""

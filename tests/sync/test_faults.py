@@ -139,6 +139,16 @@ def test_box_applies_only_matching_acks(tmp_path, pki):
     up._apply_ack(protocol.parse_ack(protocol.ack_payload(conflicts=[(cid, 0, "f" * 64)])))
     assert (cid, 0) in up.parked and "sync_conflict" in alarms
     assert not box.store.segments_of(cid)[0].acked
+    # A rejected manifest holds back that version only: a re-signed one goes out.
+    def mans():
+        up._cand = None
+        return [it for lst in up._candidates(16) for it in lst if it.seq is None]
+    assert [it.call for it in mans()] == [cid]
+    up._apply_ack(protocol.parse_ack(protocol.ack_payload(rejected=[(cid, "bad")])))
+    assert "sync_rejected" in alarms and mans() == [] and up.sync_status()["parked"] == 2
+    from synchelpers import box_writer
+    box_writer(box, 0.0).write_manifest(box.store.call(cid))
+    assert [it.sha256 for it in mans()] == [box.store.call(cid).manifest_sha256]
 
 
 def upstream_box_cfg(box):
