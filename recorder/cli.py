@@ -29,7 +29,7 @@ DELEGATED = {
     "doctor": ("recorder.doctor:cli_main", "check a box end to end and say what to fix"),
     "ingest": ("sync.ingest:cli_main", "run an upstream ingest worker"),
     "upstream": ("sync.upstream_cli:cli_main",
-                 "upstream store: calls, export, delete, hold, expiring"),
+                 "upstream store: calls, export, delete, hold, expiring, problems, audit"),
 }
 
 

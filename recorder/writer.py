@@ -298,8 +298,11 @@ class Writer:
         path = d / "manifest.ltm"
         atomic_write(path, data, mode=0o640)
         C = self.store.m.Call
+        # A new manifest (a re-signed one after recovery, say) must be sent again, even
+        # if an earlier version was already acked upstream.
         C.update(manifest=self.store.rel(path), manifest_sha256=hashlib.sha256(data).hexdigest(),
-                 chain_head=head, segments=len(segs)).where(C.id == row.id).execute()
+                 chain_head=head, segments=len(segs), manifest_acked=False) \
+            .where(C.id == row.id).execute()
 
 
 def manifest_body(row, segs) -> dict:
