@@ -6,9 +6,9 @@ acts at once on what must happen now (the announcement, LEDs), and places everyt
 that shapes the recording on a per-line timeline.
 
 The :class:`LineRecorder` reads that timeline ``hold`` samples behind the processor:
-far enough back that a hang-up (decided ``hangup_s`` after its edge), a long press
-(decided ``end_hold_s`` after it began) or a DTMF digit
-(reported when it ends) is known before the audio it affects is cut into a segment.
+far enough back that a hang-up (decided ``hangup_s`` after its edge) or a DTMF digit
+(reported when it ends) is known before the audio it affects is cut into a segment. A
+long press, known ``end_hold_s`` after it began, trims the already-paused tail.
 """
 
 from __future__ import annotations
@@ -152,6 +152,21 @@ class LineRecorder:
         self.buf = [rest] if len(rest) else []
         self.buf_len = len(rest)
 
+    def _trim_to(self, s: int) -> None:
+        """Drop buffered audio from sample ``s`` on (zeros: a long press paused it at
+        ``s``). Audio already cut into a segment stays; it is zeros, and the metadata's
+        ``recording_ended`` says where recording really ended."""
+        keep = max(0, s - self.buf_first)
+        if keep >= self.buf_len:
+            return
+        allpcm = np.concatenate(self.buf) if self.buf else np.zeros(0, np.int16)
+        if allpcm[keep:].any():
+            # Cannot happen (the press paused it); if it ever does, keep the audio.
+            log.error("line %d: audio after a long press was not paused; kept", self.line)
+            return
+        self.buf = [allpcm[:keep]] if keep else []
+        self.buf_len = keep
+
     def _persist(self) -> None:
         """Store the call's metadata now (pauses matter most), on the same timeline as
         its segments, so a power cut loses neither."""
@@ -195,6 +210,8 @@ class LineRecorder:
             self.paused_since = self.call.open_pause = None
             self._persist()
         elif m.kind == "ended" and not self.ended:
+            if self.pos > s:
+                self._trim_to(s)
             if self.paused_since is not None and s > self.paused_since:
                 self.call.pauses.append([self.paused_since, s])
             self.paused_since = self.call.open_pause = None
@@ -216,9 +233,11 @@ class Processor:
         self.settings = settings
         self.timing = cs.Timing.from_config(cfg.timing, rate)
         self.ptiming = cs.PauseTiming.from_config(cfg.pause, rate)
-        # The recorder must know of a hang-up, a long press and a DTMF digit before it
-        # cuts the audio they affect: hold back by the longest decision delay + 1 s.
-        self.hold = max(self.timing.decision_lag, self.ptiming.end_hold) + rate
+        # The recorder must know of a hang-up and a DTMF digit before it cuts the audio
+        # they affect: hold back by the hang-up decision + 1 s. A long press may be
+        # known later, but its press already paused the audio, so the recorder trims
+        # the paused tail back to the press (LineRecorder._apply, "ended").
+        self.hold = self.timing.decision_lag + rate
         self.states = [cs.LineState() for _ in range(lines)]
         self.button = cs.ButtonState()
         self.recorders = [LineRecorder(i, ring, put, segment=round(cfg.recording.segment_s

@@ -187,3 +187,16 @@ def test_periodic_warning_beep(sim):
         spec = np.abs(np.fft.rfft(burst))
         assert abs(np.fft.rfftfreq(len(burst), 1 / RATE)[np.argmax(spec)] - 1400) < 10
     assert not pcm[int(3 * RATE):int(5.5 * RATE)].any()      # silence between beeps
+
+
+def test_long_press_across_a_segment_boundary(sim):
+    """The press at 10.3 s is known to be long only at 12.3 s, after the segment ending at
+    10.5 s was cut: that segment keeps 0.2 s of paused zeros, nothing after it is kept."""
+    sim.run([steady(0, 1000),
+             {"at": 1.0, "line": 0, "type": "offhook"},
+             {"at": 10.3, "type": "button", "button": "pause", "hold": 2.5},
+             {"at": 20.0, "line": 0, "type": "onhook"}], duration=25)
+    meta, pcm = only(sim.export()[0])
+    assert meta["recording_ended"] == "2026-11-25T09:00:10.300Z"
+    assert len(pcm) == 10 * RATE and meta["segments"] == 1
+    assert not pcm[int(9.8 * RATE):].any() and pcm[int(9.8 * RATE) - 10:int(9.8 * RATE)].any()
