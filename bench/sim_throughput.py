@@ -7,6 +7,7 @@ next to a bare FIFO copy of the same bytes, measured side by side in one run.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import sys
@@ -61,7 +62,7 @@ def through_alsa(lines: int, seconds: float) -> float:
 def bare_copy(lines: int, seconds: float) -> float:
     """The floor: the same bytes through a FIFO with os.write/os.read, nothing else."""
     nbytes = int(seconds * 8000) * 2 * lines
-    chunk = (4096 // (2 * lines)) * 2 * lines
+    chunk = PERIOD * 2 * lines          # what the simulator writes: one period per write
     buf = bytes(chunk)
     with tempfile.TemporaryDirectory() as tmp:
         fifo = Path(tmp) / "f"
@@ -69,6 +70,10 @@ def bare_copy(lines: int, seconds: float) -> float:
 
         def writer():
             fd = os.open(fifo, os.O_WRONLY)
+            try:
+                fcntl.fcntl(fd, simline.F_SETPIPE_SZ, min(max(1 << 16, 4 * chunk), 1 << 20))
+            except OSError:
+                pass
             for _ in range(nbytes // chunk):
                 os.write(fd, buf)
             os.close(fd)
@@ -87,9 +92,13 @@ def bare_copy(lines: int, seconds: float) -> float:
 
 
 def main() -> None:
+    global PERIOD
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=1800.0)
+    ap.add_argument("--period", type=int, default=4096,
+                    help="frames per ALSA period and per simulator write (32..8192)")
     args = ap.parse_args()
+    PERIOD = args.period
     rows = {}
     for lines in (1, 4):
         sim = through_alsa(lines, args.seconds)
@@ -98,7 +107,8 @@ def main() -> None:
         print(f"{lines} line(s): simulator+ALSA {sim:8.0f}x real time, bare FIFO copy "
               f"{bare:8.0f}x, ratio {sim / bare:.2f}")
     one, four = rows[1], rows[4]
-    print(json.dumps({"bench": "sim_throughput", "x_realtime_1line": round(one[0]),
+    print(json.dumps({"bench": "sim_throughput", "period": PERIOD,
+                      "x_realtime_1line": round(one[0]),
                       "x_realtime_4line": round(four[0]), "bare_x_realtime_4line":
                       round(four[1]), "ratio": round(four[0] / four[1], 2),
                       "ratio_1line": round(one[0] / one[1], 2)}))
