@@ -35,7 +35,17 @@ from bench.campaigns import common  # noqa: E402
 
 RATE = 8000
 SEGMENT_S = 10.0
-HOLD_S = 3.0           # max(debounce + hangup, pause end_hold) + 1 s, see recorder/calls.py
+
+
+def _hold_s() -> float:
+    """The recorder's hold in seconds: the hang-up decision lag + 1 s (recorder/calls.py,
+    ``CallProcessor.hold``), from the default timing config."""
+    from recorder import callstate
+    from recorder.config import Config
+    return callstate.Timing.from_config(Config().timing, RATE).decision_lag / RATE + 1.0
+
+
+HOLD_S = _hold_s()
 SLACK_S = 1.0          # allowance for the kill-time estimate (50 ms of wall time at x20)
 POINTS = ("before_fsync", "before_rename", "before_dirsync")
 
