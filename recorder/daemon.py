@@ -315,7 +315,7 @@ class Daemon:
         line_now = self.ring.written
         sync = st.get("sync") or {}
         link = sync.get("link")
-        if link is not None and link != "up":
+        if link is not None and link != alarm_rules.LINK_ONLINE:
             self._link_down_since = self._link_down_since or now
         else:
             self._link_down_since = None

@@ -35,6 +35,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from recorder import audit
+from recorder.alarms import LINK_ONLINE
 from recorder.errors import CommandRejected, KeyFileError, ProtocolError
 from recorder.service import ServiceThread
 from sync import commands, protocol
@@ -180,7 +181,7 @@ class Uploader:
             return
         client.subscribe([(f"{self.base}/ack", 1), (f"{self.base}/cmd", 1)])
         client.publish(f"{self.base}/status", b"online", qos=1, retain=True)
-        self.link, self.link_detail = "online", ""
+        self.link, self.link_detail = LINK_ONLINE, ""
         self._reset.set()
         self.connected.set()
         self.wake.set()

@@ -103,3 +103,4 @@ def test_identity_alarm_is_left_for_status(sim, practice_keys, capsys):
 def test_watchdog_is_fed_only_while_audio_arrives(alive, age, ok):
     from recorder.daemon import watchdog_ok
     assert watchdog_ok(alive, age) is ok
+
