@@ -365,7 +365,8 @@ def gen_input(ctx, target: str, rng: random.Random):
             obj = mutate_obj(rng, base, rng.randint(1, 4))
             return obj if isinstance(obj, dict) else {"device": obj}   # TOML roots are tables
         if r < 0.7:
-            return to_toml(mutate_obj(rng, base, rng.randint(1, 4))).encode()
+            text = to_toml(mutate_obj(rng, base, rng.randint(1, 4)))
+            return text.encode("utf-8", "surrogatepass")
         if r < 0.8:
             return ("a = " + "[" * rng.choice([100, 5000, 100000])).encode()
         return mutate(rng, ctx.config_text.encode())
