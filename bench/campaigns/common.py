@@ -180,6 +180,7 @@ class Box:
     log: Path | None = None
     boots: int = 0
     extra_env: dict = field(default_factory=dict)
+    prefix: list = field(default_factory=list)     # e.g. ["ip", "netns", "exec", "lt-dev"]
 
     @property
     def data(self) -> Path:
@@ -188,7 +189,8 @@ class Box:
     def spawn(self, scenario: Path, speed: float, env: dict | None = None) -> subprocess.Popen:
         self.boots += 1
         self.log = self.dir / f"boot-{self.boots:04d}.log"
-        cmd = [sys.executable, "-m", "recorder.cli", "-q", "simulate", str(scenario),
+        cmd = [*self.prefix, sys.executable, "-m", "recorder.cli", "-q", "simulate",
+               str(scenario),
                "--data-dir", str(self.data), "--public-key", str(self.practice_pub),
                "--speed", str(speed)]
         if self.config:
