@@ -33,8 +33,10 @@ def decode(data: bytes, samples: int, codec: str = "flac") -> np.ndarray:
     can be made by anyone with the practice *public* key, so neither its header nor its
     FLAC STREAMINFO is trusted to size memory.
     """
-    if not isinstance(samples, int) or not 0 < samples <= MAX_SEGMENT_SAMPLES:
+    if type(samples) is not int or not 0 < samples <= MAX_SEGMENT_SAMPLES:   # not bool
         raise SegmentFormatError(f"segment length {samples!r} is not 1..{MAX_SEGMENT_SAMPLES}")
+    if codec not in CODECS:
+        raise SegmentFormatError(f"unknown codec {codec!r}")
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
             if f.channels != 1:

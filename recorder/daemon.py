@@ -41,12 +41,13 @@ from recorder.ring import RingBuffer
 from recorder.service import LoopThread, ServiceThread, join_all
 from recorder.store import Store
 from recorder.timebase import Timebase, clock_synchronised
-from recorder.writer import Writer
+from recorder.writer import Writer, disk_full
 
 log = logging.getLogger(__name__)
 
 STATUS_FILE = "run/status.json"
 WATCHDOG_AUDIO_S = 5.0     # no audio for this long and systemd's watchdog is not fed
+RECOVERY_TRIES = 12        # about 40 s of making room before start-up gives up
 
 
 def watchdog_ok(capture_thread_alive: bool, capture_age_s: float) -> bool:
@@ -125,10 +126,40 @@ class Daemon:
                              public_key=self.public_key, identity=self.identity,
                              timebase=self.timebase,
                              retention_s=cfg.retention.days * 86400)
-        n = recover(self.store, self.writer, self.device)
+        self.writer.on_disk_full = lambda on: self.alarms.set(
+            "low_storage", on, detail="a write failed: disk full" if on else "")
+        self.writer.make_room = self._make_room
+        self.writer.on_dropped = lambda job: audit.record(
+            self.data_dir, "segment_dropped", call=job.call_id, seq=job.seq,
+            reason="disk full")
+        n = self._recover_making_room()
         if n:
             log.warning("recovered %d call(s) left open by a crash or power cut", n)
-            audit.record(self.data_dir, "recovery", calls=n)
+            self._audit_quietly("recovery", calls=n)
+
+    def _recover_making_room(self) -> int:
+        """Recovery writes (rows, manifests) before anything else runs. On a disk that
+        is still full, evict the way retention does (synced first) and try again, so a
+        full disk never becomes a crash loop under systemd."""
+        delay = 0.2
+        for attempt in range(1, RECOVERY_TRIES + 1):
+            try:
+                return recover(self.store, self.writer, self.device)
+            except Exception as exc:
+                if not disk_full(exc) or attempt == RECOVERY_TRIES:
+                    raise
+                self.alarms.set("low_storage", True, detail="disk full at start-up")
+                log.error("disk full during recovery (try %d); making room", attempt)
+                if getattr(self, "retention", None) is None:
+                    from recorder.services import make_retention
+                    self.retention = make_retention(self)
+                try:
+                    self.retention.tick()
+                except Exception:
+                    log.exception("making room failed")
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        return 0
 
     def _line_settings(self) -> list[LineSettings]:
         cfg, out = self.cfg, []
@@ -165,7 +196,7 @@ class Daemon:
                                    announcer=self.announcer, board=None,
                                    timebase=self.timebase, lines=self.lines, rate=self.rate,
                                    settings=settings, dsp_factory=DtmfStream,
-                                   audit=lambda a, **kw: audit.record(self.data_dir, a, **kw))
+                                   audit=self._audit_quietly)
         self.board = Board(PinMap.from_config(cfg.pins, self.lines), factory, clock,
                            self.processor.edge)
         self.processor.board = self.board
@@ -331,6 +362,21 @@ class Daemon:
             clip_age_s=tuple(None if s is None else (line_now - s) / self.rate
                              for s in p.last_clip),
             stuck_lines=tuple(sorted(p.stuck)))
+
+    def _audit_quietly(self, action: str, **detail) -> None:
+        """Audit from the call processor: a failed audit write (a full disk) is logged
+        and alarmed, never allowed to stop recording."""
+        try:
+            audit.record(self.data_dir, action, **detail)
+        except OSError as exc:
+            self.alarms.set("audit_write_failed", True, action=action, error=exc.strerror)
+            log.error("audit entry %s could not be written: %s", action, exc.strerror)
+
+    def _make_room(self) -> None:
+        """Run retention now (it evicts synced recordings first when space is low)."""
+        retention = getattr(self, "retention", None)
+        if retention is not None:
+            retention.tick()
 
     def _check_clock(self) -> None:
         """Re-anchor UTC labels once NTP synchronises (never in simulation)."""

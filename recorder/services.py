@@ -15,8 +15,8 @@ from recorder.service import ServiceThread
 log = logging.getLogger(__name__)
 
 
-def start_services(daemon) -> list[threading.Thread]:
-    """Start retention and (if ``sync.enabled``) the uploader; return their threads."""
+def make_retention(daemon) -> Retention:
+    """The daemon's retention, with the right clock and free-space probe (see below)."""
     cfg = daemon.cfg
     clock = None
     if cfg.device.hardware == "sim":
@@ -24,7 +24,8 @@ def start_services(daemon) -> list[threading.Thread]:
         # deadlines is line time too; wall-clock now would expire a scenario dated in
         # the past the moment its calls were written.
         def clock():
-            return daemon.timebase.epoch(daemon.ring.written)
+            ring = getattr(daemon, "ring", None)    # absent while the daemon prepares
+            return daemon.timebase.epoch(ring.written if ring is not None else 0)
     # Free-space probe (bytes): injected as ``daemon.free_bytes`` if the daemon has one
     # (tests, a simulation scenario filling the disk); in simulation a virtual disk
     # holding only the recordings, so the host's real free space never drives eviction;
@@ -33,8 +34,14 @@ def start_services(daemon) -> list[threading.Thread]:
     if free_bytes is None and cfg.device.hardware == "sim":
         free_bytes = SimDisk(daemon.store.root / "segments")
     kw = {"clock": clock} if clock else {}
-    retention = Retention(daemon.store, daemon.data_dir, cfg, alarms=daemon.alarms,
-                          free_bytes=free_bytes, **kw)
+    return Retention(daemon.store, daemon.data_dir, cfg, alarms=daemon.alarms,
+                     free_bytes=free_bytes, **kw)
+
+
+def start_services(daemon) -> list[threading.Thread]:
+    """Start retention and (if ``sync.enabled``) the uploader; return their threads."""
+    cfg = daemon.cfg
+    retention = getattr(daemon, "retention", None) or make_retention(daemon)
     daemon.retention = retention
     threads: list[threading.Thread] = []
     t_ret = ServiceThread("retention", cfg.retention.interval_s, retention.tick, daemon.stop)

@@ -220,7 +220,9 @@ class Store:
 
     def calls(self, ids=None, number: str | None = None, include_deleted=False) -> list:
         C = self.m.Call
-        q = C.select().order_by(C.offhook_time.asc(nulls="LAST"), C.created)
+        # Insertion order is the order calls happened on this box; wall-clock times can
+        # step backwards (NTP, an RTC-less boot), so they do not order calls.
+        q = C.select().order_by(pw.SQL("rowid"))
         if ids:
             q = q.where(C.id.in_(list(ids)))
         if number:

@@ -17,11 +17,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import peewee as pw
 
 from recorder import codec, evidence, segfile
 from recorder.fsutil import atomic_write
@@ -105,6 +107,11 @@ class Writer:
         self._suite = segfile.suite_ids(aead)
         self.segments_written = 0
         self.bytes_written = 0
+        self.dropped_segments = 0
+        # Hooks the daemon sets: alarm on/off, evict now, and report a dropped segment.
+        self.on_disk_full = lambda on: None
+        self.make_room = lambda: None
+        self.on_dropped = lambda job: None
         self.cpu_s = 0.0
         self.idle = threading.Event()
         self.idle.set()
@@ -130,7 +137,7 @@ class Writer:
                 self.idle.set()
                 return
             t = time.thread_time()
-            self.handle(job)
+            self._handle_until_stored(job)
             self.cpu_s += time.thread_time() - t
             self.q.task_done()
             if self.q.empty():
@@ -144,6 +151,42 @@ class Writer:
                 return False
             time.sleep(0.01)
         return True
+
+    def _handle_until_stored(self, job) -> None:
+        """Run ``job``; when the disk is full, make room and retry instead of dying.
+
+        The daemon must keep recording through a full disk: raise ``low_storage``, ask
+        retention to evict (synced recordings first), and retry with backoff. Only a
+        segment that still cannot be stored after DISK_FULL_RETRIES is given up, and that
+        is counted, alarmed and audited; call rows and manifests are retried until they
+        are stored, because later segments depend on them.
+        """
+        delay = 0.2
+        for attempt in range(1, 1 << 30):
+            try:
+                self.handle(job)
+                if attempt > 1:
+                    self.on_disk_full(False)
+                    log.warning("disk space recovered; write stored after %d tries", attempt)
+                return
+            except (OSError, pw.OperationalError) as exc:
+                if not disk_full(exc):
+                    raise
+                self.on_disk_full(True)
+                if attempt == 1:
+                    log.error("disk full writing %s: making room", type(job).__name__)
+                if isinstance(job, WriteSegment) and attempt >= DISK_FULL_RETRIES:
+                    self.dropped_segments += 1
+                    log.error("call %s: segment %d could not be stored (disk full); %d s of "
+                              "audio lost", job.call_id, job.seq, len(job.pcm) // self.rate)
+                    self.on_dropped(job)
+                    return
+            try:
+                self.make_room()
+            except Exception:
+                log.exception("making room failed")
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     # -- jobs ---------------------------------------------------------------------------
     def handle(self, job) -> None:
@@ -305,11 +348,36 @@ class Writer:
             .where(C.id == row.id).execute()
 
 
+DISK_FULL_RETRIES = 40      # about 3 minutes of backoff before a segment is given up
+
+
+def disk_full(exc: BaseException | None) -> bool:
+    """Is this the file system or SQLite saying there is no space left?
+
+    Follows the exception chain: on SQLITE_FULL, SQLite rolls the transaction back by
+    itself, and the ORM's own rollback then fails with "no transaction is active",
+    carrying the disk-full error as its context.
+    """
+    import errno
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(exc, pw.OperationalError | sqlite3.OperationalError) and \
+                "full" in str(exc).lower():
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 def manifest_body(row, segs) -> dict:
     """The sealed part of a manifest: every export field known on the box."""
     meta = row.meta or {}
+    # From the sample clock, not from wall-clock times that a clock step can move.
     dur = None
-    if row.end_time is not None and row.offhook_time is not None:
+    if row.end_sample is not None and row.offhook_sample is not None:
+        dur = round((row.end_sample - row.offhook_sample) / row.rate, 3)
+    elif row.end_time is not None and row.offhook_time is not None:
         dur = round(row.end_time - row.offhook_time, 3)
     return {
         "call_id": row.id, "device": row.device, "line": row.line,

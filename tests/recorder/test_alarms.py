@@ -104,3 +104,21 @@ def test_watchdog_is_fed_only_while_audio_arrives(alive, age, ok):
     from recorder.daemon import watchdog_ok
     assert watchdog_ok(alive, age) is ok
 
+
+
+def test_disk_full_is_recognised_through_the_exception_chain():
+    import errno
+    import sqlite3
+
+    from recorder.writer import disk_full
+    assert disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert not disk_full(OSError(errno.EACCES, "Permission denied"))
+    full = sqlite3.OperationalError("database or disk is full")
+    try:
+        try:
+            raise full
+        except sqlite3.OperationalError:
+            raise sqlite3.OperationalError("cannot rollback - no transaction is active")
+    except sqlite3.OperationalError as exc:
+        assert disk_full(exc)
+    assert not disk_full(sqlite3.OperationalError("no such table: call"))

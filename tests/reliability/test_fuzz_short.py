@@ -109,9 +109,6 @@ def test_export_does_not_trust_a_huge_sample_count(ctx):
     assert problems and len(pcm) == 0
 
 
-@pytest.mark.xfail(strict=True, reason="known product bug found by the fuzz campaign: "
-                   "codec.decode accepts samples=True (bool is an int) and hands it to "
-                   "soundfile, which raises TypeError (see docs/reliability.md)")
 def test_export_of_a_sealed_segment_with_boolean_samples(ctx):
     from recorder import export
     _pcm, problems = export.decode_segments([(0, _sealed(ctx, codec="opus", samples=True))],
