@@ -118,7 +118,7 @@ def test_disk_full_is_recognised_through_the_exception_chain():
         try:
             raise full
         except sqlite3.OperationalError:
-            raise sqlite3.OperationalError("cannot rollback - no transaction is active")
+            raise sqlite3.OperationalError("cannot rollback - no transaction is active")  # noqa: B904 - the implicit context is the point
     except sqlite3.OperationalError as exc:
         assert disk_full(exc)
     assert not disk_full(sqlite3.OperationalError("no such table: call"))
