@@ -41,7 +41,7 @@ from recorder.ring import RingBuffer
 from recorder.service import LoopThread, ServiceThread, join_all
 from recorder.store import Store
 from recorder.timebase import Timebase, clock_synchronised
-from recorder.writer import Writer, disk_full
+from recorder.writer import Restamp, Writer, disk_full
 
 log = logging.getLogger(__name__)
 
@@ -383,10 +383,15 @@ class Daemon:
         if self.timebase.synchronised or self.hw.timebase is not None:
             return
         if clock_synchronised():
-            step = self.timebase.resync(self.ring.written, time.time())
-            log.warning("system clock synchronised; call times re-anchored by %+.3f s",
-                        step)
-            audit.record(self.data_dir, "clock_synchronised", step_s=round(step, 3))
+            self.clock_synced(time.time())
+
+    def clock_synced(self, wall_now: float) -> float:
+        """Re-anchor the timebase to ``wall_now`` and re-stamp this boot's calls."""
+        step = self.timebase.resync(self.ring.written, wall_now)
+        self.writer.put(Restamp(step))
+        log.warning("system clock synchronised; call times re-anchored by %+.3f s", step)
+        self._audit_quietly("clock_synchronised", step_s=round(step, 3))
+        return step
 
     def _house_tick(self) -> None:
         self._check_clock()

@@ -201,7 +201,14 @@ class Retention:
             size = (a.size or 0) if a else 0
             synced = n == acked and bool(c.manifest_acked) if c.state != "missed" else False
             st = a.t if a and a.t else None
-            out.append(CallView(c.id, c.start_time or c.created, c.deadline, c.state,
+            meta = c.meta or {}
+            # A call stamped from an unsynchronised clock (a Pi without an RTC boots in
+            # 1970) has no trustworthy deadline until it is re-stamped: never expire it.
+            deadline = c.deadline
+            if meta.get("clock_synchronised") is False and meta.get("clock_corrected_s") \
+                    is None:
+                deadline = None
+            out.append(CallView(c.id, c.start_time or c.created, deadline, c.state,
                                 bool(c.legal_hold), synced, st, int(size),
                                 tuple(per.get(c.id, ()))))
         return out

@@ -79,6 +79,13 @@ class CloseCall:
 
 
 @dataclass
+class Restamp:
+    """The system clock was just synchronised: move this boot's call times by ``step_s``."""
+
+    step_s: float
+
+
+@dataclass
 class UpdateCall:
     """A snapshot of a call's metadata, stored while it runs so a power cut keeps it."""
 
@@ -108,6 +115,8 @@ class Writer:
         self.segments_written = 0
         self.bytes_written = 0
         self.dropped_segments = 0
+        self.opened: list[str] = []          # calls this process created (this boot)
+        self.corrected: dict[str, float] = {}  # call -> clock step applied to its times
         # Hooks the daemon sets: alarm on/off, evict now, and report a dropped segment.
         self.on_disk_full = lambda on: None
         self.make_room = lambda: None
@@ -196,6 +205,8 @@ class Writer:
             self._open(job.info)
         elif isinstance(job, CloseCall):
             self._close(job.info)
+        elif isinstance(job, Restamp):
+            self._restamp(job.step_s)
         elif isinstance(job, UpdateCall):
             C = self.store.m.Call
             C.update(meta=self._meta(job.info)).where(C.id == job.info.id).execute()
@@ -218,6 +229,7 @@ class Writer:
                  caller_name=info.caller_name, meta=self._meta(info),
                  deadline=start + self.retention_s, created=time.time()).execute()
         self._chains[info.id] = (0, evidence.chain_init(self.device, info.id))
+        self.opened.append(info.id)
 
     def _missed(self, info: CallInfo, ring_end: int) -> None:
         C = self.store.m.Call
@@ -229,6 +241,7 @@ class Writer:
                  meta={"missed": True,
                        "clock_synchronised": self.timebase.synchronised},
                  deadline=t + self.retention_s, created=time.time()).execute()
+        self.opened.append(info.id)
         log.info("missed call on line %d", info.line)
 
     def _call_dir(self, call_id: str):
@@ -276,6 +289,29 @@ class Writer:
         self.segments_written += 1
         self.bytes_written += len(data)
 
+    def _restamp(self, step: float) -> None:
+        """Calls of this boot were stamped from an unsynchronised clock: shift their times
+        and deadlines by the step (they share one sample clock, so the step is exact),
+        note it in the metadata, and re-sign finished calls' manifests."""
+        C = self.store.m.Call
+        for call_id in self.opened:
+            if call_id in self.corrected:
+                continue
+            row = self.store.call(call_id)
+            if row is None or row.state == "deleted":
+                continue
+            shift = {f: getattr(row, f) + step for f in
+                     ("start_time", "offhook_time", "end_time", "ring_time", "deadline")
+                     if getattr(row, f) is not None}
+            meta = dict(row.meta or {})
+            meta["clock_corrected_s"] = round(step, 3)
+            C.update(meta=meta, **shift).where(C.id == call_id).execute()
+            self.corrected[call_id] = round(step, 3)
+            if row.manifest:
+                self.write_manifest(self.store.call(call_id))
+        log.warning("re-stamped %d call(s) by %+.3f s after clock synchronisation",
+                    len(self.corrected), step)
+
     def _resume_chain(self, call_id: str) -> tuple[int, bytes]:
         segs = self.store.segments_of(call_id)
         if not segs:
@@ -303,6 +339,7 @@ class Writer:
             "end_reason": info.end_reason,
             "recovered": info.recovered,
             "clock_synchronised": info.clock_ok,
+            "clock_corrected_s": self.corrected.get(info.id),
         }
 
     def _close(self, info: CallInfo) -> None:

@@ -52,3 +52,52 @@ def test_unsynchronised_clock_is_noted_in_every_call(sim):
     calls, _ = sim.export()
     (meta, _pcm), = calls.values()
     assert meta["clock_synchronised"] is False
+
+
+def test_rtc_less_boot_calls_are_restamped_and_never_expired_early(sim):
+    """A box boots at 1970 (no RTC, no NTP yet), records, then NTP synchronises: calls
+    already made move to the true time, keep clock_synchronised false, and retention
+    never treats their 1970 deadlines as passed."""
+    import threading
+
+    from recorder import config, simulate
+    from recorder.retention import Retention
+    from recorder.timebase import parse_iso
+    true_start = parse_iso("2026-11-25T09:00:00Z")
+
+    def rtc_less(daemon, _line):
+        daemon.hw.timebase.epoch0, daemon.hw.timebase.synchronised = 0.0, False
+
+        def sync_later():
+            while not hasattr(daemon, "ring") or daemon.ring.written < 12 * 8000:
+                daemon.stop.wait(0.01)
+            daemon.clock_synced(true_start + daemon.ring.written / 8000)
+        threading.Thread(target=sync_later, daemon=True).start()
+
+    sc = sim.scenario([{"at": 1.0, "line": 0, "type": "offhook"},
+                       {"at": 5.0, "line": 0, "type": "onhook"},
+                       {"at": 8.0, "line": 0, "type": "offhook"},
+                       {"at": 20.0, "line": 0, "type": "onhook"},
+                       {"at": 22.0, "line": 0, "type": "offhook"},
+                       {"at": 26.0, "line": 0, "type": "onhook"}], duration=28)
+    cfg = simulate.sim_config(config.Config(), sc, str(sim.data), str(sim.pub))
+    simulate.run(sc, cfg.replace(audio__period_frames=400), before_start=rtc_less)
+    store = sim.store()
+    rows = store.calls()
+    assert len(rows) == 3
+    for r in rows:
+        assert abs(r.offhook_time - (true_start + r.offhook_sample / 8000)) < 1e-3, r.id
+        assert r.deadline > true_start                       # not 1970 + 90 days
+    first, second, third = rows
+    assert first.meta["clock_synchronised"] is False and first.meta["clock_corrected_s"]
+    assert second.meta["clock_synchronised"] is False      # began before the sync
+    assert third.meta["clock_synchronised"] is True and third.meta["clock_corrected_s"] is None
+    calls, failures = sim.export()
+    assert failures == 0                                   # re-signed manifests verify
+    meta = next(m for m, _ in calls.values() if m["call_id"] == first.id)
+    assert meta["offhook"] == "2026-11-25T09:00:01.000Z"
+    # An un-re-stamped unsynchronised call has no deadline retention could act on.
+    C = store.m.Call
+    C.update(meta={**first.meta, "clock_corrected_s": None}).where(C.id == first.id).execute()
+    views = {v.id: v for v in Retention(store, sim.data, cfg).views()}
+    assert views[first.id].deadline is None and views[third.id].deadline is not None
