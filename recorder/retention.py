@@ -38,6 +38,7 @@ from recorder.errors import CommandRejected
 log = logging.getLogger(__name__)
 
 BATCH = 500                  # segment rows deleted per transaction
+LOW_STORAGE_HOLD_S = 3600.0  # low_storage stays up this long after unsynced data is lost
 AUDIT_ACTION = {"retention_expiry": "retention_expiry", "synced": "delete",
                 "upstream_delete": "delete", "eviction": "eviction"}
 
@@ -177,6 +178,8 @@ class Retention:
         self.free_bytes = free_bytes or (lambda: shutil.disk_usage(self.data_dir).free)
         self.clock = clock
         self.deleted = 0
+        self.last_unsynced_eviction: float | None = None   # monotonic s
+        self.evicted_unsynced_total = 0
 
     # -- snapshot -------------------------------------------------------------------------
     def views(self, segments: bool = False) -> list[CallView]:
@@ -237,9 +240,18 @@ class Retention:
             self.delete_call(call_id, reason)
         if self.alarms is not None:
             left = self.free_bytes()
-            low = left < min_free or evicted_unsynced > 0
+            now = time.monotonic()
+            if evicted_unsynced:
+                self.last_unsynced_eviction = now
+                self.evicted_unsynced_total += evicted_unsynced
+            # Unsynced recordings were discarded: keep the alarm up for a while, so it
+            # does not flicker off on the next tick while the box is still losing data.
+            recent = self.last_unsynced_eviction is not None and \
+                now - self.last_unsynced_eviction < LOW_STORAGE_HOLD_S
+            low = left < min_free or recent
             self.alarms.set("low_storage", low, free_mb=round(left / 2**20, 1),
-                            evicted_unsynced=evicted_unsynced)
+                            evicted_unsynced=evicted_unsynced,
+                            evicted_unsynced_total=self.evicted_unsynced_total)
         return todo
 
     def _pushed_deadlines(self) -> None:

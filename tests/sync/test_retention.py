@@ -233,3 +233,9 @@ def test_executor_evicts_segments_against_a_fake_disk(box):
     assert [(d["call"], d.get("seqs"), d["unsynced_segments"]) for d in ev] == [
         (ids[0], None, 0), (ids[1], [0], 0), (ids[1], [1, 2], 2)]
     assert store.segments_of(ids[2]) and store.call(ids[2]).state == "closed"
+    # Space is back on the next tick, but unsynced recordings were just lost: the alarm
+    # must not flicker off while that is recent.
+    disk.capacity += 10 * min_free
+    assert r.tick() == []
+    assert alarms.active["low_storage"]["evicted_unsynced_total"] == 2
+
