@@ -41,14 +41,14 @@ def _stored_once(ucfg, total):
 def test_broker_restarts_mid_transfer(tmp_path, broker, pki):
     _priv, pub, *_ = practice_keys(tmp_path)
     box = make_box(tmp_path / "box", pub)
-    write_calls(box, n_calls=6, segs=4, noisy=True)
-    total = 24
+    write_calls(box, n_calls=15, segs=4, noisy=True)
+    total = 60
     ucfg = upstream_cfg(tmp_path / "up", broker, pki, [box])
     worker = InProcWorker(ucfg)
     run = Running(box, broker, pki, window=2, ack_timeout_s=2.0)
     try:
-        for k in range(3):
-            target = min(total - 1, _acked(box.store) + 3)
+        for k in range(20):           # the figure: 20 restarts mid-transfer
+            target = min(total - 1, _acked(box.store) + 2)
             wait_for(lambda t=target: _acked(box.store) >= t, what=f"progress {k}")
             broker.restart()
         wait_for(lambda: unacked(box.store) == 0, timeout=120, what="drain after restarts")
