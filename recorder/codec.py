@@ -35,7 +35,7 @@ def decode(data: bytes, samples: int, codec: str = "flac") -> np.ndarray:
     """
     if type(samples) is not int or not 0 < samples <= MAX_SEGMENT_SAMPLES:   # not bool
         raise SegmentFormatError(f"segment length {samples!r} is not 1..{MAX_SEGMENT_SAMPLES}")
-    if codec not in CODECS:
+    if not isinstance(codec, str) or codec not in CODECS:     # a header can hold any JSON
         raise SegmentFormatError(f"unknown codec {codec!r}")
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:

@@ -114,3 +114,11 @@ def test_export_of_a_sealed_segment_with_boolean_samples(ctx):
     _pcm, problems = export.decode_segments([(0, _sealed(ctx, codec="opus", samples=True))],
                                             ctx.practice_priv, None, "flac")
     assert problems
+
+
+@pytest.mark.parametrize("codec", [{"": "x"}, ["flac"], 7, None])
+def test_export_of_a_sealed_segment_with_a_non_string_codec(ctx, codec):
+    from recorder import export
+    _pcm, problems = export.decode_segments([(0, _sealed(ctx, codec=codec))],
+                                            ctx.practice_priv, None, "flac")
+    assert problems
