@@ -341,3 +341,29 @@ def compare_upstream(rig: SyncRig, data: Path) -> dict:
     return {"box_segments": len(box_segs), "upstream_segments": len(up_segs),
             "lost": lost, "duplicated": dup, "mismatched": mism, "extra_upstream": extra,
             "manifests": len(box_mans), "manifests_lost": man_lost, "problems": problems}
+
+
+def wait_drained(box: Box, timeout: float = 150.0) -> tuple[bool, float]:
+    """Wait until the box has nothing unacked (while it runs); (drained, seconds)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout and box.proc.poll() is None:
+        if unacked(box.data) == 0:
+            return True, time.monotonic() - t0
+        time.sleep(0.5)
+    return False, time.monotonic() - t0
+
+
+def check_upstream(rig: SyncRig, data: Path, violations: list[str]) -> dict:
+    """Compare box and upstream and record every loss, duplicate or problem."""
+    time.sleep(1.0)   # let the ingest worker finish its last batch
+    cmp = compare_upstream(rig, data)
+    if cmp["lost"]:
+        violations.append(f"{len(cmp['lost'])} segment(s) lost upstream, e.g. "
+                          f"{cmp['lost'][:3]}")
+    if cmp["duplicated"] or cmp["mismatched"] or cmp["problems"]:
+        violations.append(f"upstream duplicates {cmp['duplicated']}, mismatched "
+                          f"{len(cmp['mismatched'])}, problems {cmp['problems']}")
+    if cmp["manifests_lost"]:
+        violations.append(f"{len(cmp['manifests_lost'])} manifest(s) missing "
+                          f"upstream, e.g. {cmp['manifests_lost'][:3]}")
+    return cmp

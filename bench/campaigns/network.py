@@ -237,27 +237,12 @@ class Campaign:
         quiet.write_text(json.dumps({"rate": 8000, "start": start.replace("+00:00", "Z"),
                                      "duration": 3600.0, "lines": 4, "events": []}))
         self.box.spawn(quiet, 1.0)
-        t0 = time.monotonic()
-        drained = False
-        while time.monotonic() - t0 < 150 and self.box.proc.poll() is None:
-            if common.unacked(self.box.data) == 0:
-                drained = True
-                break
-            time.sleep(0.5)
+        drained, _secs = common.wait_drained(self.box)
         self.box.kill()
         if not drained:
             self.violations.append(f"final backlog did not drain: "
                                    f"{common.unacked(self.box.data)} unacked")
-        time.sleep(1.0)
-        cmp = common.compare_upstream(self.rig, self.box.data)
-        if cmp["lost"]:
-            self.violations.append(f"{len(cmp['lost'])} segment(s) lost upstream")
-        if cmp["duplicated"] or cmp["mismatched"] or cmp["problems"]:
-            self.violations.append(f"upstream duplicates {cmp['duplicated']}, mismatched "
-                                   f"{len(cmp['mismatched'])}, problems {cmp['problems']}")
-        if cmp["manifests_lost"]:
-            self.violations.append(f"{len(cmp['manifests_lost'])} manifest(s) missing")
-        return cmp
+        return common.check_upstream(self.rig, self.box.data, self.violations)
 
     def report(self, n: int, netem: bool, t0: float, cmp: dict) -> int:
         med = common.median(self.drains) if self.drains else None

@@ -257,29 +257,12 @@ class Campaign:
         self.box.spawn(quiet, self.args.speed)
         if self.wait_running(spawned) is not None:
             self.check_restart()
-        t0 = time.monotonic()
-        drained = False
-        while time.monotonic() - t0 < 150 and self.box.proc.poll() is None:
-            if common.unacked(self.box.data) == 0:
-                drained = True
-                break
-            time.sleep(0.5)
-        drain_s = time.monotonic() - t0
+        drained, drain_s = common.wait_drained(self.box)
         self.box.kill()
         if not drained:
             self.violations.append(f"backlog did not drain: {common.unacked(self.box.data)} "
                                    "item(s) unacked")
-        time.sleep(1.0)   # let the ingest worker finish its last batch
-        cmp = common.compare_upstream(self.rig, self.box.data)
-        if cmp["lost"]:
-            self.violations.append(f"{len(cmp['lost'])} segment(s) lost upstream, e.g. "
-                                   f"{cmp['lost'][:3]}")
-        if cmp["duplicated"] or cmp["mismatched"] or cmp["problems"]:
-            self.violations.append(f"upstream duplicates {cmp['duplicated']}, mismatched "
-                                   f"{len(cmp['mismatched'])}, problems {cmp['problems']}")
-        if cmp["manifests_lost"]:
-            self.violations.append(f"{len(cmp['manifests_lost'])} manifest(s) missing "
-                                   f"upstream, e.g. {cmp['manifests_lost'][:3]}")
+        cmp = common.check_upstream(self.rig, self.box.data, self.violations)
         objs = sum(1 for p in (self.root / "objects").rglob("*.seg") if p.is_file()) \
             if (self.root / "objects").exists() else None
         cmp["objects"] = objs
