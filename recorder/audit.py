@@ -26,16 +26,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from recorder.errors import IntegrityError
+from recorder.segfile import canonical
 
 log = logging.getLogger(__name__)
 
 AUDIT_FILE = "audit.log"
 GENESIS = "0" * 64
 _lock = threading.Lock()
-
-
-def _canonical(obj) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
 def _path(data_dir) -> Path:
@@ -77,8 +74,8 @@ def record(data_dir, action: str, now: datetime | None = None, **detail) -> dict
         seq, prev = _last(path)
         entry = {"seq": seq + 1, "ts": ts.replace("+00:00", "Z"), "action": action,
                  "detail": detail, "prev": prev}
-        entry["hash"] = hashlib.sha256(_canonical(entry)).hexdigest()
-        line = _canonical(entry) + b"\n"
+        entry["hash"] = hashlib.sha256(canonical(entry)).hexdigest()
+        line = canonical(entry) + b"\n"
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         try:
             os.write(fd, line)
@@ -123,7 +120,7 @@ def verify(data_dir) -> tuple[int, list[str]]:
             except (ValueError, KeyError, AttributeError):
                 problems.append(f"line {lineno}: not a valid audit entry")
                 continue
-            if hashlib.sha256(_canonical(entry)).hexdigest() != claimed:
+            if hashlib.sha256(canonical(entry)).hexdigest() != claimed:
                 problems.append(f"line {lineno} (seq {entry.get('seq')}): altered")
             if entry.get("prev") != prev:
                 problems.append(f"line {lineno} (seq {entry.get('seq')}): chain broken "

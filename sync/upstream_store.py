@@ -19,18 +19,14 @@ from pathlib import Path
 import peewee as pw
 from playhouse.db_url import connect
 
+from recorder.audit import GENESIS
+from recorder.segfile import canonical
+from recorder.store import JSONField
+
 log = logging.getLogger(__name__)
 
 db = pw.DatabaseProxy()
 _url: str | None = None
-
-
-class JSONField(pw.TextField):
-    def db_value(self, value):
-        return None if value is None else json.dumps(value, sort_keys=True)
-
-    def python_value(self, value):
-        return None if value is None else json.loads(value)
 
 
 class Base(pw.Model):
@@ -188,15 +184,10 @@ def open_db(url: str) -> pw.Database:
     return d
 
 
-GENESIS = "0" * 64
-
-
-def _canonical(obj) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
 def _entry_hash(seq: int, t: float, action: str, detail, prev: str) -> str:
-    return hashlib.sha256(_canonical({"seq": seq, "time": t, "action": action,
+    return hashlib.sha256(canonical({"seq": seq, "time": t, "action": action,
                                       "detail": detail, "prev": prev})).hexdigest()
 
 
