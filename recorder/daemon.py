@@ -213,12 +213,12 @@ class Daemon:
         self.threads.append(t_play)
         self.capture = AlsaCapture(self.hw.capture_device, self.lines, self.rate, period,
                                    pacer=self._sim_pacer() if self.hw.pacer else None)
-        t_cap = LoopThread("capture", self._capture_loop, self.stop)
-        t_cap.start()
-        self.threads.append(t_cap)
-        t_calls = LoopThread("calls", self._calls_loop, self.stop)
-        t_calls.start()
-        self.threads.append(t_calls)
+        self.t_capture = LoopThread("capture", self._capture_loop, self.stop)
+        self.t_capture.start()
+        self.threads.append(self.t_capture)
+        self.t_calls = LoopThread("calls", self._calls_loop, self.stop)
+        self.t_calls.start()
+        self.threads.append(self.t_calls)
         from recorder.control import ControlServer
         control = ControlServer(self)
         control.start()
@@ -412,13 +412,13 @@ class Daemon:
         self.board.set_status_led(alarm_rules.led_on(code, self._led_slot))
 
     def capture_alive(self) -> bool:
-        t = self.threads[2] if len(self.threads) > 2 else None
+        t = getattr(self, "t_capture", None)
         return t is not None and t.is_alive()
 
     # -- stop ---------------------------------------------------------------------------
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the calls thread has finished (end of a simulated line)."""
-        t = self.threads[3] if len(self.threads) > 3 else None
+        t = getattr(self, "t_calls", None)
         if t is not None:
             t.join(timeout)
             return not t.is_alive()

@@ -22,7 +22,6 @@ from hw.pins import PinMap
 from hw.simline import SimulatedLine
 from recorder.config import Config
 from recorder.daemon import Daemon, Hardware
-from recorder.errors import ConfigError
 from recorder.timebase import Timebase
 
 log = logging.getLogger(__name__)
@@ -87,7 +86,3 @@ def run(sc: scen.Scenario, cfg: Config, *, speed: float = 0.0, keep_playback: bo
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-
-def check_rate(cfg: Config) -> None:
-    if cfg.audio.period_frames * 8 > cfg.audio.ring_s * cfg.audio.rate:
-        raise ConfigError(["audio.period_frames is too large for audio.ring_s"])
