@@ -126,8 +126,8 @@ class Daemon:
                              public_key=self.public_key, identity=self.identity,
                              timebase=self.timebase,
                              retention_s=cfg.retention.days * 86400)
-        self.writer.on_disk_full = lambda on: self.alarms.set(
-            "low_storage", on, detail="a write failed: disk full" if on else "")
+        self.writer.on_disk_full = lambda: self.alarms.set(
+            "low_storage", True, detail="a write failed: disk full")
         self.writer.make_room = self._make_room
         self.writer.on_dropped = lambda job: audit.record(
             self.data_dir, "segment_dropped", call=job.call_id, seq=job.seq,
@@ -445,6 +445,10 @@ class Daemon:
         if self.store is not None:
             try:
                 self.store.checkpoint()
+            except Exception as exc:
+                # A full disk can refuse the checkpoint; the WAL is still valid and is
+                # checkpointed on the next start, so this must not fail the shutdown.
+                log.warning("WAL checkpoint at shutdown failed: %s", exc)
             finally:
                 self.store.close()
         self.thread_cpu = {t.name: round(getattr(t, "cpu_s", 0.0), 4) for t in self.threads}

@@ -117,8 +117,8 @@ class Writer:
         self.dropped_segments = 0
         self.opened: list[str] = []          # calls this process created (this boot)
         self.corrected: dict[str, float] = {}  # call -> clock step applied to its times
-        # Hooks the daemon sets: alarm on/off, evict now, and report a dropped segment.
-        self.on_disk_full = lambda on: None
+        # Hooks the daemon sets: raise the alarm, evict now, and report a dropped segment.
+        self.on_disk_full = lambda: None
         self.make_room = lambda: None
         self.on_dropped = lambda job: None
         self.cpu_s = 0.0
@@ -175,13 +175,14 @@ class Writer:
             try:
                 self.handle(job)
                 if attempt > 1:
-                    self.on_disk_full(False)
+                    # low_storage is cleared by retention, which knows the free space and
+                    # whether unsynced recordings were just lost; not here.
                     log.warning("disk space recovered; write stored after %d tries", attempt)
                 return
             except (OSError, pw.OperationalError) as exc:
                 if not disk_full(exc):
                     raise
-                self.on_disk_full(True)
+                self.on_disk_full()
                 if attempt == 1:
                     log.error("disk full writing %s: making room", type(job).__name__)
                 if isinstance(job, WriteSegment) and attempt >= DISK_FULL_RETRIES:

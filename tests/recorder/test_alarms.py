@@ -122,3 +122,24 @@ def test_disk_full_is_recognised_through_the_exception_chain():
     except sqlite3.OperationalError as exc:
         assert disk_full(exc)
     assert not disk_full(sqlite3.OperationalError("no such table: call"))
+
+
+def test_shutdown_survives_a_checkpoint_refused_by_a_full_disk():
+    import sqlite3
+
+    from recorder.config import Config
+    from recorder.daemon import Daemon, Hardware
+
+    class FullDiskStore:
+        closed = False
+
+        def checkpoint(self):
+            raise sqlite3.OperationalError("database or disk is full")
+
+        def close(self):
+            self.closed = True
+
+    d = Daemon(Config(), Hardware("none", "none"))
+    d.store = FullDiskStore()
+    assert d.shutdown() == []
+    assert d.store.closed and d.done.is_set()
