@@ -5,10 +5,12 @@ and audio captured so far, runs the pure state machines of :mod:`recorder.callst
 acts at once on what must happen now (the announcement, LEDs), and places everything
 that shapes the recording on a per-line timeline.
 
-The :class:`LineRecorder` reads that timeline ``hold`` samples behind the processor:
-far enough back that a hang-up (decided ``hangup_s`` after its edge) or a DTMF digit
-(reported when it ends) is known before the audio it affects is cut into a segment. A
-long press, known ``end_hold_s`` after it began, trims the already-paused tail.
+The :class:`LineRecorder` reads that timeline behind the processor
+(:meth:`Processor.cut_point`): far enough back that a hang-up (decided ``hangup_s``
+after its edge) or a DTMF digit (reported when it ends; the recorder waits while the
+detector has a candidate tone open) is known before the audio it affects is cut into
+a segment or journalled. A long press, known ``end_hold_s`` after it began, trims the
+already-paused tail.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ DIAL_GAP_S = 4.0            # an outbound call's dialling ends after this gap
 DIAL_MAX_S = 30.0           # ... or this long after off-hook
 MASK_GUARD_S = 0.03         # silence kept either side of a masked digit
 BEEP_HORIZON_S = 10.0       # warning beeps are queued this far ahead
+DTMF_HOLD_MAX_S = 4.0       # longest wait for a DTMF candidate tone to be decided
 DEAD_PEAK = 2               # peak (LSB) at or below which a line is dead: about -84 dBFS,
                             # under the hum and noise any live analog line carries
 
@@ -234,10 +237,16 @@ class Processor:
         self.timing = cs.Timing.from_config(cfg.timing, rate)
         self.ptiming = cs.PauseTiming.from_config(cfg.pause, rate)
         # The recorder must know of a hang-up and a DTMF digit before it cuts the audio
-        # they affect: hold back by the hang-up decision + 1 s. A long press may be
+        # they affect. It stays the hang-up decision behind the processor, and while
+        # the DTMF detector has a candidate tone open (or audio not yet analysed) also
+        # before that tone's earliest possible start, so a digit is masked before any
+        # of it is cut: typically 0.2 s more, at most ``hold`` in all (a tone longer
+        # than that masks the rest of itself: LineRecorder.mark). A long press may be
         # known later, but its press already paused the audio, so the recorder trims
         # the paused tail back to the press (LineRecorder._apply, "ended").
-        self.hold = self.timing.decision_lag + rate
+        self.lag = self.timing.decision_lag
+        self.hold = self.lag + round(DTMF_HOLD_MAX_S * rate)
+        self.guard = round(MASK_GUARD_S * rate)
         self.states = [cs.LineState() for _ in range(lines)]
         self.button = cs.ButtonState()
         self.recorders = [LineRecorder(i, ring, put, segment=round(cfg.recording.segment_s
@@ -292,8 +301,19 @@ class Processor:
         self._button("tick", upto)
         self._beeps(upto)
         self.pos = upto
-        for r in self.recorders:
-            r.advance(max(0, upto - self.hold))
+        for ln, r in enumerate(self.recorders):
+            r.advance(max(0, self.cut_point(ln, upto)))
+
+    def cut_point(self, ln: int, upto: int) -> int:
+        """Sample up to which line ``ln``'s audio is final once the processor is at
+        ``upto``: no hang-up or DTMF mask can still change audio before it."""
+        t = upto - self.lag
+        det = self.dsp[ln]
+        if self.dtmf_mask and det is not None and self.calls[ln] is not None:
+            settled = det.settled_before()
+            if settled is not None:
+                t = min(t, max(settled - self.guard, upto - self.hold))
+        return t
 
     def finish(self) -> None:
         """The line has ended (shutdown or end of simulation): close every call."""
@@ -518,7 +538,7 @@ class Processor:
         else:
             self.dial_open[ln] = False
         if self.dtmf_mask:
-            g = int(MASK_GUARD_S * self.rate)
+            g = self.guard
             call.masked_dtmf.append([d0, d1])
             self.recorders[ln].mark(max(0, d0 - g), "mask", (max(0, d0 - g), d1 + g))
 
@@ -539,3 +559,7 @@ class DtmfStream:
         if self.det is None or not len(x):
             return []
         return [(d, self.base + a, self.base + b) for d, a, b in self.det.feed(x)]
+
+    def settled_before(self) -> int | None:
+        """Absolute sample before which no digit can still be reported (None: no scan)."""
+        return None if self.det is None else self.base + self.det.settled_before()

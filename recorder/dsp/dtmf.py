@@ -201,6 +201,21 @@ class DtmfDetector:
         self._closed = True
         return out
 
+    def settled_before(self) -> int:
+        """Sample (counted like :meth:`feed`'s output) before which no digit can still be
+        reported: audio before it may be cut and stored as it is.
+
+        A digit not yet reported starts no earlier than EDGE_FRAMES + 1 frames before
+        the first frame of its run, less the reported margin; runs still open or waiting
+        to be bridged hold the point back, as does audio not yet analysed (frame ``_k``
+        onwards, including the batching inbox).
+        """
+        k = self._k
+        for run in (self._run, *self._closing, *self._pending):
+            if run is not None:
+                k = min(k, run.k0)
+        return max(0, int((k - EDGE_FRAMES - 1) * self.hop - self._margin) - 1)
+
     def _take_inbox(self) -> np.ndarray:
         box, self._inbox, self._inbox_len = self._inbox, [], 0
         if len(box) == 1:

@@ -56,3 +56,22 @@ def test_subject_access_export_by_number(sim, tmp_path):
     assert all("01632960123" in (m["caller_number"] or "", m["dialled_digits"] or "")
                for m in metas)
     assert len(list(out.glob("*.wav"))) == 2
+
+
+def test_a_held_key_is_masked_from_its_first_sample(sim):
+    # A key held for 3 s is reported only when it is released. The recorder waits while
+    # the detector has the tone open, so none of it is cut (into a segment or the
+    # journal) before the mask is known: before, only the last second was masked.
+    sim.run([{"at": 1.0, "line": 0, "type": "offhook"},
+             {"at": 3.0, "line": 0, "type": "dtmf", "digits": "7", "on_ms": 3000,
+              "off_ms": 100},
+             {"at": 9.0, "line": 0, "type": "onhook"}], duration=10)
+    calls, failures = sim.export()
+    assert failures == 0
+    [(meta, pcm)] = list(calls.values())
+    assert len(meta["masked_dtmf"]) == 1
+    first = int(0.5 * 8000)
+    keyed = pcm[int(3.0 * 8000) - first:int(6.0 * 8000) - first]
+    assert len(keyed) == 3 * 8000 and not keyed.any()
+    from recorder.dsp import dtmf
+    assert dtmf.detect(pcm, 8000) == []
