@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from recorder.errors import ProtocolError
 
 CHUNK_MAGIC = b"LTC1"
-_HDR = struct.Struct(">4sHHI32s")
+_HDR = HEADER = struct.Struct(">4sHHI32s")
 HEADER_LEN = _HDR.size
 MAX_PAYLOAD = 128 * 1024          # bytes per MQTT message, header included
 
@@ -48,17 +48,28 @@ class Chunk:
     data: bytes
 
 
-def split(blob: bytes, max_payload: int = MAX_PAYLOAD) -> list[bytes]:
-    """Split a file into MQTT payloads of at most ``max_payload`` bytes each."""
+def split(blob: bytes, max_payload: int = MAX_PAYLOAD, sha256: str | None = None
+          ) -> list[bytes]:
+    """Split a file into MQTT payloads of at most ``max_payload`` bytes each.
+
+    ``sha256`` (hex), if given, is the file's known hash (the box's row for a segment
+    file, which is never rewritten): it goes into the headers instead of hashing the
+    file again. If the file no longer matches it, the upstream drops the reassembled
+    file (size or sha256 mismatch), which is what a damaged file deserves."""
     room = min(max_payload, MAX_PAYLOAD) - HEADER_LEN
     if room <= 0:
         raise ProtocolError(f"chunk size {max_payload} leaves no room for data")
-    sha = hashlib.sha256(blob).digest()
+    sha = bytes.fromhex(sha256) if sha256 else hashlib.sha256(blob).digest()
+    if len(sha) != 32:
+        raise ProtocolError("sha256 must be 32 bytes")
     n = max(1, -(-len(blob) // room))
     if n > 0xFFFF:
         raise ProtocolError(f"file of {len(blob)} bytes needs too many chunks")
-    return [_HDR.pack(CHUNK_MAGIC, i, n, len(blob), sha) + blob[i * room:(i + 1) * room]
-            for i in range(n)]
+    if n == 1:
+        return [_HDR.pack(CHUNK_MAGIC, 0, 1, len(blob), sha) + blob]
+    view = memoryview(blob)
+    return [b"".join((_HDR.pack(CHUNK_MAGIC, i, n, len(blob), sha),
+                      view[i * room:(i + 1) * room])) for i in range(n)]
 
 
 def parse_chunk(payload: bytes) -> Chunk:

@@ -137,6 +137,9 @@ class Uploader:
         self._reset = threading.Event()
         self.wake = threading.Event()        # set when an ack or command arrives
         self._cand: tuple | None = None       # cached (oldest, newest) candidates
+        # Keys acked since the candidates were read: the cache still lists them as
+        # unacked, so without this an acked item would be sent again.
+        self._done: set[tuple] = set()
         self._cand_until = self._cand_at = 0.0
         self._relaxed = False
         self._next_health = 0.0
@@ -250,17 +253,22 @@ class Uploader:
         skip = set(self.inflight) | self.parked
         now = time.monotonic()
         if self._cand is None or now >= self._cand_until:
-            self._cand = self._candidates(4 * self.sc.window)
-            self._cand_until = now + REFRESH_S
-        chosen = plan(*self._cand, skip, room)
+            self._refresh(now)
+        chosen = plan(*self._cand, skip | self._done, room)
         if len(chosen) < room and now > self._cand_at + 0.02:
             # The cache ran dry: look for anything newer before giving up.
-            self._cand = self._candidates(4 * self.sc.window)
-            self._cand_until, self._cand_at = now + REFRESH_S, now
+            self._refresh(now)
             chosen = plan(*self._cand, skip, room)
         keys = {it.key for it in chosen}
         self._cand = tuple([it for it in lst if it.key not in keys] for lst in self._cand)
         return chosen
+
+    def _refresh(self, now: float) -> None:
+        # Acks are committed on this thread before it plans, so a fresh read already
+        # leaves out everything in _done.
+        self._cand = self._candidates(4 * self.sc.window)
+        self._cand_until, self._cand_at = now + REFRESH_S, now
+        self._done.clear()
 
     def _candidates(self, room: int) -> tuple[list[Item], list[Item]]:
         C, S = self.store.m.Call, self.store.m.Segment
@@ -293,7 +301,10 @@ class Uploader:
         else:
             topic = protocol.seg_topic(self.sc.topic_prefix, self.site, self.device, it.call,
                                        it.seq)
-        for payload in protocol.split(blob, self.sc.chunk_bytes):
+        # A segment file is never rewritten: its row's sha256 is the file's, so it is not
+        # hashed again here. A manifest may be re-signed under the same name, so it is.
+        for payload in protocol.split(blob, self.sc.chunk_bytes,
+                                      sha256=it.sha256 if it.seq is not None else None):
             self.client.publish(topic, payload, qos=1)
         self.inflight[it.key] = time.monotonic()
         self.sent += 1
@@ -332,10 +343,14 @@ class Uploader:
                             "WHERE call_id = ? AND seq = ? AND sha256 = ? AND acked = 0",
                             (now, call, seq, sha))
                 self.acked += cur.rowcount
+                if cur.rowcount:
+                    self._done.add((call, seq))
                 self.inflight.pop((call, seq), None)
             for call, sha in ack["mans"]:
                 cur.execute(f"UPDATE {call_t} SET manifest_acked = 1 "  # noqa: S608
                             "WHERE id = ? AND manifest_sha256 = ?", (call, sha))
+                if cur.rowcount:
+                    self._done.add((call, None))
                 self.inflight.pop((call, None), None)
         for call, seq, sha in ack["conflicts"]:
             self.parked.add((call, seq))
