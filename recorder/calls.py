@@ -30,7 +30,8 @@ from recorder import callstate as cs
 from recorder.announce import Announcer, Clip
 from recorder.logsetup import mask_number
 from recorder.ring import Overrun, RingBuffer
-from recorder.writer import CallInfo, CloseCall, MissedCall, OpenCall, UpdateCall, WriteSegment
+from recorder.writer import (CallInfo, CloseCall, JournalAppend, MissedCall, OpenCall,
+                             UpdateCall, WriteSegment)
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +68,12 @@ class LineSettings:
 class LineRecorder:
     """Cuts one line's recording out of the ring buffer, ``hold`` samples behind."""
 
-    def __init__(self, line: int, ring: RingBuffer, put, *, segment: int, preroll: int):
+    def __init__(self, line: int, ring: RingBuffer, put, *, segment: int, preroll: int,
+                 journal: int = 0):
         self.line, self.ring, self.put = line, ring, put
         self.segment, self.preroll = segment, preroll
+        self.journal = journal       # samples per journal record; 0 = no journal
+        self.journaled = 0           # samples of ``buf`` already journalled
         self.timeline: list[Mark] = []
         self._order = 0
         self.pos = 0
@@ -145,6 +149,16 @@ class LineRecorder:
         self.buf_len += len(pcm)
         while self.buf_len >= self.segment:
             self._emit(self.segment)
+        if self.journal and self.buf_len - self.journaled >= self.journal:
+            self._journal_out()
+
+    def _journal_out(self) -> None:
+        """Hand the audio cut since the last record to the writer's journal. Records never
+        span segments: segments are cut first, and what remains is not journalled yet."""
+        allpcm = np.concatenate(self.buf) if len(self.buf) > 1 else self.buf[0]
+        self.put(JournalAppend(self.call.id, self.buf_first + self.journaled,
+                               allpcm[self.journaled:].copy()))
+        self.journaled = self.buf_len
 
     def _emit(self, n: int) -> None:
         allpcm = np.concatenate(self.buf) if len(self.buf) > 1 else self.buf[0]
@@ -154,6 +168,7 @@ class LineRecorder:
         self.buf_first += n
         self.buf = [rest] if len(rest) else []
         self.buf_len = len(rest)
+        self.journaled = 0
 
     def _trim_to(self, s: int) -> None:
         """Drop buffered audio from sample ``s`` on (zeros: a long press paused it at
@@ -169,6 +184,7 @@ class LineRecorder:
             return
         self.buf = [allpcm[:keep]] if keep else []
         self.buf_len = keep
+        self.journaled = min(self.journaled, keep)
 
     def _persist(self) -> None:
         """Store the call's metadata now (pauses matter most), on the same timeline as
@@ -187,7 +203,7 @@ class LineRecorder:
             begin = max(s - self.preroll, self.last_end, self.ring.oldest())
             info.first_sample = begin
             self.call, self.seq, self.ended, self.paused_since = info, 0, False, None
-            self.buf, self.buf_len, self.buf_first = [], 0, begin
+            self.buf, self.buf_len, self.buf_first, self.journaled = [], 0, begin, 0
             self.put(OpenCall(info))
             # Pre-roll: audio from before the off-hook edge, already in the ring.
             self.pos = begin
@@ -251,7 +267,8 @@ class Processor:
         self.button = cs.ButtonState()
         self.recorders = [LineRecorder(i, ring, put, segment=round(cfg.recording.segment_s
                                                                    * rate),
-                                       preroll=round(cfg.timing.preroll_s * rate))
+                                       preroll=round(cfg.timing.preroll_s * rate),
+                                       journal=round(cfg.recording.journal_s * rate))
                           for i in range(lines)]
         self.edges: deque[Edge] = deque()
         self.pos = 0

@@ -338,7 +338,10 @@ class Daemon:
                              "late_edges": p.counts["late_edges"]},
                 "counts": dict(p.counts),
                 "writer": {"segments": self.writer.segments_written,
-                           "queue": self.writer.q.qsize()},
+                           "queue": self.writer.q.qsize(),
+                           "journal_records": self.writer.journal.records,
+                           "journal_bytes": self.writer.journal.bytes,
+                           "journal_skipped": self.writer.journal_skipped},
                 "sync": getattr(self, "sync_status", lambda: None)()}
 
     def _alarm_inputs(self, st: dict) -> alarm_rules.Inputs:

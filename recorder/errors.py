@@ -45,6 +45,10 @@ class SegmentFormatError(LinetapError, ValueError):
     """A segment or manifest file is malformed (bad magic, header, length or version)."""
 
 
+class JournalError(LinetapError, ValueError):
+    """A journal record cannot be made (see :mod:`recorder.journal`)."""
+
+
 class IntegrityError(LinetapError, ValueError):
     """Stored evidence does not verify: a hash, chain link or signature is wrong."""
 

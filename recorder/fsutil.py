@@ -14,13 +14,14 @@ TEMP_SUFFIX = ".tmp"
 
 # Test hook for crash campaigns: LINETAP_CRASH_AT=<point>[:<n>] makes the process die
 # with SIGKILL at the n-th time (default 1st) it reaches that point (before_fsync,
-# before_rename, before_dirsync), exactly as a power cut would. Unset in production,
+# before_rename, before_dirsync; journal_before_sync in recorder/journal.py), exactly
+# as a power cut would. Unset in production,
 # where it costs one string test per write.
 _CRASH_AT, _, _CRASH_N = os.environ.get("LINETAP_CRASH_AT", "").partition(":")
 _crash_seen = {"n": 0}
 
 
-def _crash_point(name: str) -> None:
+def crash_point(name: str) -> None:
     if _CRASH_AT and _CRASH_AT == name:
         _crash_seen["n"] += 1
         if _crash_seen["n"] >= int(_CRASH_N or 1):
@@ -52,7 +53,7 @@ def atomic_write(path: str | os.PathLike, data: bytes, *, mode: int = 0o640,
         while view:
             n = os.write(fd, view)
             view = view[n:]
-        _crash_point("before_fsync")
+        crash_point("before_fsync")
         if sync:
             os.fsync(fd)
     except BaseException:
@@ -60,9 +61,9 @@ def atomic_write(path: str | os.PathLike, data: bytes, *, mode: int = 0o640,
         tmp.unlink(missing_ok=True)
         raise
     os.close(fd)
-    _crash_point("before_rename")
+    crash_point("before_rename")
     os.replace(tmp, path)
-    _crash_point("before_dirsync")
+    crash_point("before_dirsync")
     if sync:
         fsync_dir(path.parent)
 

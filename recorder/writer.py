@@ -6,7 +6,10 @@ can never interleave. Jobs arrive on a queue from the call processor:
 * :class:`OpenCall` - insert the call row (state ``active``).
 * :class:`WriteSegment` - FLAC/Opus in memory, HPKE-seal to the practice key, temp +
   fsync + rename + fsync dir, then the row with ``sha256`` and ``chain``.
-* :class:`CloseCall` - final metadata, then the signed, sealed manifest; state ``closed``.
+* :class:`JournalAppend` - the audio cut since the last record, sealed like a segment
+  and appended to the call's journal with fdatasync (:mod:`recorder.journal`).
+* :class:`CloseCall` - final metadata, then the signed, sealed manifest; state ``closed``;
+  the journal is deleted.
 * :class:`MissedCall` - a ring nobody answered: a row with no audio.
 
 Plaintext audio exists only in this process's memory.
@@ -25,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import peewee as pw
 
-from recorder import codec, evidence, segfile
+from recorder import codec, evidence, journal, segfile
 from recorder.fsutil import atomic_write
 from recorder.store import Store
 from recorder.timebase import iso
@@ -74,6 +77,15 @@ class WriteSegment:
 
 
 @dataclass
+class JournalAppend:
+    """Audio of the segment in progress, ``first_sample`` on, cut since the last record."""
+
+    call_id: str
+    first_sample: int
+    pcm: np.ndarray
+
+
+@dataclass
 class CloseCall:
     info: CallInfo
 
@@ -110,6 +122,10 @@ class Writer:
         self.retention_s = retention_s
         self.q: queue.Queue = queue.Queue(maxsize=max_queue)
         self._chains: dict[str, tuple[int, bytes]] = {}   # call -> (next seq, chain)
+        # The journal's records continue the committed chain as if each were a segment.
+        self._jchains: dict[str, tuple[int, bytes]] = {}
+        self.journal = journal.JournalFiles()
+        self.journal_skipped = 0
         self._dirs: dict = {}                               # call -> its segment folder
         self._suite = segfile.suite_ids(aead)
         self.segments_written = 0
@@ -140,9 +156,11 @@ class Writer:
             except queue.Empty:
                 self.idle.set()
                 if stop.is_set():
+                    self.journal.close_all()
                     return
                 continue
             if job is None:
+                self.journal.close_all()
                 self.idle.set()
                 return
             t = time.thread_time()
@@ -183,6 +201,10 @@ class Writer:
                 if not disk_full(exc):
                     raise
                 self.on_disk_full()
+                if isinstance(job, JournalAppend):
+                    # The segment will carry this audio; waiting here would delay it.
+                    self.journal_skipped += 1
+                    return
                 if attempt == 1:
                     log.error("disk full writing %s: making room", type(job).__name__)
                 if isinstance(job, WriteSegment) and attempt >= DISK_FULL_RETRIES:
@@ -202,6 +224,8 @@ class Writer:
     def handle(self, job) -> None:
         if isinstance(job, WriteSegment):
             self._segment(job)
+        elif isinstance(job, JournalAppend):
+            self._journal(job)
         elif isinstance(job, OpenCall):
             self._open(job.info)
         elif isinstance(job, CloseCall):
@@ -264,18 +288,31 @@ class Writer:
     _UPDATE_CALL = ("UPDATE call SET segments = ?, chain_head = ?, samples = samples + ? "
                     "WHERE id = ?")
 
+    def _seal(self, call_id: str, seq: int, first_sample: int, pcm: np.ndarray) -> bytes:
+        """Encode and seal one segment file (the plaintext never leaves memory)."""
+        audio = codec.encode(pcm, self.rate, self.codec)
+        header = {"v": 1, "kind": "segment", "device": self.device, "call": call_id,
+                  "seq": seq, "first_sample": int(first_sample),
+                  "samples": int(len(pcm)), "rate": self.rate, "codec": self.codec,
+                  "suite": self._suite, "start": iso(self._epoch(first_sample))}
+        return segfile.seal(segfile.KIND_SEGMENT, header, audio, self.public_key)
+
+    def _journal(self, job: JournalAppend) -> None:
+        d = self._call_dir(job.call_id)
+        seq, chain = (self._jchains.get(job.call_id) or self._chains.get(job.call_id)
+                      or self._resume_chain(job.call_id))
+        data = self._seal(job.call_id, seq, job.first_sample, job.pcm)
+        if self.journal.append(job.call_id, d / journal.NAME, data):
+            sha = hashlib.sha256(data).digest()
+            self._jchains[job.call_id] = (seq + 1, evidence.chain_next(chain, seq, sha))
+
     def _segment(self, job: WriteSegment) -> None:
         d = self._call_dir(job.call_id)
         seq, chain = self._chains.get(job.call_id) or self._resume_chain(job.call_id)
         if job.seq != seq:
             raise RuntimeError(f"call {job.call_id}: segment {job.seq} where {seq} was due")
         n = int(len(job.pcm))
-        audio = codec.encode(job.pcm, self.rate, self.codec)
-        header = {"v": 1, "kind": "segment", "device": self.device, "call": job.call_id,
-                  "seq": job.seq, "first_sample": int(job.first_sample),
-                  "samples": n, "rate": self.rate, "codec": self.codec,
-                  "suite": self._suite, "start": iso(self._epoch(job.first_sample))}
-        data = segfile.seal(segfile.KIND_SEGMENT, header, audio, self.public_key)
+        data = self._seal(job.call_id, job.seq, job.first_sample, job.pcm)
         sha = hashlib.sha256(data).digest()
         chain = evidence.chain_next(chain, job.seq, sha)
         path = d / f"{job.seq:05d}.seg"
@@ -287,6 +324,7 @@ class Writer:
                 len(data), sha.hex(), chain.hex(), time.time()))
             db.execute_sql(self._UPDATE_CALL, (job.seq + 1, chain.hex(), n, job.call_id))
         self._chains[job.call_id] = (job.seq + 1, chain)
+        self._jchains.pop(job.call_id, None)    # the segment supersedes its records
         self.segments_written += 1
         self.bytes_written += len(data)
 
@@ -353,7 +391,10 @@ class Writer:
                  dialled_digits=info.dialled_digits or None, meta=meta) \
             .where(C.id == info.id).execute()
         self.write_manifest(self.store.call(info.id))
+        d = self._dirs.get(info.id) or self.store.call_dir(info.id, row and row.start_time or 0)
+        self.journal.remove(info.id, d / journal.NAME)
         self._chains.pop(info.id, None)
+        self._jchains.pop(info.id, None)
         self._dirs.pop(info.id, None)
         log.info("call %s closed: %s, line %d, %d segment(s)", info.id, info.direction,
                  info.line, row.segments if row else 0)

@@ -12,7 +12,9 @@ subclasses out; anything else escaping is a crash, an execution over ``HANG_S`` 
 * ``config``    ``recorder.config.loads`` (TOML text) and ``from_dict``;
 * ``segments``  ``recorder.segfile.parse``, ``recorder.evidence.Found.from_bytes`` and
   ``recorder.export.decode_segments``, on mutated real segments and on segments
-  correctly sealed to the practice key with fuzzed headers and payloads.
+  correctly sealed to the practice key with fuzzed headers and payloads; and
+  ``recorder.journal.read`` (which must never raise) on the same bytes, bare and framed
+  as a journal record followed by a torn copy.
 
 Engines: hypothesis (always) and atheris (coverage-guided libFuzzer, in a subprocess per
 target, where it is installed). Then the MQTT part: a client with a certificate for the
@@ -179,6 +181,11 @@ def t_segments(ctx, data: bytes) -> None:
     f = evidence.Found.from_bytes(0, data)
     assert f.sha256, "no hash"
     export.decode_segments([(0, data)], ctx.practice_priv, None, "flac")
+    from recorder import journal
+    journal.read(data)
+    if 0 < len(data) <= journal.MAX_BLOB:
+        blobs, _ = journal.read(journal.frame(data) + journal.frame(data)[:len(data) // 2])
+        assert blobs == [data], "a journal record did not read back"
 
 
 TARGET_FN = {"frames": t_frames, "commands": t_commands, "scenario": t_scenario,

@@ -115,3 +115,26 @@ def test_power_cut_during_a_pause_keeps_the_pause(tmp_path, practice_keys):
     assert len(pauses) == 1 and pauses[0]["start"] == "2026-11-25T09:00:12.000Z"
     end = row.first_sample + sum(x.samples for x in s.segments_of(row.id))
     assert pauses[0]["end_sample"] == end and pauses[0]["end"] is not None
+
+
+def test_a_kill_at_a_journal_write_keeps_every_journalled_record(tmp_path, practice_keys):
+    """Killed at the 25th journal fdatasync: segment 0 (10 s) is stored, and the records
+    of segment 1 (the 25th already written; each at least journal_s = 0.5 s, cut at
+    processor passes) are adopted at the next start: the call keeps about 13 s of
+    audio instead of 10."""
+    sc = _scenario(tmp_path / "j.json", 60.0)
+    proc = _simulate(tmp_path, practice_keys, sc, speed=0,
+                     env={"LINETAP_CRASH_AT": "journal_before_sync:25"})
+    proc.wait(60)
+    assert proc.returncode == -signal.SIGKILL
+    _reboot_quietly(tmp_path, practice_keys, 1.0)
+    s = Store(tmp_path / "data")
+    row = s.calls()[0]
+    assert row.state == "recovered"
+    sizes = [x.samples for x in s.segments_of(row.id)]
+    assert sizes[0] == 80000 and len(sizes) >= 3, sizes
+    assert all(4000 <= n < 8000 for n in sizes[1:]), sizes
+    assert sum(sizes) >= 80000 + 5 * 4000
+    v, header = verify_call(s, row, device_key_for(tmp_path / "data"))
+    assert v.status == "verified", v.detail
+    assert not list((tmp_path / "data").rglob("journal.ltj"))

@@ -1,0 +1,147 @@
+"""The journal of the segment in progress: the call's audio is durable within
+``journal_s`` of being cut, not only when a whole segment is.
+
+A segment is written once it is ``segment_s`` long (10 s), so without a journal a power
+cut loses up to ``segment_s`` of every call in progress. Every ``journal_s`` (0.5 s) the
+recorder hands the writer the audio cut since the last record. The writer encodes it,
+seals it to the practice key as a complete segment file (same format, and the seq and
+chain it would have as the call's next segment), and appends it to the call's journal
+with ``fdatasync``. Nothing in the journal is plaintext, and the box cannot read it back.
+
+When the segment itself is committed its records are obsolete; the journal is deleted
+once the call's manifest is written. After a power cut, recovery adopts the records that
+continue the call past its last committed segment as segments
+(:func:`recorder.recovery.adopt_journal`), so what is lost is the audio not yet
+journalled: the recorder's hold (hang-up decision + DTMF) plus up to ``journal_s``.
+
+Wear: one append of about 2-5 KB and one ``fdatasync`` per line per ``journal_s`` while
+a call is up; no file is created, renamed or deleted per record (see docs/formats.md).
+
+File ``<call dir>/journal.ltj``: a sequence of records::
+
+    0   4  magic b"LTJ1"
+    4   4  length L of the blob, unsigned big-endian
+    8  32  SHA-256 of the blob
+    40  L  blob: a sealed segment file (recorder.segfile, kind 1)
+
+A torn tail (short record, wrong magic, wrong hash) ends the journal. Records before it
+are intact: each was on disk before the next was written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import struct
+from pathlib import Path
+
+from recorder.errors import JournalError
+from recorder.fsutil import crash_point, fsync_dir
+
+log = logging.getLogger(__name__)
+
+NAME = "journal.ltj"
+MAGIC = b"LTJ1"
+_REC = struct.Struct(">4sI32s")
+MAX_BLOB = 16 * 1024 * 1024   # a record holds at most a few seconds of audio
+
+
+def frame(blob: bytes) -> bytes:
+    """One journal record around a sealed segment ``blob``."""
+    if not blob or len(blob) > MAX_BLOB:
+        raise JournalError(f"journal record of {len(blob)} bytes (1..{MAX_BLOB})")
+    return _REC.pack(MAGIC, len(blob), hashlib.sha256(blob).digest()) + blob
+
+
+def read(data: bytes) -> tuple[list[bytes], str | None]:
+    """The intact records of a journal, and why reading stopped early (None: clean end).
+
+    Never raises on bad bytes: a journal is read after a power cut, when its tail may be
+    torn, and whatever precedes the damage is still good audio.
+    """
+    blobs: list[bytes] = []
+    pos, view = 0, memoryview(data)
+    while pos < len(data):
+        if len(data) - pos < _REC.size:
+            return blobs, f"torn record header at byte {pos}"
+        magic, n, digest = _REC.unpack_from(data, pos)
+        if magic != MAGIC:
+            return blobs, f"bad record magic at byte {pos}"
+        if n == 0 or n > MAX_BLOB or pos + _REC.size + n > len(data):
+            return blobs, f"record at byte {pos} runs past the end (length {n})"
+        blob = bytes(view[pos + _REC.size:pos + _REC.size + n])
+        if hashlib.sha256(blob).digest() != digest:
+            return blobs, f"record at byte {pos} fails its hash"
+        blobs.append(blob)
+        pos += _REC.size + n
+    return blobs, None
+
+
+class JournalFiles:
+    """The writer's open journals, one append-only file per call in progress.
+
+    Every append is one ``write`` of a whole record and an ``fdatasync``. If an append
+    fails (a full disk), the file is cut back to its last whole record, so a later
+    record never follows a torn one; if even that fails, the call's journal is closed
+    and that call goes on without one (its segments are unaffected).
+    """
+
+    def __init__(self):
+        self._open: dict[str, tuple[int, int]] = {}    # call -> (fd, size)
+        self._broken: set[str] = set()
+        self.records = 0
+        self.bytes = 0
+
+    def append(self, call_id: str, path: Path, blob: bytes) -> bool:
+        """Append one record; False if this call's journal is out of use."""
+        if call_id in self._broken:
+            return False
+        rec = frame(blob)
+        fd, size = self._open.get(call_id) or self._create(call_id, path)
+        try:
+            view = memoryview(rec)
+            while view:
+                view = view[os.write(fd, view):]
+            crash_point("journal_before_sync")
+            os.fdatasync(fd)
+        except OSError:
+            self._cut_back(call_id, fd, size)
+            raise
+        self._open[call_id] = (fd, size + len(rec))
+        self.records += 1
+        self.bytes += len(rec)
+        return True
+
+    def _create(self, call_id: str, path: Path) -> tuple[int, int]:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        size = os.fstat(fd).st_size
+        fsync_dir(path.parent)          # the file's name is durable before its records
+        self._open[call_id] = (fd, size)
+        return fd, size
+
+    def _cut_back(self, call_id: str, fd: int, size: int) -> None:
+        try:
+            os.ftruncate(fd, size)
+            os.fdatasync(fd)
+        except OSError:
+            log.error("call %s: journal could not be cut back after a failed write; "
+                      "journal off for this call", call_id)
+            self._broken.add(call_id)
+            self.close(call_id)
+
+    def close(self, call_id: str) -> None:
+        """Close a call's journal, keeping the file (for shutdown: recovery reads it)."""
+        fd, _ = self._open.pop(call_id, (None, 0))
+        if fd is not None:
+            os.close(fd)
+
+    def remove(self, call_id: str, path: Path) -> None:
+        """The call is complete (manifest written): its journal is no longer needed."""
+        self.close(call_id)
+        self._broken.discard(call_id)
+        path.unlink(missing_ok=True)
+
+    def close_all(self) -> None:
+        for call_id in list(self._open):
+            self.close(call_id)
