@@ -71,7 +71,7 @@ def bare_copy(lines: int, seconds: float) -> float:
         def writer():
             fd = os.open(fifo, os.O_WRONLY)
             try:
-                fcntl.fcntl(fd, simline.F_SETPIPE_SZ, min(max(1 << 16, 4 * chunk), 1 << 20))
+                fcntl.fcntl(fd, simline.F_SETPIPE_SZ, simline.pipe_bytes(chunk))
             except OSError:
                 pass
             for _ in range(nbytes // chunk):

@@ -38,10 +38,32 @@ from recorder.errors import HardwareError
 log = logging.getLogger(__name__)
 
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 RING_HZ = 25.0                # ring voltage pulses seen by the opto
 UK_CADENCE = ((0.0, 0.4), (0.6, 1.0))   # bursts within each 3.0 s cycle
 UK_CYCLE_S = 3.0
 STALL_TIMEOUT_S = 30.0
+PACER_BATCH = 4               # periods the line runs ahead before capture is woken
+PACER_GRACE_S = 0.05          # longest capture waits for a batch it could do without
+AUDIO_CACHE = 8               # (file, gain) renderings kept for clips played again
+_NEVER = 1 << 62
+
+
+def pipe_bytes(chunk: int) -> int:
+    """Capture pipe size for writes of ``chunk`` bytes: room for two pacer batches,
+    within the unprivileged limit (``/proc/sys/fs/pipe-max-size``, 1 MiB by default)."""
+    return min(max(1 << 16, 2 * PACER_BATCH * chunk), 1 << 20)
+
+
+def quantise(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Line audio in float32 (full scale 1.0) to S16 values: x * 32768 rounded half to
+    even, clipped. With ``out`` (float32, may be ``x``) the values are left there, else
+    an int16 copy is returned. Scaling by 2**15 is exact, so mixing then quantising
+    gives the same samples however the mix is split up."""
+    y = np.multiply(x, np.float32(32768.0), out=out, dtype=np.float32)
+    np.rint(y, out=y)
+    np.clip(y, -32768, 32767, out=y)
+    return y if out is not None else y.astype("<i2")
 
 
 @dataclass
@@ -106,6 +128,10 @@ class SimulatedLine:
         self._pb_frames = 0          # total playback frames received
         self._pb_closed = False
         self._pb_opened = False
+        self._soft = _NEVER          # frames a waiting pacer would like written first
+        self._writer_held = False    # the line waits on the device (its playback)
+        self._batch = 1 if speed > 0 else PACER_BATCH
+        self._audio_cache: dict = {}
         self._played_chunks: list[bytes] = []
         self._steps = self._pin_schedule()
         self._clips = self._render_clips()
@@ -156,9 +182,14 @@ class SimulatedLine:
         return clips
 
     def _render(self, e):
-        """(length, get(lo, hi) -> float32) for one scenario event's audio.
+        """(length, get(lo, hi) -> float32, quantised int16 array or None) for one
+        scenario event's audio.
 
-        Tones are computed per period, so a day-long tone costs no memory.
+        Tones are computed per period, so a day-long tone costs no memory (and has no
+        quantised form). Clips backed by an array also come quantised exactly as the
+        line quantises a mix (:func:`quantise`), so a line with only that clip in a
+        period is one copy. Audio files are rendered once per (file, gain), however
+        many events play them.
         """
         r = self.rate
         if e.type == "tone":
@@ -168,19 +199,28 @@ class SimulatedLine:
             def get(lo, hi):
                 t = np.arange(lo, hi) / r
                 return (sum(np.sin(2 * np.pi * f * t) for f in hz) * amp).astype(np.float32)
-            return int(round(e.args["duration"] * r)), get
+            return int(round(e.args["duration"] * r)), get, None
         if e.type == "audio":
-            a = self.sc.audio[e.args["path"]] * np.float32(
-                10 ** (e.args.get("gain_db", 0.0) / 20))
-        elif e.type == "dtmf":
-            from recorder.dsp import gen
-            a = gen.dtmf(e.args["digits"], r, on_ms=e.args.get("on_ms", 80.0),
-                         off_ms=e.args.get("off_ms", 80.0),
-                         level_dbfs=e.args.get("level_dbfs", -10.0))
+            key = (e.args["path"], e.args.get("gain_db", 0.0))
+            hit = self._audio_cache.pop(key, None)
+            if hit is None:
+                a = self.sc.audio[e.args["path"]] * np.float32(10 ** (key[1] / 20))
+                hit = (np.asarray(a, dtype=np.float32), quantise(a))
+            self._audio_cache[key] = hit            # most recently used last
+            while len(self._audio_cache) > AUDIO_CACHE:
+                del self._audio_cache[next(iter(self._audio_cache))]
+            a, q = hit
         else:
-            a = self._render_cli(e)
-        a = np.asarray(a, dtype=np.float32)
-        return len(a), lambda lo, hi: a[lo:hi]
+            if e.type == "dtmf":
+                from recorder.dsp import gen
+                a = gen.dtmf(e.args["digits"], r, on_ms=e.args.get("on_ms", 80.0),
+                             off_ms=e.args.get("off_ms", 80.0),
+                             level_dbfs=e.args.get("level_dbfs", -10.0))
+            else:
+                a = self._render_cli(e)
+            a = np.asarray(a, dtype=np.float32)
+            q = quantise(a)
+        return len(a), lambda lo, hi: a[lo:hi], q
 
     def _render_cli(self, e) -> np.ndarray:
         from datetime import timedelta
@@ -225,13 +265,33 @@ class SimulatedLine:
         return run
 
     def pacer(self, wanted_total: int) -> bool:
-        """Block until ``wanted_total`` frames are written; False once the line has ended."""
-        with self._cond:
-            while self.written < wanted_total:
-                if self.finished:
-                    return False
-                self._cond.wait()
+        """Block until ``wanted_total`` frames are written; False once the line has ended.
+
+        When capture has caught up with the line, it is woken once the line is
+        ``batch`` periods ahead (or cannot get there on its own: it waits for the
+        device's playback, or has ended), not after every period, so the two threads
+        meet once per batch instead of once per period. Real-time runs (``speed``)
+        wake capture every period.
+        """
+        if self.written >= wanted_total:        # the line is ahead: no lock, no wake-up
             return True
+        cond = self._cond
+        with cond:
+            self._soft = max(wanted_total, min(wanted_total + (self._batch - 1) * self.period,
+                                               self.total_frames))
+            try:
+                while True:
+                    w = self.written
+                    if w >= self._soft or (w >= wanted_total and self._writer_held):
+                        return True
+                    if self.finished:
+                        return w >= wanted_total
+                    if w < wanted_total:
+                        cond.wait()
+                    elif not cond.wait(PACER_GRACE_S):
+                        return True     # a batch is a hint, never a requirement
+            finally:
+                self._soft = _NEVER
 
     def join(self, timeout: float | None = None) -> None:
         for t in self._threads:
@@ -278,16 +338,23 @@ class SimulatedLine:
                 self._cond.notify_all()
 
     def _loopback(self, n: int, p: int) -> np.ndarray | None:
-        """Playback frames [n, n+p) as float32 (p, lines), waiting until they exist."""
+        """Playback frames [n, n+p) as int16 (rows <= p, lines), waiting until they exist;
+        None if there are none."""
         fb = 2 * self.lines
         deadline = time.monotonic() + STALL_TIMEOUT_S
         with self._cond:
-            while self._pb_frames < n + p and not self._pb_closed:
-                if not self._cond.wait(timeout=1.0) and time.monotonic() > deadline:
-                    raise HardwareError(f"device playback stalled at frame "
-                                        f"{self._pb_frames}, line at {n}")
-                if self.finished and self.error is not None:
-                    return None
+            if self._pb_frames < n + p and not self._pb_closed:
+                self._writer_held = True        # capture must not wait for a batch now
+                self._cond.notify_all()
+            try:
+                while self._pb_frames < n + p and not self._pb_closed:
+                    if not self._cond.wait(timeout=1.0) and time.monotonic() > deadline:
+                        raise HardwareError(f"device playback stalled at frame "
+                                            f"{self._pb_frames}, line at {n}")
+                    if self.finished and self.error is not None:
+                        return None
+            finally:
+                self._writer_held = False
             lo = (n - self._pb_base) * fb
             hi = min(len(self._pb), (n + p - self._pb_base) * fb)
             if lo < 0 or hi <= lo:
@@ -295,18 +362,22 @@ class SimulatedLine:
             raw = bytes(self._pb[lo:hi])
             del self._pb[:lo]     # frames before n are no longer needed
             self._pb_base = n
-        arr = np.frombuffer(raw, dtype="<i2").reshape(-1, self.lines)
-        out = np.zeros((p, self.lines), dtype=np.float32)
-        out[: arr.shape[0]] = arr / 32768.0
-        return out
+        return np.frombuffer(raw, dtype="<i2").reshape(-1, self.lines)
 
     def _write_line(self) -> None:
         fd = os.open(self.alsa.capture_fifo, os.O_WRONLY)
-        want = max(1 << 16, 4 * self.period * 2 * self.lines)
+        chunk = self.period * 2 * self.lines
         try:
-            fcntl.fcntl(fd, F_SETPIPE_SZ, min(want, 1 << 20))
+            fcntl.fcntl(fd, F_SETPIPE_SZ, pipe_bytes(chunk))
         except OSError:
             log.debug("could not enlarge the capture pipe; periods stay small")
+        try:
+            size = fcntl.fcntl(fd, F_GETPIPE_SZ)
+        except OSError:
+            size = 1 << 16
+        # A batch must fit in the pipe with room to spare, or the line would block on
+        # the pipe while capture waits for the batch.
+        self._batch = max(1, min(self._batch, size // (2 * chunk)))
         try:
             self._write_frames(fd)
         finally:
@@ -317,62 +388,85 @@ class SimulatedLine:
 
     def _write_frames(self, fd: int) -> None:
         p, lines, r = self.period, self.lines, self.rate
-        fb = 2 * lines
         steps, si = self._steps, 0
-        clips, ci, active = self._clips, 0, []
-        pins = {}
+        next_edge = steps[0].sample if steps else _NEVER
+        clips, ci = self._clips, 0
+        next_clip = clips[0][1] if clips else _NEVER
+        # Sounding clips per line, in the order they started (the order they are mixed):
+        # (start, end, get(lo, hi) -> float32, quantised int16 or None).
+        playing: list[list[tuple]] = [[] for _ in range(lines)]
+        next_end = _NEVER                      # earliest end among the sounding clips
         noise = self.sc.noise_dbfs
+        noise_amp = None if noise is None else np.float32(10 ** (noise / 20))
         rng = np.random.default_rng(1)
-        # Buffers are reused period after period: the simulator must cost far less than
-        # the daemon it feeds, and fresh arrays per period dominated its profile.
-        buf = np.empty((p, lines), dtype=np.float32)
-        out = np.empty((p, lines), dtype="<i2")
-        silence = bytes(p * fb)
+        # Everything is preallocated and reused period after period: the simulator must
+        # cost far less than the daemon it feeds. The period is written straight from
+        # `out`; a line's column is rewritten only when something sounds on it (or it
+        # still holds the last sound), so silence and single clips cost one copy or none.
+        out = np.zeros((p, lines), dtype="<i2")
+        cols = [out[:, k] for k in range(lines)]
+        dirty = [False] * lines                # column k holds samples from a past period
+        mix = np.empty((p, lines), dtype=np.float32)    # noise or loopback: all lines
+        one = np.empty(p, dtype=np.float32)             # one line with overlapping sounds
+        view = memoryview(out).cast("B")
+        nbytes = len(view)
+        pinmap, factory, clock, cond = self.pinmap, self.factory, self.clock, self._cond
+        pins = {}
         t0 = time.monotonic()
         for n in range(0, self.total_frames, p):
             if self.finished:
                 return
+            end = n + p
             # 1. pins whose edges fall in this period, each at its own sample
-            while si < len(steps) and steps[si].sample < n + p:
-                st = steps[si]
-                self.clock.position = st.sample
-                pin = pins.get(st.pin) or pins.setdefault(st.pin, self.factory.pin(st.pin))
-                level_low = st.active == self.pinmap.active_low
-                if level_low:
-                    pin.drive_low()
-                else:
-                    pin.drive_high()
-                si += 1
-            self.clock.position = n + p
+            if next_edge < end:
+                while si < len(steps) and steps[si].sample < end:
+                    st = steps[si]
+                    clock.position = st.sample
+                    pin = pins.get(st.pin) or pins.setdefault(st.pin, factory.pin(st.pin))
+                    if st.active == pinmap.active_low:
+                        pin.drive_low()
+                    else:
+                        pin.drive_high()
+                    si += 1
+                next_edge = steps[si].sample if si < len(steps) else _NEVER
+            clock.position = end
             # 2. audio: clips overlapping [n, n+p), the device's playback, optional noise
-            while ci < len(clips) and clips[ci][1] < n + p:
-                line, s0, ev = clips[ci]
-                active.append((line, s0, *self._render(ev)))
-                ci += 1
+            if next_clip < end:
+                while ci < len(clips) and clips[ci][1] < end:
+                    line, s0, ev = clips[ci]
+                    length, get, q = self._render(ev)
+                    if length > 0:
+                        playing[line].append((s0, s0 + length, get, q))
+                        next_end = min(next_end, s0 + length)
+                    ci += 1
+                next_clip = clips[ci][1] if ci < len(clips) else _NEVER
             lb = self._loopback(n, p) if self.loopback else None
-            if not active and lb is None and noise is None:
-                pcm = silence
+            if lb is not None and not lb.any():
+                lb = None                      # silence played back adds nothing
+            if noise_amp is not None or lb is not None:
+                self._mix_all(mix, out, playing, n, lb, rng, noise_amp)
+                dirty = [True] * lines
             else:
-                buf.fill(0.0)
-                still = []
-                for line, s0, length, get in active:
-                    lo, hi = max(n, s0), min(n + p, s0 + length)
-                    if hi > lo:
-                        buf[lo - n:hi - n, line] += get(lo - s0, hi - s0)
-                    if s0 + length > n + p:
-                        still.append((line, s0, length, get))
-                active = still
-                if lb is not None:
-                    buf += lb
-                if noise is not None:
-                    buf += rng.standard_normal(buf.shape).astype(np.float32) * np.float32(
-                        10 ** (noise / 20))
-                np.multiply(buf, 32768.0, out=buf)
-                np.rint(buf, out=buf)
-                np.clip(buf, -32768, 32767, out=buf)
-                np.copyto(out, buf, casting="unsafe")
-                pcm = out.tobytes()
-            # 3. pace, then write in atomic pieces so a read never sees half a frame
+                for k in range(lines):
+                    srcs = playing[k]
+                    if not srcs:
+                        if dirty[k]:
+                            cols[k].fill(0)
+                            dirty[k] = False
+                        continue
+                    if len(srcs) == 1:
+                        s0, e0, get, q = srcs[0]
+                        if q is not None and s0 <= n and e0 >= end:
+                            np.copyto(cols[k], q[n - s0:end - s0])
+                            dirty[k] = True
+                            continue
+                    self._mix_line(one, cols[k], srcs, n, end, dirty[k])
+                    dirty[k] = True
+            if next_end <= end:
+                for k in range(lines):
+                    playing[k] = [c for c in playing[k] if c[1] > end]
+                next_end = min((c[1] for pl in playing for c in pl), default=_NEVER)
+            # 3. pace, then write the whole period at once
             if self.speed > 0:
                 due = t0 + n / (r * self.speed)
                 delay = due - time.monotonic()
@@ -381,14 +475,57 @@ class SimulatedLine:
             # One write per period: the pacer never lets capture read past `written`,
             # so a reader cannot see part of a frame, and the pipe is sized to hold
             # several periods so this write does not wait on the reader mid-period.
-            view = memoryview(pcm)
-            while view:
-                k = os.write(fd, view)
-                view = view[k:]
-            with self._cond:
-                self.written = n + p
-                self._cond.notify_all()
+            k = os.write(fd, view)
+            while k < nbytes:
+                k += os.write(fd, view[k:])
+            self.written = end
+            if end >= self._soft:
+                with cond:
+                    cond.notify_all()
         self.wall_s = time.monotonic() - t0
+
+    @staticmethod
+    def _mix_line(one, col, srcs, n, end, dirty) -> None:
+        """Line audio for [n, end) from several clips (or a tone) into ``col``, an int16
+        column of the period. Clips that do not overlap are copied already quantised;
+        overlapping ones (and tones) are mixed in float32 in start order and quantised,
+        sample for sample what mixing all lines at once gives."""
+        spans = sorted((max(n, s0), min(end, e0), s0, get, q) for s0, e0, get, q in srcs)
+        spans = [s for s in spans if s[1] > s[0]]
+        if all(s[4] is not None for s in spans) and all(
+                a[1] <= b[0] for a, b in zip(spans, spans[1:])):
+            if dirty:                          # else the column is still silence
+                col.fill(0)
+            for lo, hi, s0, _, q in spans:
+                np.copyto(col[lo - n:hi - n], q[lo - s0:hi - s0])
+            return
+        one.fill(0.0)
+        for s0, e0, get, _ in srcs:            # start order: the order of the sums
+            lo, hi = max(n, s0), min(end, e0)
+            if hi > lo:
+                one[lo - n:hi - n] += get(lo - s0, hi - s0)
+        quantise(one, out=one)
+        np.copyto(col, one, casting="unsafe")
+
+    @staticmethod
+    def _mix_all(mix, out, playing, n, lb, rng, noise_amp) -> None:
+        """All lines for [n, n+p) in float32: clips, then the device's playback, then
+        noise, quantised into ``out``."""
+        p = mix.shape[0]
+        mix.fill(0.0)
+        for k, srcs in enumerate(playing):
+            for s0, e0, get, _ in srcs:
+                lo, hi = max(n, s0), min(n + p, e0)
+                if hi > lo:
+                    mix[lo - n:hi - n, k] += get(lo - s0, hi - s0)
+        if lb is not None:
+            back = np.zeros_like(mix)
+            back[: lb.shape[0]] = lb / 32768.0
+            mix += back
+        if noise_amp is not None:
+            mix += rng.standard_normal(mix.shape).astype(np.float32) * noise_amp
+        quantise(mix, out=mix)
+        np.copyto(out, mix, casting="unsafe")
 
     @property
     def played(self) -> np.ndarray:
