@@ -332,6 +332,7 @@ class Daemon:
         overruns = sum(r.overruns for r in p.recorders)
         return {"version": __version__, "device": self.device, "time": time.time(),
                 "captured_s": round(self.ring.written / self.rate, 3),
+                "processed_s": round(p.pos / self.rate, 3),
                 "lines": lines, "alarms": self.alarms.snapshot(),
                 "overruns": {"consumer": overruns, "alsa_xruns": self.capture.xruns,
                              "late_dtmf_masks": sum(r.late_masks for r in p.recorders),
