@@ -1,20 +1,38 @@
 """Network campaign: the box and the broker on two network namespaces joined by a veth
 pair; the link is cut again and again (partitions of random length) while a 4-line
-day is recorded. Checks: 0 segments lost, 0 stored twice upstream, and after each
-partition heals, the backlog drains.
+day is recorded, and between partitions it is degraded (latency, loss). Checks: 0
+segments lost, 0 stored twice upstream, and after each partition heals, the backlog
+drains (checked over whatever degraded link follows the partition).
 
     make campaign-network            # 100 partitions during a simulated 4-line day
     make campaign-network QUICK=1    # 5 partitions, under 3 minutes
 
-Latency, loss and reordering need ``tc qdisc ... netem``; when the kernel has no
-``sch_netem`` (as on this workplace's machines), the campaign says so in its table and
-JSON (``netem: false``) and runs the partitions alone: it never reports a netem run it
-did not make. Needs root (namespaces, veth); exits 2 with a clear message otherwise.
+Link degradation, chosen at random after every partition (and once before the first):
+
+* ``netem`` when the kernel has ``sch_netem``: delay, jitter, loss and reordering, as
+  issue #8 asks.
+* otherwise ``tbf`` (token bucket): a low rate and a bounded queue on both ends of the
+  veth, which gives queueing latency and, with a queue of two or three packets ("lossy"
+  profiles), real drops under bursts. Rates are real-time uplinks multiplied by the
+  simulation speed (the box sends ``speed`` times the data per wall second), so a
+  400 kbit/s uplink at 24x is a 9.6 Mbit/s bucket. tbf cannot reorder packets: without
+  netem the campaign does **no reordering** and says so in its table and JSON
+  (``netem: false``, ``degradation: "tbf"``, ``reordering: false``).
+
+Packets dropped by the degradation are read from the qdisc counters (``tc -s qdisc``) on
+both ends before every change, so the loss reported is measured, not assumed; drops
+while the link is down (a partition) are not counted there. The campaign never reports a
+netem run it did not make. Needs root (namespaces, veth); exits 2 with a clear message
+otherwise.
 
 Layout: namespace ``lt-dev`` holds the box (``linetap simulate`` under ``ip netns exec``)
 at 10.77.0.2; the root namespace holds mosquitto (listening on 127.0.0.1 for the ingest
 worker and on 10.77.0.1 for the box, with a server certificate for that address) and
 the ingest worker. Both namespaces and the veth are removed in ``finally``.
+
+Pacing: the gap before each partition is computed from the line time left in the day
+(``captured_s`` in the box's status), so the partitions spread over the whole day; a
+partition starts only if the day leaves room for it and for its drain check.
 """
 
 from __future__ import annotations
@@ -24,9 +42,11 @@ import ipaddress
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -34,54 +54,196 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.campaigns import common  # noqa: E402
 
-NS = "lt-dev"
-VETH_ROOT, VETH_DEV = "lt-v0", "lt-v1"
-ROOT_IP, DEV_IP = "10.77.0.1", "10.77.0.2"
+KEEPALIVE_S = 30.0     # sync/uploader.py connects with keepalive=30; the broker gives up at 1.5x
+
+
+@dataclass(frozen=True)
+class Net:
+    """Names and addresses of one namespace + veth layout (tests use their own)."""
+
+    ns: str = "lt-dev"
+    veth_root: str = "lt-v0"
+    veth_dev: str = "lt-v1"
+    root_ip: str = "10.77.0.1"
+    dev_ip: str = "10.77.0.2"
+
+
+NET = Net()
 
 
 def sh(*cmd: str, check=True) -> subprocess.CompletedProcess:
     return subprocess.run(list(cmd), capture_output=True, text=True, check=check)
 
 
-def netem_available() -> bool:
-    """Can this kernel emulate latency and loss? Probe on a throwaway dummy link."""
-    if sh("ip", "link", "add", "lt-probe", "type", "dummy", check=False).returncode:
-        return False
+def qdisc_support() -> dict[str, bool]:
+    """Which root qdiscs (netem, tbf) this kernel accepts on a veth (the probe uses a
+    throwaway veth pair: this VM's kernel has no ``dummy`` link type either)."""
+    a, b = f"lt-pr{os.getpid() % 10000}a", f"lt-pr{os.getpid() % 10000}b"
+    out = {"netem": False, "tbf": False}
+    if sh("ip", "link", "add", a, "type", "veth", "peer", "name", b, check=False).returncode:
+        return out
     try:
-        return sh("tc", "qdisc", "add", "dev", "lt-probe", "root", "netem", "delay", "1ms",
-                  check=False).returncode == 0
+        for kind, args in (("netem", ["delay", "1ms"]),
+                           ("tbf", ["rate", "1mbit", "burst", "16kb", "latency", "50ms"])):
+            out[kind] = sh("tc", "qdisc", "replace", "dev", a, "root", kind, *args,
+                           check=False).returncode == 0
+            sh("tc", "qdisc", "del", "dev", a, "root", check=False)
+        return out
     finally:
-        sh("ip", "link", "del", "lt-probe", check=False)
+        sh("ip", "link", "del", a, check=False)
 
 
-def make_net() -> None:
-    teardown()
-    sh("ip", "netns", "add", NS)
-    sh("ip", "-n", NS, "link", "set", "lo", "up")
-    sh("ip", "link", "add", VETH_ROOT, "type", "veth", "peer", "name", VETH_DEV)
-    sh("ip", "link", "set", VETH_DEV, "netns", NS)
-    sh("ip", "addr", "add", f"{ROOT_IP}/30", "dev", VETH_ROOT)
-    sh("ip", "link", "set", VETH_ROOT, "up")
-    sh("ip", "-n", NS, "addr", "add", f"{DEV_IP}/30", "dev", VETH_DEV)
-    sh("ip", "-n", NS, "link", "set", VETH_DEV, "up")
+def netem_available() -> bool:
+    return qdisc_support()["netem"]
 
 
-def teardown() -> None:
-    sh("ip", "link", "del", VETH_ROOT, check=False)
-    sh("ip", "netns", "del", NS, check=False)
+def make_net(net: Net = NET) -> None:
+    teardown(net)
+    try:
+        sh("ip", "netns", "add", net.ns)
+        sh("ip", "-n", net.ns, "link", "set", "lo", "up")
+        sh("ip", "link", "add", net.veth_root, "type", "veth", "peer", "name", net.veth_dev)
+        sh("ip", "link", "set", net.veth_dev, "netns", net.ns)
+        sh("ip", "addr", "add", f"{net.root_ip}/30", "dev", net.veth_root)
+        sh("ip", "link", "set", net.veth_root, "up")
+        sh("ip", "-n", net.ns, "addr", "add", f"{net.dev_ip}/30", "dev", net.veth_dev)
+        sh("ip", "-n", net.ns, "link", "set", net.veth_dev, "up")
+        # One wire-size packet per skb, as on a real link: a veth otherwise hands the
+        # qdisc 64 KB GSO trains, which a small tbf queue drops nearly whole.
+        sh("ip", "link", "set", "dev", net.veth_root, "gso_max_segs", "1", check=False)
+        sh("ip", "-n", net.ns, "link", "set", "dev", net.veth_dev, "gso_max_segs", "1",
+           check=False)
+    except BaseException:
+        teardown(net)
+        raise
 
 
-def link(up: bool) -> None:
-    sh("ip", "link", "set", VETH_ROOT, "up" if up else "down")
+def teardown(net: Net = NET) -> None:
+    sh("ip", "link", "del", net.veth_root, check=False)
+    sh("ip", "netns", "del", net.ns, check=False)
 
 
-def impair(on: bool) -> None:
-    """Latency, jitter, reordering and loss on the box's side of the link (netem)."""
-    if on:
-        sh("tc", "qdisc", "replace", "dev", VETH_ROOT, "root", "netem", "delay", "80ms",
-           "20ms", "reorder", "5%", "loss", "2%")
-    else:
-        sh("tc", "qdisc", "del", "dev", VETH_ROOT, "root", check=False)
+def net_exists(net: Net = NET) -> bool:
+    """Is anything of ``net`` left (the namespace or the root end of the veth)?"""
+    ns = sh("ip", "netns", "list", check=False).stdout.split()
+    return net.ns in ns or sh("ip", "link", "show", net.veth_root,
+                              check=False).returncode == 0
+
+
+def link(up: bool, net: Net = NET) -> None:
+    sh("ip", "link", "set", net.veth_root, "up" if up else "down")
+
+
+# -- link degradation ---------------------------------------------------------------------------
+# tbf: (real-time uplink in kbit/s, bucket, queue). The queue is ``latency`` (the longest
+# a packet may wait) or ``limit`` in bytes: 10 full packets ("lossy") or 3 ("lossy-tight")
+# drop under bursts (a few % and 10-20 % of the packets of a bulk TCP upload).
+# The box needs about 125 kbit/s in real time for four busy lines (~44 KB per 10 s
+# segment per line), so the thinnest uplink here is ~3x that and every backlog can drain.
+TBF_PROFILES: dict[str, tuple[int, str, str] | None] = {
+    "clean": None,
+    "dsl": (1000, "16kb", "latency 100ms"),
+    "thin": (400, "16kb", "latency 400ms"),
+    "bloated": (400, "16kb", "latency 1500ms"),
+    "lossy": (1000, "16kb", "limit 15000"),
+    "lossy-tight": (1000, "10kb", "limit 4500"),
+}
+NETEM_PROFILES: dict[str, str | None] = {
+    "clean": None,
+    "wan": "delay 80ms 20ms",
+    "lossy": "delay 40ms loss 2%",
+    "reorder": "delay 50ms reorder 25% 50%",
+    "bad": "delay 80ms 20ms reorder 5% loss 2%",
+    "very-lossy": "delay 20ms loss 8%",
+}
+
+
+class Shaper:
+    """Applies one degradation profile to both ends of the veth and keeps the qdisc
+    counters (packets sent and dropped) per profile."""
+
+    def __init__(self, kind: str | None, speed: float, net: Net = NET):
+        self.kind, self.speed, self.net = kind, speed, net
+        self.profiles = (NETEM_PROFILES if kind == "netem" else
+                         TBF_PROFILES if kind == "tbf" else {"clean": None})
+        self.current = "clean"
+        self.last: dict[str, dict] = {}
+        self.stats = {p: {"setting": self.setting(p), "times": 0, "drops": 0, "packets": 0,
+                          "bytes": 0, "seconds": 0.0} for p in self.profiles}
+        self.since = time.monotonic()
+
+    def setting(self, name: str) -> str:
+        p = self.profiles[name]
+        if p is None:
+            return "no qdisc"
+        if self.kind == "netem":
+            return f"netem {p}"
+        kbit, burst, queue = p
+        return f"tbf rate {round(kbit * self.speed)}kbit burst {burst} {queue}"
+
+    def _ends(self):
+        return ((None, self.net.veth_root), (self.net.ns, self.net.veth_dev))
+
+    def _tc(self, ns, *args, check=True):
+        return sh("tc", *(["-n", ns] if ns else []), *args, check=check)
+
+    def counters(self, ns, dev) -> dict | None:
+        r = self._tc(ns, "-s", "-j", "qdisc", "show", "dev", dev, check=False)
+        try:
+            qs = json.loads(r.stdout or "[]")
+        except ValueError:
+            return None
+        for q in qs:
+            if q.get("root") and q.get("kind") in ("tbf", "netem"):
+                return {"drops": q.get("drops", 0), "packets": q.get("packets", 0),
+                        "bytes": q.get("bytes", 0)}
+        return None
+
+    def poll(self) -> None:
+        """Add what the qdiscs counted since the last poll to the current profile."""
+        st = self.stats[self.current]
+        for ns, dev in self._ends():
+            cur = self.counters(ns, dev)
+            if cur is None:
+                continue
+            last = self.last.get(dev, {"drops": 0, "packets": 0, "bytes": 0})
+            for k in ("drops", "packets", "bytes"):
+                # a counter that went back was reset: count it from zero
+                st[k] += cur[k] - last[k] if cur[k] >= last[k] else cur[k]
+            self.last[dev] = cur
+
+    def apply(self, name: str) -> None:
+        self.poll()
+        now = time.monotonic()
+        self.stats[self.current]["seconds"] += now - self.since
+        self.since = now
+        for ns, dev in self._ends():
+            self._tc(ns, "qdisc", "del", "dev", dev, "root", check=False)
+        self.last = {}
+        p = self.profiles[name]
+        if p is not None:
+            args = self.setting(name).split()
+            for ns, dev in self._ends():
+                self._tc(ns, "qdisc", "add", "dev", dev, "root", *args)
+        self.current = name
+        self.stats[name]["times"] += 1
+
+    def close(self) -> None:
+        """Final poll, then a clean link again (call before the veth is deleted)."""
+        self.poll()
+        self.stats[self.current]["seconds"] += time.monotonic() - self.since
+        self.since = time.monotonic()
+        for ns, dev in self._ends():
+            self._tc(ns, "qdisc", "del", "dev", dev, "root", check=False)
+        self.last = {}
+
+    @property
+    def drops(self) -> int:
+        return sum(s["drops"] for s in self.stats.values())
+
+    @property
+    def packets(self) -> int:
+        return sum(s["packets"] for s in self.stats.values())
 
 
 def server_cert_for(pki, ip: str) -> tuple[str, str]:
@@ -126,20 +288,46 @@ use_identity_as_username true
 
 
 class Campaign:
-    def __init__(self, args):
+    def __init__(self, args, net: Net = NET):
         self.args = args
+        self.net = net
         self.rng = random.Random(args.seed)
         self.root = common.workdir("linetap-network-")
         self.box = common.new_box(self.root / "box")
-        self.box.prefix = ["ip", "netns", "exec", NS]
-        self.rig = common.SyncRig(self.root / "rig", self.box, host=ROOT_IP)
+        self.box.prefix = ["ip", "netns", "exec", net.ns]
+        self.rig = common.SyncRig(self.root / "rig", self.box, host=net.root_ip)
         self.violations: list[str] = []
         self.drains: list[float] = []
         self.parts: list[float] = []
+        self.unchecked = 0          # partitions whose drain check the day's end cut short
+        self.shaper: Shaper | None = None
+        self.support = {"netem": False, "tbf": False}
+        self.duration = 0.0
+        self.speed = 0.0
+        self.first_seen: tuple[float, float] | None = None
 
     def backlog(self) -> dict:
         st = common.read_status(self.box.data) or {}
         return st.get("sync") or {}
+
+    def captured(self) -> float | None:
+        st = common.read_status(self.box.data) or {}
+        c = st.get("captured_s")
+        return float(c) if c is not None else None
+
+    def day_left(self) -> float:
+        """Wall seconds until the day's simulation ends, from the box's line time and the
+        speed it really runs at (a loaded machine runs the simulation slower)."""
+        c, now = self.captured(), time.monotonic()
+        if c is None:
+            return max(0.0, self.day_ends - now)
+        if self.first_seen is None:
+            self.first_seen = (now, c)
+        t1, c1 = self.first_seen
+        rate = self.speed
+        if now - t1 > 10.0 and c > c1:
+            rate = min(self.speed, max(0.2 * self.speed, (c - c1) / (now - t1)))
+        return max(0.0, (self.duration - c) / rate)
 
     def unacked_before(self, t: float) -> int:
         """Segments written before wall time ``t`` that upstream has not acked yet."""
@@ -162,78 +350,138 @@ class Campaign:
             time.sleep(0.5)
         return None
 
+    def schedule(self, n: int) -> list[str]:
+        """Profile before the first partition and after each one: every profile once
+        first (so a quick run covers them all), then at random."""
+        names = list(self.shaper.profiles)
+        first = [p for p in names if p != "clean"]
+        self.rng.shuffle(first)
+        first.append("clean")
+        return (first + [self.rng.choice(names) for _ in range(n + 1)])[:n + 1]
+
+    def cut_length(self, i: int) -> float:
+        # Short cuts that TCP rides out, and long ones past the 30 s keepalive that force
+        # a reconnect and a resend from the SQLite outbox.
+        if self.args.quick:      # one long cut; short ones that fit a 2-minute day
+            long_cut = i == 1
+            return self.rng.uniform(35.0, 40.0) if long_cut else self.rng.uniform(0.5, 5.0)
+        long_cut = self.rng.random() < 0.4
+        return self.rng.uniform(35.0, 70.0) if long_cut else self.rng.uniform(0.5, 10.0)
+
+    def expected_cut(self, i: int) -> float:
+        """Mean length of partition ``i`` under :meth:`cut_length` (for the pacing)."""
+        if self.args.quick:
+            return 37.5 if i == 1 else 2.75
+        return 0.4 * 52.5 + 0.6 * 5.25
+
     def run(self) -> int:
         a = self.args
         n = a.partitions if a.partitions is not None else (5 if a.quick else 100)
-        netem = netem_available()
-        duration = 1500.0 if a.quick else 86400.0
-        speed = a.speed or (12.0 if a.quick else 24.0)
-        raw, _calls = common.day_scenario(self.rng, "2026-11-02T08:00:00Z", duration)
+        self.support = qdisc_support()
+        kind = "netem" if self.support["netem"] else "tbf" if self.support["tbf"] else None
+        self.duration = a.duration or (1500.0 if a.quick else 86400.0)
+        self.speed = a.speed or (12.0 if a.quick else 24.0)
+        self.shaper = Shaper(kind, self.speed, self.net)
+        raw, _calls = common.day_scenario(self.rng, "2026-11-02T08:00:00Z", self.duration)
         scen = self.root / "day.json"
         scen.write_text(json.dumps(raw))
         t0 = time.monotonic()
-        make_net()
+        cmp: dict = {}
+        drain_allow = 8.0 if a.quick else 45.0   # day left after a partition, to check its drain
+        make_net(self.net)
         try:
-            add_listener(self.rig, ROOT_IP)
+            add_listener(self.rig, self.net.root_ip)
             self.rig.start()
             self.box.config = common.write_toml(
                 self.root / "box.toml", self.rig.box_raw(retention__keep_synced_days=3650.0))
-            self.box.spawn(scen, speed)
-            wall = duration / speed
-            self.day_ends = time.monotonic() + wall
-            gap = max(2.0, wall / (n + 1) - (15.0 if a.quick else 30.0))
+            self.box.spawn(scen, self.speed)
+            self.day_ends = time.monotonic() + self.duration / self.speed
             if self.wait_drained(90) is None:
                 self.violations.append("the box never reached the broker through the veth: "
                                        + self.box.log_tail(800))
-                return self.report(n, netem, t0, {})
+                self.shaper.close()
+                return self.report(n, t0, cmp)
+            plan = self.schedule(n)
+            self.shaper.apply(plan[0])
             for i in range(n):
-                time.sleep(self.rng.uniform(0.5, 1.5) * gap)
+                length = self.cut_length(i)
+                # Spread what is left of the day over the partitions still to come: the
+                # gap is the slack once this cut, the expected later ones and a drain
+                # each are taken off, shared out, and never more than the slack itself.
+                drain_est = (common.median(self.drains) or 3.0) + 1.0
+                need = length + drain_est + sum(self.expected_cut(j) + drain_est
+                                                for j in range(i + 1, n))
+                slack = self.day_left() - drain_allow - need
+                gap = min(max(1.0, slack / (n - i)) * self.rng.uniform(0.5, 1.5),
+                          max(1.0, slack))
+                time.sleep(gap)
                 if self.box.proc.poll() is not None:
                     if self.box.proc.returncode != 0:
                         self.violations.append(f"box failed before partition {i}: "
                                                + self.box.log_tail(800))
                     break
-                # Short cuts that TCP rides out, and long ones past the 30 s keepalive
-                # that force a reconnect and a resend from the SQLite outbox.
-                long_cut = i == 1 if a.quick else self.rng.random() < 0.4
-                length = self.rng.uniform(35.0, 45.0 if a.quick else 70.0) if long_cut \
-                    else self.rng.uniform(0.5, 10.0)
-                link(False)
+                if self.day_left() < length + drain_allow:
+                    print(f"  the day ends before partition {i + 1} ({length:.1f} s) and its "
+                          f"drain check would: stopping at {i}", flush=True)
+                    break
+                self.shaper.poll()
+                link(False, self.net)
                 time.sleep(length)
-                link(True)
+                link(True, self.net)
                 self.parts.append(length)
-                if netem and i % 2 == 1:
-                    impair(True)           # a degraded link after every other partition
+                self.shaper.apply(plan[i + 1])      # the link that comes back is degraded
                 d = self.wait_drained(120)
-                impair(False)
                 if d is None and self.box.proc.poll() is not None:
-                    break              # the day ended: the final drain checks the rest
+                    if self.box.proc.returncode != 0:
+                        self.violations.append(f"box failed after partition {i}: "
+                                               + self.box.log_tail(800))
+                    else:
+                        self.unchecked += 1   # the day ended: the final drain checks the rest
+                    break
                 if d is None:
-                    self.violations.append(f"backlog did not drain after partition {i} "
-                                           f"({length:.1f} s): {self.backlog()}")
+                    self.violations.append(
+                        f"backlog did not drain after partition {i} ({length:.1f} s, link "
+                        f"{plan[i + 1]}: {self.shaper.setting(plan[i + 1])}): "
+                        f"{self.backlog()}")
                 else:
                     self.drains.append(d)
                 if (i + 1) % 10 == 0:
-                    print(f"  {i + 1} partitions, {len(self.violations)} violation(s)",
-                          flush=True)
+                    print(f"  {i + 1} partitions, {len(self.violations)} violation(s), "
+                          f"{self.shaper.drops} packets dropped so far, "
+                          f"{time.monotonic() - t0:.0f} s", flush=True)
+            self.shaper.close()         # the final drain runs on a clean link
             cmp = self.drain()
         finally:
             try:
                 self.box.kill()
             finally:
                 self.rig.stop()
-                teardown()
-        return self.report(n, netem, t0, cmp)
+                teardown(self.net)
+        return self.report(n, t0, cmp)
 
     def drain(self) -> dict:
         """Let the day end, then a quiet boot drains the backlog; compare upstream."""
-        try:
-            self.box.proc.wait(max(0.0, self.day_ends - time.monotonic()) + 120.0)
-        except subprocess.TimeoutExpired:
-            self.violations.append("the day's simulation did not finish on time")
-            self.box.kill()
+        # Wait while the day's line time advances; a box that stops advancing for 60 s,
+        # or runs on past the end of its scenario, has not finished its day.
+        last, t_last = self.captured(), time.monotonic()
+        while self.box.proc.poll() is None:
+            time.sleep(1.0)
+            c = self.captured()
+            if c != last:
+                last, t_last = c, time.monotonic()
+            if time.monotonic() - t_last > 60.0 or (c or 0.0) > self.duration + 120.0:
+                self.violations.append(
+                    f"the day's simulation did not finish on time (line time {c} s of "
+                    f"{self.duration:.0f} s, {time.monotonic() - t_last:.0f} s without "
+                    f"progress): " + self.box.log_tail(400))
+                self.box.kill()
+                break
+        if self.box.proc.returncode not in (0, None, -9):
+            self.violations.append(f"the day's box exited {self.box.proc.returncode}: "
+                                   + self.box.log_tail(800))
         quiet = self.root / "quiet.json"
-        start = (dt.datetime(2026, 11, 3, tzinfo=dt.UTC) + timedelta(hours=1)).isoformat()
+        start = (dt.datetime(2026, 11, 2, tzinfo=dt.UTC) + timedelta(
+            seconds=8 * 3600 + self.duration + 3600)).isoformat()
         quiet.write_text(json.dumps({"rate": 8000, "start": start.replace("+00:00", "Z"),
                                      "duration": 3600.0, "lines": 4, "events": []}))
         self.box.spawn(quiet, 1.0)
@@ -244,38 +492,99 @@ class Campaign:
                                    f"{common.unacked(self.box.data)} unacked")
         return common.check_upstream(self.rig, self.box.data, self.violations)
 
-    def report(self, n: int, netem: bool, t0: float, cmp: dict) -> int:
+    def report(self, n: int, t0: float, cmp: dict) -> int:
+        sh_ = self.shaper
+        kind = sh_.kind if sh_ else None
         med = common.median(self.drains) if self.drains else None
-        common.table("network campaign", [
-            ("partitions", f"{len(self.parts)} of {n}", ""),
+        lossy = [p for p in sh_.profiles if p.startswith("lossy") or "loss" in (
+            sh_.setting(p))] if sh_ else []
+        lossy_packets = sum(sh_.stats[p]["packets"] for p in lossy) if sh_ else 0
+        if kind and lossy_packets > 200 and sh_.drops == 0:
+            self.violations.append("the lossy link profiles dropped no packet: the "
+                                   "degradation did not take effect")
+        past = sum(1 for x in self.parts if x > KEEPALIVE_S)
+        past_broker = sum(1 for x in self.parts if x > 1.5 * KEEPALIVE_S)
+        sent = sh_.packets if sh_ else 0
+        drops = sh_.drops if sh_ else 0
+        pct = 100.0 * drops / (sent + drops) if sent + drops else 0.0
+        if kind == "netem":
+            deg = "netem (delay, jitter, loss, reordering), both ends of the veth"
+            reorder = "done (netem reorder)"
+        elif kind == "tbf":
+            deg = "tbf (this kernel has no sch_netem): rate limit + bounded queue, both ends"
+            reorder = "NOT done: reordering needs netem, which this kernel lacks"
+        else:
+            deg = "none: this kernel has neither sch_netem nor sch_tbf (partitions only)"
+            reorder = "NOT done: needs netem"
+        rows = [
+            ("partitions", f"{len(self.parts)} of {n}",
+             "ok" if len(self.parts) == n else "short"),
             ("partition length (s), min/median/max",
-             f"{min(self.parts, default=0):.1f} / {common.median(self.parts) or 0:.1f} / "
-             f"{max(self.parts, default=0):.1f}" if self.parts else "-", ""),
+             f"{min(self.parts):.1f} / {common.median(self.parts):.1f} / "
+             f"{max(self.parts):.1f}" if self.parts else "-", ""),
+            (f"partitions > keepalive {KEEPALIVE_S:.0f} s / > 1.5x ({1.5 * KEEPALIVE_S:.0f} s)",
+             f"{past} / {past_broker}", ""),
+            ("drain checks after heal", f"{len(self.drains)} drained of {len(self.parts)}"
+             + (f" ({self.unchecked} cut short by the day's end)" if self.unchecked else ""),
+             "ok" if len(self.drains) == len(self.parts) else
+             "VIOLATION" if len(self.drains) + self.unchecked < len(self.parts) else "short"),
             ("drain after heal (s), median/max",
-             f"{med:.1f} / {max(self.drains):.1f}" if self.drains else "-",
-             "ok" if len(self.drains) == len(self.parts) else "VIOLATION"),
-            ("latency/loss/reorder (netem)", "run" if netem else
-             "not available in this kernel: partitions only", ""),
+             f"{med:.1f} / {max(self.drains):.1f}" if self.drains else "-", ""),
+            ("link degradation", deg, ""),
+            ("reordering", reorder, ""),
+            ("packets dropped by the degraded link (tc counters)",
+             f"{drops} of {sent + drops} ({pct:.2f} %)", ""),
+        ]
+        if sh_:
+            for p, s in sh_.stats.items():
+                if not s["times"]:
+                    continue
+                lp = 100.0 * s["drops"] / (s["packets"] + s["drops"]) if s["packets"] else 0.0
+                rows.append((f"  {p}: {s['setting']}",
+                             f"{s['times']}x, {s['seconds']:.0f} s, {s['drops']} dropped of "
+                             f"{s['packets'] + s['drops']} ({lp:.2f} %), "
+                             f"{s['bytes'] / 1e6:.1f} MB sent", ""))
+        rows += [
             ("box segments / upstream", f"{cmp.get('box_segments', '-')} / "
              f"{cmp.get('upstream_segments', '-')}", ""),
             ("lost upstream", len(cmp.get("lost", [])) if cmp else "-",
              "ok" if cmp and not cmp.get("lost") else "VIOLATION"),
             ("stored twice upstream", cmp.get("duplicated", "-"),
              "ok" if cmp and not cmp.get("duplicated") else "VIOLATION"),
+            ("day: lines / line time (s) / speed", f"4 / {self.duration:.0f} / {self.speed:g}x",
+             ""),
             ("elapsed (s)", round(time.monotonic() - t0), ""),
-        ])
-        return common.finish({"campaign": "network", "partitions": len(self.parts),
-                              "netem": netem, "lost": len(cmp.get("lost", [])),
-                              "duplicated": cmp.get("duplicated"),
-                              "drain_median_s": round(med, 1) if med else None,
-                              "seed": self.args.seed}, self.violations)
+        ]
+        common.table("network campaign", rows)
+        summary = {"campaign": "network", "quick": self.args.quick,
+                   "partitions": len(self.parts), "partitions_planned": n,
+                   "partitions_past_keepalive": past, "drain_checks": len(self.drains),
+                   "netem": self.support["netem"], "degradation": kind,
+                   "reordering": kind == "netem",
+                   "drops": drops, "packets": sent,
+                   "profiles": {p: {k: (round(v, 1) if isinstance(v, float) else v)
+                                    for k, v in s.items()}
+                                for p, s in (sh_.stats.items() if sh_ else ()) if s["times"]},
+                   "lost": len(cmp.get("lost", [])), "duplicated": cmp.get("duplicated"),
+                   "segments": cmp.get("box_segments"),
+                   "drain_median_s": round(med, 1) if med is not None else None,
+                   "drain_max_s": round(max(self.drains), 1) if self.drains else None,
+                   "speed": self.speed, "line_time_s": self.duration,
+                   "elapsed_s": round(time.monotonic() - t0, 1), "seed": self.args.seed}
+        if self.args.keep or self.violations:
+            print(f"work folder kept: {self.root}")
+        else:
+            shutil.rmtree(self.root, ignore_errors=True)
+        return common.finish(summary, self.violations)
 
 
 def main() -> int:
     def extra(ap):
         ap.add_argument("--partitions", type=int, default=None)
         ap.add_argument("--speed", type=float, default=None,
-                        help="simulation speed (default 24x; 10x with --quick)")
+                        help="simulation speed (default 24x; 12x with --quick)")
+        ap.add_argument("--duration", type=float, default=None,
+                        help="line time of the day in s (default 86400; 1500 with --quick)")
     args = common.parse_args(__doc__, extra)
     if os.geteuid() != 0:
         print("campaign-network needs root (network namespaces and a veth pair)")
