@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 # before the ack is published. Unset in production.
 _CRASH_AFTER = int(os.environ.get("LINETAP_INGEST_CRASH_AFTER", "0") or 0)
 BATCH = 64                # messages per database transaction
+CHUNK_WAIT_S = 0.005      # how long a batch waits for the next chunk of its last file
 
 
 class Ingest:
@@ -121,7 +122,11 @@ class Ingest:
                         self._whole = None
                 for f in self._futs:
                     f.result()           # every blob fsynced (raises if a write failed)
-                self.objects.sync_dirs(self._dirs)
+                # The folders' fsyncs in parallel too (a batch often spans calls).
+                for f in [self._pool.submit(self.objects.sync_dirs, {d})
+                          for d in self._dirs]:
+                    f.result()
+                self._dirs.clear()
         except BaseException:
             (self.stored, self.duplicates, self.conflicts, self.dropped,
              self._writes) = counts
@@ -200,15 +205,17 @@ class Ingest:
             os._exit(9)
 
     # -- segments ----------------------------------------------------------------------------
-    def _call_row(self, t) -> UCall | None:
-        """The call row, cached for one batch (a batch mostly holds one call)."""
+    def _call_state(self, t) -> str | None:
+        """The call row's state (``live``/``deleted``), None if there is no row yet;
+        cached for one batch (a batch mostly holds one call)."""
         k = (t.device, t.call)
         if self._calls is not None and k in self._calls:
             return self._calls[k]
-        row = UCall.get_or_none(UCall.device == t.device, UCall.call == t.call)
-        if self._calls is not None and row is not None:
-            self._calls[k] = row
-        return row
+        row = db.execute_sql(_sql("call_state"), (t.device, t.call)).fetchone()
+        state = row[0] if row else None
+        if self._calls is not None and state is not None:
+            self._calls[k] = state
+        return state
 
     def _deleted(self, t, ch, **ack):
         # A late copy of a call already deleted upstream (retention or the practice):
@@ -218,8 +225,8 @@ class Ingest:
 
     def _segment(self, t, site, ch):
         key = (t.device, t.call, t.seq)
-        crow = self._call_row(t)
-        if crow is not None and crow.state == "deleted":
+        state = self._call_state(t)
+        if state == "deleted":
             return self._deleted(t, ch, segs=[(t.call, t.seq, ch.sha256)])
         old = self._stored_sha(t)
         if old == ch.sha256:
@@ -254,7 +261,7 @@ class Ingest:
                 return self._conflict(t, ch, okey, blob)
             self.duplicates += 1
         else:
-            if crow is None or start is not None:
+            if state is None or start is not None:
                 self._touch_call(t, site, start)
             self.stored += 1
             self._writes += 1
@@ -402,6 +409,7 @@ class Ingest:
 
 
 _SQL = {
+    "call_state": 'SELECT state FROM ucall WHERE device = {p} AND "call" = {p}',
     "seg_get": 'SELECT sha256 FROM usegment WHERE device = {p} AND "call" = {p} AND seq = {p}',
     "seg_put": 'INSERT INTO usegment (device, "call", seq, sha256, size, "key", created) '
                "VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}) ON CONFLICT DO NOTHING",
@@ -431,6 +439,14 @@ class _Savepoint:
             db.execute_sql(f'ROLLBACK TO SAVEPOINT "{self.name}"')
             db.execute_sql(f'RELEASE SAVEPOINT "{self.name}"')
         return False
+
+
+def _more_chunks(payload: bytes) -> bool:
+    """True if ``payload`` is a chunk with more chunks after it."""
+    if len(payload) < protocol.HEADER_LEN or payload[:4] != protocol.CHUNK_MAGIC:
+        return False
+    _m, idx, count, _total, _sha = protocol.HEADER.unpack_from(payload)
+    return idx + 1 < count
 
 
 def _whole_files(msgs, order) -> tuple[dict[int, bytes], dict[int, int]]:
@@ -569,7 +585,14 @@ class Worker:
                 try:
                     msgs.append(self.q.get_nowait())
                 except queue.Empty:
-                    break
+                    # The last message is a chunk of a file whose next chunk is on its
+                    # way: wait a moment for it rather than going through partial/.
+                    if not _more_chunks(msgs[-1][1]):
+                        break
+                    try:
+                        msgs.append(self.q.get(timeout=CHUNK_WAIT_S))
+                    except queue.Empty:
+                        break
             try:
                 with self._lock:
                     results = self.ingest.handle_batch([(t, p) for t, p, _m, _q in msgs])
