@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 # pacer(frames_wanted_total) -> bool: block until that many frames exist; False = line ended.
 Pacer = Callable[[int], bool]
+_S16 = np.dtype("<i2")
 
 
 def _pcm(kind: str, device: str, channels: int, rate: int, period: int, nonblock=False):
@@ -82,9 +83,9 @@ class AlsaCapture:
                 log.warning("ALSA capture overrun (%d so far)", self.xruns)
         if n != self.period:
             self.short_reads += 1
-        arr = np.frombuffer(data, dtype="<i2")[: n * self.channels].reshape(n, self.channels)
         self.frames += n
-        return arr
+        # A view of pyalsaaudio's bytes, no copy (read-only, like the bytes).
+        return np.ndarray((n, self.channels), _S16, data)
 
     def close(self) -> None:
         self._pcm.close()

@@ -412,6 +412,8 @@ class SimulatedLine:
         nbytes = len(view)
         pinmap, factory, clock, cond = self.pinmap, self.factory, self.clock, self._cond
         pins = {}
+        plan = None            # the copies of a steady period, see below
+        loopback, speed = self.loopback, self.speed
         t0 = time.monotonic()
         for n in range(0, self.total_frames, p):
             if self.finished:
@@ -431,7 +433,8 @@ class SimulatedLine:
                 next_edge = steps[si].sample if si < len(steps) else _NEVER
             clock.position = end
             # 2. audio: clips overlapping [n, n+p), the device's playback, optional noise
-            if next_clip < end:
+            started = next_clip < end
+            if started:
                 while ci < len(clips) and clips[ci][1] < end:
                     line, s0, ev = clips[ci]
                     length, get, q = self._render(ev)
@@ -440,13 +443,20 @@ class SimulatedLine:
                         next_end = min(next_end, s0 + length)
                     ci += 1
                 next_clip = clips[ci][1] if ci < len(clips) else _NEVER
-            lb = self._loopback(n, p) if self.loopback else None
+            lb = self._loopback(n, p) if loopback else None
             if lb is not None and not lb.any():
                 lb = None                      # silence played back adds nothing
             if noise_amp is not None or lb is not None:
                 self._mix_all(mix, out, playing, n, lb, rng, noise_amp)
                 dirty = [True] * lines
+                plan = None
+            elif plan is not None and not started and next_end >= end:
+                # Steady: nothing starts or ends in this period or did since the plan
+                # was made, so every line is still silent or one clip covering it all.
+                for col, q, s0 in plan:
+                    np.copyto(col, q[n - s0:end - s0])
             else:
+                copies, steady = [], True
                 for k in range(lines):
                     srcs = playing[k]
                     if not srcs:
@@ -459,16 +469,20 @@ class SimulatedLine:
                         if q is not None and s0 <= n and e0 >= end:
                             np.copyto(cols[k], q[n - s0:end - s0])
                             dirty[k] = True
+                            copies.append((cols[k], q, s0))
                             continue
                     self._mix_line(one, cols[k], srcs, n, end, dirty[k])
                     dirty[k] = True
+                    steady = False
+                plan = copies if steady else None
             if next_end <= end:
+                plan = None
                 for k in range(lines):
                     playing[k] = [c for c in playing[k] if c[1] > end]
                 next_end = min((c[1] for pl in playing for c in pl), default=_NEVER)
             # 3. pace, then write the whole period at once
-            if self.speed > 0:
-                due = t0 + n / (r * self.speed)
+            if speed > 0:
+                due = t0 + n / (r * speed)
                 delay = due - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
