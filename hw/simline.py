@@ -137,6 +137,7 @@ class SimulatedLine:
         self._clips = self._render_clips()
         self._threads: list[threading.Thread] = []
         self.wall_s = 0.0
+        self.cpu_s = 0.0             # CPU time of the line's writer thread (benches)
 
     # -- schedule ----------------------------------------------------------------------
     def _pin_schedule(self) -> list[PinStep]:
@@ -365,6 +366,7 @@ class SimulatedLine:
         return np.frombuffer(raw, dtype="<i2").reshape(-1, self.lines)
 
     def _write_line(self) -> None:
+        cpu0 = time.thread_time()
         fd = os.open(self.alsa.capture_fifo, os.O_WRONLY)
         chunk = self.period * 2 * self.lines
         try:
@@ -382,6 +384,7 @@ class SimulatedLine:
             self._write_frames(fd)
         finally:
             os.close(fd)
+            self.cpu_s = time.thread_time() - cpu0
             with self._cond:
                 self.finished = True
                 self._cond.notify_all()
@@ -504,13 +507,17 @@ class SimulatedLine:
         column of the period. Clips that do not overlap are copied already quantised;
         overlapping ones (and tones) are mixed in float32 in start order and quantised,
         sample for sample what mixing all lines at once gives."""
-        spans = sorted((max(n, s0), min(end, e0), s0, get, q) for s0, e0, get, q in srcs)
-        spans = [s for s in spans if s[1] > s[0]]
-        if all(s[4] is not None for s in spans) and all(
-                a[1] <= b[0] for a, b in zip(spans, spans[1:])):
+        spans, copy, last = [], True, n
+        for s0, e0, _, q in srcs:              # in start order, so sorted by lo
+            lo, hi = max(n, s0), min(end, e0)
+            if hi > lo:
+                spans.append((lo, hi, s0, q))
+                copy = copy and q is not None and lo >= last
+                last = hi
+        if copy:
             if dirty:                          # else the column is still silence
                 col.fill(0)
-            for lo, hi, s0, _, q in spans:
+            for lo, hi, s0, q in spans:
                 np.copyto(col[lo - n:hi - n], q[lo - s0:hi - s0])
             return
         one.fill(0.0)

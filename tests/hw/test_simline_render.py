@@ -88,6 +88,7 @@ def test_fast_paths_match_plain_float_mixing(tmp_path, period):
         {"at": 0.3, "line": 1, "type": "audio", "file": "a.wav"},
         {"at": 0.5, "line": 1, "type": "audio", "file": "b.wav", "gain_db": 6},
         {"at": 2.5, "line": 1, "type": "audio", "file": "b.wav"},
+        {"at": 2.5, "line": 1, "type": "audio", "file": "b.wav"},     # twice at once
         # line 2: a tone under a clip, then the tone alone
         {"at": 0.9, "line": 2, "type": "tone", "hz": 440, "duration": 1.5},
         {"at": 1.0, "line": 2, "type": "audio", "file": "b.wav"},
