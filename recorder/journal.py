@@ -15,7 +15,8 @@ continue the call past its last committed segment as segments
 journalled: the recorder's hold (hang-up decision + DTMF) plus up to ``journal_s``.
 
 Wear: one append of about 2-5 KB and one ``fdatasync`` per line per ``journal_s`` while
-a call is up; no file is created, renamed or deleted per record (see docs/formats.md).
+a call is up (fewer when the writer is behind: records waiting together share one); no
+file is created, renamed or deleted per record (see docs/formats.md).
 
 File ``<call dir>/journal.ltj``: a sequence of records::
 
@@ -81,60 +82,93 @@ def read(data: bytes) -> tuple[list[bytes], str | None]:
 class JournalFiles:
     """The writer's open journals, one append-only file per call in progress.
 
-    Every append is one ``write`` of a whole record and an ``fdatasync``. If an append
-    fails (a full disk), the file is cut back to its last whole record, so a later
-    record never follows a torn one; if even that fails, the call's journal is closed
-    and that call goes on without one (its segments are unaffected).
+    :meth:`append` writes a whole record with one ``write``; :meth:`sync` makes every
+    record written so far durable (``fdatasync`` of each journal written to). The writer
+    syncs once it has no further record waiting, so when it is behind, several records
+    share one ``fdatasync`` (group commit), and at real time each record gets its own.
+
+    If a write or a sync fails (a full disk), the file is cut back to its last durable
+    record, so a later record never follows a torn one; if even that fails, the call's
+    journal is closed and that call goes on without one (its segments are unaffected).
     """
 
     def __init__(self):
-        self._open: dict[str, tuple[int, int]] = {}    # call -> (fd, size)
+        self._open: dict[str, list] = {}      # call -> [fd, durable size, written size]
+        self._dirty: set[str] = set()
         self._broken: set[str] = set()
         self.records = 0
         self.bytes = 0
+        self.syncs = 0
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._dirty)
 
     def append(self, call_id: str, path: Path, blob: bytes) -> bool:
-        """Append one record; False if this call's journal is out of use."""
+        """Write one record (durable after :meth:`sync`); False if this call's journal
+        is out of use."""
         if call_id in self._broken:
             return False
         rec = frame(blob)
-        fd, size = self._open.get(call_id) or self._create(call_id, path)
+        f = self._open.get(call_id) or self._create(call_id, path)
         try:
             view = memoryview(rec)
             while view:
-                view = view[os.write(fd, view):]
-            crash_point("journal_before_sync")
-            os.fdatasync(fd)
+                view = view[os.write(f[0], view):]
         except OSError:
-            self._cut_back(call_id, fd, size)
+            self._cut_back(call_id)
             raise
-        self._open[call_id] = (fd, size + len(rec))
+        f[2] += len(rec)
+        self._dirty.add(call_id)
         self.records += 1
         self.bytes += len(rec)
         return True
 
-    def _create(self, call_id: str, path: Path) -> tuple[int, int]:
+    def sync(self) -> None:
+        """fdatasync every journal written to since the last sync."""
+        failed = None
+        for call_id in sorted(self._dirty):
+            f = self._open.get(call_id)
+            if f is None:
+                continue
+            try:
+                crash_point("journal_before_sync")
+                os.fdatasync(f[0])
+                f[1] = f[2]
+                self.syncs += 1
+            except OSError as exc:
+                failed = exc
+                self._cut_back(call_id)
+        self._dirty.clear()
+        if failed is not None:
+            raise failed
+
+    def _create(self, call_id: str, path: Path) -> list:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         size = os.fstat(fd).st_size
         fsync_dir(path.parent)          # the file's name is durable before its records
-        self._open[call_id] = (fd, size)
-        return fd, size
+        f = self._open[call_id] = [fd, size, size]
+        return f
 
-    def _cut_back(self, call_id: str, fd: int, size: int) -> None:
+    def _cut_back(self, call_id: str) -> None:
+        fd, durable, _ = self._open[call_id]
         try:
-            os.ftruncate(fd, size)
+            os.ftruncate(fd, durable)
             os.fdatasync(fd)
+            self._open[call_id][2] = durable
         except OSError:
             log.error("call %s: journal could not be cut back after a failed write; "
                       "journal off for this call", call_id)
             self._broken.add(call_id)
             self.close(call_id)
+        self._dirty.discard(call_id)
 
     def close(self, call_id: str) -> None:
         """Close a call's journal, keeping the file (for shutdown: recovery reads it)."""
-        fd, _ = self._open.pop(call_id, (None, 0))
-        if fd is not None:
-            os.close(fd)
+        f = self._open.pop(call_id, None)
+        self._dirty.discard(call_id)
+        if f is not None:
+            os.close(f[0])
 
     def remove(self, call_id: str, path: Path) -> None:
         """The call is complete (manifest written): its journal is no longer needed."""

@@ -165,10 +165,28 @@ class Writer:
                 return
             t = time.thread_time()
             self._handle_until_stored(job)
+            if self.journal.dirty and not self._journal_waiting():
+                self._sync_journal()
             self.cpu_s += time.thread_time() - t
             self.q.task_done()
             if self.q.empty():
                 self.idle.set()
+
+    def _journal_waiting(self) -> bool:
+        """Is the next queued job another journal record (to share this one's sync)?"""
+        with self.q.mutex:
+            return bool(self.q.queue) and isinstance(self.q.queue[0], JournalAppend)
+
+    def _sync_journal(self) -> None:
+        try:
+            self.journal.sync()
+        except OSError as exc:
+            # The records are cut back; their audio is still in the segment to come.
+            self.journal_skipped += 1
+            if disk_full(exc):
+                self.on_disk_full()
+            else:
+                log.error("journal sync failed: %s", exc)
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until every queued job is done."""

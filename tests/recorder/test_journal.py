@@ -58,6 +58,7 @@ def test_a_failed_append_is_cut_back_so_later_records_still_read(tmp_path, monke
     files = journal.JournalFiles()
     path = tmp_path / journal.NAME
     assert files.append("c1", path, b"one")
+    files.sync()
     real = os.fdatasync
     calls = {"n": 0}
 
@@ -68,11 +69,26 @@ def test_a_failed_append_is_cut_back_so_later_records_still_read(tmp_path, monke
         return real(fd)
 
     monkeypatch.setattr(os, "fdatasync", full_once)
+    assert files.append("c1", path, b"two (lost to a full disk)")
+    assert files.append("c1", path, b"and its companion in the same sync")
     with pytest.raises(OSError):
-        files.append("c1", path, b"two (lost to a full disk)")
+        files.sync()
+    assert not files.dirty
     assert files.append("c1", path, b"three")
+    files.sync()
     files.close_all()
     assert journal.read(path.read_bytes()) == ([b"one", b"three"], None)
+
+
+def test_records_waiting_together_share_one_sync(tmp_path):
+    files = journal.JournalFiles()
+    for i in range(5):
+        files.append("a", tmp_path / "a.ltj", b"rec %d" % i)
+        files.append("b", tmp_path / "b.ltj", b"rec %d" % i)
+    files.sync()
+    assert (files.records, files.syncs) == (10, 2)
+    files.close_all()
+    assert len(journal.read((tmp_path / "a.ltj").read_bytes())[0]) == 5
 
 
 # -- the writer's journal and recovery ------------------------------------------------------
@@ -110,6 +126,7 @@ def _record_call(w, pcm, seg, jn, cut_at):
         if complete:
             w.handle(WriteSegment(info.id, seq, s0, pcm[s0:end].copy()))
             seq += 1
+    w.journal.sync()
     return info.id
 
 

@@ -24,7 +24,7 @@ from bench.campaigns import common, powercut  # noqa: E402
 
 def test_random_kills_recover_and_sync():
     need_mosquitto()
-    c = powercut.Campaign(Namespace(quick=True, seed=11, keep=False, speed=20.0, kills=4,
+    c = powercut.Campaign(Namespace(quick=True, seed=11, keep=False, speed=4.0, kills=4,
                                     points=0))
     rc = c.run()
     assert c.stats["kills"] == 4
