@@ -550,6 +550,7 @@ class Worker:
         c.max_inflight_messages_set(100)
         c.on_connect, c.on_message = self._on_connect, self._on_message
         c.on_disconnect = lambda *a: self.connected.clear()
+        c.on_socket_open = protocol.tcp_nodelay
         # No persistent session for a worker: a dead worker's session would stay in the
         # shared group and keep being handed messages (mosquitto queues for offline
         # members). What was in flight is resent by the box after its ack timeout.

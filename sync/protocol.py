@@ -86,6 +86,17 @@ def parse_chunk(payload: bytes) -> Chunk:
     return Chunk(idx, count, total, sha.hex(), bytes(payload[HEADER_LEN:]))
 
 
+def tcp_nodelay(client, userdata, sock) -> None:
+    """paho ``on_socket_open``: turn Nagle's algorithm off. Acks and PUBACKs are small
+    packets that the windowed protocol waits for; with Nagle on, one can sit in the
+    kernel until the peer's delayed ACK (tens of ms) instead of leaving at once."""
+    import socket
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):
+        pass                          # not a TCP socket (e.g. a test double)
+
+
 # -- topics -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Topic:

@@ -170,6 +170,7 @@ class Uploader:
         c.max_queued_messages_set(0)
         c.on_connect, c.on_disconnect = self._on_connect, self._on_disconnect
         c.on_message = self._on_message
+        c.on_socket_open = protocol.tcp_nodelay
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = SESSION_EXPIRY_S
         self.link = "connecting"

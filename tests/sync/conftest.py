@@ -120,6 +120,7 @@ allow_anonymous false
 acl_file {d}/acl
 max_inflight_messages 100
 max_queued_messages 100000
+set_tcp_nodelay true
 listener {self.port} 127.0.0.1
 cafile {pki.ca}
 certfile {pki.server.cert}

@@ -114,3 +114,23 @@ def test_chunks_whole_in_a_batch_are_joined_in_memory(tmp_path, pki):
     n = ing.stored
     res = ing.handle_batch(_msgs(box, a))
     assert ing.stored == n and all(r is not None for r in res)
+
+
+def test_box_and_worker_sockets_have_nagle_off(tmp_path, broker, pki):
+    """Acks are small packets the window waits for: Nagle's algorithm would hold one
+    until the peer's delayed ACK."""
+    import socket
+
+    from synchelpers import InProcWorker, Running, wait_for
+    _priv, pub, *_ = practice_keys(tmp_path)
+    box = make_box(tmp_path / "box", pub)
+    worker = InProcWorker(upstream_cfg(tmp_path / "up", broker, pki, [box]))
+    run = Running(box, broker, pki)
+    try:
+        wait_for(lambda: run.up.connected.is_set() and worker.w.connected.is_set(),
+                 what="both connected")
+        for client in (run.up.client, worker.w.client):
+            assert client.socket().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        run.close()
+        worker.close()
