@@ -89,6 +89,8 @@ def bare_flac(seconds: float) -> float:
 
 
 def rss_child(lines: int, seconds: float) -> None:
+    from recorder import lean_device_imports
+    lean_device_imports()    # as `linetap run` and `simulate` do
     import recorder.calls  # noqa: F401 - everything the daemon imports, before it runs
     import recorder.daemon  # noqa: F401
     import recorder.dsp.callerid  # noqa: F401

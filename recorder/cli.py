@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.cmd:
         parser.print_help()
         return 2
+    if args.cmd in ("run", "simulate"):
+        from recorder import lean_device_imports
+        lean_device_imports()
     try:
         if args.cmd in DELEGATED:
             return int(_load(DELEGATED[args.cmd][0])(args.rest) or 0)
