@@ -1,7 +1,10 @@
 """Hostile-input campaign: fuzz every parser that sees bytes from outside the box.
 
 Targets (each: bytes or structured values in, only documented ``LinetapError``
-subclasses out; anything else escaping is a crash, an execution over ``HANG_S`` a hang):
+subclasses out; anything else escaping is a crash, an execution over ``HANG_S`` of wall
+time a hang if it spent at least half of that on the CPU, a *stall* if it spent it
+waiting (the ``commands`` target commits every nonce with fsync, and a loaded disk can
+hold one for seconds: reported, with the input, but not a parser fault):
 
 * ``frames``    provisioning frames: ``provisioning.protocol.FrameParser.feed`` (which
   must never raise) and ``Frame.json``;
@@ -409,6 +412,8 @@ class Result:
         self.allowed = 0
         self.crashes: dict[str, dict] = {}
         self.hangs = 0
+        self.stalls = 0
+        self.slow: list[dict] = []       # the first few hang and stall inputs
         self.seconds = 0.0
 
     def crash(self, exc: BaseException, inp) -> None:
@@ -424,10 +429,11 @@ class Result:
     def row(self):
         return (self.target, self.engine, self.execs, round(self.execs / max(self.seconds, 1e-9)),
                 len(self.crashes), sum(c["count"] for c in self.crashes.values()), self.hangs,
-                round(self.seconds))
+                self.stalls, round(self.seconds))
 
     def as_dict(self):
         return {"execs": self.execs, "crashes": len(self.crashes), "hangs": self.hangs,
+                "stalls": self.stalls, "slow": self.slow,
                 "seconds": round(self.seconds, 1), "kinds": list(self.crashes)}
 
 
@@ -440,12 +446,20 @@ def run_one(ctx, res: Result, target: str, inp) -> None:
     fn = TARGET_FN[target]
     signal.signal(signal.SIGALRM, _alarm)
     signal.setitimer(signal.ITIMER_REAL, HANG_S)
+    cpu0 = time.thread_time()
     try:
         fn(ctx, inp)
     except LinetapError:
         res.allowed += 1
     except Hang:
-        res.hangs += 1
+        cpu = time.thread_time() - cpu0
+        if cpu >= HANG_S / 2:
+            res.hangs += 1
+        else:
+            res.stalls += 1
+        if len(res.slow) < 5:
+            res.slow.append({"kind": "hang" if cpu >= HANG_S / 2 else "stall",
+                             "cpu_s": round(cpu, 3), "input": repr(inp)[:200]})
     except Exception as exc:  # noqa: BLE001 - anything else escaping is the finding
         res.crash(exc, inp)
     finally:
@@ -541,6 +555,7 @@ def run_atheris(ctx, target: str, seconds: float, work: Path) -> Result | None:
     try:
         d = json.loads(out.read_text())
         res.execs, res.hangs = d["execs"], d["hangs"]
+        res.stalls, res.slow = d.get("stalls", 0), d.get("slow", [])
         res.crashes = d.get("crash_detail", {})
     except (OSError, ValueError):
         res.crashes = {f"atheris run failed (exit {p.returncode})":
@@ -711,13 +726,17 @@ def main() -> int:
     del procs
     common.table("Fuzz campaign", [r.row() for r in results],
                  head=("target", "engine", "execs", "execs/s", "crash kinds", "crashes",
-                       "hangs", "seconds"))
+                       "hangs", "stalls", "seconds"))
     for r in results:
         for k, c in r.crashes.items():
             violations.append(f"{r.target}/{r.engine}: {k} x{c['count']}: {c['message']} "
                               f"input {c['input']}")
         if r.hangs:
-            violations.append(f"{r.target}/{r.engine}: {r.hangs} hang(s) over {HANG_S} s")
+            violations.append(f"{r.target}/{r.engine}: {r.hangs} hang(s) over {HANG_S} s: "
+                              f"{[x for x in r.slow if x['kind'] == 'hang'][:2]}")
+        if r.stalls:
+            print(f"{r.target}/{r.engine}: {r.stalls} execution(s) waited over {HANG_S} s "
+                  f"without using the CPU (disk stalls, not faults): {r.slow[:2]}")
     if mqtt is not None:
         common.table("MQTT attacks", [
             ("attempts", mqtt["attempts"]), ("rejected", mqtt["rejected"]),
@@ -734,6 +753,7 @@ def main() -> int:
                 summary[f"{t}_{r.engine}_execs"] = r.execs
                 summary[f"{t}_{r.engine}_crashes"] = len(r.crashes)
                 summary[f"{t}_{r.engine}_hangs"] = r.hangs
+                summary[f"{t}_{r.engine}_stalls"] = r.stalls
     if mqtt is not None:
         summary |= {"mqtt_attempts": mqtt["attempts"], "mqtt_rejected": mqtt["rejected"]}
     summary["elapsed_s"] = round(time.monotonic() - t0, 1)
