@@ -3,7 +3,9 @@ of the same audio in the same run; peak RSS with 4 lines; overruns with 4 lines 
 in real time while a CPU hog runs.
 
 Path measured: simulated line -> ALSA capture -> ring -> call state machine -> DTMF scan
--> FLAC -> HPKE -> fsync'd atomic write -> SQLite row + chain -> signed manifest.
+-> FLAC -> HPKE -> fsync'd atomic write -> SQLite row + chain -> signed manifest, with
+the journal of the segment in progress (0.5 s records, fdatasync'd) on, as shipped; and
+the same run with the journal off, to report what it costs.
 
     .venv/bin/python bench/pipeline.py [--minutes 30] [--realtime-seconds 30]
 """
@@ -40,7 +42,8 @@ def _scenario(lines: int, seconds: float, noise=-40.0) -> scen.Scenario:
                            "noise_dbfs": noise})
 
 
-def device_path(lines: int, seconds: float, speed=0.0, period=4096, detector=True) -> dict:
+def device_path(lines: int, seconds: float, speed=0.0, period=4096, detector=True,
+                journal_s: float | None = None) -> dict:
     """Run the daemon on a simulated call of ``seconds`` on each of ``lines``.
 
     ``device_cpu_s`` sums the CPU time of the daemon's own threads (capture, playback,
@@ -53,17 +56,19 @@ def device_path(lines: int, seconds: float, speed=0.0, period=4096, detector=Tru
     if not detector:
         daemon_mod.DtmfStream = None
     try:
-        return _device_path(lines, seconds, speed, period)
+        return _device_path(lines, seconds, speed, period, journal_s)
     finally:
         daemon_mod.DtmfStream = saved
 
 
-def _device_path(lines, seconds, speed, period) -> dict:
+def _device_path(lines, seconds, speed, period, journal_s) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         _priv, pub = keys.practice_keygen(Path(tmp) / "p.key")
         sc = _scenario(lines, seconds)
         cfg = simulate.sim_config(config.Config(), sc, str(Path(tmp) / "data"), str(pub))
         cfg = cfg.replace(audio__period_frames=period)
+        if journal_s is not None:
+            cfg = cfg.replace(recording__journal_s=journal_s)
         t0, w0 = time.process_time(), time.monotonic()
         res = simulate.run(sc, cfg, speed=speed)
         cpu, wall = time.process_time() - t0, time.monotonic() - w0
@@ -72,7 +77,10 @@ def _device_path(lines, seconds, speed, period) -> dict:
             "threads": res.daemon.thread_cpu,
             "overruns": res.status["overruns"]["consumer"] + res.status["overruns"]["alsa_xruns"],
             "segments": res.status["writer"]["segments"],
-            "writer_cpu_s": res.daemon.writer.cpu_s}
+            "journal": {k: res.status["writer"][k] for k in
+                        ("journal_records", "journal_bytes", "journal_syncs")},
+            "writer_cpu_s": res.daemon.writer.cpu_s,
+            "segment_bytes": res.daemon.writer.bytes_written}
 
 
 def bare_flac(seconds: float) -> float:
@@ -113,6 +121,7 @@ def main() -> None:
     one = device_path(1, secs)
     nodet = device_path(1, secs, detector=False)
     bare = bare_flac(secs)
+    nojournal = device_path(1, secs, journal_s=0.0)
     x1 = one["audio_s"] / one["device_cpu_s"]
     x1n = nodet["audio_s"] / nodet["device_cpu_s"]
     xproc = one["audio_s"] / one["cpu_s"]
@@ -122,6 +131,17 @@ def main() -> None:
     print(f"whole process incl. the line simulator:         {xproc:8.0f}x")
     print(f"bare FLAC encode, same audio:                   {bare:8.0f}x")
     print(f"ratio to bare encode: {x1 / bare:.2f} (without the detector {x1n / bare:.2f})")
+    # What the journal of the segment in progress costs (recording.journal_s = 0.5 by
+    # default, 0 = off), per hour of one call: the writer's CPU, and what reaches the disk.
+    per_h = 3600.0 / secs
+    j = one["journal"]
+    j_cpu_ms = (one["writer_cpu_s"] - nojournal["writer_cpu_s"]) * per_h * 1000
+    seg_mb_h = one["segment_bytes"] * per_h / 1e6
+    print(f"journal (0.5 s records), per call-hour: {j['journal_records'] * per_h:.0f} "
+          f"records, {j['journal_syncs'] * per_h:.0f} fdatasyncs, "
+          f"{j['journal_bytes'] * per_h / 1e6:.1f} MB appended (segments: {seg_mb_h:.1f} MB), "
+          f"writer CPU +{j_cpu_ms:.0f} ms; device path without it "
+          f"{nojournal['audio_s'] / nojournal['device_cpu_s']:.0f}x")
     out = subprocess.run([sys.executable, __file__, "--rss-child", "4", "600"],
                          capture_output=True, text=True, check=True).stdout.split()
     base, rss = int(out[-2]), int(out[-1])
@@ -137,6 +157,11 @@ def main() -> None:
     print(json.dumps({"bench": "pipeline", "x_realtime": round(x1),
                       "x_realtime_no_detector": round(x1n), "x_realtime_process": round(xproc),
                       "bare_flac_x_realtime": round(bare), "ratio": round(x1 / bare, 2),
+                      "x_realtime_no_journal": round(nojournal["audio_s"]
+                                                     / nojournal["device_cpu_s"]),
+                      "journal_cpu_ms_per_call_hour": round(j_cpu_ms),
+                      "journal_mb_per_call_hour": round(j["journal_bytes"] * per_h / 1e6, 1),
+                      "journal_syncs_per_call_hour": round(j["journal_syncs"] * per_h),
                       "peak_rss_mb_4line": round(rss / 1024, 1),
                       "import_rss_mb": round(base / 1024, 1),
                       "overruns_4line_realtime_hog": rt["overruns"]}))

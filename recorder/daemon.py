@@ -342,6 +342,7 @@ class Daemon:
                            "queue": self.writer.q.qsize(),
                            "journal_records": self.writer.journal.records,
                            "journal_bytes": self.writer.journal.bytes,
+                           "journal_syncs": self.writer.journal.syncs,
                            "journal_skipped": self.writer.journal_skipped},
                 "sync": getattr(self, "sync_status", lambda: None)()}
 
