@@ -161,7 +161,6 @@ class DtmfDetector:
         self._merge_gap = MERGE_GAP_S * self.rate
         self._margin = EDGE_MARGIN_S * self.rate
         self._twist_lo, self._twist_hi = (10.0 ** (t / 10.0) for t in _FRAME_TWIST_DB)
-        self._index = np.zeros((0, self.frame_len), dtype=np.int64)
         # Small blocks are collected until BATCH_S of audio is waiting: numpy's fixed cost
         # per call would otherwise dominate at 20 ms blocks. Results do not change.
         self._inbox: list[np.ndarray] = []
@@ -239,11 +238,18 @@ class DtmfDetector:
         if n_frames == 0:
             self._tail = buf.copy()
             return out
-        raw, pf = self._bank.analyse_raw(buf[self._frame_index(n_frames)])
+        raw, pf = self._bank.analyse_hops(buf, self.hop, n_frames)
         sq = raw * raw
         power = (sq[:, :8] + sq[:, 8:]) * self._bank.power_scale
-        codes = self._classify(power, pf)
-        if self._run is not None or self._closing or codes.max() >= 0:
+        # Cheap necessary condition first: a digit's two tones hold at least half the
+        # frame power and are each loud enough, so the 8 bins together must too. Speech
+        # and noise almost never pass, and then the full frame stage is skipped.
+        tones = power.sum(axis=1)
+        maybe = ((tones >= _FRAME_MIN_PURITY * pf) & (tones >= 2.0 * self._min_power)).any()
+        codes = self._classify(power, pf) if maybe else None
+        if self._run is not None or self._closing or (codes is not None and codes.max() >= 0):
+            if codes is None:
+                codes = np.full(n_frames, -1)
             bins = raw[:, :8] + 1j * raw[:, 8:]
             self._walk(bins, pf, codes, out)
         else:  # nothing tone-like in this block: only keep the last frames as context
@@ -253,14 +259,6 @@ class DtmfDetector:
             self._k += n_frames
         self._tail = buf[n_frames * self.hop :].copy()
         return out
-
-    def _frame_index(self, n_frames: int) -> np.ndarray:
-        """Index array (n_frames, frame_len) selecting every frame from a buffer."""
-        if self._index.shape[0] < n_frames:
-            rows = max(n_frames, 2 * self._index.shape[0])
-            idx = self.hop * np.arange(rows)[:, None] + np.arange(self.frame_len)
-            self._index = idx.astype(np.int32)
-        return self._index[:n_frames]
 
     def _classify(self, power: np.ndarray, pf: np.ndarray) -> np.ndarray:
         """Frame stage, vectorised: digit code 0..15 per frame, or -1.
