@@ -46,7 +46,6 @@ from synchelpers import (  # noqa: E402
     unacked,
     upstream_cfg,
     upstream_raw,
-    wait_for,
     write_calls,
 )
 

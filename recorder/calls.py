@@ -30,8 +30,15 @@ from recorder import callstate as cs
 from recorder.announce import Announcer, Clip
 from recorder.logsetup import mask_number
 from recorder.ring import Overrun, RingBuffer
-from recorder.writer import (CallInfo, CloseCall, JournalAppend, MissedCall, OpenCall,
-                             UpdateCall, WriteSegment)
+from recorder.writer import (
+    CallInfo,
+    CloseCall,
+    JournalAppend,
+    MissedCall,
+    OpenCall,
+    UpdateCall,
+    WriteSegment,
+)
 
 log = logging.getLogger(__name__)
 

@@ -50,7 +50,6 @@ from sync.upstream_store import (
     ManifestHistory,
     Problem,
     UCall,
-    USegment,
     audit,
     db,
     open_db,
@@ -462,10 +461,8 @@ def _whole_files(msgs, order) -> tuple[dict[int, bytes], dict[int, int]]:
         kind = topic.split("/", 4)[3:4]
         if kind not in (["seg"], ["man"]) or len(payload) < protocol.HEADER_LEN:
             continue
-        try:
-            magic, idx, count, total, sha = protocol.HEADER.unpack_from(payload)
-        except Exception:
-            continue
+        # len(payload) >= HEADER_LEN was checked above, so the header always unpacks.
+        magic, idx, count, total, sha = protocol.HEADER.unpack_from(payload)
         if magic != protocol.CHUNK_MAGIC or count < 2 or idx >= count:
             continue
         g = groups.setdefault((topic, sha, count, total), {"parts": {}, "msgs": []})

@@ -12,8 +12,9 @@ Checked after every restart (once the new boot is recording, i.e. recovery is do
 signature); no temp file from a dead process and no plaintext audio (RIFF/fLaC/OggS)
 exists; every call that was open at the kill is ``recovered`` (row, metadata and signed
 manifest header); the audio lost per open call is at most 2 s with the journal on (the
-default: the recorder's hold + ``journal_s``), ``segment_s`` + the hold without it. At the end: the backlog drains, nothing lost or duplicated upstream, ``linetap
-verify`` and ``linetap audit --verify`` pass.
+default: the recorder's hold + ``journal_s``), ``segment_s`` + the hold without it. At
+the end: the backlog drains, nothing lost or duplicated upstream, ``linetap verify``
+and ``linetap audit --verify`` pass.
 
 Kill time in line time is estimated from the last ``run/status.json`` (its ``time`` and
 ``captured_s``) plus the wall time since, times the speed: an upper bound, so the loss

@@ -140,7 +140,7 @@ def test_recovery_adopts_the_journal_of_the_segment_in_progress(tmp_path, practi
     w.journal.close_all()                          # the power cut: nothing else runs
     jpath = store.call_dir(call_id, store.call(call_id).start_time) / journal.NAME
     assert jpath.exists()
-    assert not pcm.tobytes()[:4000] in jpath.read_bytes()      # sealed, never plaintext
+    assert pcm.tobytes()[:4000] not in jpath.read_bytes()      # sealed, never plaintext
     store.close()
 
     store = Store(data)
