@@ -122,12 +122,15 @@ def main() -> None:
     nodet = device_path(1, secs, detector=False)
     bare = bare_flac(secs)
     nojournal = device_path(1, secs, journal_s=0.0)
+    four = device_path(4, secs / 2)
+    x4 = four["audio_s"] / four["device_cpu_s"]
     x1 = one["audio_s"] / one["device_cpu_s"]
     x1n = nodet["audio_s"] / nodet["device_cpu_s"]
     xproc = one["audio_s"] / one["cpu_s"]
     print(f"device path, 1 line (daemon threads' CPU):      {x1:8.0f}x real time")
     print(f"  per thread (CPU s): {one['threads']}")
     print(f"device path without the DTMF detector:          {x1n:8.0f}x")
+    print(f"device path, 4 lines, line-seconds per CPU-second: {x4:6.0f}x")
     print(f"whole process incl. the line simulator:         {xproc:8.0f}x")
     print(f"bare FLAC encode, same audio:                   {bare:8.0f}x")
     print(f"ratio to bare encode: {x1 / bare:.2f} (without the detector {x1n / bare:.2f})")
@@ -157,6 +160,7 @@ def main() -> None:
     print(json.dumps({"bench": "pipeline", "x_realtime": round(x1),
                       "x_realtime_no_detector": round(x1n), "x_realtime_process": round(xproc),
                       "bare_flac_x_realtime": round(bare), "ratio": round(x1 / bare, 2),
+                      "x_realtime_per_line_4line": round(x4),
                       "x_realtime_no_journal": round(nojournal["audio_s"]
                                                      / nojournal["device_cpu_s"]),
                       "journal_cpu_ms_per_call_hour": round(j_cpu_ms),
