@@ -359,6 +359,10 @@ class Campaign:
                 self.rig.stop()
             except Exception:  # noqa: BLE001
                 pass
+            if self.violations or a.keep:
+                # The data dir lives on the tmpfs: keep a copy to look at, then unmount.
+                shutil.copytree(self.mnt, self.root / "data-at-end", dirs_exist_ok=True,
+                                ignore_dangling_symlinks=True)
             self.umount()
         elapsed = time.monotonic() - t0
         common.table("Full-disk campaign (tmpfs "
@@ -392,7 +396,7 @@ class Campaign:
         if not a.keep and not self.violations:
             shutil.rmtree(self.root, ignore_errors=True)
         else:
-            print(f"work folder kept: {self.root} (tmpfs unmounted)")
+            print(f"work folder kept: {self.root} (the tmpfs's last state in data-at-end)")
         return common.finish(summary, self.violations)
 
     @staticmethod
