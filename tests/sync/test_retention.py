@@ -239,3 +239,38 @@ def test_executor_evicts_segments_against_a_fake_disk(box):
     assert r.tick() == []
     assert alarms.active["low_storage"]["evicted_unsynced_total"] == 2
 
+
+
+@pytest.mark.parametrize("how", ["delete_call", "evict_segments"])
+def test_a_deletion_the_database_refuses_deletes_nothing(box, monkeypatch, how):
+    """On a full disk the database may refuse the deletion's commit. The files must
+    then stay, so the call still verifies; unlinking first left a closed call whose
+    manifest was gone (found by the full-disk campaign)."""
+    import peewee as pw
+
+    from recorder.verify import device_key_for, verify_call
+    [cid] = write_calls(box, n_calls=1, segs=3)
+    store = box.store
+    r = Retention(store, box.data_dir, box_cfg(box.data_dir), free_bytes=lambda: 10**12)
+    files = [store.abs(s.path) for s in store.segments_of(cid)] + \
+        [store.abs(store.call(cid).manifest)]
+    real = store.db.execute_sql
+
+    def full(sql, *a, **k):
+        if sql.lstrip().upper().startswith(("DELETE", "UPDATE")):
+            raise pw.OperationalError("database or disk is full")
+        return real(sql, *a, **k)
+
+    monkeypatch.setattr(store.db, "execute_sql", full)
+    with pytest.raises(pw.OperationalError):
+        if how == "delete_call":
+            r.delete_call(cid, "eviction")
+        else:
+            r.evict_segments(cid, [0, 1])
+    monkeypatch.undo()
+    assert all(p.is_file() for p in files)
+    row = store.call(cid)
+    assert row.state == "closed" and len(store.segments_of(cid)) == 3
+    v, _ = verify_call(store, row, device_key_for(box.data_dir))
+    assert v.status == "verified", v.detail
+    assert not [e for e in audit.read(box.data_dir) if e["action"] == "eviction"]
