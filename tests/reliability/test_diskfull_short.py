@@ -2,7 +2,8 @@
 a small tmpfs (root only), a day with the broker down (eviction of unsynced data,
 low_storage, every eviction audited, SQLite consistent), a day with the broker up and a
 quiet drain (alarm cleared, synced data evicted first). The ENOSPC behaviour the full
-campaign found is pinned by strict xfails."""
+campaign found (findings 6 and 7 in docs/reliability.md) is pinned by regression
+tests: the daemon keeps recording through ENOSPC, and starts on a disk still full."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """Short version of the hostile-input campaign (bench/campaigns/fuzz.py).
 
 Each parser gets a few seconds of hypothesis-driven inputs; only documented
-LinetapError subclasses may escape. Crashes the full campaign already found and
-reported are listed in ``fuzz.KNOWN`` and tolerated here, each pinned by a strict
-xfail reproducer below: when the product is fixed the xfail turns into a failure,
-and the entry should be removed from ``KNOWN``.
+LinetapError subclasses may escape. Every crash the full campaign found (findings 2-5
+in docs/reliability.md) has a reproducer below, now a regression test. A crash found
+but not yet fixed would be listed in ``fuzz.KNOWN`` (empty today), tolerated by the
+sweep, and pinned by a strict xfail reproducer until fixed.
 """
 
 from __future__ import annotations
