@@ -96,6 +96,17 @@ def bare_flac(seconds: float) -> float:
     return n * 10 / (time.process_time() - t0)
 
 
+def _hwm_kb() -> int:
+    """Peak resident set of this process image, KiB (VmHWM). Not ru_maxrss: Linux
+    carries that over exec from the forked parent, so a child started by a bench that
+    has already run the daemon would report the bench's own peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def rss_child(lines: int, seconds: float) -> None:
     from recorder import lean_device_imports
     lean_device_imports()    # as `linetap run` and `simulate` do
@@ -103,9 +114,9 @@ def rss_child(lines: int, seconds: float) -> None:
     import recorder.daemon  # noqa: F401
     import recorder.dsp.callerid  # noqa: F401
     import recorder.services  # noqa: F401
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = _hwm_kb()
     device_path(lines, seconds)
-    print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    print(base, _hwm_kb())
 
 
 def main() -> None:
