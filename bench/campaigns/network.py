@@ -299,6 +299,7 @@ class Campaign:
         self.violations: list[str] = []
         self.drains: list[float] = []
         self.parts: list[float] = []
+        self.drain_after: dict[bool, list[float]] = {False: [], True: []}   # by long cut
         self.unchecked = 0          # partitions whose drain check the day's end cut short
         self.shaper: Shaper | None = None
         self.support = {"netem": False, "tbf": False}
@@ -408,7 +409,9 @@ class Campaign:
                 # Spread what is left of the day over the partitions still to come: the
                 # gap is the slack once this cut, the expected later ones and a drain
                 # each are taken off, shared out, and never more than the slack itself.
-                drain_est = (common.median(self.drains) or 3.0) + 1.0
+                # the mean, not the median: the few long drains (a long cut healed onto
+                # a thin link) are what uses up the day
+                drain_est = (sum(self.drains) / len(self.drains) if self.drains else 3.0) + 1.0
                 need = length + drain_est + sum(self.expected_cut(j) + drain_est
                                                 for j in range(i + 1, n))
                 slack = self.day_left() - drain_allow - need
@@ -445,6 +448,7 @@ class Campaign:
                         f"{self.backlog()}")
                 else:
                     self.drains.append(d)
+                    self.drain_after[length > KEEPALIVE_S].append(d)
                 if (i + 1) % 10 == 0:
                     print(f"  {i + 1} partitions, {len(self.violations)} violation(s), "
                           f"{self.shaper.drops} packets dropped so far, "
@@ -528,8 +532,13 @@ class Campaign:
              + (f" ({self.unchecked} cut short by the day's end)" if self.unchecked else ""),
              "ok" if len(self.drains) == len(self.parts) else
              "VIOLATION" if len(self.drains) + self.unchecked < len(self.parts) else "short"),
-            ("drain after heal (s), median/max",
-             f"{med:.1f} / {max(self.drains):.1f}" if self.drains else "-", ""),
+            ("drain after heal (s), median/mean/max",
+             f"{med:.1f} / {sum(self.drains) / len(self.drains):.1f} / "
+             f"{max(self.drains):.1f}" if self.drains else "-", ""),
+            *((f"  after cuts {'>' if long_ else '<='} {KEEPALIVE_S:.0f} s (s), median/max",
+               f"{common.median(xs):.1f} / {max(xs):.1f} ({len(xs)} cuts)" if xs else "-", "")
+              for long_, xs in ((False, self.drain_after[False]),
+                                (True, self.drain_after[True]))),
             ("link degradation", deg, ""),
             ("reordering", reorder, ""),
             ("packets dropped by the degraded link (tc counters)",
@@ -569,6 +578,10 @@ class Campaign:
                    "segments": cmp.get("box_segments"),
                    "drain_median_s": round(med, 1) if med is not None else None,
                    "drain_max_s": round(max(self.drains), 1) if self.drains else None,
+                   "drain_mean_s": (round(sum(self.drains) / len(self.drains), 1)
+                                    if self.drains else None),
+                   "drain_long_cut_median_s": (round(common.median(self.drain_after[True]), 1)
+                                               if self.drain_after[True] else None),
                    "speed": self.speed, "line_time_s": self.duration,
                    "elapsed_s": round(time.monotonic() - t0, 1), "seed": self.args.seed}
         if self.args.keep or self.violations:
