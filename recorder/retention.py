@@ -271,12 +271,7 @@ class Retention:
 
     # -- deletion -------------------------------------------------------------------------
     def delete_call(self, call_id: str, reason: str, **detail) -> bool:
-        """Delete a call's files and rows, leave a tombstone, audit it. False if unknown.
-
-        The rows change first, in one transaction: when the database cannot commit (a
-        full disk, the usual reason to delete), nothing is deleted, where unlinking
-        first left a call ``closed`` whose manifest file was gone. Files whose rows
-        are gone are unlinked next; a power cut in between leaves only stray files."""
+        """Delete a call's files and rows, leave a tombstone, audit it. False if unknown."""
         store = self.store
         C, S = store.m.Call, store.m.Segment
         row = store.call(call_id)
@@ -288,20 +283,24 @@ class Retention:
             # The writer still owns it; deleting under it would leave a half call.
             raise CommandRejected(f"call {call_id} is in progress")
         segs = store.segments_of(call_id)
+        dirs = set()
         unsynced = sum(1 for s in segs if not s.acked)
-        files = [store.abs(s.path) for s in segs]
-        if row.manifest:
-            files.append(store.abs(row.manifest))
-        ids = [s.id for s in segs]
-        with store.db.atomic():
-            for i in range(0, len(ids), BATCH):
-                S.delete().where(S.id.in_(ids[i:i + BATCH])).execute()
-            C.update(state="deleted", deleted_time=self.clock(), delete_reason=reason,
-                     caller_number=None, caller_name=None, dialled_digits=None, meta={},
-                     manifest=None).where(C.id == call_id).execute()
-        for p in files:
+        for s in segs:
+            p = store.abs(s.path)
+            dirs.add(p.parent)
             p.unlink(missing_ok=True)
-        for d in {p.parent for p in files}:
+        if row.manifest:
+            p = store.abs(row.manifest)
+            dirs.add(p.parent)
+            p.unlink(missing_ok=True)
+        ids = [s.id for s in segs]
+        for i in range(0, len(ids), BATCH):
+            with store.db.atomic():
+                S.delete().where(S.id.in_(ids[i:i + BATCH])).execute()
+        C.update(state="deleted", deleted_time=self.clock(), delete_reason=reason,
+                 caller_number=None, caller_name=None, dialled_digits=None, meta={},
+                 manifest=None).where(C.id == call_id).execute()
+        for d in dirs:
             self._prune(d)
         audit.record(self.data_dir, AUDIT_ACTION.get(reason, "delete"), call=call_id,
                      reason=reason, segments=len(segs), unsynced_segments=unsynced, **detail)
@@ -327,12 +326,12 @@ class Retention:
         if not segs:
             return 0
         unsynced = [s.seq for s in segs if not s.acked]
-        ids = [s.id for s in segs]
-        with store.db.atomic():          # rows first, as in delete_call
-            for i in range(0, len(ids), BATCH):
-                S.delete().where(S.id.in_(ids[i:i + BATCH])).execute()
         for s in segs:
             store.abs(s.path).unlink(missing_ok=True)
+        ids = [s.id for s in segs]
+        for i in range(0, len(ids), BATCH):
+            with store.db.atomic():
+                S.delete().where(S.id.in_(ids[i:i + BATCH])).execute()
         audit.record(self.data_dir, AUDIT_ACTION.get(reason, "eviction"), call=call_id,
                      reason=reason, segments=len(segs), seqs=sorted(s.seq for s in segs),
                      unsynced_segments=len(unsynced), whole_call=False)

