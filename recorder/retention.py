@@ -180,6 +180,9 @@ class Retention:
         self.deleted = 0
         self.last_unsynced_eviction: float | None = None   # monotonic s
         self.evicted_unsynced_total = 0
+        # Deletions whose files are gone but whose rows the database refused to change
+        # (a full disk): finished first thing on the next tick (finding 15).
+        self._unfinished: dict[str, dict] = {}
 
     # -- snapshot -------------------------------------------------------------------------
     def views(self, segments: bool = False) -> list[CallView]:
@@ -221,6 +224,7 @@ class Retention:
         """One retention pass; returns :func:`decide`'s decisions as executed."""
         r = self.cfg.retention
         now = self.clock()
+        self._finish_unfinished()
         self._pushed_deadlines()
         min_free = int(r.min_free_mb * 1024 * 1024)
         free = self.free_bytes()
@@ -271,9 +275,13 @@ class Retention:
 
     # -- deletion -------------------------------------------------------------------------
     def delete_call(self, call_id: str, reason: str, **detail) -> bool:
-        """Delete a call's files and rows, leave a tombstone, audit it. False if unknown."""
+        """Delete a call's files and rows, leave a tombstone, audit it. False if unknown.
+
+        Files go first (on a disk full to the last byte the database cannot commit
+        until they are gone); if the database still refuses, the row change is owed and
+        finished at the start of the next tick, so a call never stays ``closed`` while
+        pointing at files that are gone."""
         store = self.store
-        C, S = store.m.Call, store.m.Segment
         row = store.call(call_id)
         if row is None or row.state == "deleted":
             return False
@@ -293,27 +301,54 @@ class Retention:
             p = store.abs(row.manifest)
             dirs.add(p.parent)
             p.unlink(missing_ok=True)
-        ids = [s.id for s in segs]
-        for i in range(0, len(ids), BATCH):
-            with store.db.atomic():
-                S.delete().where(S.id.in_(ids[i:i + BATCH])).execute()
-        C.update(state="deleted", deleted_time=self.clock(), delete_reason=reason,
-                 caller_number=None, caller_name=None, dialled_digits=None, meta={},
-                 manifest=None).where(C.id == call_id).execute()
-        for d in dirs:
-            self._prune(d)
-        audit.record(self.data_dir, AUDIT_ACTION.get(reason, "delete"), call=call_id,
-                     reason=reason, segments=len(segs), unsynced_segments=unsynced, **detail)
+        self._unfinished[call_id] = {"kind": "call", "reason": reason, "detail": detail,
+                                     "segments": len(segs), "unsynced": unsynced,
+                                     "dirs": dirs}
+        self._finish(call_id)
         self.deleted += 1
         log.info("deleted call %s (%s): %d segment(s), %d unsynced", call_id, reason,
                  len(segs), unsynced)
         return True
 
+    def _finish(self, call_id: str) -> None:
+        """The database part of a deletion whose files are already gone, then the audit
+        entry. Raises (and stays owed) while the database refuses it."""
+        store, u = self.store, self._unfinished[call_id]
+        C, S = store.m.Call, store.m.Segment
+        if u["kind"] == "call":
+            ids = [s.id for s in store.segments_of(call_id)]
+        else:
+            ids = [s.id for s in store.segments_of(call_id) if s.seq in u["seqs"]]
+        with store.db.atomic():
+            for i in range(0, len(ids), BATCH):
+                S.delete().where(S.id.in_(ids[i:i + BATCH])).execute()
+            if u["kind"] == "call":
+                C.update(state="deleted", deleted_time=self.clock(), delete_reason=u["reason"],
+                         caller_number=None, caller_name=None, dialled_digits=None, meta={},
+                         manifest=None).where(C.id == call_id).execute()
+        del self._unfinished[call_id]
+        if u["kind"] == "call":
+            for d in u["dirs"]:
+                self._prune(d)
+            audit.record(self.data_dir, AUDIT_ACTION.get(u["reason"], "delete"),
+                         call=call_id, reason=u["reason"], segments=u["segments"],
+                         unsynced_segments=u["unsynced"], **u["detail"])
+        else:
+            audit.record(self.data_dir, AUDIT_ACTION.get(u["reason"], "eviction"),
+                         call=call_id, reason=u["reason"], segments=len(u["seqs"]),
+                         seqs=sorted(u["seqs"]), unsynced_segments=u["unsynced"],
+                         whole_call=False)
+
+    def _finish_unfinished(self) -> None:
+        for call_id in list(self._unfinished):
+            log.warning("call %s: finishing a deletion the database refused earlier",
+                        call_id)
+            self._finish(call_id)
+
     def evict_segments(self, call_id: str, seqs, reason: str = "eviction") -> int:
         """Disk full: delete some segments of a call (files, then rows), keeping the call
         row and its manifest; audit it. Returns how many segments went."""
         store = self.store
-        S = store.m.Segment
         row = store.call(call_id)
         if row is None or row.state == "deleted":
             return 0
@@ -328,13 +363,13 @@ class Retention:
         unsynced = [s.seq for s in segs if not s.acked]
         for s in segs:
             store.abs(s.path).unlink(missing_ok=True)
-        ids = [s.id for s in segs]
-        for i in range(0, len(ids), BATCH):
-            with store.db.atomic():
-                S.delete().where(S.id.in_(ids[i:i + BATCH])).execute()
-        audit.record(self.data_dir, AUDIT_ACTION.get(reason, "eviction"), call=call_id,
-                     reason=reason, segments=len(segs), seqs=sorted(s.seq for s in segs),
-                     unsynced_segments=len(unsynced), whole_call=False)
+        owed = self._unfinished.get(call_id) or \
+            {"kind": "segments", "reason": reason, "seqs": set(), "unsynced": 0}
+        if owed["kind"] == "segments":         # an owed whole-call deletion covers these
+            owed["seqs"] |= {s.seq for s in segs}
+            owed["unsynced"] += len(unsynced)
+        self._unfinished[call_id] = owed
+        self._finish(call_id)
         self.deleted += 1
         log.warning("evicted %d segment(s) of call %s (%d unsynced): disk low", len(segs),
                     call_id, len(unsynced))

@@ -241,18 +241,14 @@ def test_executor_evicts_segments_against_a_fake_disk(box):
 
 
 
-@pytest.mark.xfail(strict=True, reason="finding 15 in docs/reliability.md: deletion "
-                   "unlinks before it commits; committing first deadlocks a 100 % full disk")
 @pytest.mark.parametrize("how", ["delete_call", "evict_segments"])
-def test_a_deletion_the_database_refuses_deletes_nothing(box, monkeypatch, how):
-    """On a full disk the database may refuse the deletion's commit. The files should
-    then stay, so the call still verifies; unlinking first left a closed call whose
-    manifest was gone (found by the full-disk campaign). Not fixed yet: simply
-    committing first means a disk full to the last byte can never be freed (SQLite
-    cannot commit the deletion), which stopped the campaign's start-on-a-full-disk day."""
+def test_a_deletion_the_database_refuses_is_finished_on_the_next_tick(box, monkeypatch,
+                                                                       how):
+    """On a disk full to the last byte the files must go first (SQLite cannot commit
+    until they do); if the database still refuses the row change, it is owed and
+    finished on the next tick, so the call never stays 'closed' pointing at a manifest
+    that is gone, and the audit entry comes with it (finding 15)."""
     import peewee as pw
-
-    from recorder.verify import device_key_for, verify_call
     [cid] = write_calls(box, n_calls=1, segs=3)
     store = box.store
     r = Retention(store, box.data_dir, box_cfg(box.data_dir), free_bytes=lambda: 10**12)
@@ -271,10 +267,19 @@ def test_a_deletion_the_database_refuses_deletes_nothing(box, monkeypatch, how):
             r.delete_call(cid, "eviction")
         else:
             r.evict_segments(cid, [0, 1])
+    with pytest.raises(pw.OperationalError):
+        r.tick()                                   # still refused: still owed
     monkeypatch.undo()
-    assert all(p.is_file() for p in files)
-    row = store.call(cid)
-    assert row.state == "closed" and len(store.segments_of(cid)) == 3
-    v, _ = verify_call(store, row, device_key_for(box.data_dir))
-    assert v.status == "verified", v.detail
     assert not [e for e in audit.read(box.data_dir) if e["action"] == "eviction"]
+    r.tick()                                       # the database takes it now
+    row = store.call(cid)
+    ev = [e["detail"] for e in audit.read(box.data_dir) if e["action"] == "eviction"]
+    if how == "delete_call":
+        assert not any(p.exists() for p in files)
+        assert row.state == "deleted" and row.manifest is None
+        assert not store.segments_of(cid)
+        assert len(ev) == 1 and ev[0]["segments"] == 3
+    else:
+        assert [s.seq for s in store.segments_of(cid)] == [2]
+        assert row.state == "closed" and store.abs(row.manifest).is_file()
+        assert len(ev) == 1 and ev[0]["seqs"] == [0, 1] and not ev[0]["whole_call"]
