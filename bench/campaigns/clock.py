@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import sys
 import threading
 import time
@@ -219,11 +218,7 @@ class Campaign:
                    "elapsed_s": round(time.monotonic() - t0, 1)}
         for case, *_rest, result in self.rows:
             summary[case.replace(" ", "_").replace("-", "m").replace("+", "p")] = result
-        if not self.args.keep and not self.violations:
-            shutil.rmtree(self.root, ignore_errors=True)
-        else:
-            print(f"work folder kept: {self.root}")
-        return common.finish(summary, self.violations)
+        return common.finish(summary, self.violations, self.root, self.args.keep)
 
 
 def main() -> int:

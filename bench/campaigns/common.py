@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -71,8 +72,16 @@ def table(title: str, rows: list[tuple], head: tuple = ("check", "value", "resul
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
 
 
-def finish(summary: dict, violations: list[str]) -> int:
-    """Print violations and the JSON headline line; return the exit status."""
+def finish(summary: dict, violations: list[str], root: Path | None = None,
+           keep: bool = False, kept: str = "") -> int:
+    """Print violations and the JSON headline line; return the exit status. ``root``,
+    the campaign's work folder, is removed unless ``keep`` or a violation asks to look
+    at it (``kept`` says what else is in it)."""
+    if root is not None:
+        if keep or violations:
+            print(f"work folder kept: {root}{kept}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     if violations:
         print(f"\nVIOLATIONS ({len(violations)}):")
         for v in violations[:200]:

@@ -393,11 +393,8 @@ class Campaign:
                                                  .get("ended")),
                    "low_storage_transitions": [self.trap.raised, self.trap.cleared],
                    "elapsed_s": round(elapsed, 1)}
-        if not a.keep and not self.violations:
-            shutil.rmtree(self.root, ignore_errors=True)
-        else:
-            print(f"work folder kept: {self.root} (the tmpfs's last state in data-at-end)")
-        return common.finish(summary, self.violations)
+        return common.finish(summary, self.violations, self.root, a.keep,
+                             " (the tmpfs's last state in data-at-end)")
 
     @staticmethod
     def row(info, st) -> tuple:

@@ -42,7 +42,6 @@ import ipaddress
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 import time
@@ -584,11 +583,7 @@ class Campaign:
                                                if self.drain_after[True] else None),
                    "speed": self.speed, "line_time_s": self.duration,
                    "elapsed_s": round(time.monotonic() - t0, 1), "seed": self.args.seed}
-        if self.args.keep or self.violations:
-            print(f"work folder kept: {self.root}")
-        else:
-            shutil.rmtree(self.root, ignore_errors=True)
-        return common.finish(summary, self.violations)
+        return common.finish(summary, self.violations, self.root, self.args.keep)
 
 
 def main() -> int:

@@ -383,12 +383,7 @@ class Campaign:
                    "upstream_duplicated": cmp["duplicated"],
                    "manifests_missing_upstream": len(cmp["manifests_lost"]),
                    "elapsed_s": round(elapsed, 1)}
-        if a.keep or self.violations:
-            print(f"work folder kept: {self.root}")
-        else:
-            import shutil
-            shutil.rmtree(self.root, ignore_errors=True)
-        return common.finish(summary, self.violations)
+        return common.finish(summary, self.violations, self.root, a.keep)
 
 
 def main() -> int:
