@@ -162,9 +162,15 @@ class LineRecorder:
     def _journal_out(self) -> None:
         """Hand the audio cut since the last record to the writer's journal. Records never
         span segments: segments are cut first, and what remains is not journalled yet."""
-        allpcm = np.concatenate(self.buf) if len(self.buf) > 1 else self.buf[0]
-        self.put(JournalAppend(self.call.id, self.buf_first + self.journaled,
-                               allpcm[self.journaled:].copy()))
+        need = self.buf_len - self.journaled
+        parts, got = [], 0
+        for chunk in reversed(self.buf):        # only the chunks not journalled yet
+            parts.append(chunk)
+            got += len(chunk)
+            if got >= need:
+                break
+        tail = np.concatenate(parts[::-1])[got - need:]     # a copy: buf may change
+        self.put(JournalAppend(self.call.id, self.buf_first + self.journaled, tail))
         self.journaled = self.buf_len
 
     def _emit(self, n: int) -> None:

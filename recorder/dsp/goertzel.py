@@ -69,8 +69,7 @@ class ToneBank:
         """
         k = self.frame_len // hop
         if k * hop != self.frame_len:
-            idx = hop * np.arange(n_frames)[:, None] + np.arange(self.frame_len)
-            return self.analyse_raw(buf[idx])
+            raise ValueError(f"frame_len {self.frame_len} is not a multiple of hop {hop}")
         pieces = self._hop_basis(hop)
         rows = np.ascontiguousarray(buf[:(n_frames + k - 1) * hop],
                                     dtype=np.float32).reshape(-1, hop)
