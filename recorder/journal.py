@@ -3,9 +3,11 @@
 
 A segment is written once it is ``segment_s`` long (10 s), so without a journal a power
 cut loses up to ``segment_s`` of every call in progress. Every ``journal_s`` (0.5 s) the
-recorder hands the writer the audio cut since the last record. The writer encodes it,
-seals it to the practice key as a complete segment file (same format, and the seq and
-chain it would have as the call's next segment), and appends it to the call's journal
+recorder hands the writer the audio cut since the last record. The writer seals it as a
+complete segment file (same format, and the seq and chain it would have as the call's
+next segment), raw (codec ``pcm``) under the content key of the segment in progress,
+which is itself sealed to the practice key (:class:`recorder.segfile.ContentKey`: one
+HPKE operation per segment, an AEAD per record), and appends it to the call's journal
 with ``fdatasync``. Nothing in the journal is plaintext, and the box cannot read it back.
 
 When the segment itself is committed its records are obsolete; the journal is deleted
@@ -14,7 +16,8 @@ continue the call past its last committed segment as segments
 (:func:`recorder.recovery.adopt_journal`), so what is lost is the audio not yet
 journalled: the recorder's hold (hang-up decision + DTMF) plus up to ``journal_s``.
 
-Wear: one append of about 2-5 KB and one ``fdatasync`` per line per ``journal_s`` while
+Wear: one append of about 8 KB (0.5 s at 8 kHz, raw) and one ``fdatasync`` per line per
+``journal_s`` while
 a call is up (fewer when the writer is behind: records waiting together share one); no
 file is created, renamed or deleted per record (see docs/formats.md).
 
@@ -48,11 +51,12 @@ _REC = struct.Struct(">4sI32s")
 MAX_BLOB = 16 * 1024 * 1024   # a record holds at most a few seconds of audio
 
 
-def frame(blob: bytes) -> bytes:
-    """One journal record around a sealed segment ``blob``."""
+def frame(blob: bytes, digest: bytes | None = None) -> bytes:
+    """One journal record around a sealed segment ``blob`` (``digest``: its SHA-256,
+    if the caller already has it)."""
     if not blob or len(blob) > MAX_BLOB:
         raise JournalError(f"journal record of {len(blob)} bytes (1..{MAX_BLOB})")
-    return _REC.pack(MAGIC, len(blob), hashlib.sha256(blob).digest()) + blob
+    return _REC.pack(MAGIC, len(blob), digest or hashlib.sha256(blob).digest()) + blob
 
 
 def read(data: bytes) -> tuple[list[bytes], str | None]:
@@ -104,12 +108,13 @@ class JournalFiles:
     def dirty(self) -> bool:
         return bool(self._dirty)
 
-    def append(self, call_id: str, path: Path, blob: bytes) -> bool:
+    def append(self, call_id: str, path: Path, blob: bytes,
+               digest: bytes | None = None) -> bool:
         """Write one record (durable after :meth:`sync`); False if this call's journal
         is out of use."""
         if call_id in self._broken:
             return False
-        rec = frame(blob)
+        rec = frame(blob, digest)
         f = self._open.get(call_id) or self._create(call_id, path)
         try:
             view = memoryview(rec)

@@ -16,16 +16,25 @@ X25519 public key. ``info`` is ``b"linetap-v1"`` followed by the 10-byte preambl
 header, so a header cannot be moved onto another payload. The suite ids are in the
 header. Only the practice private key can open a payload; the box cannot decrypt its
 own recordings.
+
+A segment whose header has a ``key`` field (the journal's records, :class:`ContentKey`)
+is sealed in two steps instead: a fresh content key, sealed once with HPKE to the
+practice key, is carried in the header, and the payload is the suite's AEAD under that
+key with the segment's ``seq`` as nonce and ``b"linetap-v1"`` + preamble as associated
+data; there is no ``enc`` field. One HPKE operation then serves a run of records
+(the journal of one segment in progress) instead of one per half second of audio.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import struct
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from recorder.errors import SegmentFormatError
 
@@ -45,6 +54,10 @@ KDF_HKDF_SHA256 = 0x0001
 AEADS = {"chacha20poly1305": (0x0003, hpke.AEAD.CHACHA20_POLY1305),
          "aes128gcm": (0x0001, hpke.AEAD.AES_128_GCM)}
 _AEAD_BY_ID = {v[0]: v[1] for v in AEADS.values()}
+# The same AEADs used directly under a content key: id -> (key length, class).
+_CONTENT_AEAD = {0x0003: (32, ChaCha20Poly1305), 0x0001: (16, AESGCM)}
+KEY_INFO = INFO_PREFIX + b" content-key"     # HPKE info when sealing a content key
+NONCE_LEN = 12
 
 
 def canonical(obj) -> bytes:
@@ -86,6 +99,45 @@ def seal(kind: int, header: dict, payload: bytes, public_key: x25519.X25519Publi
     return body
 
 
+class ContentKey:
+    """A fresh AEAD key, sealed once to the practice public key, for many payloads.
+
+    Each :meth:`seal` makes a complete kind-1 file whose header carries the sealed key
+    (``key``, hex of HPKE ``enc || ct``) and whose payload is the suite's AEAD under the
+    key, nonce = the header's ``seq`` (12 bytes big-endian). A key seals at most one
+    payload per seq; the writer makes a new one for every segment in progress, whose
+    records all have different seqs. The key lives in memory only.
+    """
+
+    def __init__(self, suite_ids: dict, public_key: x25519.X25519PublicKey):
+        n, cls = _CONTENT_AEAD[suite_ids["aead"]]
+        key = os.urandom(n)
+        self.suite = suite_ids
+        self.sealed_key = _suite(suite_ids).encrypt(key, public_key, info=KEY_INFO).hex()
+        self._aead = cls(key)
+        self._used: set[int] = set()
+
+    def seal(self, header: dict, payload: bytes) -> bytes:
+        seq = header["seq"]
+        if seq in self._used:
+            raise ValueError(f"content key already sealed seq {seq}")   # nonce reuse
+        self._used.add(seq)
+        hdr = canonical(dict(header, key=self.sealed_key, suite=self.suite))
+        pre = _PRE.pack(MAGIC, VERSION, KIND_SEGMENT, len(hdr)) + hdr
+        return pre + self._aead.encrypt(_nonce(seq), payload, INFO_PREFIX + pre)
+
+
+def _keyed(kind: int, header: dict) -> bool:
+    """Is this a segment sealed under a content key (:class:`ContentKey`)?"""
+    return kind == KIND_SEGMENT and "key" in header
+
+
+def _nonce(seq) -> bytes:
+    if type(seq) is not int or not 0 <= seq < 1 << 32:
+        raise SegmentFormatError(f"seq {seq!r} is not 0..2^32-1")
+    return seq.to_bytes(NONCE_LEN, "big")
+
+
 def parse(data: bytes, *, signed: bool | None = None) -> Parsed:
     """Split a file into its parts, checking the structure (not the crypto)."""
     if len(data) < _PRE.size:
@@ -109,7 +161,8 @@ def parse(data: bytes, *, signed: bool | None = None) -> Parsed:
     if signed is None:
         signed = kind == KIND_MANIFEST
     tail = SIG_LEN if signed else 0
-    if len(data) < len(pre) + ENC_LEN + TAG_LEN + tail:
+    enc_len = 0 if _keyed(kind, header) else ENC_LEN
+    if len(data) < len(pre) + enc_len + TAG_LEN + tail:
         raise SegmentFormatError("file is truncated")
     sealed = data[len(pre): len(data) - tail]
     sig = data[len(data) - tail:] if signed else None
@@ -119,9 +172,27 @@ def parse(data: bytes, *, signed: bool | None = None) -> Parsed:
 def open_payload(p: Parsed, private_key: x25519.X25519PrivateKey) -> bytes:
     """Decrypt and authenticate the payload with the practice private key."""
     from cryptography.exceptions import InvalidTag
+    suite = _suite(p.header.get("suite", {}))
     try:
-        return _suite(p.header.get("suite", {})).decrypt(p.sealed, private_key,
-                                                          info=INFO_PREFIX + p.preamble)
+        if not _keyed(p.kind, p.header):
+            return suite.decrypt(p.sealed, private_key, info=INFO_PREFIX + p.preamble)
+        sealed_key = p.header["key"]
+        if not isinstance(sealed_key, str) or len(sealed_key) > 256:
+            raise SegmentFormatError("content key is not a hex string")
+        try:
+            sealed_key = bytes.fromhex(sealed_key)
+        except ValueError as exc:
+            raise SegmentFormatError("content key is not a hex string") from exc
+        n, cls = _CONTENT_AEAD[p.header["suite"]["aead"]]
+        try:
+            key = suite.decrypt(sealed_key, private_key, info=KEY_INFO)
+        except (InvalidTag, ValueError) as exc:     # ValueError: too short for enc + tag
+            raise SegmentFormatError("content key does not open: wrong key, or the file "
+                                     "was altered") from exc
+        if len(key) != n:
+            raise SegmentFormatError(f"content key is {len(key)} bytes, not {n}")
+        return cls(key).decrypt(_nonce(p.header.get("seq")), p.sealed,
+                                INFO_PREFIX + p.preamble)
     except InvalidTag as exc:
         raise SegmentFormatError("payload does not decrypt: wrong key, or the file was "
                                  "altered") from exc

@@ -56,7 +56,7 @@ class CallInfo:
     gaps: list = field(default_factory=list)           # overruns: [[start, end]]
     recording_ended: int | None = None
     open_pause: int | None = None                      # sample a pause began, if paused
-    clock_ok: bool = True                              # system clock synced at call start
+    clock_ok: bool = True      # stamped from a synchronised clock (set by the writer)
     rollover_of: str | None = None
     end_sample: int | None = None
     end_reason: str | None = None
@@ -92,9 +92,14 @@ class CloseCall:
 
 @dataclass
 class Restamp:
-    """The system clock was just synchronised: move this boot's call times by ``step_s``."""
+    """The system clock was just synchronised: capture sample ``frames`` is UTC
+    ``wall_now``. The writer re-anchors the timebase itself, in queue order: every job
+    queued before this one was stamped with the old anchor and is moved by the step,
+    every job after it is stamped with the new one and is not (re-anchoring from the
+    daemon's thread would let a job still queued be stamped new and then moved too)."""
 
-    step_s: float
+    frames: int
+    wall_now: float
 
 
 @dataclass
@@ -122,8 +127,9 @@ class Writer:
         self.retention_s = retention_s
         self.q: queue.Queue = queue.Queue(maxsize=max_queue)
         self._chains: dict[str, tuple[int, bytes]] = {}   # call -> (next seq, chain)
-        # The journal's records continue the committed chain as if each were a segment.
-        self._jchains: dict[str, tuple[int, bytes]] = {}
+        # The journal's records continue the committed chain as if each were a segment:
+        # call -> (next seq, chain, content key of this segment in progress).
+        self._jchains: dict[str, tuple[int, bytes, segfile.ContentKey | None]] = {}
         self.journal = journal.JournalFiles()
         self.journal_skipped = 0
         self._dirs: dict = {}                               # call -> its segment folder
@@ -249,7 +255,7 @@ class Writer:
         elif isinstance(job, CloseCall):
             self._close(job.info)
         elif isinstance(job, Restamp):
-            self._restamp(job.step_s)
+            self._restamp(self.timebase.resync(job.frames, job.wall_now))
         elif isinstance(job, UpdateCall):
             C = self.store.m.Call
             C.update(meta=self._meta(job.info)).where(C.id == job.info.id).execute()
@@ -262,6 +268,9 @@ class Writer:
         return None if sample is None else self.timebase.epoch(sample)
 
     def _open(self, info: CallInfo) -> None:
+        # The writer re-anchors the timebase (Restamp), so it alone knows whether this
+        # call is stamped before or after the clock synchronised.
+        info.clock_ok = self.timebase.synchronised
         C = self.store.m.Call
         start = self._epoch(info.first_sample)
         C.insert(id=info.id, device=self.device, line=info.line, direction=info.direction,
@@ -306,23 +315,41 @@ class Writer:
     _UPDATE_CALL = ("UPDATE call SET segments = ?, chain_head = ?, samples = samples + ? "
                     "WHERE id = ?")
 
+    def _header(self, call_id: str, seq: int, first_sample: int, samples: int,
+                codec_name: str) -> dict:
+        return {"v": 1, "kind": "segment", "device": self.device, "call": call_id,
+                "seq": seq, "first_sample": int(first_sample), "samples": int(samples),
+                "rate": self.rate, "codec": codec_name, "suite": self._suite,
+                "start": iso(self._epoch(first_sample))}
+
     def _seal(self, call_id: str, seq: int, first_sample: int, pcm: np.ndarray) -> bytes:
         """Encode and seal one segment file (the plaintext never leaves memory)."""
         audio = codec.encode(pcm, self.rate, self.codec)
-        header = {"v": 1, "kind": "segment", "device": self.device, "call": call_id,
-                  "seq": seq, "first_sample": int(first_sample),
-                  "samples": int(len(pcm)), "rate": self.rate, "codec": self.codec,
-                  "suite": self._suite, "start": iso(self._epoch(first_sample))}
+        header = self._header(call_id, seq, first_sample, len(pcm), self.codec)
         return segfile.seal(segfile.KIND_SEGMENT, header, audio, self.public_key)
 
     def _journal(self, job: JournalAppend) -> None:
+        """Seal the audio cut since the last record as the call's next segment would be,
+        but raw (``pcm``) under the content key of this segment in progress: one HPKE
+        seal per segment, not per record (see recorder.segfile.ContentKey)."""
         d = self._call_dir(job.call_id)
-        seq, chain = (self._jchains.get(job.call_id) or self._chains.get(job.call_id)
-                      or self._resume_chain(job.call_id))
-        data = self._seal(job.call_id, seq, job.first_sample, job.pcm)
-        if self.journal.append(job.call_id, d / journal.NAME, data):
-            sha = hashlib.sha256(data).digest()
-            self._jchains[job.call_id] = (seq + 1, evidence.chain_next(chain, seq, sha))
+        win = self._jchains.get(job.call_id)
+        if win is None:
+            win = (*(self._chains.get(job.call_id) or self._resume_chain(job.call_id)), None)
+        seq, chain, key = win
+        if key is None:
+            key = segfile.ContentKey(self._suite, self.public_key)
+        header = self._header(job.call_id, seq, job.first_sample, len(job.pcm), codec.PCM)
+        data = key.seal(header, codec.encode(job.pcm, self.rate, codec.PCM))
+        sha = hashlib.sha256(data).digest()
+        ok = False
+        try:
+            ok = self.journal.append(job.call_id, d / journal.NAME, data, sha)
+        finally:
+            # A record that was not written still used its seq under this key: the next
+            # one, which takes the same seq, gets a fresh key (a nonce is never reused).
+            self._jchains[job.call_id] = ((seq + 1, evidence.chain_next(chain, seq, sha), key)
+                                          if ok else (seq, chain, None))
 
     def _segment(self, job: WriteSegment) -> None:
         d = self._call_dir(job.call_id)

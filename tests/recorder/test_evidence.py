@@ -130,7 +130,7 @@ def test_export_of_a_tampered_call_fails_and_exits_nonzero(store_copy, practice_
     assert "segment 2 altered" in capsys.readouterr().out
 
 
-def test_independent_hpke_decryption_from_the_format_doc(recorded, practice_keys):
+def _independent_hpke_open(sk, enc: bytes, ct: bytes, info: bytes) -> bytes:
     """RFC 9180 base mode, DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305,
     built from cryptography's primitives as docs/formats.md describes: not our reader."""
     import hashlib
@@ -157,36 +157,66 @@ def test_independent_hpke_decryption_from_the_format_doc(recorded, practice_keys
     def labeled_expand(suite_id, prk, label, info, n):
         return expand(prk, n.to_bytes(2, "big") + b"HPKE-v1" + suite_id + label + info, n)
 
-    sk = serialization.load_pem_private_key(practice_keys[0].read_bytes(), None)
     pk_r = sk.public_key().public_bytes(serialization.Encoding.Raw,
                                         serialization.PublicFormat.Raw)
-    data = next((recorded.data / "segments").rglob("00000.seg")).read_bytes()
-    assert data[:4] == b"LTAP" and data[4] == 1 and data[5] == 1
-    hlen = int.from_bytes(data[6:10], "big")
-    pre = data[:10 + hlen]
-    header = json.loads(pre[10:])
-    assert header["suite"] == {"kem": 32, "kdf": 1, "aead": 3}
-    enc, ct = data[10 + hlen:10 + hlen + 32], data[10 + hlen + 32:]
     dh = sk.exchange(X25519PublicKey.from_public_bytes(enc))
     kem_id = b"KEM" + (0x20).to_bytes(2, "big")
     eae = labeled_extract(kem_id, b"", b"eae_prk", dh)
     shared = labeled_expand(kem_id, eae, b"shared_secret", enc + pk_r, 32)
     suite = b"HPKE" + (0x20).to_bytes(2, "big") + (1).to_bytes(2, "big") + \
         (3).to_bytes(2, "big")
-    info = b"linetap-v1" + pre
     psk_id_hash = labeled_extract(suite, b"", b"psk_id_hash", b"")
     info_hash = labeled_extract(suite, b"", b"info_hash", info)
     ctx = b"\x00" + psk_id_hash + info_hash
     secret = labeled_extract(suite, shared, b"secret", b"")
     key = labeled_expand(suite, secret, b"key", ctx, 32)
     nonce = labeled_expand(suite, secret, b"base_nonce", ctx, 12)
-    flac = ChaCha20Poly1305(key).decrypt(nonce, ct, b"")
+    return ChaCha20Poly1305(key).decrypt(nonce, ct, b"")
+
+
+def _split(data: bytes):
+    assert data[:4] == b"LTAP" and data[4] == 1 and data[5] == 1
+    hlen = int.from_bytes(data[6:10], "big")
+    pre = data[:10 + hlen]
+    return pre, json.loads(pre[10:]), data[10 + hlen:]
+
+
+def test_independent_hpke_decryption_from_the_format_doc(recorded, practice_keys):
+    from cryptography.hazmat.primitives import serialization
+    sk = serialization.load_pem_private_key(practice_keys[0].read_bytes(), None)
+    data = next((recorded.data / "segments").rglob("00000.seg")).read_bytes()
+    pre, header, body = _split(data)
+    assert header["suite"] == {"kem": 32, "kdf": 1, "aead": 3}
+    flac = _independent_hpke_open(sk, body[:32], body[32:], b"linetap-v1" + pre)
     assert flac[:4] == b"fLaC"
     import io
 
     import soundfile as sf
     pcm, sr = sf.read(io.BytesIO(flac), dtype="int16")
     assert sr == 8000 and len(pcm) == header["samples"]
+
+
+def test_independent_decryption_of_a_journal_record(tmp_path, practice_keys):
+    """A record sealed under a content key (the journal's, adopted as a segment after a
+    power cut) opens by docs/formats.md alone: HPKE opens the key in the header, then
+    ChaCha20-Poly1305 with the seq as nonce and the preamble as associated data."""
+    import numpy as np
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+    from recorder import codec, segfile
+    sk = serialization.load_pem_private_key(practice_keys[0].read_bytes(), None)
+    pcm = (np.arange(4000) % 701 - 350).astype(np.int16)
+    ck = segfile.ContentKey(segfile.suite_ids(), sk.public_key())
+    data = ck.seal({"v": 1, "kind": "segment", "device": "d", "call": "c", "seq": 7,
+                    "first_sample": 0, "samples": 4000, "rate": 8000, "codec": "pcm",
+                    "start": "2026-11-26T09:00:00.000Z"}, codec.encode(pcm, 8000, "pcm"))
+    pre, header, body = _split(data)
+    sealed_key = bytes.fromhex(header["key"])
+    key = _independent_hpke_open(sk, sealed_key[:32], sealed_key[32:],
+                                 b"linetap-v1 content-key")
+    raw = ChaCha20Poly1305(key).decrypt((7).to_bytes(12, "big"), body, b"linetap-v1" + pre)
+    assert np.array_equal(np.frombuffer(raw, "<i2"), pcm)
 
 
 def test_no_plaintext_audio_anywhere_on_disk(recorded):

@@ -162,6 +162,45 @@ def test_recovery_adopts_the_journal_of_the_segment_in_progress(tmp_path, practi
     assert store.integrity_check() == "ok"
 
 
+def _record_keys(path) -> list[tuple[int, str]]:
+    from recorder import segfile
+    return [(h["seq"], h["key"]) for h in
+            (segfile.parse(b).header for b in journal.read(path.read_bytes())[0])]
+
+
+def test_records_share_one_content_key_per_segment_in_progress(tmp_path, practice_keys):
+    """One HPKE seal per segment in progress, not per record; a new segment, a new key."""
+    store, w, _ = _box(tmp_path, practice_keys)
+    seg, jn = 4 * RATE, RATE // 2
+    call_id = _record_call(w, _audio(40000), seg, jn, seg + 3 * jn)
+    got = _record_keys(store.call_dir(call_id, store.call(call_id).start_time) / journal.NAME)
+    assert [s for s, _ in got] == list(range(7)) + [1, 2, 3]
+    assert len({k for _, k in got[:7]}) == 1 and len({k for _, k in got[7:]}) == 1
+    assert got[0][1] != got[7][1]
+
+
+def test_a_record_lost_to_a_full_disk_is_resealed_under_a_fresh_key(tmp_path, practice_keys,
+                                                                   monkeypatch):
+    """The record after a failed append takes the same seq, so it must not reuse the
+    key (the same nonce under the same key would leak both records' keystream)."""
+    store, w, _ = _box(tmp_path, practice_keys)
+    info = CallInfo(id="CJ-L0-000002", line=0, direction="inbound", offhook_sample=0)
+    w.handle(OpenCall(info))
+    pcm = _audio(3 * 4000)
+    w.handle(JournalAppend(info.id, 0, pcm[:4000].copy()))
+    real = w.journal.append
+    monkeypatch.setattr(w.journal, "append", lambda *a: (_ for _ in ()).throw(
+        OSError(errno.ENOSPC, "No space left on device")))
+    w._handle_until_stored(JournalAppend(info.id, 4000, pcm[4000:8000].copy()))
+    assert w.journal_skipped == 1
+    monkeypatch.setattr(w.journal, "append", real)
+    w.handle(JournalAppend(info.id, 4000, pcm[4000:8000].copy()))
+    w.journal.sync()
+    got = _record_keys(store.call_dir(info.id, store.call(info.id).start_time) / journal.NAME)
+    assert [s for s, _ in got] == [0, 1]
+    assert got[0][1] != got[1][1]
+
+
 def test_a_torn_journal_tail_loses_only_the_torn_record(tmp_path, practice_keys):
     store, w, data = _box(tmp_path, practice_keys)
     pcm = _audio(40000)
