@@ -456,7 +456,7 @@ class Processor:
             log.info("line %d: call not recorded (recording is off for this line)", ln)
             return
         info = CallInfo(self._new_id(ln, a.sample), ln, a.direction, a.sample,
-                        ring_sample=a.ring_start, clock_ok=self.timebase.synchronised)
+                        ring_sample=a.ring_start)
         if a.rollover and prev is not None:
             info.rollover_of = prev.id
             info.caller_number, info.caller_name = prev.caller_number, prev.caller_name

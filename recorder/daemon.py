@@ -121,6 +121,7 @@ class Daemon:
                          fingerprint=fp)
         self.public_key = keys.load_practice_public(cfg.recording.public_key)
         self.timebase = self.hw.timebase or Timebase.from_system(self.rate)
+        self.resync_queued = False      # a Restamp is on its way to the writer
         self.writer = Writer(self.store, device=self.device, rate=self.rate,
                              codec_name=cfg.recording.codec, aead=cfg.recording.aead,
                              public_key=self.public_key, identity=self.identity,
@@ -385,15 +386,18 @@ class Daemon:
 
     def _check_clock(self) -> None:
         """Re-anchor UTC labels once NTP synchronises (never in simulation)."""
-        if self.timebase.synchronised or self.hw.timebase is not None:
+        if self.timebase.synchronised or self.resync_queued or self.hw.timebase is not None:
             return
         if clock_synchronised():
             self.clock_synced(time.time())
 
     def clock_synced(self, wall_now: float) -> float:
-        """Re-anchor the timebase to ``wall_now`` and re-stamp this boot's calls."""
-        step = self.timebase.resync(self.ring.written, wall_now)
-        self.writer.put(Restamp(step))
+        """Re-anchor the timebase to ``wall_now`` and re-stamp this boot's calls (both
+        done by the writer, in order with the jobs already queued)."""
+        frames = self.ring.written
+        step = self.timebase.step_to(frames, wall_now)
+        self.resync_queued = True
+        self.writer.put(Restamp(frames, wall_now))
         log.warning("system clock synchronised; call times re-anchored by %+.3f s", step)
         self._audit_quietly("clock_synchronised", step_s=round(step, 3))
         return step

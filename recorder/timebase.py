@@ -33,9 +33,13 @@ class Timebase:
         samples from now on change. Calls already started keep ``clock_synchronised``
         false in their metadata.
         """
-        new0 = wall_now - frames_now / self.rate
-        step, self.epoch0, self.synchronised = new0 - self.epoch0, new0, True
+        step = self.step_to(frames_now, wall_now)
+        self.epoch0, self.synchronised = self.epoch0 + step, True
         return step
+
+    def step_to(self, frames_now: int, wall_now: float) -> float:
+        """The step (s) :meth:`resync` would apply, without applying it."""
+        return wall_now - frames_now / self.rate - self.epoch0
 
 
 TIME_ERROR = 5    # adjtimex(): the kernel's clock is not synchronised (STA_UNSYNC)

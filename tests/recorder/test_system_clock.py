@@ -67,12 +67,17 @@ def test_rtc_less_boot_calls_are_restamped_and_never_expired_early(sim):
 
     def rtc_less(daemon, _line):
         daemon.hw.timebase.epoch0, daemon.hw.timebase.synchronised = 0.0, False
+        line_pacer, synced = daemon.hw.pacer, threading.Event()
 
-        def sync_later():
-            while not hasattr(daemon, "ring") or daemon.ring.written < 12 * 8000:
-                daemon.stop.wait(0.01)
-            daemon.clock_synced(true_start + daemon.ring.written / 8000)
-        threading.Thread(target=sync_later, daemon=True).start()
+        def pacer(wanted: int) -> bool:
+            # NTP synchronises at line time 12 s, between the second call's start (8 s)
+            # and the third's (22 s). Done on the capture thread, before its next read,
+            # so the point does not depend on how fast the machine runs the simulation.
+            if not synced.is_set() and daemon.ring.written >= 12 * 8000:
+                synced.set()
+                daemon.clock_synced(true_start + daemon.ring.written / 8000)
+            return line_pacer(wanted)
+        daemon.hw.pacer = pacer
 
     sc = sim.scenario([{"at": 1.0, "line": 0, "type": "offhook"},
                        {"at": 5.0, "line": 0, "type": "onhook"},
@@ -101,3 +106,33 @@ def test_rtc_less_boot_calls_are_restamped_and_never_expired_early(sim):
     C.update(meta={**first.meta, "clock_corrected_s": None}).where(C.id == first.id).execute()
     views = {v.id: v for v in Retention(store, sim.data, cfg).views()}
     assert views[first.id].deadline is None and views[third.id].deadline is not None
+
+
+def test_the_writer_reanchors_in_queue_order(tmp_path, practice_keys):
+    """Jobs queued before the sync were stamped with the old anchor and are moved by the
+    step; jobs queued after it are stamped with the new anchor and are not moved again
+    (re-anchoring outside the queue moved a call still queued twice)."""
+    from recorder import keys
+    from recorder.store import Store
+    from recorder.writer import CallInfo, CloseCall, OpenCall, Restamp, Writer
+    data = tmp_path / "data"
+    tb = Timebase(8000, epoch0=0.0, synchronised=False)          # booted at 1970
+    w = Writer(Store(data), device="dev-c", rate=8000, codec_name="flac",
+               aead="chacha20poly1305", public_key=keys.load_practice_public(practice_keys[1]),
+               identity=keys.ensure_identity(data, first_start=True), timebase=tb,
+               retention_s=86400)
+    true0 = 1_795_000_000.0
+    a = CallInfo(id="A", line=0, direction="inbound", offhook_sample=8000)
+    b = CallInfo(id="B", line=1, direction="outbound", offhook_sample=24000)
+    a.first_sample, b.first_sample = 8000, 24000
+    for job in (OpenCall(a), Restamp(16000, true0 + 2.0), OpenCall(b)):
+        w.handle(job)
+    a.end_sample, b.end_sample = 32000, 40000
+    w.handle(CloseCall(b))
+    w.handle(CloseCall(a))
+    ra, rb = w.store.call("A"), w.store.call("B")
+    assert (ra.offhook_time, ra.end_time) == (true0 + 1.0, true0 + 4.0)
+    assert (rb.offhook_time, rb.end_time) == (true0 + 3.0, true0 + 5.0)
+    assert ra.deadline == true0 + 1.0 + 86400 and rb.deadline == true0 + 3.0 + 86400
+    assert ra.meta["clock_synchronised"] is False and ra.meta["clock_corrected_s"] == true0
+    assert rb.meta["clock_synchronised"] is True and rb.meta["clock_corrected_s"] is None
