@@ -5,8 +5,8 @@ with a manifest and ``manifest_acked = 0``. Nothing is held only in paho's memor
 a reboot, a broker restart (mosquitto keeps sessions in RAM) or days offline lose
 nothing: whatever was not acked is simply sent again. A row is marked acked only when
 the upstream says, on ``.../ack``, that it wrote that exact (call, seq, sha256)
-durably; an item not acked within ``ack_timeout_s`` is sent again (ingest is
-idempotent, so a duplicate costs bandwidth, never a second copy).
+durably; an item not acked within ``ack_timeout_s`` of the broker's PUBACK is sent
+again (ingest is idempotent, so a duplicate costs bandwidth, never a second copy).
 
 At most ``sync.window`` items (segments or manifests) are in flight. The next items
 are chosen by :func:`plan`, which alternates between the oldest backlog and the newest
@@ -43,6 +43,9 @@ from sync import commands, protocol
 log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 7 * 86400     # broker keeps our session (and queued acks) this long
+# An item the broker never PUBACKs is sent again after this many ack timeouts (a live
+# connection that never PUBACKs; a dead one is re-planned on reconnect anyway).
+SEND_CAP = 5
 TICK_S = 0.25                    # uploader tick when nothing wakes it (seconds)
 REFRESH_S = 1.0                  # candidate cache lifetime (seconds)
 
@@ -83,6 +86,20 @@ class UploaderThread(ServiceThread):
             self.uploader.close()
 
 
+def overdue(sent: float, delivered: float | None, now: float, ack_timeout_s: float) -> bool:
+    """Is an item in flight due to be sent again? Times in seconds (monotonic).
+
+    ``sent`` is when it was published, ``delivered`` when the broker had PUBACKed every
+    chunk of it (None: not yet). The ack timeout runs from ``delivered``: the time a
+    slow uplink takes to carry a full window is not the upstream's delay, and counting
+    it made a larger window resend what was merely queued. An item never delivered is
+    due after ``SEND_CAP`` ack timeouts. Pure.
+    """
+    if delivered is not None:
+        return now - delivered > ack_timeout_s
+    return now - sent > SEND_CAP * ack_timeout_s
+
+
 def plan(oldest: list, newest: list, inflight, room: int) -> list:
     """Choose up to ``room`` items: alternately the oldest backlog and the newest call.
 
@@ -113,7 +130,8 @@ class Uploader:
 
     ``status`` returns the daemon status dict for health messages (or None);
     ``retention`` (a :class:`recorder.retention.Retention`) applies upstream commands;
-    ``ack_timeout_s`` is how long an unacked item waits before it is sent again.
+    ``ack_timeout_s`` is how long an item the broker has PUBACKed waits for the upstream's
+    ack before it is sent again (see :func:`overdue`).
     """
 
     def __init__(self, store, cfg, *, device: str, data_dir, status: Callable | None = None,
@@ -127,6 +145,10 @@ class Uploader:
         self.base = protocol.base(self.sc.topic_prefix, self.site, device)
         self.inbox: queue.Queue = queue.Queue()
         self.inflight: dict[tuple, float] = {}       # item key -> monotonic send time
+        # item key -> paho's MessageInfo of each chunk, until the broker PUBACKs them all;
+        # then the key moves to _delivered (-> monotonic time that was seen)
+        self._infos: dict[tuple, list] = {}
+        self._delivered: dict[tuple, float] = {}
         self.parked: set[tuple] = set()              # refused upstream; alarmed
         # Manifests the upstream rejected, by call -> the sha256 it rejected: only that
         # version is held back, so a re-signed manifest goes out again.
@@ -232,11 +254,17 @@ class Uploader:
             # A new connection: what was in flight may have died with the old one.
             self._reset.clear()
             self.inflight.clear()
+            self._infos.clear()
+            self._delivered.clear()
             self._cand = None
         now = time.monotonic()
         for k, t in list(self.inflight.items()):
-            if now - t > self.ack_timeout_s:
-                del self.inflight[k]
+            infos = self._infos.get(k)
+            if infos is not None and all(i.is_published() for i in infos):
+                del self._infos[k]
+                self._delivered[k] = now
+            if overdue(t, self._delivered.get(k), now, self.ack_timeout_s):
+                self._forget(k)
                 self.resent += 1
                 self._cand = None            # re-read: it goes back into the plan
         room = self.sc.window - len(self.inflight)
@@ -304,11 +332,19 @@ class Uploader:
                                        it.seq)
         # A segment file is never rewritten: its row's sha256 is the file's, so it is not
         # hashed again here. A manifest may be re-signed under the same name, so it is.
-        for payload in protocol.split(blob, self.sc.chunk_bytes,
-                                      sha256=it.sha256 if it.seq is not None else None):
+        self._infos[it.key] = [
             self.client.publish(topic, payload, qos=1)
+            for payload in protocol.split(blob, self.sc.chunk_bytes,
+                                          sha256=it.sha256 if it.seq is not None else None)]
+        self._delivered.pop(it.key, None)
         self.inflight[it.key] = time.monotonic()
         self.sent += 1
+
+    def _forget(self, key: tuple) -> None:
+        """``key`` is no longer in flight (acked, refused or timed out)."""
+        self.inflight.pop(key, None)
+        self._infos.pop(key, None)
+        self._delivered.pop(key, None)
 
     # -- incoming -----------------------------------------------------------------------------
     def _drain_inbox(self) -> None:
@@ -346,16 +382,16 @@ class Uploader:
                 self.acked += cur.rowcount
                 if cur.rowcount:
                     self._done.add((call, seq))
-                self.inflight.pop((call, seq), None)
+                self._forget((call, seq))
             for call, sha in ack["mans"]:
                 cur.execute(f"UPDATE {call_t} SET manifest_acked = 1 "  # noqa: S608
                             "WHERE id = ? AND manifest_sha256 = ?", (call, sha))
                 if cur.rowcount:
                     self._done.add((call, None))
-                self.inflight.pop((call, None), None)
+                self._forget((call, None))
         for call, seq, sha in ack["conflicts"]:
             self.parked.add((call, seq))
-            self.inflight.pop((call, seq), None)
+            self._forget((call, seq))
             log.error("upstream holds a different segment %s/%d; ours (%s) kept aside", call,
                       seq, sha[:12])
             self._alarm("sync_conflict", call=call, seq=seq)
@@ -365,7 +401,7 @@ class Uploader:
             # case the new one is held until the next restart or re-sign).
             row = C.get_or_none(C.id == call)
             self.rejected_mans[call] = row.manifest_sha256 if row is not None else ""
-            self.inflight.pop((call, None), None)
+            self._forget((call, None))
             log.error("upstream rejected the manifest of %s: %s", call, reason)
             self._alarm("sync_rejected", call=call, reason=reason)
 

@@ -54,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.campaigns import common  # noqa: E402
 
 KEEPALIVE_S = 30.0     # sync/uploader.py connects with keepalive=30; the broker gives up at 1.5x
+SLOW_DRAIN_S = 30.0    # a drain longer than this prints the box's sync status and TCP state
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,14 @@ def net_exists(net: Net = NET) -> bool:
     ns = sh("ip", "netns", "list", check=False).stdout.split()
     return net.ns in ns or sh("ip", "link", "show", net.veth_root,
                               check=False).returncode == 0
+
+
+def tcp_info(net: Net = NET) -> str:
+    """The box's TCP connections to the broker as ``ss -tin`` sees them (rtt, rto,
+    cwnd, retransmissions, send queue), one line each: printed with a slow drain."""
+    r = sh("ip", "netns", "exec", net.ns, "ss", "-tin", "dst", net.root_ip, check=False)
+    lines = [ln.strip() for ln in r.stdout.splitlines()[1:] if ln.strip()]
+    return " | ".join(lines) or r.stderr.strip() or "no connection"
 
 
 def link(up: bool, net: Net = NET) -> None:
@@ -393,7 +402,8 @@ class Campaign:
             add_listener(self.rig, self.net.root_ip)
             self.rig.start()
             self.box.config = common.write_toml(
-                self.root / "box.toml", self.rig.box_raw(retention__keep_synced_days=3650.0))
+                self.root / "box.toml", self.rig.box_raw(retention__keep_synced_days=3650.0,
+                                                         sync__window=a.window))
             self.box.spawn(scen, self.speed)
             self.day_ends = time.monotonic() + self.duration / self.speed
             if self.wait_drained(90) is None:
@@ -433,6 +443,10 @@ class Campaign:
                 self.parts.append(length)
                 self.shaper.apply(plan[i + 1])      # the link that comes back is degraded
                 d = self.wait_drained(120)
+                if d is None or d > SLOW_DRAIN_S:
+                    print(f"  partition {i + 1} ({length:.1f} s, then {plan[i + 1]}): drain "
+                          f"{'over 120' if d is None else f'{d:.1f}'} s; box {self.backlog()}; "
+                          f"tcp {tcp_info(self.net)}", flush=True)
                 if d is None and self.box.proc.poll() is not None:
                     if self.box.proc.returncode != 0:
                         self.violations.append(f"box failed after partition {i}: "
@@ -561,6 +575,7 @@ class Campaign:
              "ok" if cmp and not cmp.get("duplicated") else "VIOLATION"),
             ("day: lines / line time (s) / speed", f"4 / {self.duration:.0f} / {self.speed:g}x",
              ""),
+            ("box sync.window (items in flight)", self.args.window, ""),
             ("elapsed (s)", round(time.monotonic() - t0), ""),
         ]
         common.table("network campaign", rows)
@@ -582,6 +597,7 @@ class Campaign:
                    "drain_long_cut_median_s": (round(common.median(self.drain_after[True]), 1)
                                                if self.drain_after[True] else None),
                    "speed": self.speed, "line_time_s": self.duration,
+                   "window": self.args.window,
                    "elapsed_s": round(time.monotonic() - t0, 1), "seed": self.args.seed}
         return common.finish(summary, self.violations, self.root, self.args.keep)
 
@@ -591,6 +607,8 @@ def main() -> int:
         ap.add_argument("--partitions", type=int, default=None)
         ap.add_argument("--speed", type=float, default=None,
                         help="simulation speed (default 24x; 12x with --quick)")
+        ap.add_argument("--window", type=int, default=64,
+                        help="the box's sync.window (default 64; see docs/reliability.md)")
         ap.add_argument("--duration", type=float, default=None,
                         help="line time of the day in s (default 86400; 1500 with --quick)")
     args = common.parse_args(__doc__, extra)

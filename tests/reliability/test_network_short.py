@@ -104,7 +104,7 @@ def test_partitions_on_a_degraded_link_lose_nothing_and_drain():
     need_mosquitto()
     net = _net("c")
     c = network.Campaign(Namespace(quick=True, seed=5, keep=False, partitions=3, speed=12.0,
-                                   duration=1800.0), net=net)
+                                   duration=1800.0, window=64), net=net)
     try:
         rc = c.run()
     finally:

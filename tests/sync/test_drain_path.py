@@ -14,14 +14,27 @@ from sync.ingest import Ingest
 from sync.upstream_store import UCall, USegment, is_complete, open_db
 
 
-class _Client:
-    """Records publishes instead of sending them."""
+class _Info:
+    """paho's MessageInfo as far as the uploader uses it."""
 
-    def __init__(self):
-        self.sent = []
+    def __init__(self, published: bool):
+        self.published = published
+
+    def is_published(self) -> bool:
+        return self.published
+
+
+class _Client:
+    """Records publishes instead of sending them; the broker PUBACKs at once unless
+    ``puback`` is False (a slow uplink still carrying them)."""
+
+    def __init__(self, puback: bool = True):
+        self.sent, self.infos, self.puback = [], [], puback
 
     def publish(self, topic, payload, qos=0, retain=False):
         self.sent.append((topic, payload))
+        self.infos.append(_Info(self.puback))
+        return self.infos[-1]
 
 
 def test_acked_items_are_not_resent_from_the_cache(tmp_path):
@@ -134,3 +147,35 @@ def test_box_and_worker_sockets_have_nagle_off(tmp_path, broker, pki):
     finally:
         run.close()
         worker.close()
+
+
+def test_the_ack_timeout_runs_from_the_brokers_puback(tmp_path):
+    """A full window still queued for a slow uplink is not sent again however long the
+    queue takes (below the cap); once the broker has PUBACKed it, the ack timeout runs.
+    Clocks are moved by hand, nothing waits."""
+    from sync.uploader import Uploader
+    _priv, pub, *_ = practice_keys(tmp_path)
+    box = make_box(tmp_path / "box", pub)
+    write_calls(box, n_calls=1, segs=4)
+    cfg = box_cfg(box.data_dir, device=box.device, window=4)
+    up = Uploader(box.store, cfg, device=box.device, data_dir=box.data_dir, ack_timeout_s=10.0)
+    up.client = _Client(puback=False)
+    up.connected.set()
+    up._next_health = float("inf")
+    up.tick()
+    first = len(up.client.sent)
+    assert len(up.inflight) == 4 and first >= 4
+    for k in up.inflight:                 # 20 s in the uplink's queue: 2 ack timeouts
+        up.inflight[k] -= 20.0
+    up.tick()
+    assert up.resent == 0 and len(up.client.sent) == first
+    for info in up.client.infos:          # the broker PUBACKs them now
+        info.published = True
+    up.tick()
+    assert up.resent == 0 and len(up._delivered) == 4
+    for k in up._delivered:               # 11 s after the PUBACK, no ack from upstream
+        up._delivered[k] -= 11.0
+    up.tick()
+    assert up.resent == 4
+    assert len(up.client.sent) == 2 * first     # the same four items went out again
+    assert len(up.inflight) == 4

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from recorder.errors import ProtocolError
 from sync import protocol
-from sync.uploader import Item, plan
+from sync.uploader import SEND_CAP, Item, overdue, plan
 
 
 @given(st.binary(max_size=300_000), st.integers(min_value=1024, max_value=131072))
@@ -58,3 +58,15 @@ def _items(call, n, start=0):
 ])
 def test_plan(oldest, newest, inflight, room, want):
     assert [it.key for it in plan(oldest, newest, inflight, room)] == want
+
+
+@pytest.mark.parametrize("sent, delivered, now, due", [
+    # the ack timeout (60 s) runs from the broker's PUBACK, not from the publish:
+    (0.0, 50.0, 100.0, False),       # queued 50 s on a slow uplink, PUBACKed 50 s ago
+    (0.0, 50.0, 110.5, True),        # 60.5 s after its PUBACK
+    (0.0, None, 100.0, False),       # still queued for the uplink after 100 s
+    (0.0, None, SEND_CAP * 60.0 + 1, True),   # never PUBACKed: the cap
+    (10.0, 10.0, 70.0, False),       # exactly the timeout is not overdue
+])
+def test_overdue(sent, delivered, now, due):
+    assert overdue(sent, delivered, now, 60.0) is due
