@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -24,26 +25,37 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from recorder import lean_device_imports  # noqa: E402
+
+# As `linetap run` and `simulate` do, before anything imports peewee: otherwise peewee
+# loads psycopg2 (libpq and a second OpenSSL, 6.5 MB), which the box never uses.
+lean_device_imports()
+
 import numpy as np  # noqa: E402
 
 from hw import scenario as scen  # noqa: E402
 from recorder import codec, config, keys, simulate  # noqa: E402
 
+# The environment systemd/linetap-recorder.service gives the daemon (memory settings).
+UNIT_ENV = {"MALLOC_ARENA_MAX": "1", "OPENBLAS_NUM_THREADS": "1"}
 
-def _scenario(lines: int, seconds: float, noise=-40.0) -> scen.Scenario:
+
+def _scenario(lines: int, seconds: float, noise: float | None = -40.0) -> scen.Scenario:
     ev = []
     for ln in range(lines):
         ev += [{"at": 0.0, "line": ln, "type": "tone", "hz": [300 + 50 * ln, 1100],
                 "duration": seconds, "level_dbfs": -18},
                {"at": 0.5, "line": ln, "type": "offhook"},
                {"at": seconds - 1.0, "line": ln, "type": "onhook"}]
-    return scen.from_dict({"rate": 8000, "start": "2026-11-25T09:00:00Z",
-                           "duration": seconds, "lines": lines, "events": ev,
-                           "noise_dbfs": noise})
+    d = {"rate": 8000, "start": "2026-11-25T09:00:00Z", "duration": seconds,
+         "lines": lines, "events": ev}
+    if noise is not None:
+        d["noise_dbfs"] = noise
+    return scen.from_dict(d)
 
 
 def device_path(lines: int, seconds: float, speed=0.0, period=4096, detector=True,
-                journal_s: float | None = None) -> dict:
+                journal_s: float | None = None, noise: float | None = -40.0) -> dict:
     """Run the daemon on a simulated call of ``seconds`` on each of ``lines``.
 
     ``device_cpu_s`` sums the CPU time of the daemon's own threads (capture, playback,
@@ -56,15 +68,15 @@ def device_path(lines: int, seconds: float, speed=0.0, period=4096, detector=Tru
     if not detector:
         daemon_mod.DtmfStream = None
     try:
-        return _device_path(lines, seconds, speed, period, journal_s)
+        return _device_path(lines, seconds, speed, period, journal_s, noise)
     finally:
         daemon_mod.DtmfStream = saved
 
 
-def _device_path(lines, seconds, speed, period, journal_s) -> dict:
+def _device_path(lines, seconds, speed, period, journal_s, noise) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         _priv, pub = keys.practice_keygen(Path(tmp) / "p.key")
-        sc = _scenario(lines, seconds)
+        sc = _scenario(lines, seconds, noise)
         cfg = simulate.sim_config(config.Config(), sc, str(Path(tmp) / "data"), str(pub))
         cfg = cfg.replace(audio__period_frames=period)
         if journal_s is not None:
@@ -108,15 +120,35 @@ def _hwm_kb() -> int:
 
 
 def rss_child(lines: int, seconds: float) -> None:
-    from recorder import lean_device_imports
-    lean_device_imports()    # as `linetap run` and `simulate` do
+    """Peak RSS of the daemon as the device runs it: the shipped period (160 frames),
+    the unit's environment (set by the parent), and a line simulator without noise (the
+    simulator's noise generator, numpy.random, is 2.3 MB that no device loads; the
+    simulator itself still shares the process)."""
     import recorder.calls  # noqa: F401 - everything the daemon imports, before it runs
     import recorder.daemon  # noqa: F401
     import recorder.dsp.callerid  # noqa: F401
     import recorder.services  # noqa: F401
     base = _hwm_kb()
-    device_path(lines, seconds)
+    device_path(lines, seconds, period=config.Config().audio.period_frames, noise=None)
     print(base, _hwm_kb())
+
+
+def peak_rss(lines: int, seconds: float) -> tuple[int, int]:
+    """(after imports, peak) VmHWM in KiB of a child process running the daemon.
+
+    The child gets the unit's environment and, like an installed box (firmware/
+    install.sh compiles everything), bytecode for every module it imports: a first run
+    writes it into a private cache, and the second run is the one measured. Compiling
+    sources at import would add over a megabyte that no box pays.
+    """
+    with tempfile.TemporaryDirectory() as cache:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        env.update(UNIT_ENV, PYTHONPYCACHEPREFIX=cache)
+        cmd = [sys.executable, __file__, "--rss-child", str(lines), str(seconds)]
+        subprocess.run(cmd[:-1] + ["2"], capture_output=True, check=True, env=env)
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True,
+                             env=env).stdout.split()
+    return int(out[-2]), int(out[-1])
 
 
 def main() -> None:
@@ -156,10 +188,9 @@ def main() -> None:
           f"{j['journal_bytes'] * per_h / 1e6:.1f} MB appended (segments: {seg_mb_h:.1f} MB), "
           f"writer CPU +{j_cpu_ms:.0f} ms; device path without it "
           f"{nojournal['audio_s'] / nojournal['device_cpu_s']:.0f}x")
-    out = subprocess.run([sys.executable, __file__, "--rss-child", "4", "600"],
-                         capture_output=True, text=True, check=True).stdout.split()
-    base, rss = int(out[-2]), int(out[-1])
-    print(f"peak RSS, 4 lines, whole process: {rss / 1024:.1f} MB "
+    base, rss = peak_rss(4, 120)
+    print(f"peak RSS, 4 lines, period {config.Config().audio.period_frames}, whole process: "
+          f"{rss / 1024:.1f} MB "
           f"(of which imports alone: {base / 1024:.1f} MB)")
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:

@@ -133,6 +133,7 @@ class Writer:
         self.journal = journal.JournalFiles()
         self.journal_skipped = 0
         self._dirs: dict = {}                               # call -> its segment folder
+        self._jpaths: dict = {}                             # call -> its journal file
         self._suite = segfile.suite_ids(aead)
         self.segments_written = 0
         self.bytes_written = 0
@@ -332,7 +333,9 @@ class Writer:
         """Seal the audio cut since the last record as the call's next segment would be,
         but raw (``pcm``) under the content key of this segment in progress: one HPKE
         seal per segment, not per record (see recorder.segfile.ContentKey)."""
-        d = self._call_dir(job.call_id)
+        path = self._jpaths.get(job.call_id)
+        if path is None:
+            path = self._jpaths[job.call_id] = self._call_dir(job.call_id) / journal.NAME
         win = self._jchains.get(job.call_id)
         if win is None:
             win = (*(self._chains.get(job.call_id) or self._resume_chain(job.call_id)), None)
@@ -344,7 +347,7 @@ class Writer:
         sha = hashlib.sha256(data).digest()
         ok = False
         try:
-            ok = self.journal.append(job.call_id, d / journal.NAME, data, sha)
+            ok = self.journal.append(job.call_id, path, data, sha)
         finally:
             # A record that was not written still used its seq under this key: the next
             # one, which takes the same seq, gets a fresh key (a nonce is never reused).
@@ -441,6 +444,7 @@ class Writer:
         self._chains.pop(info.id, None)
         self._jchains.pop(info.id, None)
         self._dirs.pop(info.id, None)
+        self._jpaths.pop(info.id, None)
         log.info("call %s closed: %s, line %d, %d segment(s)", info.id, info.direction,
                  info.line, row.segments if row else 0)
 
