@@ -252,6 +252,8 @@ def button_step(state: ButtonState, kind: str, sample: int, active_lines, pt: Pa
 
 
 def _button_due(state: ButtonState, now: int, pt: PauseTiming) -> tuple[ButtonState, list]:
+    if (state.pressed_at is None or state.long_done) and not (pt.max_pause and state.paused):
+        return state, []             # nothing can be due (the common case, every period)
     actions: list = []
     paused = dict(state.paused)
     ended = set(state.ended)
