@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -50,6 +51,65 @@ from synchelpers import (  # noqa: E402
 )
 
 from sync import protocol  # noqa: E402
+
+# The ingest worker, started so that SIGUSR1 appends its threads' CPU seconds (by thread
+# name) to the file named first: the bench signals it before and after the drain.
+INGEST_BOOT = r"""
+import json, signal, sys, threading, time
+from sync.ingest import cli_main
+
+def snap(*_):
+    out = {}
+    for t in threading.enumerate():
+        try:
+            out[t.name] = time.clock_gettime(time.pthread_getcpuclockid(t.ident))
+        except (OSError, TypeError):
+            pass
+    with open(sys.argv[1], "a") as f:
+        f.write(json.dumps(out) + "\n")
+
+signal.signal(signal.SIGUSR1, snap)
+sys.exit(cli_main(sys.argv[2:]))
+"""
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds of each live thread of this process, by thread name."""
+    out = {}
+    for t in threading.enumerate():
+        try:
+            out[t.name] = time.clock_gettime(time.pthread_getcpuclockid(t.ident))
+        except (OSError, TypeError):
+            pass
+    return out
+
+
+def by_role(before: dict, after: dict) -> dict[str, float]:
+    """CPU seconds per role between two :func:`thread_cpu` snapshots (a thread absent
+    from ``before`` counts from zero). Roles: the uploader or ingest handler thread,
+    paho's network thread(s) (TLS, MQTT parsing), the ingest's blob write/fsync pool,
+    and the rest (main thread: ticks, polling)."""
+    roles: dict[str, float] = {}
+    for name, t in after.items():
+        role = ("paho" if name.startswith("paho-mqtt") else
+                "io pool" if name.startswith("ingest-io") else
+                "handler" if name == "ingest-handler" else
+                "uploader" if name == "uploader" else "other")
+        roles[role] = roles.get(role, 0.0) + t - before.get(name, 0.0)
+    return roles
+
+
+def ingest_snapshot(proc, path: Path) -> dict:
+    """Ask the ingest worker for its threads' CPU seconds (see INGEST_BOOT)."""
+    n = len(path.read_text().splitlines()) if path.exists() else 0
+    proc.send_signal(signal.SIGUSR1)
+    end = time.monotonic() + 10
+    while time.monotonic() < end:
+        lines = path.read_text().splitlines() if path.exists() else []
+        if len(lines) > n:
+            return json.loads(lines[-1])
+        time.sleep(0.01)
+    return {}
 
 
 def proc_cpu(pid: int) -> float:
@@ -172,9 +232,11 @@ def wait_consuming(broker, pki, db_path: Path, timeout: float = 120.0) -> None:
         c.loop_stop()
 
 
-def timed_drain(box, broker, pki, window, n_segs) -> float:
+def timed_drain(box, broker, pki, window, n_segs, threads: dict | None = None) -> float:
     """Seconds from CONNACK to the last app-level ack (the bare publisher's clock also
-    starts after its connection is up)."""
+    starts after its connection is up). ``threads``, if given, gets this process's CPU
+    seconds per role (:func:`by_role`) over the drain."""
+    before = thread_cpu()
     run = Running(box, broker, pki, window=window, ack_timeout_s=30.0)
     run.up.connected.wait(30)
     t0 = time.perf_counter()
@@ -187,6 +249,8 @@ def timed_drain(box, broker, pki, window, n_segs) -> float:
             time.sleep(0.002)
         raise AssertionError("timed out waiting for the drain")
     finally:
+        if threads is not None:
+            threads.update(by_role(before, thread_cpu()))
         run.close()
 
 
@@ -220,13 +284,18 @@ def main() -> int:
         raw = upstream_raw(tmp / "up", broker, pki, [box])
         conf = tmp / "upstream.toml"
         conf.write_text(to_toml(raw))
-        proc = subprocess.Popen([sys.executable, "-m", "sync.ingest", "--config", str(conf)],
+        snaps = tmp / "ingest-threads.jsonl"
+        proc = subprocess.Popen([sys.executable, "-c", INGEST_BOOT, str(snaps),
+                                 "--config", str(conf)],
                                 cwd=ROOT, env=dict(os.environ),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_consuming(broker, pki, tmp / "up" / "upstream.db")
+        box_threads: dict = {}
         try:
+            ing0 = ingest_snapshot(proc, snaps)
             with Cpu(broker, proc) as cpu_drain:
-                t_drain = timed_drain(box, broker, pki, args.window, n)
+                t_drain = timed_drain(box, broker, pki, args.window, n, box_threads)
+            ing_threads = by_role(ing0, ingest_snapshot(proc, snaps))
         finally:
             proc.terminate()
             proc.wait(10)
@@ -276,9 +345,14 @@ def main() -> int:
         parts = "  ".join(f"{k} {v:.2f}" for k, v in c.used.items())
         print(f"  {name:<11} wall {t:.2f}  {parts}  total {sum(c.used.values()):.2f}")
     print(f"  {'ingest':<11} wall {t_ing:.2f}  ingest {c_ing:.2f}")
+    print("CPU seconds per thread role over the drain:")
+    for name, roles in (("ingest", ing_threads), ("box", box_threads)):
+        print(f"  {name:<11} " + "  ".join(f"{k} {v:.3f}" for k, v in sorted(roles.items())))
     res["cpu_s"] = {"bare": {k: round(v, 2) for k, v in cpu_bare.used.items()},
                     "drain": {k: round(v, 2) for k, v in cpu_drain.used.items()},
-                    "ingest_no_mqtt": round(c_ing, 2)}
+                    "ingest_no_mqtt": round(c_ing, 2),
+                    "drain_threads": {"ingest": {k: round(v, 3) for k, v in ing_threads.items()},
+                                      "box": {k: round(v, 3) for k, v in box_threads.items()}}}
     print(json.dumps(res))
     return 0
 
