@@ -134,6 +134,7 @@ class Writer:
         self.journal_skipped = 0
         self._dirs: dict = {}                               # call -> its segment folder
         self._jpaths: dict = {}                             # call -> its journal file
+        self._dropped: dict[str, list] = {}    # call -> [[first, end)] of segments given up
         self._suite = segfile.suite_ids(aead)
         self.segments_written = 0
         self.bytes_written = 0
@@ -234,6 +235,9 @@ class Writer:
                     log.error("disk full writing %s: making room", type(job).__name__)
                 if isinstance(job, WriteSegment) and attempt >= DISK_FULL_RETRIES:
                     self.dropped_segments += 1
+                    self._dropped.setdefault(job.call_id, []).append(
+                        [int(job.first_sample), int(job.first_sample) + len(job.pcm)])
+                    self._jchains.pop(job.call_id, None)
                     log.error("call %s: segment %d could not be stored (disk full); %d s of "
                               "audio lost", job.call_id, job.seq, len(job.pcm) // self.rate)
                     self.on_dropped(job)
@@ -357,21 +361,24 @@ class Writer:
     def _segment(self, job: WriteSegment) -> None:
         d = self._call_dir(job.call_id)
         seq, chain = self._chains.get(job.call_id) or self._resume_chain(job.call_id)
-        if job.seq != seq:
+        # After a segment was given up (disk full), the recorder's numbering runs ahead
+        # of the stored one: the stored seqs stay contiguous, so the chain and the
+        # manifest stay whole, and the lost audio is a gap in time (first_sample).
+        if job.seq - len(self._dropped.get(job.call_id, ())) != seq:
             raise RuntimeError(f"call {job.call_id}: segment {job.seq} where {seq} was due")
         n = int(len(job.pcm))
-        data = self._seal(job.call_id, job.seq, job.first_sample, job.pcm)
+        data = self._seal(job.call_id, seq, job.first_sample, job.pcm)
         sha = hashlib.sha256(data).digest()
-        chain = evidence.chain_next(chain, job.seq, sha)
-        path = d / f"{job.seq:05d}.seg"
+        chain = evidence.chain_next(chain, seq, sha)
+        path = d / f"{seq:05d}.seg"
         atomic_write(path, data, mode=0o640)
         db = self.store.db
         with db.atomic():
             db.execute_sql(self._INSERT_SEGMENT, (
-                job.call_id, job.seq, self.store.rel(path), int(job.first_sample), n,
+                job.call_id, seq, self.store.rel(path), int(job.first_sample), n,
                 len(data), sha.hex(), chain.hex(), time.time()))
-            db.execute_sql(self._UPDATE_CALL, (job.seq + 1, chain.hex(), n, job.call_id))
-        self._chains[job.call_id] = (job.seq + 1, chain)
+            db.execute_sql(self._UPDATE_CALL, (seq + 1, chain.hex(), n, job.call_id))
+        self._chains[job.call_id] = (seq + 1, chain)
         self._jchains.pop(job.call_id, None)    # the segment supersedes its records
         self.segments_written += 1
         self.bytes_written += len(data)
@@ -417,7 +424,8 @@ class Writer:
                             for a, b in info.masked_dtmf],
             "flashes": [{"at": iso(ep(s)), "length_s": n / self.rate}
                         for s, n in info.flashes],
-            "gaps": [{"start": iso(ep(a)), "end": iso(ep(b))} for a, b in info.gaps],
+            "gaps": [{"start": iso(ep(a)), "end": iso(ep(b))}
+                     for a, b in sorted([*info.gaps, *self._dropped.get(info.id, ())])],
             "announcement": info.announcement and {
                 "id": info.announcement["id"], "sha256": info.announcement["sha256"],
                 "start": iso(ep(info.announcement["start_sample"]))},
@@ -445,6 +453,7 @@ class Writer:
         self._jchains.pop(info.id, None)
         self._dirs.pop(info.id, None)
         self._jpaths.pop(info.id, None)
+        self._dropped.pop(info.id, None)
         log.info("call %s closed: %s, line %d, %d segment(s)", info.id, info.direction,
                  info.line, row.segments if row else 0)
 

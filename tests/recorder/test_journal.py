@@ -14,7 +14,7 @@ from recorder import journal, keys, recovery
 from recorder.errors import JournalError
 from recorder.export import decode_segments
 from recorder.store import Store
-from recorder.timebase import Timebase
+from recorder.timebase import Timebase, iso
 from recorder.verify import device_key_for, verify_call
 from recorder.writer import CallInfo, CloseCall, JournalAppend, OpenCall, Writer, WriteSegment
 
@@ -236,3 +236,46 @@ def test_a_closed_call_leaves_no_journal_and_stale_ones_are_removed(tmp_path, pr
     assert recovery.recover(store, w, "dev-j") == 0
     assert not (d / journal.NAME).exists()
     assert [s.seq for s in store.segments_of(call_id)] == [0, 1]
+
+
+def test_a_segment_given_up_to_a_full_disk_leaves_a_gap_not_a_crash(tmp_path, practice_keys,
+                                                                    monkeypatch):
+    """A segment that still cannot be stored after the retries is given up; the next
+    ones are stored with contiguous seqs (the chain and manifest stay whole), the lost
+    span is a gap in the call's metadata and silence in the export, and the writer does
+    not stop ("segment 2 where 1 was due" used to kill it)."""
+    import recorder.writer as wmod
+    store, w, data = _box(tmp_path, practice_keys)
+    monkeypatch.setattr(wmod, "DISK_FULL_RETRIES", 3)
+    monkeypatch.setattr(wmod.time, "sleep", lambda s: None)
+    given_up = []
+    w.on_dropped = given_up.append
+    seg = 4 * RATE
+    pcm = _audio(3 * seg)
+    info = CallInfo(id="CJ-L0-000003", line=0, direction="inbound", offhook_sample=0)
+    info.first_sample = 0
+    w.handle(OpenCall(info))
+    w._handle_until_stored(WriteSegment(info.id, 0, 0, pcm[:seg].copy()))
+    real = w._segment
+
+    def full(job):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(w, "_segment", full)
+    w._handle_until_stored(WriteSegment(info.id, 1, seg, pcm[seg:2 * seg].copy()))
+    monkeypatch.setattr(w, "_segment", real)
+    w._handle_until_stored(WriteSegment(info.id, 2, 2 * seg, pcm[2 * seg:].copy()))
+    info.end_sample = 3 * seg
+    w.handle(CloseCall(info))
+    assert [j.seq for j in given_up] == [1] and w.dropped_segments == 1
+    segs = store.segments_of(info.id)
+    assert [(s.seq, s.first_sample) for s in segs] == [(0, 0), (1, 2 * seg)]
+    row = store.call(info.id)
+    v, _ = verify_call(store, row, device_key_for(data))
+    assert v.status == "verified", v.detail
+    assert row.meta["gaps"] == [{"start": iso(w._epoch(seg)), "end": iso(w._epoch(2 * seg))}]
+    priv = keys.load_practice_private(practice_keys[0])
+    out, problems = decode_segments([(s.seq, store.abs(s.path).read_bytes()) for s in segs],
+                                    priv, 0, "flac")
+    assert problems == []
+    assert np.array_equal(out[:seg], pcm[:seg]) and not out[seg:2 * seg].any()
+    assert np.array_equal(out[2 * seg:], pcm[2 * seg:])
