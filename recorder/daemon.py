@@ -122,6 +122,7 @@ class Daemon:
         self.public_key = keys.load_practice_public(cfg.recording.public_key)
         self.timebase = self.hw.timebase or Timebase.from_system(self.rate)
         self.resync_queued = False      # a Restamp is on its way to the writer
+        self.sim_pacer_cpu_s = 0.0      # simulation only: CPU spent pacing the line
         self.writer = Writer(self.store, device=self.device, rate=self.rate,
                              codec_name=cfg.recording.codec, aead=cfg.recording.aead,
                              public_key=self.public_key, identity=self.identity,
@@ -257,9 +258,16 @@ class Daemon:
         ring, proc = self.ring, self.processor
 
         def pacer(wanted: int) -> bool:
-            with ring.cond:
-                ring.cond.wait_for(lambda: wanted - proc.pos <= limit or self.stop.is_set())
-            return self.hw.pacer(wanted)
+            t0 = time.thread_time()
+            try:
+                with ring.cond:
+                    ring.cond.wait_for(lambda: wanted - proc.pos <= limit
+                                       or self.stop.is_set())
+                return self.hw.pacer(wanted)
+            finally:
+                # The simulator's work done on the capture thread, which a Pi's capture
+                # (blocked in the ALSA read) never does: benches leave it out.
+                self.sim_pacer_cpu_s += time.thread_time() - t0
         return pacer
 
     # -- loops ---------------------------------------------------------------------------
