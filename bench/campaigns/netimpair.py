@@ -105,7 +105,7 @@ class TunLink:
         self.imp = CLEAN
         self.cut = False
         self.rng = random.Random(seed)
-        self.counts = {"packets": 0, "dropped": 0, "duplicated": 0, "reordered": 0,
+        self.counts = {"packets": 0, "bytes": 0, "dropped": 0, "duplicated": 0, "reordered": 0,
                        "partition_dropped": 0, "write_failed": 0}
         self._fds: tuple[int, int] | None = None
         self._stop = threading.Event()
@@ -191,6 +191,7 @@ class TunLink:
         with self._lock:
             imp, cut = self.imp, self.cut
         self.counts["packets"] += 1
+        self.counts["bytes"] += len(pkt)
         if cut:
             self.counts["partition_dropped"] += 1
             return
