@@ -104,7 +104,8 @@ class Ctx:
             "[retention]\ndays = 90.0\nmin_free_mb = 200\n")
 
     def _real_segments(self) -> list[bytes]:
-        """A few genuine sealed segments (FLAC and Opus) and a manifest."""
+        """A few genuine sealed segments (FLAC, Opus, a raw journal record under a content
+    key) and a manifest."""
         import numpy as np
 
         from recorder import codec, segfile
@@ -116,6 +117,11 @@ class Ctx:
                  "first_sample": 0, "samples": n, "rate": 8000, "codec": cname,
                  "suite": segfile.suite_ids(), "start": "2026-11-25T09:00:00.000Z"}
             out.append(segfile.seal(segfile.KIND_SEGMENT, h, payload, self.practice_pub))
+        # A journal record: raw PCM under a content key sealed in its header.
+        ck = segfile.ContentKey(segfile.suite_ids(), self.practice_pub)
+        out.append(ck.seal(dict(h, codec="pcm", samples=400, seq=3),
+                           codec.encode((900 * np.cos(np.arange(400) / 7)).astype(np.int16),
+                                        8000, "pcm")))
         self.payloads = [codec.encode((1000 * np.ones(400)).astype(np.int16), 8000, "flac")]
         return out
 
