@@ -1,6 +1,6 @@
 """Sync benchmark: backlog drain rate vs a bare paho QoS 1 publisher, and ingest rate.
 
-    .venv/bin/python bench/sync.py [--segments 300] [--window 16]
+    .venv/bin/python bench/sync.py [--segments 300] [--window 16] [--keep]
 
 Starts mosquitto (mutual TLS, the test ACL) on a free loopback port in a temp folder,
 fills a box store with real sealed 10 s FLAC segments (via the real Writer), then:
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -274,6 +275,7 @@ def main() -> int:
     ap.add_argument("--window", type=int, default=16)
     ap.add_argument("--noise", type=float, default=1500.0,
                     help="noise std added to the test tone; sets segment size")
+    ap.add_argument("--keep", action="store_true", help="keep the temp folder")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="linetap-bench-"))
     pki = PKI(tmp)
@@ -337,6 +339,9 @@ def main() -> int:
         c_ing = time.process_time() - c0
     finally:
         broker.stop()
+        if not args.keep:
+            # ≈ 370 MB a run (the box's store, two upstreams, the broker's folder)
+            shutil.rmtree(tmp, ignore_errors=True)
     # The best ratio the drain's CPU allows: its CPU seconds spread perfectly over every
     # core with no wait at all, against the bare publisher's wall time.
     cores = os.cpu_count() or 1
