@@ -7,11 +7,17 @@ drains (checked over whatever degraded link follows the partition).
     make campaign-network            # 100 partitions during a simulated 4-line day
     make campaign-network QUICK=1    # 5 partitions, under 3 minutes
 
-Link degradation, chosen at random after every partition (and once before the first):
+Link degradation, chosen at random after every partition (and once before the first);
+``--link`` picks the kind (default ``auto``: netem, else tun, else tbf):
 
 * ``netem`` when the kernel has ``sch_netem``: delay, jitter, loss and reordering, as
   issue #8 asks.
-* otherwise ``tbf`` (token bucket): a low rate and a bounded queue on both ends of the
+* ``tun``: the same without ``sch_netem``. The namespaces are joined by two TUN devices
+  and a relay thread (``bench/campaigns/netimpair.py``, a userspace netem) that delays,
+  jitters, drops, duplicates and reorders each packet; the "thin" profile adds a tbf
+  rate limit on the TUN devices. A partition drops every packet in the relay: a cut
+  cable that neither end is told about (no link-down).
+* ``tbf`` (token bucket), on the veth: a low rate and a bounded queue on both ends of the
   veth, which gives queueing latency and, with a queue of two or three packets ("lossy"
   profiles), real drops under bursts. Rates are real-time uplinks multiplied by the
   simulation speed (the box sends ``speed`` times the data per wall second), so a
@@ -52,6 +58,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.campaigns import common  # noqa: E402
+from bench.campaigns.netimpair import Impairment, TunLink  # noqa: E402
 
 KEEPALIVE_S = 30.0     # sync/uploader.py connects with keepalive=30; the broker gives up at 1.5x
 SLOW_DRAIN_S = 30.0    # a drain longer than this prints the box's sync status and TCP state
@@ -97,8 +104,41 @@ def netem_available() -> bool:
     return qdisc_support()["netem"]
 
 
-def make_net(net: Net = NET) -> None:
+LINKS = ("auto", "netem", "tun", "tbf")
+
+
+def choose_link(asked: str, support: dict[str, bool], tun: bool) -> str | None:
+    """The degradation to use: ``asked`` (one of LINKS) given what the kernel has.
+    ``auto`` prefers netem, then the TUN relay, then tbf; None = partitions only.
+    Raises ValueError when the one asked for is missing."""
+    have = {"netem": support.get("netem", False), "tun": tun, "tbf": support.get("tbf", False)}
+    if asked == "auto":
+        return next((k for k in ("netem", "tun", "tbf") if have[k]), None)
+    if asked not in have:
+        raise ValueError(f"unknown link kind {asked!r} (one of {', '.join(LINKS)})")
+    if not have[asked]:
+        raise ValueError(f"this kernel has no {asked}" + (
+            " (/dev/net/tun)" if asked == "tun" else f" (sch_{asked})"))
+    return asked
+
+
+_TUNS: dict[str, TunLink] = {}      # namespace -> its TUN relay (``make_net(tun=True)``)
+
+
+def tun_available() -> bool:
+    return Path("/dev/net/tun").exists()
+
+
+def make_net(net: Net = NET, *, tun: bool = False) -> None:
+    """Join namespace ``net.ns`` to the root namespace: a veth pair, or with ``tun`` two
+    TUN devices (named like the veth ends) and the relay of bench/campaigns/netimpair.py."""
     teardown(net)
+    if tun:
+        relay = TunLink(net.ns, net.dev_ip, net.root_ip, seed=len(_TUNS) + 1,
+                        tun_dev=net.veth_dev, tun_root=net.veth_root)
+        relay.setup()
+        _TUNS[net.ns] = relay
+        return
     try:
         sh("ip", "netns", "add", net.ns)
         sh("ip", "-n", net.ns, "link", "set", "lo", "up")
@@ -119,6 +159,9 @@ def make_net(net: Net = NET) -> None:
 
 
 def teardown(net: Net = NET) -> None:
+    relay = _TUNS.pop(net.ns, None)
+    if relay is not None:
+        relay.close()
     sh("ip", "link", "del", net.veth_root, check=False)
     sh("ip", "netns", "del", net.ns, check=False)
 
@@ -139,7 +182,11 @@ def tcp_info(net: Net = NET) -> str:
 
 
 def link(up: bool, net: Net = NET) -> None:
-    sh("ip", "link", "set", net.veth_root, "up" if up else "down")
+    relay = _TUNS.get(net.ns)
+    if relay is not None:
+        relay.partition(not up)          # silent: no link-down reaches either end
+    else:
+        sh("ip", "link", "set", net.veth_root, "up" if up else "down")
 
 
 # -- link degradation ---------------------------------------------------------------------------
@@ -164,6 +211,18 @@ NETEM_PROFILES: dict[str, str | None] = {
     "bad": "delay 80ms 20ms reorder 5% loss 2%",
     "very-lossy": "delay 20ms loss 8%",
 }
+# tun: the netem profiles in the relay, plus a thin uplink (tbf on the TUN devices).
+TUN_PROFILES: dict[str, tuple[Impairment, tuple[int, str, str] | None] | None] = {
+    "clean": None,
+    "wan": (Impairment(delay_ms=80, jitter_ms=20), None),
+    "lossy": (Impairment(delay_ms=40, loss=0.02), None),
+    "reorder": (Impairment(delay_ms=50, reorder=0.25), None),
+    "bad": (Impairment(delay_ms=80, jitter_ms=20, reorder=0.05, loss=0.02, duplicate=0.01),
+            None),
+    "very-lossy": (Impairment(delay_ms=20, loss=0.08), None),
+    "thin": (Impairment(delay_ms=40, jitter_ms=10), (400, "16kb", "latency 400ms")),
+}
+RELAY_COUNTS = ("dropped", "duplicated", "reordered")
 
 
 class Shaper:
@@ -173,12 +232,20 @@ class Shaper:
     def __init__(self, kind: str | None, speed: float, net: Net = NET):
         self.kind, self.speed, self.net = kind, speed, net
         self.profiles = (NETEM_PROFILES if kind == "netem" else
+                         TUN_PROFILES if kind == "tun" else
                          TBF_PROFILES if kind == "tbf" else {"clean": None})
         self.current = "clean"
         self.last: dict[str, dict] = {}
         self.stats = {p: {"setting": self.setting(p), "times": 0, "drops": 0, "packets": 0,
-                          "bytes": 0, "seconds": 0.0} for p in self.profiles}
+                          "bytes": 0, "seconds": 0.0, **dict.fromkeys(RELAY_COUNTS, 0)}
+                      for p in self.profiles}
+        self.relay_last: dict[str, int] = {}
         self.since = time.monotonic()
+
+    @property
+    def relay(self) -> TunLink | None:
+        """The TUN relay of this namespace (made by ``make_net(tun=True)``)."""
+        return _TUNS.get(self.net.ns) if self.kind == "tun" else None
 
     def setting(self, name: str) -> str:
         p = self.profiles[name]
@@ -186,6 +253,17 @@ class Shaper:
             return "no qdisc"
         if self.kind == "netem":
             return f"netem {p}"
+        if self.kind == "tun":
+            imp, rate = p
+            parts = [f"relay delay {imp.delay_ms:g}ms"]
+            parts += [f"jitter {imp.jitter_ms:g}ms"] if imp.jitter_ms else []
+            parts += [f"{k} {getattr(imp, k):.0%}" for k in ("loss", "duplicate", "reorder")
+                      if getattr(imp, k)]
+            if rate is not None:
+                kbit, burst, queue = rate
+                parts.append(f"+ tbf rate {round(kbit * self.speed)}kbit burst {burst} "
+                             f"{queue}")
+            return " ".join(parts)
         kbit, burst, queue = p
         return f"tbf rate {round(kbit * self.speed)}kbit burst {burst} {queue}"
 
@@ -208,14 +286,25 @@ class Shaper:
         return None
 
     def poll(self) -> None:
-        """Add what the qdiscs counted since the last poll to the current profile."""
+        """Add what the qdiscs (and the relay) counted since the last poll to the current
+        profile."""
         st = self.stats[self.current]
+        if self.relay is not None:
+            now = dict(self.relay.counts)
+            for k in RELAY_COUNTS:
+                st[k] += now[k] - self.relay_last.get(k, 0)
+            st["drops"] += now["dropped"] - self.relay_last.get("dropped", 0)
+            st["bytes"] += now["bytes"] - self.relay_last.get("bytes", 0)
+            st["packets"] += now["packets"] - now["partition_dropped"] - (
+                self.relay_last.get("packets", 0) - self.relay_last.get("partition_dropped", 0))
+            self.relay_last = now
         for ns, dev in self._ends():
             cur = self.counters(ns, dev)
             if cur is None:
                 continue
             last = self.last.get(dev, {"drops": 0, "packets": 0, "bytes": 0})
-            for k in ("drops", "packets", "bytes"):
+            # through a relay, packets and bytes are the relay's count (tbf sees the same)
+            for k in ("drops",) if self.relay is not None else ("drops", "packets", "bytes"):
                 # a counter that went back was reset: count it from zero
                 st[k] += cur[k] - last[k] if cur[k] >= last[k] else cur[k]
             self.last[dev] = cur
@@ -229,7 +318,16 @@ class Shaper:
             self._tc(ns, "qdisc", "del", "dev", dev, "root", check=False)
         self.last = {}
         p = self.profiles[name]
-        if p is not None:
+        if self.kind == "tun":
+            imp, rate = p if p is not None else (Impairment(), None)
+            self.relay.set(imp)
+            if rate is not None:
+                kbit, burst, queue = rate
+                for ns, dev in self._ends():
+                    self._tc(ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate",
+                             f"{round(kbit * self.speed)}kbit", "burst", burst,
+                             *queue.split())
+        elif p is not None:
             args = self.setting(name).split()
             for ns, dev in self._ends():
                 self._tc(ns, "qdisc", "add", "dev", dev, "root", *args)
@@ -244,6 +342,8 @@ class Shaper:
         for ns, dev in self._ends():
             self._tc(ns, "qdisc", "del", "dev", dev, "root", check=False)
         self.last = {}
+        if self.relay is not None:
+            self.relay.set(Impairment())
 
     @property
     def drops(self) -> int:
@@ -387,7 +487,7 @@ class Campaign:
         a = self.args
         n = a.partitions if a.partitions is not None else (5 if a.quick else 100)
         self.support = qdisc_support()
-        kind = "netem" if self.support["netem"] else "tbf" if self.support["tbf"] else None
+        kind = choose_link(a.link, self.support, tun_available())
         self.duration = a.duration or (1500.0 if a.quick else 86400.0)
         self.speed = a.speed or (12.0 if a.quick else 24.0)
         self.shaper = Shaper(kind, self.speed, self.net)
@@ -397,7 +497,7 @@ class Campaign:
         t0 = time.monotonic()
         cmp: dict = {}
         drain_allow = 8.0 if a.quick else 45.0   # day left after a partition, to check its drain
-        make_net(self.net)
+        make_net(self.net, tun=kind == "tun")
         try:
             add_listener(self.rig, self.net.root_ip)
             self.rig.start()
@@ -527,6 +627,13 @@ class Campaign:
         if kind == "netem":
             deg = "netem (delay, jitter, loss, reordering), both ends of the veth"
             reorder = "done (netem reorder)"
+        elif kind == "tun":
+            deg = ("userspace netem (this kernel has no sch_netem): a TUN relay delays, "
+                   "jitters, drops, duplicates and reorders packets; tbf on the TUNs for "
+                   "'thin'; partitions drop silently")
+            rl = {k: sum(s[k] for s in sh_.stats.values()) for k in RELAY_COUNTS}
+            reorder = (f"done (relay): {rl['reordered']} packets sent ahead, plus jitter; "
+                       f"{rl['duplicated']} duplicated")
         elif kind == "tbf":
             deg = "tbf (this kernel has no sch_netem): rate limit + bounded queue, both ends"
             reorder = "NOT done: reordering needs netem, which this kernel lacks"
@@ -554,7 +661,7 @@ class Campaign:
                                 (True, self.drain_after[True]))),
             ("link degradation", deg, ""),
             ("reordering", reorder, ""),
-            ("packets dropped by the degraded link (tc counters)",
+            ("packets dropped by the degraded link (qdisc and relay counters)",
              f"{drops} of {sent + drops} ({pct:.2f} %)", ""),
         ]
         if sh_:
@@ -583,7 +690,9 @@ class Campaign:
                    "partitions": len(self.parts), "partitions_planned": n,
                    "partitions_past_keepalive": past, "drain_checks": len(self.drains),
                    "netem": self.support["netem"], "degradation": kind,
-                   "reordering": kind == "netem",
+                   "reordering": kind in ("netem", "tun"),
+                   "relay": ({k: sum(s[k] for s in sh_.stats.values()) for k in RELAY_COUNTS}
+                             if kind == "tun" else None),
                    "drops": drops, "packets": sent,
                    "profiles": {p: {k: (round(v, 1) if isinstance(v, float) else v)
                                     for k, v in s.items()}
@@ -609,6 +718,9 @@ def main() -> int:
                         help="simulation speed (default 24x; 12x with --quick)")
         ap.add_argument("--window", type=int, default=64,
                         help="the box's sync.window (default 64; see docs/reliability.md)")
+        ap.add_argument("--link", choices=LINKS, default="auto",
+                        help="link degradation: netem, tun (userspace netem), tbf; auto = "
+                             "the first of those this kernel has")
         ap.add_argument("--duration", type=float, default=None,
                         help="line time of the day in s (default 86400; 1500 with --quick)")
     args = common.parse_args(__doc__, extra)

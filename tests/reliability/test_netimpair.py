@@ -121,3 +121,24 @@ def test_tcp_delivers_every_byte_through_a_bad_link_and_a_cut_stops_it(link):
     assert r.stdout.startswith("cut"), (r.stdout, r.stderr)
     assert link.counts["partition_dropped"] > 0
     srv.close()
+
+
+@pytest.mark.parametrize("asked, netem, tbf, tun, kind", [
+    ("auto", True, True, True, "netem"),
+    ("auto", False, True, True, "tun"),         # this dev VM: no sch_netem, a TUN relay
+    ("auto", False, True, False, "tbf"),
+    ("auto", False, False, False, None),        # partitions only
+    ("tbf", True, True, True, "tbf"),
+    ("tun", False, False, True, "tun"),
+    ("netem", False, True, True, ValueError),
+    ("tun", True, True, False, ValueError),
+    ("wifi", True, True, True, ValueError),
+])
+def test_the_campaign_picks_the_link_it_can_have(asked, netem, tbf, tun, kind):
+    from bench.campaigns.network import choose_link
+    support = {"netem": netem, "tbf": tbf}
+    if kind is ValueError:
+        with pytest.raises(ValueError):
+            choose_link(asked, support, tun)
+    else:
+        assert choose_link(asked, support, tun) == kind
