@@ -153,7 +153,7 @@ class SyncConfig:
                            "<prefix>/<site>/<device>/.")
     command_key: str = _f("/etc/linetap/upstream-command.pub",
                           "Upstream Ed25519 key that signs commands to the box.")
-    window: int = _f(16, "Segments in flight before waiting for acks.", range=(1, 1024))
+    window: int = _f(64, "Segments in flight before waiting for acks.", range=(1, 1024))
     chunk_bytes: int = _f(131072, "Largest MQTT payload (bytes).", range=(1024, 131072))
     health_interval_s: float = _f(60.0, "Health message interval (seconds).",
                                   range=(5.0, 3600.0))
