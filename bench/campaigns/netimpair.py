@@ -7,9 +7,10 @@ duplicate packets. TUN devices can: the namespace and the root namespace each ge
 interface, routes send the traffic between the two addresses through them, and a relay
 thread moves every IP packet from one TUN to the other, after a per-packet decision
 (:func:`fate`, pure and table-tested) on whether to drop it, duplicate it, and how long
-to hold it. Packets are released in order of their release time, so jitter wider than
-the spacing of packets reorders them, as netem's does; ``reorder`` also sends a share of
-packets ahead of the queue, as netem's ``reorder`` does.
+to hold it. Jitter varies the delay but keeps each direction in order, as a real path's
+queues do (netem's jitter reorders nearly every packet of a fast stream, which no
+uplink does); reordering comes from ``reorder``: that share of packets is sent at once,
+ahead of those held, as netem's ``reorder`` does.
 
 Nothing is rewritten (no NAT): the packets keep their addresses and checksums, so TCP
 in the namespace and TCP in the root namespace talk end to end through the relay.
@@ -44,8 +45,9 @@ class Impairment:
     """What happens to each packet, in each direction. Times in ms, shares in 0..1.
 
     ``delay_ms`` + uniform(-``jitter_ms``, +``jitter_ms``) (never below 0) is how long a
-    packet is held; ``reorder`` is the share sent at once, overtaking those held;
-    ``loss`` and ``duplicate`` the shares dropped and sent twice.
+    packet is held, but never released before the packet ahead of it in the same
+    direction; ``reorder`` is the share sent at once, overtaking those held; ``loss``
+    and ``duplicate`` the shares dropped and sent twice.
     """
 
     delay_ms: float = 0.0
@@ -162,6 +164,7 @@ class TunLink:
         fd_dev, fd_root = self._fds
         other = {fd_dev: fd_root, fd_root: fd_dev}
         queue: list[tuple[float, int, int, bytes]] = []     # (release, n, out fd, packet)
+        self._last = {fd_dev: 0.0, fd_root: 0.0}    # latest in-order release per direction
         n = 0
         poll = select.poll()
         for fd in (fd_dev, fd_root):
@@ -202,7 +205,11 @@ class TunLink:
             return
         if len(holds) > 1:
             self.counts["duplicated"] += 1
-        if holds[0] == 0.0 and imp.delay_ms > 0:
+        ahead = holds[0] == 0.0 and imp.delay_ms > 0      # the reorder share
+        if ahead:
             self.counts["reordered"] += 1
-        for i, h in enumerate(holds):
-            heapq.heappush(queue, (now + h, 2 * n + i, out, pkt))
+            release = now
+        else:                                   # jitter, but in order: a FIFO path
+            release = self._last[out] = max(now + holds[0], self._last[out])
+        for i in range(len(holds)):
+            heapq.heappush(queue, (release, 2 * n + i, out, pkt))

@@ -63,7 +63,7 @@ def _in_ns(link, code: str, timeout=60) -> subprocess.CompletedProcess:
 
 
 def test_datagrams_are_delayed_reordered_dropped_and_duplicated(link):
-    link.set(Impairment(delay_ms=30, jitter_ms=25, loss=0.1, duplicate=0.05))
+    link.set(Impairment(delay_ms=30, jitter_ms=25, loss=0.1, duplicate=0.05, reorder=0.1))
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rx.bind((link.root_ip, 0))
     rx.settimeout(2.0)
