@@ -15,8 +15,9 @@ Link degradation, chosen at random after every partition (and once before the fi
 * ``tun``: the same without ``sch_netem``. The namespaces are joined by two TUN devices
   and a relay thread (``bench/campaigns/netimpair.py``, a userspace netem) that delays,
   jitters, drops, duplicates and reorders each packet; the "thin" profile adds a tbf
-  rate limit on the TUN devices. A partition drops every packet in the relay: a cut
-  cable that neither end is told about (no link-down).
+  rate limit on the TUN devices. Delays are real-time values divided by the speed, as
+  tbf rates are multiplied by it (``Shaper.scaled``). A partition drops every packet
+  in the relay: a cut cable that neither end is told about (no link-down).
 * ``tbf`` (token bucket), on the veth: a low rate and a bounded queue on both ends of the
   veth, which gives queueing latency and, with a queue of two or three packets ("lossy"
   profiles), real drops under bursts. Rates are real-time uplinks multiplied by the
@@ -242,6 +243,18 @@ class Shaper:
         self.relay_last: dict[str, int] = {}
         self.since = time.monotonic()
 
+    def scaled(self, imp: Impairment) -> Impairment:
+        """A relay setting on the simulation's clock: delay and jitter divided by the
+        speed, as the tbf rates are multiplied by it. The box sends ``speed`` times the
+        data per wall second, and TCP carries about window / RTT, so a real 80 ms path
+        is an 80 / speed ms one here; with real-time delays a 24x day needs 24 times
+        what the link can carry and no backlog drains (the first full TUN run, at
+        ``c0178e9``, showed it on ``bad``). Loss, duplication and reordering shares are
+        per packet and stay as they are."""
+        return Impairment(delay_ms=imp.delay_ms / self.speed,
+                          jitter_ms=imp.jitter_ms / self.speed, loss=imp.loss,
+                          duplicate=imp.duplicate, reorder=imp.reorder)
+
     @property
     def relay(self) -> TunLink | None:
         """The TUN relay of this namespace (made by ``make_net(tun=True)``)."""
@@ -255,8 +268,9 @@ class Shaper:
             return f"netem {p}"
         if self.kind == "tun":
             imp, rate = p
-            parts = [f"relay delay {imp.delay_ms:g}ms"]
-            parts += [f"jitter {imp.jitter_ms:g}ms"] if imp.jitter_ms else []
+            imp = self.scaled(imp)
+            parts = [f"relay delay {imp.delay_ms:.3g}ms"]
+            parts += [f"jitter {imp.jitter_ms:.3g}ms"] if imp.jitter_ms else []
             parts += [f"{k} {getattr(imp, k):.0%}" for k in ("loss", "duplicate", "reorder")
                       if getattr(imp, k)]
             if rate is not None:
@@ -320,7 +334,7 @@ class Shaper:
         p = self.profiles[name]
         if self.kind == "tun":
             imp, rate = p if p is not None else (Impairment(), None)
-            self.relay.set(imp)
+            self.relay.set(self.scaled(imp))
             if rate is not None:
                 kbit, burst, queue = rate
                 for ns, dev in self._ends():
