@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -186,6 +187,11 @@ def test_cli_factory_reset_over_pty(served):
                       out=out, inp=typed) == 0
     assert not keys.identity_path(box.data).exists()
     assert "rebooting" in out.getvalue()
+    # The agent reboots once its reply is on the wire, so the client can see the reply
+    # first: wait for the call (not a timing check: it must come, however slowly).
+    deadline = time.monotonic() + 30
+    while box.calls[-1] != ("reboot",) and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert box.calls[-1] == ("reboot",)
     assert audit.read(box.data)[0]["action"] == "factory_reset"
 
