@@ -22,6 +22,7 @@ JSON line whose ``ratio`` is bare wall time / drain wall time.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import shutil
@@ -57,26 +58,6 @@ from synchelpers import (  # noqa: E402
 
 from sync import protocol  # noqa: E402
 
-# The ingest worker, started so that SIGUSR1 appends its threads' CPU seconds (by thread
-# name) to the file named first: the bench signals it before and after the drain.
-INGEST_BOOT = r"""
-import json, signal, sys, threading, time
-from sync.ingest import cli_main
-
-def snap(*_):
-    out = {}
-    for t in threading.enumerate():
-        try:
-            out[t.name] = time.clock_gettime(time.pthread_getcpuclockid(t.ident))
-        except (OSError, TypeError):
-            pass
-    with open(sys.argv[1], "a") as f:
-        f.write(json.dumps(out) + "\n")
-
-signal.signal(signal.SIGUSR1, snap)
-sys.exit(cli_main(sys.argv[2:]))
-"""
-
 
 def thread_cpu() -> dict[str, float]:
     """CPU seconds of each live thread of this process, by thread name."""
@@ -87,6 +68,23 @@ def thread_cpu() -> dict[str, float]:
         except (OSError, TypeError):
             pass
     return out
+
+
+# The ingest worker, started so that SIGUSR1 appends its threads' CPU seconds (by thread
+# name, with the same thread_cpu as this process) to the file named first: the bench
+# signals it before and after the drain.
+INGEST_BOOT = r"""
+import json, signal, sys, threading, time
+from sync.ingest import cli_main
+""" + inspect.getsource(thread_cpu) + r"""
+
+def snap(*_):
+    with open(sys.argv[1], "a") as f:
+        f.write(json.dumps(thread_cpu()) + "\n")
+
+signal.signal(signal.SIGUSR1, snap)
+sys.exit(cli_main(sys.argv[2:]))
+"""
 
 
 def by_role(before: dict, after: dict) -> dict[str, float]:
