@@ -4,11 +4,12 @@
 A segment is written once it is ``segment_s`` long (10 s), so without a journal a power
 cut loses up to ``segment_s`` of every call in progress. Every ``journal_s`` (0.5 s) the
 recorder hands the writer the audio cut since the last record. The writer seals it as a
-complete segment file (same format, and the seq and chain it would have as the call's
-next segment), raw (codec ``pcm``) under the content key of the segment in progress,
-which is itself sealed to the practice key (:class:`recorder.segfile.ContentKey`: one
-HPKE operation per segment, an AEAD per record), and appends it to the call's journal
-with ``fdatasync``. Nothing in the journal is plaintext, and the box cannot read it back.
+complete segment file (same format, and the seq it would have as the call's next
+segment; recovery chains it when it adopts it), raw (codec ``pcm``) under the content
+key of the segment in progress, which is itself sealed to the practice key
+(:class:`recorder.segfile.ContentKey`: one HPKE operation per segment, an AEAD per
+record), and appends it to the call's journal with ``fdatasync``. Nothing in the
+journal is plaintext, and the box cannot read it back.
 
 When the segment itself is committed its records are obsolete; the journal is deleted
 once the call's manifest is written. After a power cut, recovery adopts the records that

@@ -127,9 +127,10 @@ class Writer:
         self.retention_s = retention_s
         self.q: queue.Queue = queue.Queue(maxsize=max_queue)
         self._chains: dict[str, tuple[int, bytes]] = {}   # call -> (next seq, chain)
-        # The journal's records continue the committed chain as if each were a segment:
-        # call -> (next seq, chain, content key of this segment in progress).
-        self._jchains: dict[str, tuple[int, bytes, segfile.ContentKey | None]] = {}
+        # The journal's records are numbered on from the committed segments (recovery
+        # recomputes their chain when it adopts them): call -> (next seq, content key of
+        # this segment in progress).
+        self._jchains: dict[str, tuple[int, segfile.ContentKey | None]] = {}
         self.journal = journal.JournalFiles()
         self.journal_skipped = 0
         self._dirs: dict = {}                               # call -> its segment folder
@@ -342,8 +343,8 @@ class Writer:
             path = self._jpaths[job.call_id] = self._call_dir(job.call_id) / journal.NAME
         win = self._jchains.get(job.call_id)
         if win is None:
-            win = (*(self._chains.get(job.call_id) or self._resume_chain(job.call_id)), None)
-        seq, chain, key = win
+            win = ((self._chains.get(job.call_id) or self._resume_chain(job.call_id))[0], None)
+        seq, key = win
         if key is None:
             key = segfile.ContentKey(self._suite, self.public_key)
         header = self._header(job.call_id, seq, job.first_sample, len(job.pcm), codec.PCM)
@@ -355,8 +356,7 @@ class Writer:
         finally:
             # A record that was not written still used its seq under this key: the next
             # one, which takes the same seq, gets a fresh key (a nonce is never reused).
-            self._jchains[job.call_id] = ((seq + 1, evidence.chain_next(chain, seq, sha), key)
-                                          if ok else (seq, chain, None))
+            self._jchains[job.call_id] = (seq + 1, key) if ok else (seq, None)
 
     def _segment(self, job: WriteSegment) -> None:
         d = self._call_dir(job.call_id)
