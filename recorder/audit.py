@@ -101,6 +101,27 @@ def read(data_dir) -> list[dict]:
     return out
 
 
+def tail(data_dir, nbytes: int = 1 << 20) -> list[dict]:
+    """The parseable entries in the last ``nbytes`` of the log, oldest first."""
+    try:
+        with open(_path(data_dir), "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - nbytes))
+            raw = f.read().split(b"\n")
+    except FileNotFoundError:
+        return []
+    if size > nbytes:
+        raw = raw[1:]               # the first line is cut
+    out = []
+    for line in raw:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
 def verify(data_dir) -> tuple[int, list[str]]:
     """Check the whole chain. Returns (entries checked, problems); no problems = intact."""
     problems: list[str] = []

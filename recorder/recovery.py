@@ -6,6 +6,8 @@
 * The call's journal (:mod:`recorder.journal`) holds the segment in progress as sealed
   records written every ``journal_s``; those that continue the call past its last
   segment are adopted as segments too, so only the audio not yet journalled is lost.
+* A deletion cut short (its folder or files renamed to deletion markers by
+  :mod:`recorder.retention`) is finished first, so no row names a file that is gone.
 * A call left ``active`` is closed at the end of its last segment, marked
   ``recovered``, and its manifest is signed over the segments that exist. Journals of
   finished calls are deleted.
@@ -20,6 +22,7 @@ import time
 from recorder import evidence, journal, segfile
 from recorder.errors import SegmentFormatError
 from recorder.fsutil import atomic_write
+from recorder.retention import resume_deletions
 from recorder.store import SEGMENTS
 
 log = logging.getLogger(__name__)
@@ -147,10 +150,13 @@ def remove_stale_journals(store) -> int:
 
 
 def recover(store, writer, device: str) -> int:
-    """Close every call left active, and sign every finished call that has no manifest
-    (a power cut between the row's state change and the manifest's rename). Returns how
-    many calls were recovered or completed."""
+    """Finish deletions a power cut interrupted, close every call left active, and sign
+    every finished call that has no manifest (a power cut between the row's state change
+    and the manifest's rename). Returns how many calls were recovered or completed."""
     C = store.m.Call
+    # First: a deletion's files may be gone while its rows remain, and it frees space
+    # the rest of recovery may need.
+    resume_deletions(store, store.root)
     n = 0
     for row in C.select().where(C.state.in_(["closed", "recovered"]) & C.manifest.is_null()):
         log.warning("call %s: finished without a manifest; signing it now", row.id)

@@ -24,6 +24,8 @@ Active calls are never deleted here (the writer still owns them).
 from __future__ import annotations
 
 import logging
+import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -34,6 +36,8 @@ import peewee as pw
 
 from recorder import audit
 from recorder.errors import CommandRejected
+from recorder.fsutil import crash_point, fsync_dir
+from recorder.store import SEGMENTS
 
 log = logging.getLogger(__name__)
 
@@ -277,10 +281,12 @@ class Retention:
     def delete_call(self, call_id: str, reason: str, **detail) -> bool:
         """Delete a call's files and rows, leave a tombstone, audit it. False if unknown.
 
-        Files go first (on a disk full to the last byte the database cannot commit
-        until they are gone); if the database still refuses, the row change is owed and
-        finished at the start of the next tick, so a call never stays ``closed`` while
-        pointing at files that are gone."""
+        The call's folder is first renamed to a deletion marker (durable intent that
+        needs no free space), then its files go (on a disk full to the last byte the
+        database cannot commit until they are gone), then the rows. If the database
+        still refuses, the row change is owed and finished at the start of the next
+        tick; after a power cut, :func:`resume_deletions` finishes it at start-up. So a
+        call never stays ``closed`` while pointing at files that are gone."""
         store = self.store
         row = store.call(call_id)
         if row is None or row.state == "deleted":
@@ -291,19 +297,22 @@ class Retention:
             # The writer still owns it; deleting under it would leave a half call.
             raise CommandRejected(f"call {call_id} is in progress")
         segs = store.segments_of(call_id)
-        dirs = set()
-        unsynced = sum(1 for s in segs if not s.acked)
-        for s in segs:
-            p = store.abs(s.path)
-            dirs.add(p.parent)
-            p.unlink(missing_ok=True)
+        files = [store.abs(s.path) for s in segs]
         if row.manifest:
-            p = store.abs(row.manifest)
-            dirs.add(p.parent)
+            files.append(store.abs(row.manifest))
+        marks = _mark_call_dirs(files, call_id, reason)
+        crash_point("delete_marked")
+        for m in marks:
+            for p in m.iterdir():
+                p.unlink(missing_ok=True)
+        for p in files:                 # any file outside a marked folder
             p.unlink(missing_ok=True)
-        self._unfinished[call_id] = {"kind": "call", "reason": reason, "detail": detail,
-                                     "segments": len(segs), "unsynced": unsynced,
-                                     "dirs": dirs}
+        crash_point("delete_unlinked")
+        unsynced = sum(1 for s in segs if not s.acked)
+        self._unfinished[call_id] = {
+            "kind": "call", "reason": reason, "detail": detail, "segments": len(segs),
+            "unsynced": unsynced, "marks": marks,
+            "dirs": {p.parent for p in files} - {m.with_name(call_id) for m in marks}}
         self._finish(call_id)
         self.deleted += 1
         log.info("deleted call %s (%s): %d segment(s), %d unsynced", call_id, reason,
@@ -312,32 +321,10 @@ class Retention:
 
     def _finish(self, call_id: str) -> None:
         """The database part of a deletion whose files are already gone, then the audit
-        entry. Raises (and stays owed) while the database refuses it."""
-        store, u = self.store, self._unfinished[call_id]
-        C, S = store.m.Call, store.m.Segment
-        if u["kind"] == "call":
-            ids = [s.id for s in store.segments_of(call_id)]
-        else:
-            ids = [s.id for s in store.segments_of(call_id) if s.seq in u["seqs"]]
-        with store.db.atomic():
-            for i in range(0, len(ids), BATCH):
-                S.delete().where(S.id.in_(ids[i:i + BATCH])).execute()
-            if u["kind"] == "call":
-                C.update(state="deleted", deleted_time=self.clock(), delete_reason=u["reason"],
-                         caller_number=None, caller_name=None, dialled_digits=None, meta={},
-                         manifest=None).where(C.id == call_id).execute()
+        entry, then the markers. Raises (and stays owed) while the database refuses it."""
+        finish_deletion(self.store, self.data_dir, call_id, self._unfinished[call_id],
+                        self.clock())
         del self._unfinished[call_id]
-        if u["kind"] == "call":
-            for d in u["dirs"]:
-                self._prune(d)
-            audit.record(self.data_dir, AUDIT_ACTION.get(u["reason"], "delete"),
-                         call=call_id, reason=u["reason"], segments=u["segments"],
-                         unsynced_segments=u["unsynced"], **u["detail"])
-        else:
-            audit.record(self.data_dir, AUDIT_ACTION.get(u["reason"], "eviction"),
-                         call=call_id, reason=u["reason"], segments=len(u["seqs"]),
-                         seqs=sorted(u["seqs"]), unsynced_segments=u["unsynced"],
-                         whole_call=False)
 
     def _finish_unfinished(self) -> None:
         for call_id in list(self._unfinished):
@@ -347,7 +334,11 @@ class Retention:
 
     def evict_segments(self, call_id: str, seqs, reason: str = "eviction") -> int:
         """Disk full: delete some segments of a call (files, then rows), keeping the call
-        row and its manifest; audit it. Returns how many segments went."""
+        row and its manifest; audit it. Returns how many segments went.
+
+        Each file is renamed to a deletion marker and truncated (freeing its space while
+        the marker keeps the intent), so a power cut before the commit is finished by
+        :func:`resume_deletions`."""
         store = self.store
         row = store.call(call_id)
         if row is None or row.state == "deleted":
@@ -361,30 +352,25 @@ class Retention:
         if not segs:
             return 0
         unsynced = [s.seq for s in segs if not s.acked]
-        for s in segs:
-            store.abs(s.path).unlink(missing_ok=True)
+        marks = _mark_files([store.abs(s.path) for s in segs], reason)
+        crash_point("evict_marked")
+        for m in marks:
+            os.truncate(m, 0)
         owed = self._unfinished.get(call_id) or \
-            {"kind": "segments", "reason": reason, "seqs": set(), "unsynced": 0}
+            {"kind": "segments", "reason": reason, "seqs": set(), "unsynced": 0, "marks": []}
         if owed["kind"] == "segments":         # an owed whole-call deletion covers these
             owed["seqs"] |= {s.seq for s in segs}
             owed["unsynced"] += len(unsynced)
+            owed["marks"] += marks
+        else:
+            for m in marks:
+                m.unlink(missing_ok=True)
         self._unfinished[call_id] = owed
         self._finish(call_id)
         self.deleted += 1
         log.warning("evicted %d segment(s) of call %s (%d unsynced): disk low", len(segs),
                     call_id, len(unsynced))
         return len(segs)
-
-    def _prune(self, d: Path) -> None:
-        """Remove ``d`` and empty parents up to (not including) the segments root."""
-        root = self.store.root / "segments"
-        d = Path(d)
-        while d != root and root in d.parents:
-            try:
-                d.rmdir()
-            except OSError:
-                return
-            d = d.parent
 
     # -- commands -------------------------------------------------------------------------
     def set_hold(self, call_id: str, on: bool) -> None:
@@ -418,3 +404,201 @@ class Retention:
             n = self.set_retention(float(body["days"]))
             return f"retention {body['days']} days on {n} call(s)"
         raise CommandRejected(f"unknown command kind {kind!r}")
+
+
+# -- crash-safe deletion ------------------------------------------------------------------
+# A deletion frees space before it commits (on a disk full to the last byte SQLite cannot
+# commit until files are gone), so a power cut between the two would leave rows naming
+# files that are gone. The intent is made durable first by a rename, which needs no free
+# space: a whole call's folder becomes ".<call>.<reason>.del"; an evicted segment file
+# becomes ".<name>.<reason>.del" and is truncated to free its space. A marker goes only
+# after the rows are gone and the audit entry is written, and resume_deletions()
+# finishes any marker it finds at start-up.
+MARK = ".del"
+_REASON = re.compile(r"[a-z_]+")
+
+
+def _mark_name(name: str, reason: str) -> str:
+    return f".{name}.{reason}{MARK}"
+
+
+def _parse_mark(name: str) -> tuple[str, str] | None:
+    """``.<name>.<reason>.del`` -> (name, reason); None for any other name."""
+    if not (name.startswith(".") and name.endswith(MARK)):
+        return None
+    orig, _, reason = name[1:-len(MARK)].rpartition(".")
+    if not orig or not _REASON.fullmatch(reason):
+        return None
+    return orig, reason
+
+
+def _mark_call_dirs(files: list[Path], call_id: str, reason: str) -> list[Path]:
+    """Rename each folder named for the call (a call re-stamped after an RTC-less boot
+    can have two day folders) to its marker; fsync the parent. Returns the markers.
+
+    A folder that cannot be renamed is left: its files are then unlinked unmarked, as
+    before markers existed, rather than keeping the disk full."""
+    marks = []
+    for d in sorted({p.parent for p in files if p.parent.name == call_id}):
+        m = d.with_name(_mark_name(call_id, reason))
+        try:
+            os.rename(d, m)
+            fsync_dir(d.parent)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("call %s: cannot mark %s for deletion: %s", call_id, d, exc)
+            continue
+        marks.append(m)
+    return marks
+
+
+def _mark_files(files: list[Path], reason: str) -> list[Path]:
+    """Rename each file to its marker and fsync the folders; returns the markers. A
+    file that cannot be renamed is unlinked (freeing space matters more)."""
+    marks = []
+    for p in files:
+        m = p.with_name(_mark_name(p.name, reason))
+        try:
+            os.rename(p, m)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("cannot mark %s for eviction: %s", p.name, exc)
+            p.unlink(missing_ok=True)
+            continue
+        marks.append(m)
+    for d in {m.parent for m in marks}:
+        fsync_dir(d)
+    return marks
+
+
+def _prune(root: Path, d: Path) -> None:
+    """Remove ``d`` and empty parents up to (not including) ``root``."""
+    d = Path(d)
+    while d != root and root in d.parents:
+        try:
+            d.rmdir()
+        except OSError:
+            return
+        d = d.parent
+
+
+def finish_deletion(store, data_dir, call_id: str, u: dict, now: float) -> None:
+    """The database part of a deletion whose files are gone, its audit entry, then its
+    markers. ``u`` describes it: ``kind`` ("call" or "segments"), ``reason``,
+    ``detail`` (extra audit fields), ``marks``; for a call ``segments``, ``unsynced``
+    and ``dirs`` (unmarked folders to prune); for segments ``seqs`` and ``unsynced``.
+    ``audited`` skips the entry (it was written before a power cut)."""
+    C, S = store.m.Call, store.m.Segment
+    if u["kind"] == "call":
+        ids = [s.id for s in store.segments_of(call_id)]
+    else:
+        ids = [s.id for s in store.segments_of(call_id) if s.seq in u["seqs"]]
+    with store.db.atomic():
+        for i in range(0, len(ids), BATCH):
+            S.delete().where(S.id.in_(ids[i:i + BATCH])).execute()
+        if u["kind"] == "call":
+            C.update(state="deleted", deleted_time=now, delete_reason=u["reason"],
+                     caller_number=None, caller_name=None, dialled_digits=None, meta={},
+                     manifest=None).where((C.id == call_id) & (C.state != "deleted")) \
+                .execute()
+    crash_point("delete_committed")
+    root = store.root / SEGMENTS
+    detail = dict(u.get("detail") or {})
+    if u["kind"] == "call":
+        if not u.get("audited"):
+            if u.get("segments") is not None:
+                detail.update(segments=u["segments"], unsynced_segments=u["unsynced"])
+            audit.record(data_dir, AUDIT_ACTION.get(u["reason"], "delete"), call=call_id,
+                         reason=u["reason"], **detail)
+        crash_point("delete_audited")
+        for m in u.get("marks", ()):
+            if m.is_dir():
+                for p in m.iterdir():
+                    p.unlink(missing_ok=True)
+            _prune(root, m)
+        for d in u.get("dirs", ()):
+            _prune(root, d)
+    else:
+        if not u.get("audited"):
+            audit.record(data_dir, AUDIT_ACTION.get(u["reason"], "eviction"), call=call_id,
+                         reason=u["reason"], segments=len(u["seqs"]),
+                         seqs=sorted(u["seqs"]), unsynced_segments=u["unsynced"],
+                         whole_call=False, **detail)
+        crash_point("delete_audited")
+        for m in u.get("marks", ()):
+            m.unlink(missing_ok=True)
+
+
+def _audited(data_dir, call_id: str, seqs: set[int] | None) -> bool:
+    """Does the end of the audit log hold this deletion (of these ``seqs``, or of the
+    whole call for None)? A power cut between the entry and the marker's removal is
+    the only way a finished deletion keeps its marker, so the entry, if any, is near
+    the end."""
+    actions = set(AUDIT_ACTION.values()) | {"delete"}
+    for e in reversed(audit.tail(data_dir)):
+        d = e.get("detail") or {}
+        if e.get("action") not in actions or d.get("call") != call_id:
+            continue
+        if seqs is None and d.get("whole_call", True):
+            return True
+        if seqs is not None and seqs <= set(d.get("seqs") or ()):
+            return True
+    return False
+
+
+def resume_deletions(store, data_dir, now: float | None = None) -> int:
+    """Finish every deletion a power cut interrupted (its markers are on disk): unlink
+    what is left, delete the rows, audit it (``resumed: true``) unless it was audited,
+    remove the markers. Run at start-up before recovery. Returns how many were
+    finished."""
+    root = store.root / SEGMENTS
+    now = time.time() if now is None else now
+    S = store.m.Segment
+    n = 0
+    for m in sorted(root.glob(f"*/*/*/.*{MARK}")):          # whole calls
+        parsed = _parse_mark(m.name)
+        if parsed is None or not m.is_dir():
+            continue
+        call_id, reason = parsed
+        for p in m.iterdir():
+            p.unlink(missing_ok=True)
+        u = {"kind": "call", "reason": reason, "detail": {"resumed": True}, "marks": [m],
+             "dirs": set()}
+        row = store.call(call_id)
+        if row is not None and row.state != "deleted":
+            segs = store.segments_of(call_id)
+            files = [store.abs(s.path) for s in segs]
+            if row.manifest:
+                files.append(store.abs(row.manifest))
+            for p in files:             # any left in a folder the cut left unmarked
+                p.unlink(missing_ok=True)
+            u.update(segments=len(segs), unsynced=sum(1 for s in segs if not s.acked),
+                     dirs={p.parent for p in files})
+        else:
+            u["audited"] = _audited(data_dir, call_id, None)
+        log.warning("call %s: finishing a deletion (%s) cut short by a restart", call_id,
+                    reason)
+        finish_deletion(store, data_dir, call_id, u, now)
+        n += 1
+    per: dict[str, list[tuple[Path, str, str]]] = {}
+    for m in sorted(root.glob(f"*/*/*/*/.*{MARK}")):        # evicted segments
+        parsed = _parse_mark(m.name)
+        if parsed is None or m.parent.name.startswith("."):
+            continue
+        per.setdefault(m.parent.name, []).append((m, *parsed))
+    for call_id, items in per.items():
+        rels = [store.rel(m.parent / orig) for m, orig, _r in items]
+        rows = list(S.select().where((S.call == call_id) & S.path.in_(rels)))
+        u = {"kind": "segments", "reason": items[0][2], "detail": {"resumed": True},
+             "marks": [m for m, _o, _r in items], "seqs": {r.seq for r in rows},
+             "unsynced": sum(1 for r in rows if not r.acked)}
+        if not rows:
+            named = {int(o.split(".")[0]) for _m, o, _r in items if o.split(".")[0].isdigit()}
+            u["seqs"], u["audited"] = named, _audited(data_dir, call_id, named)
+        log.warning("call %s: finishing the eviction of %d segment(s) cut short by a "
+                    "restart", call_id, len(items))
+        finish_deletion(store, data_dir, call_id, u, now)
+        n += 1
+    return n

@@ -283,3 +283,67 @@ def test_a_deletion_the_database_refuses_is_finished_on_the_next_tick(box, monke
         assert [s.seq for s in store.segments_of(cid)] == [2]
         assert row.state == "closed" and store.abs(row.manifest).is_file()
         assert len(ev) == 1 and ev[0]["seqs"] == [0, 1] and not ev[0]["whole_call"]
+
+
+_CUT = """
+import sys
+from recorder.retention import Retention
+from recorder.store import Store
+store = Store(sys.argv[1])
+r = Retention(store, sys.argv[1], None, free_bytes=lambda: 10**12)
+if sys.argv[2] == "delete_call":
+    r.delete_call(sys.argv[3], "upstream_delete", nonce="n" * 16)
+else:
+    r.evict_segments(sys.argv[3], [0, 1])
+sys.exit(3)     # the crash point was never reached
+"""
+
+
+@pytest.mark.parametrize("how,point", [
+    ("delete_call", "delete_marked"), ("delete_call", "delete_unlinked"),
+    ("delete_call", "delete_committed"), ("delete_call", "delete_audited"),
+    ("evict_segments", "evict_marked"), ("evict_segments", "delete_committed"),
+    ("evict_segments", "delete_audited")])
+def test_a_deletion_cut_by_power_loss_is_finished_at_start_up(box, how, point):
+    """Power is cut at each step of a deletion (SIGKILL at a crash point, in a separate
+    process). Start-up recovery finishes it: no row names a file that is gone, nothing
+    else is touched, and the deletion is audited exactly once."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    from recorder.retention import resume_deletions
+    from recorder.store import Store
+    keep, cid = write_calls(box, n_calls=2, segs=3)
+    box.store.close()
+    env = dict(os.environ, LINETAP_CRASH_AT=point)
+    p = subprocess.run([sys.executable, "-c", _CUT, str(box.data_dir), how, cid], env=env,
+                       capture_output=True, timeout=120)
+    assert p.returncode == -9, p.stderr.decode()[-2000:]
+    store = Store(box.data_dir)                                    # the next boot
+    assert resume_deletions(store, box.data_dir) == 1
+    assert resume_deletions(store, box.data_dir) == 0              # nothing left over
+    row = store.call(cid)
+    for r in store.calls():                                       # every row names a file
+        for s in store.segments_of(r.id):
+            data = store.abs(s.path).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == s.sha256
+        assert store.abs(r.manifest).is_file()
+    assert len(store.segments_of(keep)) == 3
+    acts = [e for e in audit.read(box.data_dir) if e["detail"].get("call") == cid]
+    assert len(acts) == 1, acts
+    assert audit.verify(box.data_dir)[1] == []
+    seg_root = box.data_dir / "segments"
+    assert not [p for p in seg_root.rglob("*") if p.name.endswith(".del")]
+    if how == "delete_call":
+        assert row.state == "deleted" and row.manifest is None
+        assert not [p for p in seg_root.rglob(f"*{cid}*")]          # folder pruned too
+        assert acts[0]["action"] == "delete" and acts[0]["detail"]["reason"] == \
+            "upstream_delete"
+    else:
+        assert row.state == "closed" and [s.seq for s in store.segments_of(cid)] == [2]
+        assert acts[0]["action"] == "eviction" and acts[0]["detail"]["seqs"] == [0, 1]
+    # Resumed when the cut came before the entry; the original entry otherwise.
+    resumed = point not in ("delete_audited",)
+    assert bool(acts[0]["detail"].get("resumed")) == resumed
