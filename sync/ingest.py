@@ -62,6 +62,8 @@ log = logging.getLogger(__name__)
 _CRASH_AFTER = int(os.environ.get("LINETAP_INGEST_CRASH_AFTER", "0") or 0)
 BATCH = 64                # messages per database transaction
 CHUNK_WAIT_S = 0.005      # how long a batch waits for the next chunk of its last file
+# A call in these states takes no more uploads: late copies are acked, never stored.
+GONE = ("deleted", "deleting")
 
 
 class Ingest:
@@ -205,7 +207,7 @@ class Ingest:
 
     # -- segments ----------------------------------------------------------------------------
     def _call_state(self, t) -> str | None:
-        """The call row's state (``live``/``deleted``), None if there is no row yet;
+        """The call row's state (``live``/``deleting``/``deleted``), None if there is no row yet;
         cached for one batch (a batch mostly holds one call)."""
         k = (t.device, t.call)
         if self._calls is not None and k in self._calls:
@@ -225,7 +227,7 @@ class Ingest:
     def _segment(self, t, site, ch):
         key = (t.device, t.call, t.seq)
         state = self._call_state(t)
-        if state == "deleted":
+        if state in GONE:
             return self._deleted(t, ch, segs=[(t.call, t.seq, ch.sha256)])
         old = self._stored_sha(t)
         if old == ch.sha256:
@@ -312,7 +314,7 @@ class Ingest:
     # -- manifests ---------------------------------------------------------------------------
     def _manifest(self, t, site, ch):
         row = UCall.get_or_none(UCall.device == t.device, UCall.call == t.call)
-        if row is not None and row.state == "deleted":
+        if row is not None and row.state in GONE:
             return self._deleted(t, ch, mans=[(t.call, ch.sha256)])
         if row is not None and row.manifest_sha256 == ch.sha256:
             self.duplicates += 1

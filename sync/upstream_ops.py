@@ -54,11 +54,23 @@ def find_call(call: str, device: str | None = None) -> UCall:
 
 
 def delete_call(objects, row: UCall, reason: str) -> bool:
-    """Delete blobs, then rows; keep a tombstone. False if already deleted."""
+    """Mark the call ``deleting``, delete its blobs, then its rows; keep a tombstone.
+    False if already deleted.
+
+    The mark is committed first so that a crash between the blobs and the rows never
+    leaves a live call naming blobs that are gone: :func:`expire` finishes every call
+    left ``deleting`` (audited ``resumed``), and the ingest already refuses its
+    segments."""
     if row.state == "deleted":
         return False
-    if row.legal_hold:
+    resumed = row.state == "deleting"
+    if resumed:
+        reason = row.delete_reason or reason
+    elif row.legal_hold:
         raise CommandRejected(f"call {row.call} is on legal hold")
+    else:
+        UCall.update(state="deleting", delete_reason=reason).where(
+            (UCall.id == row.id) & (UCall.state == "live")).execute()
     segs = list(USegment.select().where((USegment.device == row.device)
                                         & (USegment.call == row.call)))
     for s in segs:
@@ -85,14 +97,18 @@ def delete_call(objects, row: UCall, reason: str) -> bool:
                      manifest_key=None, expected=None).where(UCall.id == row.id).execute()
     audit("retention_expiry" if reason == "retention_expiry" else "delete",
           device=row.device, call=row.call, reason=reason, segments=len(segs),
-          history=len(hist), kept_aside=len(kept))
+          history=len(hist), kept_aside=len(kept), **({"resumed": True} if resumed else {}))
     return True
 
 
 def expire(objects, now: float | None = None) -> int:
-    """Delete every live call past its deadline and not on hold."""
+    """Finish every deletion a crash interrupted (state ``deleting``), then delete every
+    live call past its deadline and not on hold."""
     now = time.time() if now is None else now
     n = 0
+    for row in UCall.select().where(UCall.state == "deleting"):
+        log.warning("call %s of %s: finishing a deletion cut short", row.call, row.device)
+        n += delete_call(objects, row, row.delete_reason or "delete")
     for row in UCall.select().where((UCall.state == "live") & (UCall.legal_hold == False)  # noqa: E712
                                     & (UCall.deadline <= now)):
         try:

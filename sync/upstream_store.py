@@ -41,7 +41,7 @@ class UCall(Base):
     start_time = pw.DoubleField(null=True)       # epoch s of the call's first sample
     deadline = pw.DoubleField(null=True, index=True)
     legal_hold = pw.BooleanField(default=False)
-    state = pw.CharField(default="live")         # live | deleted
+    state = pw.CharField(default="live")         # live | deleting | deleted
     deleted_time = pw.DoubleField(null=True)
     delete_reason = pw.CharField(null=True)
     manifest_key = pw.CharField(null=True)

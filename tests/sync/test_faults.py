@@ -212,3 +212,54 @@ def test_offline_then_broker_appears(tmp_path, broker, pki):
     finally:
         run.close()
     _stored_once(ucfg, 8)
+
+
+def test_an_upstream_deletion_cut_short_is_finished_by_the_next_tick(tmp_path, pki):
+    """The upstream crashes between a call's blobs and its rows (here: the object store
+    fails after the first blob). The call is left ``deleting``, never ``live`` naming
+    blobs that are gone; the ingest refuses late copies of it, and the next retention
+    pass finishes the deletion, audited once and marked resumed."""
+    from pathlib import Path
+
+    import pytest
+
+    from sync import upstream_ops
+    from sync.upstream_store import UAudit
+    _priv, pub, *_ = practice_keys(tmp_path)
+    box = make_box(tmp_path / "box", pub)
+    write_calls(box, n_calls=2, segs=3, noisy=True)
+    ucfg = upstream_cfg(tmp_path / "up", type("B", (), {"port": 1})(), pki, [box])
+    open_db(ucfg.db_url)
+    ing = Ingest(ucfg)
+    items = _items(box)
+    for topic, payload in items:
+        ing.handle(topic, payload)
+    cid, keep = [c.id for c in box.store.calls()]
+    real, calls = ing.objects.delete, {"n": 0}
+
+    def crash_after_one(key):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise OSError("power cut")
+        real(key)
+
+    ing.objects.delete = crash_after_one
+    with pytest.raises(OSError):
+        upstream_ops.delete_call(ing.objects, UCall.get(UCall.call == cid), "upstream_delete")
+    ing.objects.delete = real
+    assert UCall.get(UCall.call == cid).state == "deleting"
+    late = [(t, p) for t, p in items if f"/{cid}/" in t or t.endswith(f"/{cid}")]
+    assert len(late) >= 4
+    res = ing.handle_batch(late)
+    assert all(r is not None and not isinstance(r, Exception) for r in res)
+    assert USegment.select().where(USegment.call == cid).count() == 3    # nothing new
+    assert upstream_ops.expire(ing.objects) == 1
+    row = UCall.get(UCall.call == cid)
+    assert row.state == "deleted" and row.delete_reason == "upstream_delete"
+    assert USegment.select().where(USegment.call == cid).count() == 0
+    left = [p for p in (Path(ucfg.objects) / "seg").rglob("*") if p.is_file()]
+    assert len(left) == 3 and all(cid not in str(p) for p in left)
+    entries = [a.detail for a in UAudit.select() if a.detail.get("call") == cid]
+    assert len(entries) == 1 and entries[0]["resumed"] is True
+    assert UCall.get(UCall.call == keep).state == "live"
+    assert upstream_ops.expire(ing.objects) == 0
