@@ -72,14 +72,19 @@ def _items(box):
     return out
 
 
-def test_duplicated_and_reordered_deliveries(tmp_path, pki):
+def _offline_ingest(tmp_path, pki, n_calls):
+    """A box with ``n_calls`` closed calls of 3 segments, and an ingest (no broker)
+    registered for it; returns (box, ucfg, ingest, every chunk of the box)."""
     _priv, pub, *_ = practice_keys(tmp_path)
     box = make_box(tmp_path / "box", pub)
-    write_calls(box, n_calls=3, segs=3, noisy=True)
+    write_calls(box, n_calls=n_calls, segs=3, noisy=True)
     ucfg = upstream_cfg(tmp_path / "up", type("B", (), {"port": 1})(), pki, [box])
     open_db(ucfg.db_url)
-    ing = Ingest(ucfg)
-    items = _items(box)
+    return box, ucfg, Ingest(ucfg), _items(box)
+
+
+def test_duplicated_and_reordered_deliveries(tmp_path, pki):
+    box, ucfg, ing, items = _offline_ingest(tmp_path, pki, 3)
     rng = random.Random(7)
     deliveries = items * 3
     rng.shuffle(deliveries)                   # manifests before segments, chunks mixed
@@ -225,13 +230,7 @@ def test_an_upstream_deletion_cut_short_is_finished_by_the_next_tick(tmp_path, p
 
     from sync import upstream_ops
     from sync.upstream_store import UAudit
-    _priv, pub, *_ = practice_keys(tmp_path)
-    box = make_box(tmp_path / "box", pub)
-    write_calls(box, n_calls=2, segs=3, noisy=True)
-    ucfg = upstream_cfg(tmp_path / "up", type("B", (), {"port": 1})(), pki, [box])
-    open_db(ucfg.db_url)
-    ing = Ingest(ucfg)
-    items = _items(box)
+    box, ucfg, ing, items = _offline_ingest(tmp_path, pki, 2)
     for topic, payload in items:
         ing.handle(topic, payload)
     cid, keep = [c.id for c in box.store.calls()]
