@@ -552,53 +552,75 @@ def resume_deletions(store, data_dir, now: float | None = None) -> int:
     """Finish every deletion a power cut interrupted (its markers are on disk): unlink
     what is left, delete the rows, audit it (``resumed: true``) unless it was audited,
     remove the markers. Run at start-up before recovery. Returns how many were
-    finished."""
+    finished.
+
+    A marker naming a call the store does not know is left alone (it is not this box's
+    work), and a file-system error on one marker is logged and skipped, so a stray
+    folder can never keep the box from starting; database errors (a full disk) are
+    raised to the caller, which makes room and retries."""
     root = store.root / SEGMENTS
     now = time.time() if now is None else now
-    S = store.m.Segment
     n = 0
     for m in sorted(root.glob(f"*/*/*/.*{MARK}")):          # whole calls
         parsed = _parse_mark(m.name)
-        if parsed is None or not m.is_dir():
-            continue
-        call_id, reason = parsed
-        for p in m.iterdir():
-            p.unlink(missing_ok=True)
-        u = {"kind": "call", "reason": reason, "detail": {"resumed": True}, "marks": [m],
-             "dirs": set()}
-        row = store.call(call_id)
-        if row is not None and row.state != "deleted":
-            segs = store.segments_of(call_id)
-            files = [store.abs(s.path) for s in segs]
-            if row.manifest:
-                files.append(store.abs(row.manifest))
-            for p in files:             # any left in a folder the cut left unmarked
-                p.unlink(missing_ok=True)
-            u.update(segments=len(segs), unsynced=sum(1 for s in segs if not s.acked),
-                     dirs={p.parent for p in files})
-        else:
-            u["audited"] = _audited(data_dir, call_id, None)
-        log.warning("call %s: finishing a deletion (%s) cut short by a restart", call_id,
-                    reason)
-        finish_deletion(store, data_dir, call_id, u, now)
-        n += 1
+        if parsed is not None and m.is_dir():
+            n += _resume(_resume_call, store, data_dir, parsed[0], m, parsed[1], now)
     per: dict[str, list[tuple[Path, str, str]]] = {}
     for m in sorted(root.glob(f"*/*/*/*/.*{MARK}")):        # evicted segments
         parsed = _parse_mark(m.name)
-        if parsed is None or m.parent.name.startswith("."):
-            continue
-        per.setdefault(m.parent.name, []).append((m, *parsed))
+        if parsed is not None and not m.parent.name.startswith("."):
+            per.setdefault(m.parent.name, []).append((m, *parsed))
     for call_id, items in per.items():
-        rels = [store.rel(m.parent / orig) for m, orig, _r in items]
-        rows = list(S.select().where((S.call == call_id) & S.path.in_(rels)))
-        u = {"kind": "segments", "reason": items[0][2], "detail": {"resumed": True},
-             "marks": [m for m, _o, _r in items], "seqs": {r.seq for r in rows},
-             "unsynced": sum(1 for r in rows if not r.acked)}
-        if not rows:
-            named = {int(o.split(".")[0]) for _m, o, _r in items if o.split(".")[0].isdigit()}
-            u["seqs"], u["audited"] = named, _audited(data_dir, call_id, named)
-        log.warning("call %s: finishing the eviction of %d segment(s) cut short by a "
-                    "restart", call_id, len(items))
-        finish_deletion(store, data_dir, call_id, u, now)
-        n += 1
+        n += _resume(_resume_segments, store, data_dir, call_id, items, now)
     return n
+
+
+def _resume(fn, store, data_dir, call_id: str, *args) -> int:
+    if store.call(call_id) is None:
+        log.warning("deletion marker for call %s, which this box does not know: left "
+                    "alone", call_id)
+        return 0
+    try:
+        fn(store, data_dir, call_id, *args)
+    except OSError as exc:
+        log.error("call %s: cannot finish a deletion cut short: %s", call_id, exc)
+        return 0
+    return 1
+
+
+def _resume_call(store, data_dir, call_id: str, m: Path, reason: str, now: float) -> None:
+    log.warning("call %s: finishing a deletion (%s) cut short by a restart", call_id,
+                reason)
+    for p in m.iterdir():
+        p.unlink(missing_ok=True)
+    u = {"kind": "call", "reason": reason, "detail": {"resumed": True}, "marks": [m],
+         "dirs": set()}
+    row = store.call(call_id)
+    if row.state != "deleted":
+        segs = store.segments_of(call_id)
+        files = [store.abs(s.path) for s in segs]
+        if row.manifest:
+            files.append(store.abs(row.manifest))
+        for p in files:             # any left in a folder the cut left unmarked
+            p.unlink(missing_ok=True)
+        u.update(segments=len(segs), unsynced=sum(1 for s in segs if not s.acked),
+                 dirs={p.parent for p in files})
+    else:
+        u["audited"] = _audited(data_dir, call_id, None)
+    finish_deletion(store, data_dir, call_id, u, now)
+
+
+def _resume_segments(store, data_dir, call_id: str, items: list[tuple[Path, str, str]],
+                     now: float) -> None:
+    log.warning("call %s: finishing the eviction of %d segment(s) cut short by a restart",
+                call_id, len(items))
+    S = store.m.Segment
+    rels = [store.rel(m.parent / orig) for m, orig, _r in items]
+    rows = list(S.select().where((S.call == call_id) & S.path.in_(rels)))
+    u = {"kind": "segments", "reason": items[0][2], "detail": {"resumed": True},
+         "marks": [m for m, _o, _r in items], "seqs": {r.seq for r in rows},
+         "unsynced": sum(1 for r in rows if not r.acked)}
+    if not rows:
+        named = {int(o.split(".")[0]) for _m, o, _r in items if o.split(".")[0].isdigit()}
+        u["seqs"], u["audited"] = named, _audited(data_dir, call_id, named)
+    finish_deletion(store, data_dir, call_id, u, now)

@@ -347,3 +347,20 @@ def test_a_deletion_cut_by_power_loss_is_finished_at_start_up(box, how, point):
     # Resumed when the cut came before the entry; the original entry otherwise.
     resumed = point not in ("delete_audited",)
     assert bool(acts[0]["detail"].get("resumed")) == resumed
+
+
+def test_start_up_leaves_markers_it_does_not_own_alone(box):
+    """A folder that only looks like a deletion marker (an unknown call, a name that
+    does not parse) is left as it is, and the box's own calls are untouched."""
+    from recorder.retention import resume_deletions
+    [cid] = write_calls(box, n_calls=1, segs=2)
+    day = box.store.abs(box.store.segments_of(cid)[0].path).parent.parent
+    stray = day / ".C999-L0-abcdef.retention_expiry.del"
+    stray.mkdir()
+    (stray / "00000.seg").write_bytes(b"not ours")
+    odd = day / cid / ".notes.del"
+    odd.write_bytes(b"x")
+    assert resume_deletions(box.store, box.data_dir) == 0
+    assert (stray / "00000.seg").read_bytes() == b"not ours" and odd.exists()
+    assert len(box.store.segments_of(cid)) == 2 and box.store.call(cid).state == "closed"
+    assert not audit.read(box.data_dir)
