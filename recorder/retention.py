@@ -443,14 +443,24 @@ def _mark_call_dirs(files: list[Path], call_id: str, reason: str) -> list[Path]:
         m = d.with_name(_mark_name(call_id, reason))
         try:
             os.rename(d, m)
-            fsync_dir(d.parent)
         except FileNotFoundError:
             continue
         except OSError as exc:
             log.warning("call %s: cannot mark %s for deletion: %s", call_id, d, exc)
             continue
         marks.append(m)
+    _sync_dirs({m.parent for m in marks})
     return marks
+
+
+def _sync_dirs(dirs) -> None:
+    # A failed fsync is logged, not fatal: stopping the deletion here would keep the
+    # disk full, and the commit that follows flushes the file-system journal anyway.
+    for d in dirs:
+        try:
+            fsync_dir(d)
+        except OSError as exc:
+            log.warning("cannot fsync %s: %s", d, exc)
 
 
 def _mark_files(files: list[Path], reason: str) -> list[Path]:
@@ -468,8 +478,7 @@ def _mark_files(files: list[Path], reason: str) -> list[Path]:
             p.unlink(missing_ok=True)
             continue
         marks.append(m)
-    for d in {m.parent for m in marks}:
-        fsync_dir(d)
+    _sync_dirs({m.parent for m in marks})
     return marks
 
 
