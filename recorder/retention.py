@@ -23,10 +23,12 @@ Active calls are never deleted here (the writer still owns them).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -167,6 +169,14 @@ class SimDisk:
         return self.capacity - used
 
 
+def _locked(method):
+    @functools.wraps(method)
+    def run(self, *args, **kw):
+        with self._lock:
+            return method(self, *args, **kw)
+    return run
+
+
 class Retention:
     """Applies :func:`decide` to a store (one tick per ``retention.interval_s``).
 
@@ -187,6 +197,9 @@ class Retention:
         # Deletions whose files are gone but whose rows the database refused to change
         # (a full disk): finished first thing on the next tick (finding 15).
         self._unfinished: dict[str, dict] = {}
+        # The retention thread, the writer (making room on a full disk) and the uploader
+        # (upstream commands) all delete: one at a time.
+        self._lock = threading.RLock()
 
     # -- snapshot -------------------------------------------------------------------------
     def views(self, segments: bool = False) -> list[CallView]:
@@ -224,6 +237,7 @@ class Retention:
         return out
 
     # -- tick -----------------------------------------------------------------------------
+    @_locked
     def tick(self) -> list[tuple]:
         """One retention pass; returns :func:`decide`'s decisions as executed."""
         r = self.cfg.retention
@@ -278,6 +292,7 @@ class Retention:
             (S.call == row.id) & (S.acked == False)).exists()  # noqa: E712
 
     # -- deletion -------------------------------------------------------------------------
+    @_locked
     def delete_call(self, call_id: str, reason: str, **detail) -> bool:
         """Delete a call's files and rows, leave a tombstone, audit it. False if unknown.
 
@@ -296,6 +311,8 @@ class Retention:
         if row.state == "active":
             # The writer still owns it; deleting under it would leave a half call.
             raise CommandRejected(f"call {call_id} is in progress")
+        if self._finish_owed(call_id):
+            return False            # it was a whole-call deletion, now finished
         segs = store.segments_of(call_id)
         files = [store.abs(s.path) for s in segs]
         if row.manifest:
@@ -328,10 +345,20 @@ class Retention:
 
     def _finish_unfinished(self) -> None:
         for call_id in list(self._unfinished):
-            log.warning("call %s: finishing a deletion the database refused earlier",
-                        call_id)
-            self._finish(call_id)
+            self._finish_owed(call_id)
 
+    def _finish_owed(self, call_id: str) -> bool:
+        """Finish the call's owed deletion, if any, before anything else touches it (its
+        markers are in hand). True if that deleted the whole call. Raises while the
+        database still refuses."""
+        owed = self._unfinished.get(call_id)
+        if owed is None:
+            return False
+        log.warning("call %s: finishing a deletion the database refused earlier", call_id)
+        self._finish(call_id)
+        return owed["kind"] == "call"
+
+    @_locked
     def evict_segments(self, call_id: str, seqs, reason: str = "eviction") -> int:
         """Disk full: delete some segments of a call (files, then rows), keeping the call
         row and its manifest; audit it. Returns how many segments went.
@@ -347,6 +374,8 @@ class Retention:
             raise CommandRejected(f"call {call_id} is on legal hold")
         if row.state == "active":
             raise CommandRejected(f"call {call_id} is in progress")
+        if self._finish_owed(call_id):
+            return 0
         want = {int(q) for q in seqs}
         segs = [s for s in store.segments_of(call_id) if s.seq in want]
         if not segs:
@@ -356,16 +385,9 @@ class Retention:
         crash_point("evict_marked")
         for m in marks:
             os.truncate(m, 0)
-        owed = self._unfinished.get(call_id) or \
-            {"kind": "segments", "reason": reason, "seqs": set(), "unsynced": 0, "marks": []}
-        if owed["kind"] == "segments":         # an owed whole-call deletion covers these
-            owed["seqs"] |= {s.seq for s in segs}
-            owed["unsynced"] += len(unsynced)
-            owed["marks"] += marks
-        else:
-            for m in marks:
-                m.unlink(missing_ok=True)
-        self._unfinished[call_id] = owed
+        self._unfinished[call_id] = {"kind": "segments", "reason": reason,
+                                     "seqs": {s.seq for s in segs},
+                                     "unsynced": len(unsynced), "marks": marks}
         self._finish(call_id)
         self.deleted += 1
         log.warning("evicted %d segment(s) of call %s (%d unsynced): disk low", len(segs),
@@ -391,6 +413,7 @@ class Retention:
                      calls=n)
         return n
 
+    @_locked
     def apply(self, body: dict) -> str:
         """Apply a verified command body; return a short result."""
         kind = body["kind"]
@@ -409,8 +432,9 @@ class Retention:
 # -- crash-safe deletion ------------------------------------------------------------------
 # A deletion frees space before it commits (on a disk full to the last byte SQLite cannot
 # commit until files are gone), so a power cut between the two would leave rows naming
-# files that are gone. The intent is made durable first by a rename, which needs no free
-# space: a whole call's folder becomes ".<call>.<reason>.del"; an evicted segment file
+# files that are gone. The intent is made durable first by a rename, which needs no data
+# blocks (at most a directory block, and if even that fails the files go unmarked): a
+# whole call's folder becomes ".<call>.<reason>.del"; an evicted segment file
 # becomes ".<name>.<reason>.del" and is truncated to free its space. A marker goes only
 # after the rows are gone and the audit entry is written, and resume_deletions()
 # finishes any marker it finds at start-up.
@@ -632,4 +656,6 @@ def _resume_segments(store, data_dir, call_id: str, items: list[tuple[Path, str,
     if not rows:
         named = {int(o.split(".")[0]) for _m, o, _r in items if o.split(".")[0].isdigit()}
         u["seqs"], u["audited"] = named, _audited(data_dir, call_id, named)
+    for m, _o, _r in items:     # the cut may have come before the space was freed
+        os.truncate(m, 0)
     finish_deletion(store, data_dir, call_id, u, now)

@@ -55,22 +55,31 @@ def find_call(call: str, device: str | None = None) -> UCall:
 
 def delete_call(objects, row: UCall, reason: str) -> bool:
     """Mark the call ``deleting``, delete its blobs, then its rows; keep a tombstone.
-    False if already deleted.
+    False if already deleted (or finished by another worker meanwhile).
 
     The mark is committed first so that a crash between the blobs and the rows never
     leaves a live call naming blobs that are gone: :func:`expire` finishes every call
     left ``deleting`` (audited ``resumed``), and the ingest already refuses its
-    segments."""
+    segments. The tombstone and its audit row commit together, and only the worker
+    whose update made the tombstone audits it."""
     if row.state == "deleted":
         return False
     resumed = row.state == "deleting"
+    if not resumed:
+        if row.legal_hold:
+            raise CommandRejected(f"call {row.call} is on legal hold")
+        marked = UCall.update(state="deleting", delete_reason=reason).where(
+            (UCall.id == row.id) & (UCall.state == "live")
+            & (UCall.legal_hold == False)).execute()  # noqa: E712
+        if not marked:                  # changed since it was read
+            row = UCall.get_by_id(row.id)
+            if row.state == "deleted":
+                return False
+            if row.state == "live":
+                raise CommandRejected(f"call {row.call} is on legal hold")
+            resumed = True              # another worker's deletion, cut short or not
     if resumed:
         reason = row.delete_reason or reason
-    elif row.legal_hold:
-        raise CommandRejected(f"call {row.call} is on legal hold")
-    else:
-        UCall.update(state="deleting", delete_reason=reason).where(
-            (UCall.id == row.id) & (UCall.state == "live")).execute()
     segs = list(USegment.select().where((USegment.device == row.device)
                                         & (USegment.call == row.call)))
     for s in segs:
@@ -93,12 +102,15 @@ def delete_call(objects, row: UCall, reason: str) -> bool:
                                        & (ManifestHistory.call == row.call)).execute()
         Problem.update(key=None).where((Problem.device == row.device)
                                        & (Problem.call == row.call)).execute()
-        UCall.update(state="deleted", deleted_time=time.time(), delete_reason=reason,
-                     manifest_key=None, expected=None).where(UCall.id == row.id).execute()
-    audit("retention_expiry" if reason == "retention_expiry" else "delete",
-          device=row.device, call=row.call, reason=reason, segments=len(segs),
-          history=len(hist), kept_aside=len(kept), **({"resumed": True} if resumed else {}))
-    return True
+        done = UCall.update(state="deleted", deleted_time=time.time(), delete_reason=reason,
+                            manifest_key=None, expected=None).where(
+            (UCall.id == row.id) & (UCall.state != "deleted")).execute()
+        if done:
+            audit("retention_expiry" if reason == "retention_expiry" else "delete",
+                  device=row.device, call=row.call, reason=reason, segments=len(segs),
+                  history=len(hist), kept_aside=len(kept),
+                  **({"resumed": True} if resumed else {}))
+    return bool(done)
 
 
 def expire(objects, now: float | None = None) -> int:
@@ -179,13 +191,22 @@ def queue_retention(ucfg) -> int:
 def user_delete(ucfg, objects, call: str, device: str | None = None) -> UCall:
     """The practice deletes a call: here now, and on the box by signed command."""
     row = find_call(call, device)
-    delete_call(objects, row, "upstream_delete")
+    if row.state == "live" and row.legal_hold:
+        raise CommandRejected(f"call {row.call} is on legal hold")
+    # The box's command first: a crash after it still deletes the call everywhere (the
+    # box answers "absent" to a repeat); a crash inside delete_call is finished by
+    # expire().
     queue_command(ucfg, row.device, "delete", call=row.call)
+    delete_call(objects, row, "upstream_delete")
     return row
 
 
 def user_hold(ucfg, call: str, on: bool, device: str | None = None) -> UCall:
     row = find_call(call, device)
+    if row.state != "live":
+        # A deletion already under way (or done) is not stopped by a hold: refuse it
+        # rather than record a hold the next tick would ignore.
+        raise CommandRejected(f"call {row.call} is {row.state}")
     UCall.update(legal_hold=on).where(UCall.id == row.id).execute()
     audit("legal_hold", device=row.device, call=row.call, on=on)
     queue_command(ucfg, row.device, "hold", call=row.call, on=on)
@@ -241,6 +262,8 @@ def export_call(ucfg, objects, private_key, out_dir, row: UCall) -> dict:
     """Write ``<call>.wav`` and ``<call>.json`` exactly as ``linetap export`` on the box."""
     site = ucfg.site_of(row.device)
     dkey = site.devices.get(row.device) if site else None
+    if row.state != "live":
+        raise StoreError(f"call {row.call} is {row.state}")
     if row.manifest_key is None:
         raise StoreError(f"call {row.call}: no manifest upstream yet")
     mdata = objects.get(row.manifest_key)

@@ -19,6 +19,7 @@ from synchelpers import (
     upstream_raw,
     wait_for,
     write_calls,
+    write_command_key,
 )
 
 from sync import protocol
@@ -72,13 +73,14 @@ def _items(box):
     return out
 
 
-def _offline_ingest(tmp_path, pki, n_calls):
+def _offline_ingest(tmp_path, pki, n_calls, command_key=None):
     """A box with ``n_calls`` closed calls of 3 segments, and an ingest (no broker)
     registered for it; returns (box, ucfg, ingest, every chunk of the box)."""
     _priv, pub, *_ = practice_keys(tmp_path)
     box = make_box(tmp_path / "box", pub)
     write_calls(box, n_calls=n_calls, segs=3, noisy=True)
-    ucfg = upstream_cfg(tmp_path / "up", type("B", (), {"port": 1})(), pki, [box])
+    ucfg = upstream_cfg(tmp_path / "up", type("B", (), {"port": 1})(), pki, [box],
+                        command_key=command_key)
     open_db(ucfg.db_url)
     return box, ucfg, Ingest(ucfg), _items(box)
 
@@ -262,3 +264,54 @@ def test_an_upstream_deletion_cut_short_is_finished_by_the_next_tick(tmp_path, p
     assert len(entries) == 1 and entries[0]["resumed"] is True
     assert UCall.get(UCall.call == keep).state == "live"
     assert upstream_ops.expire(ing.objects) == 0
+
+
+def test_a_deleting_call_takes_no_hold_no_export_and_is_audited_once(tmp_path, pki):
+    """While a call is 'deleting' (a deletion cut short), a legal hold is refused (the
+    next tick would ignore it), export is refused, and two workers finishing it audit
+    it once between them."""
+    import pytest
+
+    from recorder.errors import CommandRejected, StoreError
+    from sync import upstream_ops
+    from sync.upstream_store import UAudit
+    box, ucfg, ing, items = _offline_ingest(tmp_path, pki, 1)
+    for topic, payload in items:
+        ing.handle(topic, payload)
+    [cid] = [c.id for c in box.store.calls()]
+    UCall.update(state="deleting", delete_reason="retention_expiry").where(
+        UCall.call == cid).execute()
+    stale = UCall.get(UCall.call == cid)
+    with pytest.raises(CommandRejected, match="deleting"):
+        upstream_ops.user_hold(ucfg, cid, True)
+    with pytest.raises(StoreError, match="deleting"):
+        upstream_ops.export_call(ucfg, ing.objects, None, tmp_path / "out", stale)
+    assert upstream_ops.delete_call(ing.objects, stale, "retention_expiry") is True
+    assert upstream_ops.delete_call(ing.objects, stale, "retention_expiry") is False
+    entries = [a for a in UAudit.select() if a.detail.get("call") == cid]
+    assert len(entries) == 1 and entries[0].action == "retention_expiry"
+
+
+def test_a_practice_deletion_queues_the_box_command_before_it_deletes(tmp_path, pki):
+    """A crash inside the upstream deletion must not leave the box keeping the call:
+    the signed delete command is queued first, and expire() finishes upstream."""
+    import pytest
+
+    from sync import upstream_ops
+    from sync.upstream_store import Command
+    write_command_key(tmp_path / "command.key")
+    box, ucfg, ing, items = _offline_ingest(tmp_path, pki, 1, tmp_path / "command.key")
+    for topic, payload in items:
+        ing.handle(topic, payload)
+    [cid] = [c.id for c in box.store.calls()]
+
+    def crash(key):
+        raise OSError("power cut")
+
+    real, ing.objects.delete = ing.objects.delete, crash
+    with pytest.raises(OSError):
+        upstream_ops.user_delete(ucfg, ing.objects, cid)
+    ing.objects.delete = real
+    assert [c.kind for c in Command.select()] == ["delete"]
+    assert upstream_ops.expire(ing.objects) == 1
+    assert UCall.get(UCall.call == cid).state == "deleted"

@@ -364,3 +364,66 @@ def test_start_up_leaves_markers_it_does_not_own_alone(box):
     assert (stray / "00000.seg").read_bytes() == b"not ours" and odd.exists()
     assert len(box.store.segments_of(cid)) == 2 and box.store.call(cid).state == "closed"
     assert not audit.read(box.data_dir)
+
+
+def test_resuming_an_eviction_frees_the_space_before_it_commits(box, monkeypatch):
+    """Cut after the rename, before the truncate, on a disk still full at the next
+    start: the resume must free the space before its commit, or recovery could never
+    make room (finding 15 again)."""
+    import os
+    import subprocess
+    import sys
+
+    import peewee as pw
+
+    from recorder.retention import resume_deletions
+    from recorder.store import Store
+    [cid] = write_calls(box, n_calls=1, segs=3)
+    box.store.close()
+    p = subprocess.run([sys.executable, "-c", _CUT, str(box.data_dir), "evict_segments", cid],
+                       env=dict(os.environ, LINETAP_CRASH_AT="evict_marked"),
+                       capture_output=True, timeout=120)
+    assert p.returncode == -9, p.stderr.decode()[-2000:]
+    marks = [m for m in (box.data_dir / "segments").rglob("*.del")]
+    assert len(marks) == 2 and all(m.stat().st_size > 0 for m in marks)
+    store = Store(box.data_dir)
+    real = store.db.execute_sql
+
+    def full(sql, *a, **k):
+        if sql.lstrip().upper().startswith(("DELETE", "UPDATE", "INSERT")):
+            raise pw.OperationalError("database or disk is full")
+        return real(sql, *a, **k)
+
+    monkeypatch.setattr(store.db, "execute_sql", full)
+    with pytest.raises(pw.OperationalError):
+        resume_deletions(store, box.data_dir)
+    assert all(m.stat().st_size == 0 for m in marks)          # the space is back
+    monkeypatch.undo()
+    assert resume_deletions(store, box.data_dir) == 1
+    assert [s.seq for s in store.segments_of(cid)] == [2]
+
+
+def test_a_command_on_a_call_with_an_owed_deletion_finishes_that_one(box, monkeypatch):
+    """The database refused a deletion (owed, its marker in hand); an upstream delete
+    for the same call arrives before the next tick. The owed deletion is finished
+    with its marker and its one audit entry, not overtaken and left behind."""
+    import peewee as pw
+    [cid] = write_calls(box, n_calls=1, segs=2)
+    store = box.store
+    r = Retention(store, box.data_dir, box_cfg(box.data_dir), free_bytes=lambda: 10**12)
+    real = store.db.execute_sql
+
+    def full(sql, *a, **k):
+        if sql.lstrip().upper().startswith(("DELETE", "UPDATE")):
+            raise pw.OperationalError("database or disk is full")
+        return real(sql, *a, **k)
+
+    monkeypatch.setattr(store.db, "execute_sql", full)
+    with pytest.raises(pw.OperationalError):
+        r.delete_call(cid, "eviction")
+    monkeypatch.undo()
+    assert r.apply({"kind": "delete", "call": cid, "nonce": "n" * 16}) == "absent"
+    assert store.call(cid).state == "deleted"
+    acts = [e for e in audit.read(box.data_dir) if e["detail"].get("call") == cid]
+    assert [(e["action"], e["detail"]["reason"]) for e in acts] == [("eviction", "eviction")]
+    assert not [p for p in (box.data_dir / "segments").rglob("*") if p.name.endswith(".del")]
