@@ -110,6 +110,14 @@ def delete_call(objects, row: UCall, reason: str) -> bool:
                   device=row.device, call=row.call, reason=reason, segments=len(segs),
                   history=len(hist), kept_aside=len(kept),
                   **({"resumed": True} if resumed else {}))
+    # A worker whose batch read the call as live just before the mark may have stored
+    # a segment after the listing above; its row went with the others, its blob goes now.
+    late = objects.list(f"seg/{row.device}/{row.call}")
+    for k in late:
+        objects.delete(k)
+    if late:
+        log.warning("call %s of %s: removed %d segment(s) stored during its deletion",
+                    row.call, row.device, len(late))
     return bool(done)
 
 

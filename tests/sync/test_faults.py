@@ -286,7 +286,10 @@ def test_a_deleting_call_takes_no_hold_no_export_and_is_audited_once(tmp_path, p
         upstream_ops.user_hold(ucfg, cid, True)
     with pytest.raises(StoreError, match="deleting"):
         upstream_ops.export_call(ucfg, ing.objects, None, tmp_path / "out", stale)
+    # A worker that read the call as live stored one more segment meanwhile.
+    ing.objects.put(f"seg/{stale.device}/{cid}/00099.{'ab' * 32}", b"late copy")
     assert upstream_ops.delete_call(ing.objects, stale, "retention_expiry") is True
+    assert ing.objects.list(f"seg/{stale.device}/{cid}") == []
     assert upstream_ops.delete_call(ing.objects, stale, "retention_expiry") is False
     entries = [a for a in UAudit.select() if a.detail.get("call") == cid]
     assert len(entries) == 1 and entries[0].action == "retention_expiry"
