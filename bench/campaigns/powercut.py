@@ -19,11 +19,18 @@ and ``linetap audit --verify`` pass.
 Kill time in line time is estimated from the last ``run/status.json`` (its ``time`` and
 ``captured_s``) plus the wall time since, times the speed: an upper bound, so the loss
 figures are upper bounds too.
+
+Last, deletions cut short: between boots a finished call is deleted (retention's
+``synced`` clean-up) by a process killed at each step of the deletion
+(``delete_marked``, ``delete_unlinked``, ``delete_committed``, ``delete_audited``); the
+next boot must finish it: the call a tombstone, no segment row, one audit entry, no
+deletion marker left, every other call still verifying.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -58,6 +65,16 @@ JOURNAL_S = _journal_s()
 LOSS_BOUND_S = 2.0 if JOURNAL_S else SEGMENT_S + HOLD_S
 STATUS_JITTER_S = 0.05  # wall time: the kill-time estimate's allowance, times the speed
 POINTS = ("before_fsync", "before_rename", "before_dirsync", "journal_before_sync")
+# A deletion of a finished call (retention's "synced" clean-up), cut at each of its
+# steps between boots; the next boot's recovery must finish it (recorder/retention.py).
+DELETE_POINTS = ("delete_marked", "delete_unlinked", "delete_committed", "delete_audited")
+_DELETE_CUT = """
+import sys
+from recorder.retention import Retention
+from recorder.store import Store
+Retention(Store(sys.argv[1]), sys.argv[1], None).delete_call(sys.argv[2], "synced")
+sys.exit(3)     # the crash point was never reached
+"""
 
 
 class Campaign:
@@ -76,7 +93,9 @@ class Campaign:
         self.recovered_checked = 0
         self.stats = {"kills": 0, "random_kills": 0, "startup_kills": 0, "crash_points": 0,
                       "crash_points_fired": 0, "restarts_checked": 0, "boots": 0,
-                      "max_backlog": 0, "overruns": 0}
+                      "max_backlog": 0, "overruns": 0, "deletion_cuts": 0,
+                      "deletion_cuts_fired": 0, "deletions_finished": 0}
+        self.deleting: list[str] = []          # calls whose cut deletion is not checked
         self.base = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
         self.slack = STATUS_JITTER_S * args.speed
 
@@ -162,6 +181,55 @@ class Campaign:
                              "active": self.open_calls(), "mode": mode, "point": point,
                              "lag": self.lags[-1] if st_fresh else None})
 
+    def deletion_cut(self, point: str) -> None:
+        """Between boots: delete a finished call in a separate process that dies with
+        SIGKILL at ``point`` (the box is not running, as after any kill here)."""
+        from recorder.store import Store
+        pending = {a["id"] for p in self.pending for a in p["active"]}
+        s = Store(self.box.data)
+        try:
+            C = s.m.Call
+            ids = [r.id for r in C.select(C.id).where(
+                C.state.in_(["closed", "recovered"]) & (C.legal_hold == False))  # noqa: E712
+                if r.id not in pending]
+        finally:
+            s.close()
+        if not ids:
+            return
+        cid = self.rng.choice(ids)
+        self.stats["deletion_cuts"] += 1
+        p = subprocess.run([sys.executable, "-c", _DELETE_CUT, str(self.box.data), cid],
+                           cwd=str(common.ROOT), capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "LINETAP_CRASH_AT": point})
+        if p.returncode != -9:
+            self.violations.append(f"deletion cut at {point}: exit {p.returncode}: "
+                                   f"{p.stderr[-400:]}")
+            return
+        self.stats["deletion_cuts_fired"] += 1
+        self.deleting.append(cid)
+
+    def check_deletions(self, s, tag: str) -> None:
+        """Every cut deletion is finished by the boot after it, audited exactly once,
+        and no deletion marker survives a boot."""
+        from recorder import audit
+        acts = [e for e in audit.tail(self.box.data, 1 << 22)
+                if e["action"] == "delete" and e["detail"].get("reason") == "synced"]
+        for cid in self.deleting:
+            row = s.call(cid)
+            n = sum(1 for e in acts if e["detail"].get("call") == cid)
+            if row is None or row.state != "deleted" or s.segments_of(cid) or n != 1:
+                self.violations.append(
+                    f"{tag}: deletion of {cid} cut short not finished: state "
+                    f"{row.state if row else None}, {len(s.segments_of(cid))} segment "
+                    f"row(s), {n} audit entr(y/ies)")
+            else:
+                self.stats["deletions_finished"] += 1
+        self.deleting = []
+        marks = [q for q in (self.box.data / "segments").rglob("*") if q.name.endswith(".del")]
+        if marks:
+            self.violations.append(f"{tag}: deletion markers survived: "
+                                   f"{[str(q.relative_to(self.box.data)) for q in marks[:5]]}")
+
     def open_calls(self) -> list[dict]:
         from recorder.store import Store
         s = Store(self.box.data)
@@ -185,6 +253,7 @@ class Campaign:
             if ic != "ok":
                 self.violations.append(f"{tag}: integrity_check {ic!r}")
             key = device_key_for(data)
+            self.check_deletions(s, tag)
             rows = {r.id: r for r in s.calls()}
             for pend in self.pending:
                 for a in pend["active"]:
@@ -307,6 +376,8 @@ class Campaign:
         a = self.args
         n_random = a.kills if a.kills is not None else (10 if a.quick else 200)
         n_points = a.points if a.points is not None else (6 if a.quick else 45)
+        n_deletes = a.deletes if a.deletes is not None else \
+            (len(DELETE_POINTS) if a.quick else 3 * len(DELETE_POINTS))
         t0 = time.monotonic()
         self.rig.start()
         self.box.config = common.write_toml(
@@ -326,6 +397,10 @@ class Campaign:
                 n = self.rng.choice([1, 1, 2, 3]) if i < 6 else self.rng.randint(1, 60)
                 self.boot(k, "point", f"{point}:{n}")
                 k += 1
+            for i in range(n_deletes):
+                self.deletion_cut(DELETE_POINTS[i % len(DELETE_POINTS)])
+                self.boot(k, "random")
+                k += 1
             cmp = self.drain()
             clis = self.final_cli_checks()
         finally:
@@ -341,6 +416,10 @@ class Campaign:
             ("SIGKILLs during start-up/recovery", st["startup_kills"], ""),
             ("crash points run / fired", f"{st['crash_points']} / {st['crash_points_fired']}",
              ""),
+            ("deletions cut / fired / finished at the next boot",
+             f"{st['deletion_cuts']} / {st['deletion_cuts_fired']} / "
+             f"{st['deletions_finished']}",
+             "ok" if st["deletions_finished"] == st["deletion_cuts_fired"] else "VIOLATION"),
             ("restarts checked", st["restarts_checked"], ""),
             ("recovered calls checked", self.recovered_checked, ""),
             ("calls verified", len(self.verified), ""),
@@ -370,6 +449,8 @@ class Campaign:
                    "kills": st["kills"], "random_kills": st["random_kills"] + st["startup_kills"],
                    "crash_points": st["crash_points"],
                    "crash_points_fired": st["crash_points_fired"],
+                   "deletion_cuts": st["deletion_cuts_fired"],
+                   "deletions_finished": st["deletions_finished"],
                    "restarts_checked": st["restarts_checked"],
                    "recovered_calls": self.recovered_checked,
                    "calls_verified": len(self.verified),
@@ -391,6 +472,8 @@ def main() -> int:
         ap.add_argument("--speed", type=float, default=4.0, help="pacing, x real time")
         ap.add_argument("--kills", type=int, default=None, help="random kills")
         ap.add_argument("--points", type=int, default=None, help="crash-point runs")
+        ap.add_argument("--deletes", type=int, default=None,
+                        help="deletions cut at a crash point between boots")
     args = common.parse_args(__doc__, extra)
     return Campaign(args).run()
 

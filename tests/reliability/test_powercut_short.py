@@ -1,7 +1,8 @@
 """Short version of the power-cut campaign (bench/campaigns/powercut.py): a few SIGKILLs
 of ``linetap simulate`` (4 lines, sync through a local mosquitto to an ingest worker),
 each restart checked (integrity, verification, no temp or plaintext file, open calls
-recovered, bounded loss), then the backlog drains with nothing lost or duplicated."""
+recovered, bounded loss), deletions cut at each step and finished by the next boot,
+then the backlog drains with nothing lost or duplicated."""
 
 from __future__ import annotations
 
@@ -25,10 +26,12 @@ from bench.campaigns import common, powercut  # noqa: E402
 def test_random_kills_recover_and_sync():
     need_mosquitto()
     c = powercut.Campaign(Namespace(quick=True, seed=11, keep=False, speed=4.0, kills=4,
-                                    points=0))
+                                    points=0, deletes=len(powercut.DELETE_POINTS)))
     rc = c.run()
-    assert c.stats["kills"] == 4
+    assert c.stats["kills"] == 4 + len(powercut.DELETE_POINTS)
     assert c.recovered_checked > 0
+    # A deletion cut at each of its steps, finished by the next boot.
+    assert c.stats["deletions_finished"] == len(powercut.DELETE_POINTS)
     assert not c.violations, c.violations
     assert rc == 0
 
