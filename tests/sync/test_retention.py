@@ -241,6 +241,21 @@ def test_executor_evicts_segments_against_a_fake_disk(box):
 
 
 
+
+def refuse_writes(monkeypatch, store, verbs=("DELETE", "UPDATE")):
+    """Make the store's database refuse ``verbs`` as a disk full to the last byte
+    does; ``monkeypatch.undo()`` gives it its space back."""
+    import peewee as pw
+    real = store.db.execute_sql
+
+    def full(sql, *a, **k):
+        if sql.lstrip().upper().startswith(tuple(verbs)):
+            raise pw.OperationalError("database or disk is full")
+        return real(sql, *a, **k)
+
+    monkeypatch.setattr(store.db, "execute_sql", full)
+
+
 @pytest.mark.parametrize("how", ["delete_call", "evict_segments"])
 def test_a_deletion_the_database_refuses_is_finished_on_the_next_tick(box, monkeypatch,
                                                                        how):
@@ -254,14 +269,7 @@ def test_a_deletion_the_database_refuses_is_finished_on_the_next_tick(box, monke
     r = Retention(store, box.data_dir, box_cfg(box.data_dir), free_bytes=lambda: 10**12)
     files = [store.abs(s.path) for s in store.segments_of(cid)] + \
         [store.abs(store.call(cid).manifest)]
-    real = store.db.execute_sql
-
-    def full(sql, *a, **k):
-        if sql.lstrip().upper().startswith(("DELETE", "UPDATE")):
-            raise pw.OperationalError("database or disk is full")
-        return real(sql, *a, **k)
-
-    monkeypatch.setattr(store.db, "execute_sql", full)
+    refuse_writes(monkeypatch, store)
     with pytest.raises(pw.OperationalError):
         if how == "delete_call":
             r.delete_call(cid, "eviction")
@@ -387,14 +395,7 @@ def test_resuming_an_eviction_frees_the_space_before_it_commits(box, monkeypatch
     marks = [m for m in (box.data_dir / "segments").rglob("*.del")]
     assert len(marks) == 2 and all(m.stat().st_size > 0 for m in marks)
     store = Store(box.data_dir)
-    real = store.db.execute_sql
-
-    def full(sql, *a, **k):
-        if sql.lstrip().upper().startswith(("DELETE", "UPDATE", "INSERT")):
-            raise pw.OperationalError("database or disk is full")
-        return real(sql, *a, **k)
-
-    monkeypatch.setattr(store.db, "execute_sql", full)
+    refuse_writes(monkeypatch, store, ("DELETE", "UPDATE", "INSERT"))
     with pytest.raises(pw.OperationalError):
         resume_deletions(store, box.data_dir)
     assert all(m.stat().st_size == 0 for m in marks)          # the space is back
@@ -411,14 +412,7 @@ def test_a_command_on_a_call_with_an_owed_deletion_finishes_that_one(box, monkey
     [cid] = write_calls(box, n_calls=1, segs=2)
     store = box.store
     r = Retention(store, box.data_dir, box_cfg(box.data_dir), free_bytes=lambda: 10**12)
-    real = store.db.execute_sql
-
-    def full(sql, *a, **k):
-        if sql.lstrip().upper().startswith(("DELETE", "UPDATE")):
-            raise pw.OperationalError("database or disk is full")
-        return real(sql, *a, **k)
-
-    monkeypatch.setattr(store.db, "execute_sql", full)
+    refuse_writes(monkeypatch, store)
     with pytest.raises(pw.OperationalError):
         r.delete_call(cid, "eviction")
     monkeypatch.undo()
