@@ -319,9 +319,7 @@ class Retention:
             files.append(store.abs(row.manifest))
         marks = _mark_call_dirs(files, call_id, reason)
         crash_point("delete_marked")
-        for m in marks:
-            for p in m.iterdir():
-                p.unlink(missing_ok=True)
+        _empty(marks)
         for p in files:                 # any file outside a marked folder
             p.unlink(missing_ok=True)
         crash_point("delete_unlinked")
@@ -506,6 +504,13 @@ def _mark_files(files: list[Path], reason: str) -> list[Path]:
     return marks
 
 
+def _empty(marks: list[Path]) -> None:
+    """Unlink the files in marked call folders (this is what frees the space)."""
+    for m in marks:
+        for p in m.iterdir():
+            p.unlink(missing_ok=True)
+
+
 def _prune(root: Path, d: Path) -> None:
     """Remove ``d`` and empty parents up to (not including) ``root``."""
     d = Path(d)
@@ -546,11 +551,8 @@ def finish_deletion(store, data_dir, call_id: str, u: dict, now: float) -> None:
             audit.record(data_dir, AUDIT_ACTION.get(u["reason"], "delete"), call=call_id,
                          reason=u["reason"], **detail)
         crash_point("delete_audited")
-        for m in u.get("marks", ()):
-            if m.is_dir():
-                for p in m.iterdir():
-                    p.unlink(missing_ok=True)
-            _prune(root, m)
+        for m in u.get("marks", ()):    # emptied before the commit; if not, the next
+            _prune(root, m)             # start-up finds the marker and finishes it
         for d in u.get("dirs", ()):
             _prune(root, d)
     else:
@@ -624,8 +626,7 @@ def _resume(fn, store, data_dir, call_id: str, *args) -> int:
 def _resume_call(store, data_dir, call_id: str, m: Path, reason: str, now: float) -> None:
     log.warning("call %s: finishing a deletion (%s) cut short by a restart", call_id,
                 reason)
-    for p in m.iterdir():
-        p.unlink(missing_ok=True)
+    _empty([m])
     u = {"kind": "call", "reason": reason, "detail": {"resumed": True}, "marks": [m],
          "dirs": set()}
     row = store.call(call_id)
