@@ -8,7 +8,9 @@ One JSON object per line in ``DATA_DIR/audit.log``::
 ``hash`` is sha256 over the canonical JSON of the entry without ``hash``. Each line
 names the hash of the one before it, so editing, deleting or reordering any line
 breaks the chain at that point, and :func:`verify` names the first broken line.
-Lines are appended with O_APPEND and fsynced before the act is reported done.
+Lines are appended with O_APPEND and fsynced before the act is reported done; a
+line torn by a power cut is left as it is (verify names it) and the next entry
+starts on a new line, chained onto the last whole one.
 
 Actions in use: export, verify, delete, retention_expiry, eviction, config_change,
 key_change, identity_created, pause, resume, provision, factory_reset, command_rejected,
@@ -39,17 +41,22 @@ def _path(data_dir) -> Path:
     return Path(data_dir) / AUDIT_FILE
 
 
-def _last(path: Path) -> tuple[int, str]:
-    """(seq, hash) of the last complete line, or (0, GENESIS) for a new log."""
+def _tail_lines(path: Path, nbytes: int) -> list[bytes]:
+    """The lines in the last ``nbytes`` of ``path`` (the first dropped when the window
+    cuts it), [] for a log not yet written."""
     try:
         with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 65536))
-            tail = f.read().split(b"\n")
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - nbytes))
+            lines = f.read().split(b"\n")
     except FileNotFoundError:
-        return 0, GENESIS
-    for raw in reversed(tail):
+        return []
+    return lines[1:] if size > nbytes else lines
+
+
+def _last(path: Path) -> tuple[int, str]:
+    """(seq, hash) of the last complete line, or (0, GENESIS) for a new log."""
+    for raw in reversed(_tail_lines(path, 65536)):
         if not raw.strip():
             continue
         try:
@@ -76,8 +83,11 @@ def record(data_dir, action: str, now: datetime | None = None, **detail) -> dict
                  "detail": detail, "prev": prev}
         entry["hash"] = hashlib.sha256(canonical(entry)).hexdigest()
         line = canonical(entry) + b"\n"
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
         try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line    # the last line was torn by a power cut
             os.write(fd, line)
             os.fsync(fd)
         finally:
@@ -103,18 +113,8 @@ def read(data_dir) -> list[dict]:
 
 def tail(data_dir, nbytes: int = 1 << 20) -> list[dict]:
     """The parseable entries in the last ``nbytes`` of the log, oldest first."""
-    try:
-        with open(_path(data_dir), "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - nbytes))
-            raw = f.read().split(b"\n")
-    except FileNotFoundError:
-        return []
-    if size > nbytes:
-        raw = raw[1:]               # the first line is cut
     out = []
-    for line in raw:
+    for line in _tail_lines(_path(data_dir), nbytes):
         try:
             out.append(json.loads(line))
         except ValueError:

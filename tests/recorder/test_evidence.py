@@ -286,3 +286,21 @@ def test_identity_is_never_silently_replaced(store_copy, practice_keys, tmp_path
     with pytest.raises(LinetapError, match="refusing to record"):
         s.run([], duration=2)
     assert (d / "keys" / "identity.key").read_text() == "garbage"
+
+
+def test_audit_log_after_a_torn_last_line_and_through_a_small_window(tmp_path):
+    """A power cut can leave the last line half written: the next entry chains onto the
+    last whole one, verify names the torn line, and tail() over a window that cuts a
+    line returns only whole entries."""
+    for i in range(5):
+        audit.record(tmp_path, "pause", n=i)
+    with open(tmp_path / audit.AUDIT_FILE, "ab") as f:
+        f.write(b'{"seq": 6, "ts": "2026-11-')                  # torn by the cut
+    e = audit.record(tmp_path, "resume", n=5)
+    assert e["seq"] == 6
+    _n, problems = audit.verify(tmp_path)
+    assert problems
+    size = (tmp_path / audit.AUDIT_FILE).stat().st_size
+    got = audit.tail(tmp_path, nbytes=size - 10)          # cuts the first line
+    assert [x["detail"].get("n") for x in got] == [1, 2, 3, 4, 5]
+    assert audit.tail(tmp_path / "nowhere") == []
