@@ -37,7 +37,7 @@ $(STAMP): pyproject.toml
 setup: apt $(STAMP)
 
 demo: setup
-	$(PY) -m recorder.demo --out demo-out
+	$(PY) -m recorder.cli.demo --out demo-out
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider --timeout=600 $(PYTEST_ARGS)

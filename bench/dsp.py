@@ -8,9 +8,10 @@ Audio: ``--minutes`` of 8 kHz synthetic speech (espeak-ng via tests/dsp/corpus.p
 burst of DTMF digits every 20 s and a UK caller ID burst every minute. Each figure is the best
 of ``--repeat`` runs, measured side by side in the same process:
 
-* ``dtmf``: :func:`recorder.dsp.dtmf.detect` over the whole audio;
-* ``dtmf_stream``: :class:`~recorder.dsp.dtmf.DtmfDetector` fed 20 ms blocks, as the daemon does;
-* ``callerid``: :func:`recorder.dsp.callerid.decode` over the whole audio (it stops at the
+* ``dtmf``: :func:`recorder.calls.dsp.dtmf.detect` over the whole audio;
+* ``dtmf_stream``: :class:`~recorder.calls.dsp.dtmf.DtmfDetector` fed 20 ms blocks, as the
+  daemon does;
+* ``callerid``: :func:`recorder.calls.dsp.callerid.decode` over the whole audio (it stops at the
   first message, so it is run on the audio with the caller ID bursts removed: the worst case);
 * ``fft``: ``np.fft.rfft`` over the same audio cut into 20 ms frames (the baseline).
 
@@ -35,7 +36,8 @@ sys.path.insert(0, str(ROOT / "tests" / "dsp"))
 
 import corpus  # noqa: E402  (test support module, found via the path above)
 
-from recorder.dsp import callerid, dtmf, gen  # noqa: E402
+from hw import linesignals as gen  # noqa: E402
+from recorder.calls.dsp import callerid, dtmf  # noqa: E402
 
 RATE = 8000
 

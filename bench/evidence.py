@@ -22,9 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ed25519  # noqa: E402
 
-from recorder import codec, evidence, keys, segfile  # noqa: E402
-from recorder.keys import raw_public  # noqa: E402
-from recorder.verify import found_files  # noqa: E402
+from recorder.evidence import chain as evidence  # noqa: E402
+from recorder.evidence import codec, keys, segfile  # noqa: E402
+from recorder.evidence.keys import raw_public  # noqa: E402
+from recorder.evidence.verify import found_files  # noqa: E402
 
 SEGMENTS = 360
 

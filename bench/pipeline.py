@@ -34,7 +34,9 @@ lean_device_imports()
 import numpy as np  # noqa: E402
 
 from hw import scenario as scen  # noqa: E402
-from recorder import codec, config, keys, simulate  # noqa: E402
+from recorder import config  # noqa: E402
+from recorder.evidence import codec, keys  # noqa: E402
+from recorder.runtime import simulate  # noqa: E402
 
 # The environment systemd/linetap-recorder.service gives the daemon (memory settings).
 UNIT_ENV = {"MALLOC_ARENA_MAX": "1", "OPENBLAS_NUM_THREADS": "1"}
@@ -64,7 +66,7 @@ def device_path(lines: int, seconds: float, speed=0.0, period=4096, detector=Tru
     runs without the DTMF detector (for comparison only: the product always runs it,
     for dialled digits and masking).
     """
-    import recorder.daemon as daemon_mod
+    import recorder.runtime.daemon as daemon_mod
     saved = daemon_mod.DtmfStream
     if not detector:
         daemon_mod.DtmfStream = None
@@ -128,10 +130,10 @@ def rss_child(lines: int, seconds: float) -> None:
     the unit's environment (set by the parent), and a line simulator without noise (the
     simulator's noise generator, numpy.random, is 2.3 MB that no device loads; the
     simulator itself still shares the process)."""
-    import recorder.calls  # noqa: F401 - everything the daemon imports, before it runs
-    import recorder.daemon  # noqa: F401
-    import recorder.dsp.callerid  # noqa: F401
-    import recorder.services  # noqa: F401
+    import recorder.calls.dsp.callerid  # noqa: F401
+    import recorder.calls.processor  # noqa: F401 - everything the daemon imports, before it runs
+    import recorder.runtime.assembly  # noqa: F401
+    import recorder.runtime.daemon  # noqa: F401
     base = _hwm_kb()
     device_path(lines, seconds, period=config.Config().audio.period_frames, noise=None)
     print(base, _hwm_kb())

@@ -75,7 +75,7 @@ def thread_cpu() -> dict[str, float]:
 # signals it before and after the drain.
 INGEST_BOOT = r"""
 import json, signal, sys, threading, time
-from sync.ingest import cli_main
+from sync.upstream.ingest import cli_main
 """ + inspect.getsource(thread_cpu) + r"""
 
 def snap(*_):
@@ -325,8 +325,8 @@ def main() -> int:
             nul.disconnect()
             nul.loop_stop()
         # one ingest worker without MQTT
-        from sync.ingest import Ingest
-        from sync.upstream_store import open_db
+        from sync.upstream.ingest import Ingest
+        from sync.upstream.store import open_db
         ucfg = upstream_cfg(tmp / "up2", broker, pki, [box])
         open_db(ucfg.db_url)
         ing = Ingest(ucfg)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from recorder.errors import HardwareError
+from hw.errors import HardwareError
 
 log = logging.getLogger(__name__)
 

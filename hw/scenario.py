@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recorder.errors import ScenarioError
+from hw.errors import ScenarioError
 
 MAX_DURATION_S = 7 * 86400.0
 TOP_KEYS = {"rate": int, "start": str, "duration": (int, float), "lines": int,

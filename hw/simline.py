@@ -4,7 +4,7 @@ It plays a :class:`~hw.scenario.Scenario` into the real ALSA path and the gpioze
 exactly as copper and opto-isolators would:
 
 * **Audio** for every line is rendered period by period (scenario audio files, tones,
-  DTMF, caller-ID signalling from :mod:`recorder.dsp.gen`, plus the device's own
+  DTMF, caller-ID signalling from :mod:`hw.linesignals`, plus the device's own
   playback looped back into the line) and written, interleaved S16_LE, into the FIFO
   that ALSA's ``file`` PCM reads as its capture ``infile``.
 * **Pins** (hook, ring pulses at 25 Hz in the UK cadence, the pause button) are driven on
@@ -31,9 +31,9 @@ import numpy as np
 
 from hw.alsa_sim import SimAlsa
 from hw.clock import SimClock
+from hw.errors import HardwareError
 from hw.pins import PinMap
 from hw.scenario import Scenario
-from recorder.errors import HardwareError
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ class SimulatedLine:
             a, q = hit
         else:
             if e.type == "dtmf":
-                from recorder.dsp import gen
+                from hw import linesignals as gen
                 a = gen.dtmf(e.args["digits"], r, on_ms=e.args.get("on_ms", 80.0),
                              off_ms=e.args.get("off_ms", 80.0),
                              level_dbfs=e.args.get("level_dbfs", -10.0))
@@ -226,7 +226,7 @@ class SimulatedLine:
     def _render_cli(self, e) -> np.ndarray:
         from datetime import timedelta
 
-        from recorder.dsp import gen
+        from hw import linesignals as gen
         when = self.sc.start + timedelta(seconds=e.at)
         std = e.args.get("standard", "uk")
         kw = {}

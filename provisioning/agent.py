@@ -19,7 +19,7 @@ from provisioning import protocol
 from provisioning.dispatcher import AgentEnv, Dispatcher
 from recorder import config as rconfig
 from recorder.errors import ConfigError
-from recorder.sdnotify import SdNotifier
+from recorder.runtime.sdnotify import SdNotifier
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cli_main(argv: list[str]) -> int:
-    # `linetap provision-agent -- --port X`: the dispatcher in recorder/cli.py passes
+    # `linetap provision-agent -- --port X`: the dispatcher in recorder/cli/__init__.py passes
     # the "--" through; drop it.
     args = build_parser().parse_args(argv[1:] if argv[:1] == ["--"] else argv)
     import serial  # pyserial; imported here so the dispatcher imports without it

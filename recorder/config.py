@@ -19,6 +19,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hw.pins import DEFAULT as PINS
 from recorder.errors import ConfigError
 
 DEFAULT_PATH = Path(os.environ.get("LINETAP_CONFIG", "/etc/linetap/linetap.toml"))
@@ -130,14 +131,14 @@ class PinsConfig:
     factory: str = _f("", "gpiozero pin factory; empty = gpiozero's choice (RPi.GPIO, lgpio "
                       "on a Pi 5). The simulator always uses 'mock'.")
     hook: list[int] = _f(None, "BCM pin of each line's hook opto.",
-                         factory=lambda: [17, 27, 22, 23])
+                         factory=lambda: list(PINS.hook))
     ring: list[int] = _f(None, "BCM pin of each line's ring opto.",
-                         factory=lambda: [24, 25, 5, 6])
-    pause_button: int = _f(16, "BCM pin of the pause button.", range=(0, 27))
+                         factory=lambda: list(PINS.ring))
+    pause_button: int = _f(PINS.pause_button, "BCM pin of the pause button.", range=(0, 27))
     rec_led: list[int] = _f(None, "BCM pin of each line's recording LED.",
-                            factory=lambda: [12, 13, 19, 26])
-    status_led: int = _f(4, "BCM pin of the status LED.", range=(0, 27))
-    active_low: bool = _f(True, "Opto outputs pull the pin low when active.")
+                            factory=lambda: list(PINS.rec_led))
+    status_led: int = _f(PINS.status_led, "BCM pin of the status LED.", range=(0, 27))
+    active_low: bool = _f(PINS.active_low, "Opto outputs pull the pin low when active.")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Exception hierarchy.
+"""Exception hierarchy (the base class and the hardware errors live in :mod:`hw.errors`).
 
 Every error Linetap raises on purpose derives from :class:`LinetapError`. Leaves also
 subclass the closest builtin, so callers that only know ``ValueError`` or ``OSError``
@@ -6,8 +6,11 @@ still catch them (the gpiozero ``exc.py`` pattern).
 """
 
 
-class LinetapError(Exception):
-    """Base class for all Linetap errors."""
+from hw.errors import HardwareError, LinetapError, ScenarioError
+
+__all__ = ["LinetapError", "ScenarioError", "HardwareError", "ConfigError", "KeyFileError",
+           "SegmentFormatError", "JournalError", "IntegrityError", "StoreError",
+           "ProtocolError", "CommandRejected"]
 
 
 class ConfigError(LinetapError, ValueError):
@@ -22,21 +25,6 @@ class ConfigError(LinetapError, ValueError):
         super().__init__(f"{source}: {len(self.problems)} problem(s):\n{lines}")
 
 
-class ScenarioError(LinetapError, ValueError):
-    """A scenario file is invalid. ``problems`` lists every problem found."""
-
-    def __init__(self, problems, source="scenario"):
-        if isinstance(problems, str):
-            problems = [problems]
-        self.problems = list(problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"{source}: {len(self.problems)} problem(s):\n{lines}")
-
-
-class HardwareError(LinetapError, OSError):
-    """A GPIO or audio device could not be opened or failed while running."""
-
-
 class KeyFileError(LinetapError, ValueError):
     """A key file is missing, unreadable or not the expected kind of key."""
 
@@ -46,7 +34,7 @@ class SegmentFormatError(LinetapError, ValueError):
 
 
 class JournalError(LinetapError, ValueError):
-    """A journal record cannot be made (see :mod:`recorder.journal`)."""
+    """A journal record cannot be made (see :mod:`recorder.storage.journal`)."""
 
 
 class IntegrityError(LinetapError, ValueError):

@@ -10,7 +10,7 @@ broker ACL; see docs/sync.md):
 ``health``          box->up  JSON health (disk, backlog, lines, overruns, version)
 ``report``          box->up  JSON results of upstream commands (applied / rejected)
 ``ack``             up->box  JSON application-level acks after a durable write
-``cmd``             up->box  signed command envelope (:mod:`sync.commands`)
+``cmd``             up->box  signed command envelope (:mod:`sync.signed_commands`)
 =================  =======  ===================================================
 
 Every ``seg``/``man`` payload starts with a fixed 44-byte chunk header so a chunk

@@ -13,7 +13,7 @@ are chosen by :func:`plan`, which alternates between the oldest backlog and the 
 call so a live call is not starved behind days of backlog.
 
 Threads: paho's network thread (``loop_start``) only queues incoming messages; one
-uploader thread (a :class:`~recorder.service.ServiceThread`) owns every database
+uploader thread (a :class:`~recorder.runtime.threads.ServiceThread`) owns every database
 write, publishing and command handling.
 """
 
@@ -34,11 +34,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from recorder import audit
-from recorder.alarms import LINK_ONLINE
 from recorder.errors import CommandRejected, KeyFileError, ProtocolError
-from recorder.service import ServiceThread
-from sync import commands, protocol
+from recorder.evidence import audit
+from recorder.runtime.alarms import LINK_ONLINE
+from recorder.runtime.threads import ServiceThread
+from sync import protocol
+from sync import signed_commands as commands
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,8 @@ class Uploader:
     service thread (or use :meth:`thread`); :meth:`close` on shutdown.
 
     ``status`` returns the daemon status dict for health messages (or None);
-    ``retention`` (a :class:`recorder.retention.Retention`) applies upstream commands;
+    ``retention`` (a :class:`~recorder.storage.retention.service.Retention`) applies
+    upstream commands;
     ``ack_timeout_s`` is how long an item the broker has PUBACKed waits for the upstream's
     ack before it is sent again (see :func:`overdue`).
     """
@@ -170,7 +172,7 @@ class Uploader:
         self.client: mqtt.Client | None = None
 
     def _load_command_key(self):
-        from recorder.keys import load_ed25519_public
+        from recorder.evidence.keys import load_ed25519_public
         try:
             return load_ed25519_public(self.sc.command_key)
         except KeyFileError as exc:
@@ -464,7 +466,7 @@ class Uploader:
         return probe() if probe is not None else shutil.disk_usage(self.store.root).free
 
     def publish_health(self) -> None:
-        from recorder.commands import store_summary
+        from recorder.cli.verbs import store_summary
         st = {}
         if self.status_fn is not None:
             try:

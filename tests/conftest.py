@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from linetap_testlib import Sim
 
-from recorder import keys
+from recorder.evidence import keys
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,10 @@ import numpy as np
 import soundfile as sf
 
 from hw import scenario as scen
-from recorder import config, keys, simulate
-from recorder.store import Store
+from recorder import config
+from recorder.evidence import keys
+from recorder.runtime import simulate
+from recorder.storage.store import Store
 
 RATE = 8000
 
@@ -51,8 +53,8 @@ class Sim:
         return Store(self.data)
 
     def export(self, out=None, **kw):
-        from recorder.export import export_calls
-        from recorder.verify import device_key_for
+        from recorder.evidence.export import export_calls
+        from recorder.evidence.verify import device_key_for
         out = out or self.tmp / "out"
         done, failures = export_calls(self.store(), keys.load_practice_private(self.priv),
                                       out, device_key=device_key_for(self.data),

@@ -39,13 +39,14 @@ class Campaign:
         self.violations: list[str] = []
         self.rows: list[tuple] = []
         self.notes: list[str] = []
-        from recorder import keys
+        from recorder.evidence import keys
         self.priv, self.pub = keys.practice_keygen(self.root / "practice.key")
 
     def run_sim(self, name, raw, *, synchronised=True, step_at=None, step_s=0.0,
                 speed=0.0, retention_interval=300.0):
         from hw import scenario as scen
-        from recorder import config, simulate
+        from recorder import config
+        from recorder.runtime import simulate
         from recorder.timebase import Timebase
         data = self.root / name
         sc = scen.from_dict(raw, self.root)
@@ -72,10 +73,10 @@ class Campaign:
         return data, res, applied
 
     def export(self, data):
-        from recorder import keys
-        from recorder.export import export_calls
-        from recorder.store import Store
-        from recorder.verify import device_key_for
+        from recorder.evidence import keys
+        from recorder.evidence.export import export_calls
+        from recorder.evidence.verify import device_key_for
+        from recorder.storage.store import Store
         out = data.parent / (data.name + "-out")
         s = Store(data)
         done, failures = export_calls(s, keys.load_practice_private(self.priv), out,
@@ -159,9 +160,10 @@ class Campaign:
 
     # 3 ----------------------------------------------------------------------------------
     def boot_1970(self):
-        from recorder import audit, config
-        from recorder.retention import Retention
-        from recorder.store import Store
+        from recorder import config
+        from recorder.evidence import audit
+        from recorder.storage.retention.service import Retention
+        from recorder.storage.store import Store
         raw = self.scenario("1970-01-01T00:00:10Z", 3)
         raw["duration"] = 120.0
         raw["events"] = [e for e in raw["events"] if e["at"] < 100] + []

@@ -227,7 +227,7 @@ class Box:
 
 
 def new_box(root: Path) -> Box:
-    from recorder import keys
+    from recorder.evidence import keys
     root.mkdir(parents=True, exist_ok=True)
     priv, pub = keys.practice_keygen(root / "practice.key")
     return Box(root, Path(pub), Path(priv))
@@ -238,8 +238,8 @@ class SyncRig:
     SQLite upstream, registered for one device whose identity is made here."""
 
     def __init__(self, root: Path, box: Box, device: str = DEVICE, host: str = "127.0.0.1"):
-        from recorder import keys
-        from recorder.keys import raw_public
+        from recorder.evidence import keys
+        from recorder.evidence.keys import raw_public
         self.root, self.box, self.device = root, box, device
         (root / "pki").mkdir(parents=True, exist_ok=True)
         (root / "broker").mkdir(exist_ok=True)
@@ -286,7 +286,7 @@ class SyncRig:
     def start_ingest(self, prefix: list[str] | None = None, conf: Path | None = None) -> None:
         self.ingest_log = open(self.root / "ingest.log", "ab")  # noqa: SIM115
         self.ingest_proc = subprocess.Popen(
-            [*(prefix or []), sys.executable, "-m", "sync.ingest", "--config",
+            [*(prefix or []), sys.executable, "-m", "sync.upstream.ingest", "--config",
              str(conf or self.up_conf)], cwd=str(ROOT), stdout=subprocess.DEVNULL,
             stderr=self.ingest_log)
 
@@ -302,8 +302,8 @@ class SyncRig:
 
     def upstream(self):
         """Open the upstream DB in this process (read-only use)."""
-        from sync.upstream_config import from_dict
-        from sync.upstream_store import open_db
+        from sync.upstream.config import from_dict
+        from sync.upstream.store import open_db
         ucfg = from_dict(self.upstream_raw())
         open_db(ucfg.db_url)
         return ucfg
@@ -312,7 +312,7 @@ class SyncRig:
 def unacked(data: Path) -> int:
     from synchelpers import unacked as _unacked
 
-    from recorder.store import Store
+    from recorder.storage.store import Store
     s = Store(data)
     try:
         return _unacked(s)
@@ -322,8 +322,8 @@ def unacked(data: Path) -> int:
 
 def compare_upstream(rig: SyncRig, data: Path) -> dict:
     """Box segments and manifests vs upstream rows: lost, duplicated, mismatched."""
-    from recorder.store import Store
-    from sync.upstream_store import Problem, UCall, USegment
+    from recorder.storage.store import Store
+    from sync.upstream.store import Problem, UCall, USegment
     rig.upstream()
     s = Store(data)
     try:

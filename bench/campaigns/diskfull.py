@@ -1,7 +1,7 @@
 """Full-disk campaign: the data dir on a small tmpfs, successive days of busy 4-line
 calls with the broker down, then up, then a disk filled to the last byte (ENOSPC).
 
-Runs the real daemon in this process (``recorder.simulate.run``), with the retention
+Runs the real daemon in this process (``recorder.runtime.simulate.run``), with the retention
 service's free-space probe pointed at the tmpfs (``daemon.free_bytes``; simulation
 otherwise uses a virtual 32 GB disk) and ``retention.interval_s = 1``. Each "day" is one
 boot whose scenario starts on the next calendar day (compressed: minutes of busy lines,
@@ -96,7 +96,8 @@ class Campaign:
     # -- one boot in this process -----------------------------------------------------------
     def boot(self, phase: str, seconds: float, busy=True, fill=False, speed=None) -> dict:
         from hw import scenario as scen
-        from recorder import config, simulate
+        from recorder import config
+        from recorder.runtime import simulate
         self.day += 1
         start = (self.base + timedelta(days=self.day)).isoformat().replace("+00:00", "Z")
         if busy:
@@ -184,9 +185,9 @@ class Campaign:
 
     # -- checks ------------------------------------------------------------------------------
     def check_store(self, tag: str, crashed: bool = False) -> dict:
-        from recorder import audit
-        from recorder.store import Store
-        from recorder.verify import device_key_for, verify_call
+        from recorder.evidence import audit
+        from recorder.evidence.verify import device_key_for, verify_call
+        from recorder.storage.store import Store
         data = self.box.data
         s = Store(data)
         out = {"calls": 0, "deleted": 0, "partial": 0, "verified": 0}
@@ -257,7 +258,7 @@ class Campaign:
             self.alarm_raised = True
 
     def audit_since(self, n0: int) -> list[dict]:
-        from recorder import audit
+        from recorder.evidence import audit
         return list(audit.read(self.box.data))[n0:]
 
     # -- the campaign -----------------------------------------------------------------------
@@ -270,7 +271,7 @@ class Campaign:
             return 0
         logging.getLogger().addHandler(self.trap)
         logging.getLogger().setLevel(logging.WARNING)
-        logging.getLogger("recorder.alarms").setLevel(logging.INFO)
+        logging.getLogger("recorder.runtime.alarms").setLevel(logging.INFO)
         days_down = getattr(a, "days_down", None) or (2 if a.quick else 5)
         day_s = getattr(a, "day_s", None) or (300.0 if a.quick else 900.0)
         phases = getattr(a, "phases", "ABC")
@@ -283,7 +284,7 @@ class Campaign:
             self.rig = common.SyncRig(self.root, self.box)
             self.box.config = None
             # Phase A: broker down (nothing listening on its port) for several days.
-            from recorder import audit
+            from recorder.evidence import audit
             for _ in range(days_down if "A" in phases else 0):
                 info = self.boot("broker down", day_s)
                 self.judge_boot(info)

@@ -8,15 +8,16 @@ hold one for seconds: reported, with the input, but not a parser fault):
 
 * ``frames``    provisioning frames: ``provisioning.protocol.FrameParser.feed`` (which
   must never raise) and ``Frame.json``;
-* ``commands``  MQTT command payloads: ``sync.commands.verify`` with the box's trusted key,
+* ``commands``  MQTT command payloads: ``sync.signed_commands.verify`` with the box's trusted key,
   then ``check_nonce``, including envelopes *correctly signed* over fuzzed bodies;
 * ``scenario``  ``hw.scenario.from_dict`` (mutated valid scenarios) and ``load`` (bytes
   on disk);
 * ``config``    ``recorder.config.loads`` (TOML text) and ``from_dict``;
-* ``segments``  ``recorder.segfile.parse``, ``recorder.evidence.Found.from_bytes`` and
-  ``recorder.export.decode_segments``, on mutated real segments and on segments
+* ``segments``  ``recorder.evidence.segfile.parse``,
+  ``recorder.evidence.chain.Found.from_bytes`` and ``recorder.evidence.export.decode_segments``,
+  on mutated real segments and on segments
   correctly sealed to the practice key with fuzzed headers and payloads; and
-  ``recorder.journal.read`` (which must never raise) on the same bytes, bare and framed
+  ``recorder.storage.journal.read`` (which must never raise) on the same bytes, bare and framed
   as a journal record followed by a torn copy.
 
 Engines: hypothesis (always) and atheris (coverage-guided libFuzzer, in a subprocess per
@@ -59,7 +60,7 @@ KNOWN: dict[tuple[str, str], str] = {}
 
 
 def crash_kind(key: str) -> tuple[str, str]:
-    """('RecursionError', 'sync/commands.py') from 'RecursionError at sync/commands.py:48'."""
+    """('RecursionError', 'sync/x.py') from 'RecursionError at sync/x.py:48'."""
     typ, _, where = key.partition(" at ")
     return typ, where.rsplit(":", 1)[0]
 
@@ -73,8 +74,8 @@ class Ctx:
     def __init__(self, tmp: Path):
         from cryptography.hazmat.primitives.asymmetric import ed25519
 
-        from recorder import keys
-        from recorder.store import Store
+        from recorder.evidence import keys
+        from recorder.storage.store import Store
         self.tmp = tmp
         priv, pub = keys.practice_keygen(tmp / "practice.key")
         self.practice_priv = keys.load_practice_private(priv)
@@ -108,7 +109,7 @@ class Ctx:
     key) and a manifest."""
         import numpy as np
 
-        from recorder import codec, segfile
+        from recorder.evidence import codec, segfile
         out = []
         for cname, n in (("flac", 800), ("opus", 960)):
             pcm = (3000 * np.sin(np.arange(n) / 5)).astype(np.int16)
@@ -126,11 +127,11 @@ class Ctx:
         return out
 
     def seal(self, header: dict, payload: bytes) -> bytes:
-        from recorder import segfile
+        from recorder.evidence import segfile
         return segfile.seal(segfile.KIND_SEGMENT, header, payload, self.practice_pub)
 
     def sign_body(self, body) -> bytes:
-        from recorder.segfile import canonical
+        from recorder.evidence.segfile import canonical
         raw = canonical(body)
         return json.dumps({"body": raw.decode(), "sig": self.cmd_key.sign(raw).hex()}).encode()
 
@@ -156,7 +157,7 @@ def t_frames(ctx, data: bytes) -> None:
 
 
 def t_commands(ctx, data: bytes) -> None:
-    from sync import commands
+    from sync import signed_commands as commands
     now = 1.8e9
     body = commands.verify(data, ctx.cmd_pub, DEVICE, now=now)
     commands.check_nonce(ctx.store, body, now=now)
@@ -181,8 +182,9 @@ def t_config(ctx, data) -> None:
 
 
 def t_segments(ctx, data: bytes) -> None:
-    from recorder import evidence, export, segfile
     from recorder.errors import LinetapError
+    from recorder.evidence import chain as evidence
+    from recorder.evidence import export, segfile
     try:
         segfile.parse(data)
     except LinetapError:
@@ -190,7 +192,7 @@ def t_segments(ctx, data: bytes) -> None:
     f = evidence.Found.from_bytes(0, data)
     assert f.sha256, "no hash"
     export.decode_segments([(0, data)], ctx.practice_priv, None, "flac")
-    from recorder import journal
+    from recorder.storage import journal
     journal.read(data)
     if 0 < len(data) <= journal.MAX_BLOB:
         blobs, _ = journal.read(journal.frame(data) + journal.frame(data)[:len(data) // 2])
@@ -343,7 +345,7 @@ def gen_input(ctx, target: str, rng: random.Random):
             out += mutate(rng, f) if rng.random() < 0.3 else f
         return bytes(out)
     if target == "commands":
-        from sync import commands
+        from sync import signed_commands as commands
         if r < 0.1:
             return rng.randbytes(rng.randrange(120))
         if r < 0.2:
@@ -391,7 +393,7 @@ def gen_input(ctx, target: str, rng: random.Random):
             return mutate(rng, rng.choice(ctx.segments))
         if r < 0.45:
             return rng.randbytes(rng.randrange(200))
-        from recorder import segfile
+        from recorder.evidence import segfile
         h = {"v": 1, "kind": "segment", "device": DEVICE, "call": "C1", "seq": 0,
              "first_sample": 0, "samples": 400, "rate": 8000, "codec": "flac",
              "suite": segfile.suite_ids(), "start": "2026-11-25T09:00:00.000Z"}
@@ -509,8 +511,8 @@ sys.path.insert(0, {root!r})
 import atheris
 with atheris.instrument_imports(include=["recorder", "hw", "sync", "provisioning"]):
     from bench.campaigns import fuzz as F
-    import provisioning.protocol, sync.commands, hw.scenario, recorder.config
-    import recorder.segfile, recorder.evidence, recorder.export
+    import provisioning.protocol, sync.signed_commands, hw.scenario, recorder.config
+    import recorder.evidence.segfile, recorder.evidence.chain, recorder.evidence.export
 from pathlib import Path
 import tempfile
 ctx = F.Ctx(Path(tempfile.mkdtemp(prefix="linetap-atheris-")))
@@ -575,8 +577,8 @@ def mqtt_attacks(work: Path) -> dict:
     import paho.mqtt.client as mqtt
     from synchelpers import Running, make_box, practice_keys, wait_for, write_command_key
 
-    from recorder import audit
-    from sync import commands
+    from recorder.evidence import audit
+    from sync import signed_commands as commands
     (work / "pki").mkdir(parents=True)
     (work / "broker").mkdir()
     fx = common.sync_fixtures()

@@ -454,7 +454,7 @@ class Campaign:
 
     def unacked_before(self, t: float) -> int:
         """Segments written before wall time ``t`` that upstream has not acked yet."""
-        from recorder.store import Store
+        from recorder.storage.store import Store
         s = Store(self.box.data)
         try:
             S = s.m.Segment

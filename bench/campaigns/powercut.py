@@ -47,9 +47,9 @@ SEGMENT_S = 10.0
 
 
 def _hold_s() -> float:
-    """The recorder's hold in seconds: the hang-up decision lag + 1 s (recorder/calls.py,
+    """The recorder's hold in seconds: the hang-up decision lag + 1 s (recorder/calls/processor.py,
     ``CallProcessor.hold``), from the default timing config."""
-    from recorder import callstate
+    from recorder.calls import state as callstate
     from recorder.config import Config
     return callstate.Timing.from_config(Config().timing, RATE).decision_lag / RATE + 1.0
 
@@ -66,12 +66,13 @@ LOSS_BOUND_S = 2.0 if JOURNAL_S else SEGMENT_S + HOLD_S
 STATUS_JITTER_S = 0.05  # wall time: the kill-time estimate's allowance, times the speed
 POINTS = ("before_fsync", "before_rename", "before_dirsync", "journal_before_sync")
 # A deletion of a finished call (retention's "synced" clean-up), cut at each of its
-# steps between boots; the next boot's recovery must finish it (recorder/retention.py).
+# steps between boots; the next boot's recovery must finish it
+# (recorder/storage/retention/).
 DELETE_POINTS = ("delete_marked", "delete_unlinked", "delete_committed", "delete_audited")
 _DELETE_CUT = """
 import sys
-from recorder.retention import Retention
-from recorder.store import Store
+from recorder.storage.retention.service import Retention
+from recorder.storage.store import Store
 Retention(Store(sys.argv[1]), sys.argv[1], None).delete_call(sys.argv[2], "synced")
 sys.exit(3)     # the crash point was never reached
 """
@@ -184,7 +185,7 @@ class Campaign:
     def deletion_cut(self, point: str) -> None:
         """Between boots: delete a finished call in a separate process that dies with
         SIGKILL at ``point`` (the box is not running, as after any kill here)."""
-        from recorder.store import Store
+        from recorder.storage.store import Store
         pending = {a["id"] for p in self.pending for a in p["active"]}
         s = Store(self.box.data)
         try:
@@ -211,7 +212,7 @@ class Campaign:
     def check_deletions(self, s, tag: str) -> None:
         """Every cut deletion is finished by the boot after it, audited exactly once,
         and no deletion marker survives a boot."""
-        from recorder import audit
+        from recorder.evidence import audit
         acts = [e for e in audit.tail(self.box.data, 1 << 22)
                 if e["action"] == "delete" and e["detail"].get("reason") == "synced"]
         for cid in self.deleting:
@@ -231,7 +232,7 @@ class Campaign:
                                    f"{[str(q.relative_to(self.box.data)) for q in marks[:5]]}")
 
     def open_calls(self) -> list[dict]:
-        from recorder.store import Store
+        from recorder.storage.store import Store
         s = Store(self.box.data)
         try:
             C = s.m.Call
@@ -242,8 +243,8 @@ class Campaign:
 
     # -- checks ----------------------------------------------------------------------------
     def check_restart(self) -> None:
-        from recorder.store import Store
-        from recorder.verify import device_key_for, verify_call
+        from recorder.evidence.verify import device_key_for, verify_call
+        from recorder.storage.store import Store
         self.stats["restarts_checked"] += 1
         data = self.box.data
         tag = f"after boot {self.box.boots - 1} (checked in boot {self.box.boots})"

@@ -11,8 +11,9 @@ from dsp_helpers import add_noise, pad, sine_power
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recorder.dsp import callerid, gen
-from recorder.dsp.common import DspInputError, mask_number
+from hw import linesignals as gen
+from recorder.calls.dsp import callerid
+from recorder.calls.dsp.common import DspInputError, mask_number
 
 RATES = (8000, 16000)
 WHEN = dt.datetime(2026, 11, 25, 9, 5)

@@ -8,9 +8,10 @@ from dsp_helpers import add_noise, pad, sine_power
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recorder.dsp import dtmf, gen
-from recorder.dsp.common import DBM0_TO_DBFS, DspInputError
-from recorder.dsp.dtmf import DtmfDetector, ToneMeasure, judge
+from hw import linesignals as gen
+from recorder.calls.dsp import dtmf
+from recorder.calls.dsp.common import DBM0_TO_DBFS, DspInputError
+from recorder.calls.dsp.dtmf import DtmfDetector, ToneMeasure, judge
 
 RATES = (8000, 16000)
 ALL = "123A456B789C*0#D"

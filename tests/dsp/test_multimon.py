@@ -16,7 +16,8 @@ import pytest
 import soundfile as sf
 from dsp_helpers import add_noise, sine_power
 
-from recorder.dsp import callerid, dtmf, gen
+from hw import linesignals as gen
+from recorder.calls.dsp import callerid, dtmf
 
 pytestmark = pytest.mark.skipif(
     shutil.which("multimon-ng") is None or shutil.which("sox") is None,

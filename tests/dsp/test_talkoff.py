@@ -13,7 +13,8 @@ import corpus
 import numpy as np
 import pytest
 
-from recorder.dsp import callerid, dtmf, gen
+from hw import linesignals as gen
+from recorder.calls.dsp import callerid, dtmf
 
 LONG = os.environ.get("LINETAP_LONG") == "1"
 pytestmark = pytest.mark.skipif(

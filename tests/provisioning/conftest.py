@@ -10,7 +10,7 @@ from provhelpers import FakeRecorder, PtyCable, box_config
 
 from provisioning.dispatcher import AgentEnv, Dispatcher
 from provisioning.presence import Presence
-from recorder import keys
+from recorder.evidence import keys
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """The real command lines: `linetap provision-agent` in a subprocess on one end of the pty
 cable, `linetap-provision` (client.cli_main) on the other.
 
-The agent's options follow a "--": recorder/cli.py's REMAINDER argument does not accept a
+The agent's options follow a "--": recorder/cli/__init__.py's REMAINDER argument does not accept a
 leading option (``linetap provision-agent --port X`` is rejected by argparse).
 """
 

@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from provhelpers import box_config, call, reply
 
 from provisioning import protocol, tlscert
-from recorder import audit, keys
 from recorder import config as rconfig
+from recorder.evidence import audit, keys
 
 
 def practice_pub(tmp_path) -> str:

@@ -17,8 +17,9 @@ from cryptography.x509.oid import NameOID
 
 from provisioning import tlscert
 from recorder import config as rconfig
-from recorder import doctor, keys
-from recorder.doctor import FAIL, OK, WARN
+from recorder.cli import doctor
+from recorder.cli.doctor import FAIL, OK, WARN
+from recorder.evidence import keys
 
 NOW = dt.datetime(2026, 11, 25, 9, 0, tzinfo=dt.UTC)
 Usage = namedtuple("Usage", "total used free")

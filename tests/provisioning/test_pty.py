@@ -13,9 +13,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from provhelpers import box_config
 
 from provisioning import client, protocol, sitefile, tlscert
-from recorder import audit, keys
 from recorder import config as rconfig
 from recorder.errors import ConfigError, ProtocolError
+from recorder.evidence import audit, keys
 
 
 def write_site(tmp_path, box, *, with_ca=True, extra_box="") -> tuple:

@@ -4,7 +4,7 @@ import os
 import socket
 import uuid
 
-from recorder.sdnotify import SdNotifier
+from recorder.runtime.sdnotify import SdNotifier
 
 
 def _server(path):

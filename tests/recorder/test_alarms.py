@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from recorder import alarms as al
+from recorder.runtime import alarms as al
 
 T = al.Thresholds()
 
@@ -101,7 +101,7 @@ def test_identity_alarm_is_left_for_status(sim, practice_keys, capsys):
     (True, 0.1, True), (True, 4.9, True), (True, 5.0, False), (False, 0.1, False),
 ])
 def test_watchdog_is_fed_only_while_audio_arrives(alive, age, ok):
-    from recorder.daemon import watchdog_ok
+    from recorder.runtime.daemon import watchdog_ok
     assert watchdog_ok(alive, age) is ok
 
 
@@ -110,7 +110,7 @@ def test_disk_full_is_recognised_through_the_exception_chain():
     import errno
     import sqlite3
 
-    from recorder.writer import disk_full
+    from recorder.storage.writer import disk_full
     assert disk_full(OSError(errno.ENOSPC, "No space left on device"))
     assert not disk_full(OSError(errno.EACCES, "Permission denied"))
     full = sqlite3.OperationalError("database or disk is full")
@@ -128,7 +128,7 @@ def test_shutdown_survives_a_checkpoint_refused_by_a_full_disk():
     import sqlite3
 
     from recorder.config import Config
-    from recorder.daemon import Daemon, Hardware
+    from recorder.runtime.daemon import Daemon, Hardware
 
     class FullDiskStore:
         closed = False

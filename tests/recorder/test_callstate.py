@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from recorder import callstate as cs
+from recorder.calls import state as cs
 from recorder.config import PauseConfig, TimingConfig
 
 T = cs.Timing.from_config(TimingConfig(), 8000)   # debounce 200, hangup 4000

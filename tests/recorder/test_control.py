@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from recorder import control
+from recorder.runtime import control_socket as control
 
 
 def test_status_and_tone_over_the_control_socket(sim):
@@ -23,7 +23,8 @@ def test_status_and_tone_over_the_control_socket(sim):
         threading.Thread(target=go, daemon=True).start()
 
     from hw import scenario as scen
-    from recorder import config, simulate
+    from recorder import config
+    from recorder.runtime import simulate
     sc = sim.scenario([], duration=4.0)
     cfg = simulate.sim_config(config.Config(), sc, str(sim.data), str(sim.pub))
     simulate.run(sc, cfg.replace(audio__period_frames=160), speed=4.0,

@@ -9,8 +9,9 @@ import struct
 
 import pytest
 
-from recorder import audit, cli
-from recorder.verify import device_key_for, verify_call
+from recorder import cli
+from recorder.evidence import audit
+from recorder.evidence.verify import device_key_for, verify_call
 
 EVENTS = [
     {"at": 0.0, "line": 0, "type": "tone", "hz": 800, "duration": 200},
@@ -32,7 +33,7 @@ def recorded(tmp_path_factory, practice_keys):
 def store_copy(recorded, tmp_path):
     d = tmp_path / "data"
     shutil.copytree(recorded.data, d)
-    from recorder.store import Store
+    from recorder.storage.store import Store
     st = Store(d)
     rows = st.calls()
     assert [r.segments for r in rows] == [5, 2]
@@ -100,11 +101,11 @@ def _resign(st, row):
     """Re-sign the genuine manifest with a new key, as a forger would."""
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
-    from recorder.segfile import canonical, parse
+    from recorder.evidence.segfile import canonical, parse
     p = parse(st.abs(row.manifest).read_bytes())
     h = dict(p.header)
     k = ed25519.Ed25519PrivateKey.generate()
-    from recorder.keys import raw_public
+    from recorder.evidence.keys import raw_public
     h["signer"] = raw_public(k.public_key()).hex()
     hdr = canonical(h)
     pre = p.preamble[:6] + struct.pack(">I", len(hdr)) + hdr
@@ -204,7 +205,7 @@ def test_independent_decryption_of_a_journal_record(tmp_path, practice_keys):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-    from recorder import codec, segfile
+    from recorder.evidence import codec, segfile
     sk = serialization.load_pem_private_key(practice_keys[0].read_bytes(), None)
     pcm = (np.arange(4000) % 701 - 350).astype(np.int16)
     ck = segfile.ContentKey(segfile.suite_ids(), sk.public_key())
@@ -236,7 +237,7 @@ def test_no_plaintext_audio_anywhere_on_disk(recorded):
 
 def test_writer_never_hands_plaintext_to_the_disk(sim, monkeypatch):
     """Temp files included: every byte the writer writes goes through atomic_write."""
-    import recorder.writer as w
+    import recorder.storage.writer as w
     seen = []
     real = w.atomic_write
 

@@ -10,13 +10,21 @@ import time
 import numpy as np
 import pytest
 
-from recorder import journal, keys, recovery
 from recorder.errors import JournalError
-from recorder.export import decode_segments
-from recorder.store import Store
+from recorder.evidence import keys
+from recorder.evidence.export import decode_segments
+from recorder.evidence.verify import device_key_for, verify_call
+from recorder.storage import journal, recovery
+from recorder.storage.store import Store
+from recorder.storage.writer import (
+    CallInfo,
+    CloseCall,
+    JournalAppend,
+    OpenCall,
+    Writer,
+    WriteSegment,
+)
 from recorder.timebase import Timebase, iso
-from recorder.verify import device_key_for, verify_call
-from recorder.writer import CallInfo, CloseCall, JournalAppend, OpenCall, Writer, WriteSegment
 
 RATE = 8000
 BLOBS = [b"first record", b"x" * 3000, b"third"]
@@ -163,7 +171,7 @@ def test_recovery_adopts_the_journal_of_the_segment_in_progress(tmp_path, practi
 
 
 def _record_keys(path) -> list[tuple[int, str]]:
-    from recorder import segfile
+    from recorder.evidence import segfile
     return [(h["seq"], h["key"]) for h in
             (segfile.parse(b).header for b in journal.read(path.read_bytes())[0])]
 
@@ -244,7 +252,7 @@ def test_a_segment_given_up_to_a_full_disk_leaves_a_gap_not_a_crash(tmp_path, pr
     ones are stored with contiguous seqs (the chain and manifest stay whole), the lost
     span is a gap in the call's metadata and silence in the export, and the writer does
     not stop ("segment 2 where 1 was due" used to kill it)."""
-    import recorder.writer as wmod
+    import recorder.storage.writer as wmod
     store, w, data = _box(tmp_path, practice_keys)
     monkeypatch.setattr(wmod, "DISK_FULL_RETRIES", 3)
     monkeypatch.setattr(wmod.time, "sleep", lambda s: None)

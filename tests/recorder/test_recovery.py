@@ -12,8 +12,8 @@ import time
 import pytest
 
 from recorder import fsutil
-from recorder.store import Store
-from recorder.verify import device_key_for, verify_call
+from recorder.evidence.verify import device_key_for, verify_call
+from recorder.storage.store import Store
 
 
 def _scenario(path, duration, extra=()):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric import x25519
 
-from recorder import codec, segfile
 from recorder.errors import SegmentFormatError
+from recorder.evidence import codec, segfile
 
 SK = x25519.X25519PrivateKey.generate()
 PCM = (np.arange(4000) % 611 - 300).astype(np.int16)

@@ -26,7 +26,7 @@ def test_cli_dialled_digits_and_masking(sim):
     first = int(4.8 * 8000)
     keyed = pcm[int(9.0 * 8000) - first:int(9.7 * 8000) - first]
     assert not keyed.any()                                   # DTMF is absent
-    from recorder.dsp import dtmf
+    from recorder.calls.dsp import dtmf
     assert dtmf.detect(pcm, 8000) == []
     rows = sim.store().calls(number="01632960123")
     assert [r.id for r in rows] == [meta["call_id"]]
@@ -73,5 +73,5 @@ def test_a_held_key_is_masked_from_its_first_sample(sim):
     first = int(0.5 * 8000)
     keyed = pcm[int(3.0 * 8000) - first:int(6.0 * 8000) - first]
     assert len(keyed) == 3 * 8000 and not keyed.any()
-    from recorder.dsp import dtmf
+    from recorder.calls.dsp import dtmf
     assert dtmf.detect(pcm, 8000) == []

@@ -40,7 +40,8 @@ def test_unsynchronised_clock_is_noted_in_every_call(sim):
         daemon.hw.timebase.synchronised = False
 
     from hw import scenario as scen  # noqa: F401 - keeps the import graph as in production
-    from recorder import config, simulate
+    from recorder import config
+    from recorder.runtime import simulate
     sc = sim.scenario([{"at": 1.0, "line": 0, "type": "offhook"},
                        {"at": 5.0, "line": 0, "type": "onhook"},
                        {"at": 6.0, "line": 0, "type": "ring", "until": 14.0}], duration=16)
@@ -60,8 +61,9 @@ def test_rtc_less_boot_calls_are_restamped_and_never_expired_early(sim):
     never treats their 1970 deadlines as passed."""
     import threading
 
-    from recorder import config, simulate
-    from recorder.retention import Retention
+    from recorder import config
+    from recorder.runtime import simulate
+    from recorder.storage.retention.service import Retention
     from recorder.timebase import parse_iso
     true_start = parse_iso("2026-11-25T09:00:00Z")
 
@@ -112,9 +114,9 @@ def test_the_writer_reanchors_in_queue_order(tmp_path, practice_keys):
     """Jobs queued before the sync were stamped with the old anchor and are moved by the
     step; jobs queued after it are stamped with the new anchor and are not moved again
     (re-anchoring outside the queue moved a call still queued twice)."""
-    from recorder import keys
-    from recorder.store import Store
-    from recorder.writer import CallInfo, CloseCall, OpenCall, Restamp, Writer
+    from recorder.evidence import keys
+    from recorder.storage.store import Store
+    from recorder.storage.writer import CallInfo, CloseCall, OpenCall, Restamp, Writer
     data = tmp_path / "data"
     tb = Timebase(8000, epoch0=0.0, synchronised=False)          # booted at 1970
     w = Writer(Store(data), device="dev-c", rate=8000, codec_name="flac",

@@ -52,14 +52,14 @@ def test_provisioning_frame_with_deeply_nested_json():
                                      json.dumps({"body": DEEP, "sig": "00"}).encode()])
 def test_command_with_deeply_nested_json(payload):
     from recorder.errors import CommandRejected
-    from sync import commands
+    from sync import signed_commands as commands
     with pytest.raises(CommandRejected):
         commands.verify(payload, None, "dev-a")
 
 
 def test_signed_command_with_a_list_as_kind(ctx):
     from recorder.errors import CommandRejected
-    from sync import commands
+    from sync import signed_commands as commands
     env = ctx.sign_body({"v": 1, "kind": ["delete"], "device": "dev-a", "nonce": "ab" * 16,
                          "issued": 1.8e9, "expires": 1.8e9 + 60})
     with pytest.raises(CommandRejected):
@@ -83,7 +83,7 @@ def test_config_with_deeply_nested_array():
 
 
 def _sealed(ctx, **over):
-    from recorder import segfile
+    from recorder.evidence import segfile
     h = {"v": 1, "kind": "segment", "device": "dev-a", "call": "C1", "seq": 0,
          "first_sample": 0, "samples": 400, "rate": 8000, "codec": "flac",
          "suite": segfile.suite_ids(), "start": "2026-11-25T09:00:00.000Z", **over}
@@ -93,7 +93,7 @@ def _sealed(ctx, **over):
 @pytest.mark.parametrize("first_sample", ["x", float("inf")])
 def test_export_of_a_sealed_segment_with_a_bad_first_sample(ctx, first_sample):
     """Anyone with the practice *public* key can seal such a file; a box could upload it."""
-    from recorder import export
+    from recorder.evidence import export
     _pcm, problems = export.decode_segments([(0, _sealed(ctx, first_sample=first_sample))],
                                             ctx.practice_priv, None, "flac")
     assert problems
@@ -102,7 +102,7 @@ def test_export_of_a_sealed_segment_with_a_bad_first_sample(ctx, first_sample):
 def test_export_does_not_trust_a_huge_sample_count(ctx):
     """An Opus-labelled segment claiming 10^9 samples makes export allocate 2 GB of zeros
     (and 10^10 would exhaust memory); it should be refused as malformed."""
-    from recorder import export
+    from recorder.evidence import export
     pcm, problems = export.decode_segments([(0, _sealed(ctx, codec="opus",
                                                         samples=10**9))],
                                            ctx.practice_priv, None, "flac")
@@ -110,7 +110,7 @@ def test_export_does_not_trust_a_huge_sample_count(ctx):
 
 
 def test_export_of_a_sealed_segment_with_boolean_samples(ctx):
-    from recorder import export
+    from recorder.evidence import export
     _pcm, problems = export.decode_segments([(0, _sealed(ctx, codec="opus", samples=True))],
                                             ctx.practice_priv, None, "flac")
     assert problems
@@ -118,7 +118,7 @@ def test_export_of_a_sealed_segment_with_boolean_samples(ctx):
 
 @pytest.mark.parametrize("codec", [{"": "x"}, ["flac"], 7, None])
 def test_export_of_a_sealed_segment_with_a_non_string_codec(ctx, codec):
-    from recorder import export
+    from recorder.evidence import export
     _pcm, problems = export.decode_segments([(0, _sealed(ctx, codec=codec))],
                                             ctx.practice_priv, None, "flac")
     assert problems

@@ -9,11 +9,11 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from recorder import keys
 from recorder.config import Config
-from recorder.store import Store
+from recorder.evidence import keys
+from recorder.storage.store import Store
+from recorder.storage.writer import CallInfo, CloseCall, OpenCall, Writer, WriteSegment
 from recorder.timebase import Timebase
-from recorder.writer import CallInfo, CloseCall, OpenCall, Writer, WriteSegment
 
 RATE = 8000
 
@@ -88,7 +88,7 @@ def box_cfg(data_dir, **sync) -> Config:
 def upstream_raw(tmp: Path, broker, pki, boxes, *, db_url=None, retention_days=90.0,
                  command_key=None) -> dict:
     """Upstream config data registering each box's identity key under site ``site1``."""
-    from recorder.keys import raw_public
+    from recorder.evidence.keys import raw_public
     devices = {b.device: raw_public(b.identity.public_key()).hex() for b in boxes}
     raw = {"database": {"url": db_url or f"sqlite:///{tmp / 'upstream.db'}"},
            "objects": {"path": str(tmp / "objects")},
@@ -103,7 +103,7 @@ def upstream_raw(tmp: Path, broker, pki, boxes, *, db_url=None, retention_days=9
 
 
 def upstream_cfg(*args, **kw):
-    from sync.upstream_config import from_dict
+    from sync.upstream.config import from_dict
     return from_dict(upstream_raw(*args, **kw))
 
 
@@ -134,7 +134,7 @@ def write_command_key(path: Path):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
-    from recorder.keys import pem_public
+    from recorder.evidence.keys import pem_public
     key = ed25519.Ed25519PrivateKey.generate()
     path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
                                        serialization.PrivateFormat.PKCS8,
@@ -151,7 +151,7 @@ class Running:
                  free_bytes=None, alarms=None):
         import threading
 
-        from recorder.retention import Retention
+        from recorder.storage.retention.service import Retention
         from sync.uploader import Uploader, UploaderThread
         dev = pki.devices[box.device]
         extra = {"command_key": str(command_pub)} if command_pub else {}
@@ -198,9 +198,9 @@ class InProcWorker:
     def __init__(self, ucfg, client_id="ingest-t1"):
         import threading
 
-        from recorder.service import ServiceThread
-        from sync.ingest import Worker
-        from sync.upstream_store import open_db
+        from recorder.runtime.threads import ServiceThread
+        from sync.upstream.ingest import Worker
+        from sync.upstream.store import open_db
         open_db(ucfg.db_url)
         self.w = Worker(ucfg, client_id=client_id, reconnect_s=(0.05, 0.5))
         self.w.start()

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from synchelpers import make_box, practice_keys
 
 from recorder.errors import CommandRejected
-from sync import commands
+from sync import signed_commands as commands
 
 
 @pytest.fixture

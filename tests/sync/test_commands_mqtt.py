@@ -19,11 +19,12 @@ from synchelpers import (
     write_command_key,
 )
 
-from recorder import audit
-from sync import commands, upstream_ops
-from sync.objectstore import open_objects
-from sync.upstream_cli import cli_main
-from sync.upstream_store import Command, UCall, USegment
+from recorder.evidence import audit
+from sync import signed_commands as commands
+from sync.upstream import ops as upstream_ops
+from sync.upstream.cli import cli_main
+from sync.upstream.objectstore import open_objects
+from sync.upstream.store import Command, UCall, USegment
 
 
 def _actions(box, action):

@@ -1,5 +1,5 @@
 """The real daemon on a simulated 2-line run with sync enabled (services started by
-recorder.services), then the backlog drains upstream and exports match the box."""
+recorder.runtime.assembly), then the backlog drains upstream and exports match the box."""
 
 from __future__ import annotations
 
@@ -16,13 +16,14 @@ from synchelpers import (
 )
 
 from hw import scenario as scen
-from recorder import keys, simulate
-from recorder.export import export_calls
-from recorder.store import Store
-from recorder.verify import device_key_for
-from sync import upstream_ops
-from sync.objectstore import open_objects
-from sync.upstream_store import UCall
+from recorder.evidence import keys
+from recorder.evidence.export import export_calls
+from recorder.evidence.verify import device_key_for
+from recorder.runtime import simulate
+from recorder.storage.store import Store
+from sync.upstream import ops as upstream_ops
+from sync.upstream.objectstore import open_objects
+from sync.upstream.store import UCall
 
 SCENARIO = {"rate": 8000, "start": "2026-11-25T09:00:00Z", "duration": 40.0, "lines": 2,
             "events": [

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 from synchelpers import box_cfg, make_box, practice_keys, upstream_cfg, write_calls
 
 from sync import protocol
-from sync.ingest import Ingest
-from sync.upstream_store import UCall, USegment, is_complete, open_db
+from sync.upstream.ingest import Ingest
+from sync.upstream.store import UCall, USegment, is_complete, open_db
 
 
 class _Info:

@@ -23,8 +23,8 @@ from synchelpers import (
 )
 
 from sync import protocol
-from sync.ingest import Ingest
-from sync.upstream_store import Problem, UCall, USegment, is_complete, open_db
+from sync.upstream.ingest import Ingest
+from sync.upstream.store import Problem, UCall, USegment, is_complete, open_db
 
 
 def _acked(store) -> int:
@@ -115,7 +115,7 @@ def test_duplicated_and_reordered_deliveries(tmp_path, pki):
     bad = protocol.split(b"x" * 100)[0][:-1] + b"y"
     assert ing.handle(protocol.seg_topic("linetap", "site1", box.device, c.id, 9), bad) is None
     # A late copy of a call deleted upstream is acked but never stored again.
-    from sync import upstream_ops
+    from sync.upstream import ops as upstream_ops
     row = UCall.get(UCall.call == c.id)
     upstream_ops.delete_call(ing.objects, row, "upstream_delete")
     late = [(t, p) for t, p in items if f"/{c.id}" in t]
@@ -172,7 +172,7 @@ def test_worker_killed_before_ack(tmp_path, broker, pki):
     conf = tmp_path / "upstream.toml"
     conf.write_text(to_toml(raw))
     env = dict(os.environ, LINETAP_INGEST_CRASH_AFTER="3")
-    proc = subprocess.Popen([sys.executable, "-m", "sync.ingest", "--config", str(conf)],
+    proc = subprocess.Popen([sys.executable, "-m", "sync.upstream.ingest", "--config", str(conf)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     run = Running(box, broker, pki, window=4, ack_timeout_s=2.0)
     try:
@@ -230,8 +230,8 @@ def test_an_upstream_deletion_cut_short_is_finished_by_the_next_tick(tmp_path, p
 
     import pytest
 
-    from sync import upstream_ops
-    from sync.upstream_store import UAudit
+    from sync.upstream import ops as upstream_ops
+    from sync.upstream.store import UAudit
     box, ucfg, ing, items = _offline_ingest(tmp_path, pki, 2)
     for topic, payload in items:
         ing.handle(topic, payload)
@@ -273,8 +273,8 @@ def test_a_deleting_call_takes_no_hold_no_export_and_is_audited_once(tmp_path, p
     import pytest
 
     from recorder.errors import CommandRejected, StoreError
-    from sync import upstream_ops
-    from sync.upstream_store import UAudit
+    from sync.upstream import ops as upstream_ops
+    from sync.upstream.store import UAudit
     box, ucfg, ing, items = _offline_ingest(tmp_path, pki, 1)
     for topic, payload in items:
         ing.handle(topic, payload)
@@ -300,8 +300,8 @@ def test_a_practice_deletion_queues_the_box_command_before_it_deletes(tmp_path, 
     the signed delete command is queued first, and expire() finishes upstream."""
     import pytest
 
-    from sync import upstream_ops
-    from sync.upstream_store import Command
+    from sync.upstream import ops as upstream_ops
+    from sync.upstream.store import Command
     write_command_key(tmp_path / "command.key")
     box, ucfg, ing, items = _offline_ingest(tmp_path, pki, 1, tmp_path / "command.key")
     for topic, payload in items:

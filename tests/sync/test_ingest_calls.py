@@ -9,11 +9,12 @@ from types import SimpleNamespace
 import pytest
 from synchelpers import make_box, practice_keys, upstream_raw, write_calls
 
-from recorder import segfile
+from recorder.evidence import segfile
 from recorder.timebase import parse_iso
-from sync import protocol, upstream_config
-from sync.ingest import Ingest
-from sync.upstream_store import UCall, USegment, open_db
+from sync import protocol
+from sync.upstream import config as upstream_config
+from sync.upstream.ingest import Ingest
+from sync.upstream.store import UCall, USegment, open_db
 
 DAY = 86400
 

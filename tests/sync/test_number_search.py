@@ -23,10 +23,10 @@ from synchelpers import (
 )
 
 from recorder import cli
-from recorder.keys import practice_keygen
-from sync import upstream_config
-from sync.upstream_cli import cli_main
-from sync.upstream_store import UAudit, UCall
+from recorder.evidence.keys import practice_keygen
+from sync.upstream import config as upstream_config
+from sync.upstream.cli import cli_main
+from sync.upstream.store import UAudit, UCall
 
 N1, N2, N3 = "01632960111", "01632960222", "01632960333"
 

@@ -11,9 +11,11 @@ import pytest
 from synchelpers import make_box, practice_keys, upstream_raw, write_calls
 
 from recorder.errors import ConfigError
-from sync import protocol, upstream_config, upstream_ops
-from sync.ingest import Ingest, Worker
-from sync.upstream_store import UAudit, USegment, open_db, verify_audit
+from sync import protocol
+from sync.upstream import config as upstream_config
+from sync.upstream import ops as upstream_ops
+from sync.upstream.ingest import Ingest, Worker
+from sync.upstream.store import UAudit, USegment, open_db, verify_audit
 
 DAY = 86400
 

@@ -23,12 +23,13 @@ from synchelpers import (
     write_calls,
 )
 
-from recorder import keys
-from recorder.store import Store
-from recorder.writer import CallInfo, CloseCall, OpenCall, WriteSegment
-from sync import protocol, upstream_ops
-from sync.ingest import Ingest, supersedes
-from sync.upstream_store import (
+from recorder.evidence import keys
+from recorder.storage.store import Store
+from recorder.storage.writer import CallInfo, CloseCall, OpenCall, WriteSegment
+from sync import protocol
+from sync.upstream import ops as upstream_ops
+from sync.upstream.ingest import Ingest, supersedes
+from sync.upstream.store import (
     ManifestHistory,
     Problem,
     UAudit,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from synchelpers import box_cfg, make_box, practice_keys, write_calls
 
-from recorder import audit
 from recorder.errors import CommandRejected
-from recorder.retention import CallView, Retention, SegView, decide
+from recorder.evidence import audit
+from recorder.storage.retention.service import CallView, Retention, SegView, decide
 
 DAY = 86400.0
 NOW = 1_800_000_000.0
@@ -295,8 +295,8 @@ def test_a_deletion_the_database_refuses_is_finished_on_the_next_tick(box, monke
 
 _CUT = """
 import sys
-from recorder.retention import Retention
-from recorder.store import Store
+from recorder.storage.retention.service import Retention
+from recorder.storage.store import Store
 store = Store(sys.argv[1])
 r = Retention(store, sys.argv[1], None, free_bytes=lambda: 10**12)
 if sys.argv[2] == "delete_call":
@@ -321,8 +321,8 @@ def test_a_deletion_cut_by_power_loss_is_finished_at_start_up(box, how, point):
     import subprocess
     import sys
 
-    from recorder.retention import resume_deletions
-    from recorder.store import Store
+    from recorder.storage.retention.service import resume_deletions
+    from recorder.storage.store import Store
     keep, cid = write_calls(box, n_calls=2, segs=3)
     box.store.close()
     env = dict(os.environ, LINETAP_CRASH_AT=point)
@@ -360,7 +360,7 @@ def test_a_deletion_cut_by_power_loss_is_finished_at_start_up(box, how, point):
 def test_start_up_leaves_markers_it_does_not_own_alone(box):
     """A folder that only looks like a deletion marker (an unknown call, a name that
     does not parse) is left as it is, and the box's own calls are untouched."""
-    from recorder.retention import resume_deletions
+    from recorder.storage.retention.service import resume_deletions
     [cid] = write_calls(box, n_calls=1, segs=2)
     day = box.store.abs(box.store.segments_of(cid)[0].path).parent.parent
     stray = day / ".C999-L0-abcdef.retention_expiry.del"
@@ -384,8 +384,8 @@ def test_resuming_an_eviction_frees_the_space_before_it_commits(box, monkeypatch
 
     import peewee as pw
 
-    from recorder.retention import resume_deletions
-    from recorder.store import Store
+    from recorder.storage.retention.service import resume_deletions
+    from recorder.storage.store import Store
     [cid] = write_calls(box, n_calls=1, segs=3)
     box.store.close()
     p = subprocess.run([sys.executable, "-c", _CUT, str(box.data_dir), "evict_segments", cid],

@@ -16,11 +16,11 @@ from synchelpers import (
     write_calls,
 )
 
-from recorder.export import export_calls
-from recorder.verify import device_key_for
-from sync import upstream_ops
-from sync.objectstore import open_objects
-from sync.upstream_store import UCall, USegment, is_complete
+from recorder.evidence.export import export_calls
+from recorder.evidence.verify import device_key_for
+from sync.upstream import ops as upstream_ops
+from sync.upstream.objectstore import open_objects
+from sync.upstream.store import UCall, USegment, is_complete
 
 
 def test_roundtrip_export_identical(tmp_path, broker, pki):
@@ -37,7 +37,7 @@ def test_roundtrip_export_identical(tmp_path, broker, pki):
         st = run.up.sync_status()
         assert st["link"] == "online" and st["backlog"] == 0
         # The first tick sent a health message; a worker keeps the latest per device.
-        from sync.upstream_store import Health
+        from sync.upstream.store import Health
         wait_for(lambda: Health.get_or_none(Health.device == "dev-a") is not None,
                  what="health stored")
         h = Health.get(Health.device == "dev-a").body
@@ -60,7 +60,7 @@ def test_roundtrip_export_identical(tmp_path, broker, pki):
             assert a == b, f"{cid}.{ext} differs"
     assert '"status": "verified"' in (tmp_path / "ex_up" / f"{ids[0]}.json").read_text()
     # Synced copies are deleted on the box after keep_synced_days (0 here).
-    from recorder.retention import Retention
+    from recorder.storage.retention.service import Retention
     r = Retention(box.store, box.data_dir, run.cfg.replace(retention__keep_synced_days=0.0),
                   free_bytes=lambda: 10**12, clock=lambda: time.time() + 1)
     done = r.tick()

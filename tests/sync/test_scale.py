@@ -16,7 +16,7 @@ from synchelpers import (
     write_calls,
 )
 
-from sync.upstream_store import Problem, UCall, USegment, is_complete
+from sync.upstream.store import Problem, UCall, USegment, is_complete
 
 
 def test_two_workers_postgres(tmp_path, broker, pki, postgres):
@@ -54,8 +54,8 @@ def test_health_upsert_postgres(tmp_path, pki, postgres):
     """Repeated health messages replace the device's row on PostgreSQL too."""
     from types import SimpleNamespace
 
-    from sync.ingest import Ingest
-    from sync.upstream_store import Health, open_db
+    from sync.upstream.ingest import Ingest
+    from sync.upstream.store import Health, open_db
     box = SimpleNamespace(device="dev-a", identity=__import__(
         "cryptography.hazmat.primitives.asymmetric.ed25519",
         fromlist=["x"]).Ed25519PrivateKey.generate())

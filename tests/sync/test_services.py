@@ -1,4 +1,4 @@
-"""recorder.services: retention always runs; a broken sync config never stops recording."""
+"""recorder.runtime.assembly: retention always runs; a broken sync config never stops recording."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ class Alarms:
 
 
 def test_bad_sync_config_is_an_alarm_not_a_crash(tmp_path):
-    from recorder.service import join_all
-    from recorder.services import start_services
+    from recorder.runtime.assembly import start_services
+    from recorder.runtime.threads import join_all
     _priv, pub, *_ = practice_keys(tmp_path)
     box = make_box(tmp_path / "box", pub)
     cfg = box_cfg(box.data_dir, enabled=True, host="127.0.0.1", port=1,
@@ -51,9 +51,9 @@ def _daemon(tmp_path, hardware, **extra):
 def test_free_space_probe_injected_or_simulated(tmp_path):
     """Eviction never reads the host's disk in simulation, and a probe on the daemon
     is what retention uses."""
-    from recorder.retention import SIM_DISK_BYTES, SimDisk
-    from recorder.service import join_all
-    from recorder.services import start_services
+    from recorder.runtime.assembly import start_services
+    from recorder.runtime.threads import join_all
+    from recorder.storage.retention.service import SIM_DISK_BYTES, SimDisk
     d = _daemon(tmp_path / "sim", "sim")
     threads = start_services(d)
     d.stop.set()

@@ -11,10 +11,12 @@ from types import SimpleNamespace
 import pytest
 from synchelpers import make_box, practice_keys, to_toml, upstream_raw, write_calls
 
-from sync import protocol, upstream_config, upstream_ops
-from sync.ingest import Ingest
-from sync.upstream_cli import cli_main
-from sync.upstream_store import UAudit, UCall, audit, open_db, verify_audit
+from sync import protocol
+from sync.upstream import config as upstream_config
+from sync.upstream import ops as upstream_ops
+from sync.upstream.cli import cli_main
+from sync.upstream.ingest import Ingest
+from sync.upstream.store import UAudit, UCall, audit, open_db, verify_audit
 
 NOBROKER = SimpleNamespace(port=1)
 

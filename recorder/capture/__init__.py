@@ -1,0 +1,10 @@
+"""Capture: audio in from the sound card, into one ring buffer per line.
+
+Answers: *what did each line carry, sample by sample?* The ring buffer holds the last
+``audio.ring_s`` seconds of every line, indexed by absolute sample number, so a call
+found late (pre-roll, caller ID before the first ring) is still whole.
+
+May import: ``hw`` and the shared basics at the top of ``recorder`` (``errors``,
+``config``). Never the store, the evidence code or ``sync``: capture waits on nothing
+but the sound card.
+"""

@@ -1,5 +1,0 @@
-"""Signal processing for the line tap: DTMF detection, caller ID decoding, test signals.
-
-Modules: :mod:`recorder.dsp.dtmf` (DTMF detector), :mod:`recorder.dsp.callerid` (caller ID
-decoder), :mod:`recorder.dsp.gen` (signal synthesis for the simulator and tests). numpy only.
-"""

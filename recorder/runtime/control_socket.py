@@ -1,0 +1,108 @@
+"""The daemon's local control socket, used by the provisioning agent and `doctor`.
+
+A Unix stream socket at ``DATA_DIR/run/control.sock`` (mode 0660). One JSON object per
+line in, one per line out:
+
+* ``{"cmd": "status"}`` -> ``{"ok": true, ...}`` with the same content as ``status.json``.
+* ``{"cmd": "tone", "line": 0, "hz": 1000, "seconds": 1.0, "dbfs": -12}`` -> plays the
+  tone into the line and answers ``{"ok": true, "captured_dbfs": -14.2}``, the level of
+  the same span as captured (the audio test of provisioning).
+* anything else -> ``{"ok": false, "error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+
+import numpy as np
+
+from recorder.calls.announce import tone_clip
+
+log = logging.getLogger(__name__)
+SOCKET = "run/control.sock"
+MAX_REQUEST = 4096
+
+
+class ControlServer(threading.Thread):
+    def __init__(self, daemon):
+        super().__init__(name="control", daemon=True)
+        self.d = daemon
+        self.path = daemon.data_dir / SOCKET
+        self.path.unlink(missing_ok=True)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(self.path))
+        os.chmod(self.path, 0o660)
+        self.sock.listen(4)
+        self.sock.settimeout(0.5)
+
+    def run(self) -> None:
+        while not self.d.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            with conn:
+                try:
+                    conn.settimeout(30)
+                    f = conn.makefile("rwb")
+                    line = f.readline(MAX_REQUEST)
+                    f.write(json.dumps(self.handle(line), default=str).encode() + b"\n")
+                    f.flush()
+                except Exception:
+                    log.exception("control request failed")
+        self.sock.close()
+        self.path.unlink(missing_ok=True)
+
+    def handle(self, raw: bytes) -> dict:
+        try:
+            req = json.loads(raw)
+            if not isinstance(req, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            return {"ok": False, "error": "request must be one JSON object on one line"}
+        cmd = req.get("cmd")
+        if cmd == "status":
+            return {"ok": True, **self.d.status()}
+        if cmd == "tone":
+            return self.tone(req)
+        return {"ok": False, "error": f"unknown cmd {cmd!r}"}
+
+    def tone(self, req: dict) -> dict:
+        d = self.d
+        try:
+            line = int(req.get("line", 0))
+            hz, secs = float(req.get("hz", 1000.0)), float(req.get("seconds", 1.0))
+            dbfs = float(req.get("dbfs", -12.0))
+        except (TypeError, ValueError):
+            return {"ok": False, "error": "line, hz, seconds and dbfs must be numbers"}
+        if not (0 <= line < d.lines and 100 <= hz <= d.rate / 2 - 100 and 0.1 <= secs <= 10
+                and -60 <= dbfs <= 0):
+            return {"ok": False, "error": "out of range: line 0..lines-1, hz 100..rate/2-100, "
+                                          "seconds 0.1..10, dbfs -60..0"}
+        if d.processor.calls[line] is not None:
+            return {"ok": False, "error": f"line {line} has a call in progress"}
+        clip = tone_clip(hz, secs, d.rate, dbfs, "test")
+        start = d.announcer.schedule(line, clip, d.announcer.rendered)
+        end = start + clip.frames
+        if not d.ring.wait_for(end, timeout=secs + 10):
+            return {"ok": False, "error": "capture did not reach the end of the tone"}
+        x = d.ring.read(line, start, end).astype(np.float64) / 32768.0
+        rms = float(np.sqrt(np.mean(x * x))) if len(x) else 0.0
+        level = 20 * np.log10(max(rms * np.sqrt(2), 1e-9))
+        return {"ok": True, "played_dbfs": dbfs, "captured_dbfs": round(level, 1)}
+
+
+def request(data_dir, obj: dict, timeout: float = 30.0) -> dict:
+    """Client: send one request to the daemon in ``data_dir``."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(os.path.join(data_dir, SOCKET)))
+        s.sendall(json.dumps(obj).encode() + b"\n")
+        f = s.makefile("rb")
+        return json.loads(f.readline())

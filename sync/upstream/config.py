@@ -1,0 +1,162 @@
+"""Upstream configuration (TOML), validated all at once like the box's config.
+
+Example (see docs/sync.md)::
+
+    [database]
+    url = "sqlite:////var/lib/linetap-upstream/meta.db"   # or postgresql://user@host/db
+
+    [objects]
+    path = "/var/lib/linetap-upstream/objects"
+    partial_max_age_days = 7        # abandoned partial chunk uploads are removed after this
+
+    [broker]
+    host = "broker.example"
+    port = 8883
+    ca = "/etc/linetap-upstream/ca.pem"
+    cert = "/etc/linetap-upstream/ingest.pem"
+    key = "/etc/linetap-upstream/ingest.key"
+    topic_prefix = "linetap"
+    share_group = "ingest"
+
+    [commands]
+    key = "/etc/linetap-upstream/command.key"     # Ed25519 private key (PEM)
+    lifetime_days = 7
+    resend_s = 60
+
+    [sites.surgery-1]
+    retention_days = 90
+    devices = { "lt-0a1b2c3d4e5f" = "9f2c...64 hex digits", "lt-abc" = "/etc/lt-abc.pub" }
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from recorder.errors import ConfigError, KeyFileError
+from recorder.evidence.keys import load_ed25519_public
+
+SECTIONS = {
+    "database": {"url": str},
+    "objects": {"path": str, "partial_max_age_days": (int, float)},
+    "broker": {"host": str, "port": int, "ca": str, "cert": str, "key": str,
+               "topic_prefix": str, "share_group": str, "client_id": str},
+    "commands": {"key": str, "lifetime_days": (int, float), "resend_s": (int, float)},
+    "retention": {"interval_s": (int, float)},
+}
+SITE_KEYS = {"retention_days": (int, float), "devices": dict}
+
+
+@dataclass
+class Site:
+    name: str
+    retention_days: float
+    devices: dict            # device id -> Ed25519PublicKey
+
+
+@dataclass
+class UpstreamConfig:
+    db_url: str = "sqlite:///linetap-upstream.db"
+    objects: str = "objects"
+    partial_max_age_s: float = 7 * 86400
+    host: str = "localhost"
+    port: int = 8883
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    topic_prefix: str = "linetap"
+    share_group: str = "ingest"
+    client_id: str = ""
+    command_key: str = ""
+    command_lifetime_s: float = 7 * 86400
+    command_resend_s: float = 60.0
+    retention_interval_s: float = 60.0
+    sites: dict[str, Site] = field(default_factory=dict)
+
+    def site_of(self, device: str) -> Site | None:
+        for s in self.sites.values():
+            if device in s.devices:
+                return s
+        return None
+
+
+def _hint(k, choices) -> str:
+    m = difflib.get_close_matches(k, list(choices), n=1)
+    return f" (did you mean '{m[0]}'?)" if m else ""
+
+
+def from_dict(raw: dict, source: str = "upstream config", base: Path | None = None
+              ) -> UpstreamConfig:
+    problems: list[str] = []
+    cfg = UpstreamConfig()
+    for sec, body in raw.items():
+        if sec == "sites":
+            continue
+        if sec not in SECTIONS:
+            problems.append(f"unknown section [{sec}]{_hint(sec, [*SECTIONS, 'sites'])}")
+            continue
+        for k, v in body.items():
+            tp = SECTIONS[sec].get(k)
+            if tp is None:
+                problems.append(f"[{sec}] unknown key '{k}'{_hint(k, SECTIONS[sec])}")
+            elif not isinstance(v, tp) or isinstance(v, bool):
+                problems.append(f"{sec}.{k}: wrong type {type(v).__name__}")
+    if problems:
+        raise ConfigError(problems, source)
+    g = raw.get
+    db, ob, br, cm = g("database", {}), g("objects", {}), g("broker", {}), g("commands", {})
+    cfg.db_url = db.get("url", cfg.db_url)
+    cfg.objects = ob.get("path", cfg.objects)
+    age = ob.get("partial_max_age_days", 7)
+    if not 0.001 <= age <= 365:
+        problems.append("objects.partial_max_age_days must be a number in 0.001..365")
+    cfg.partial_max_age_s = float(age) * 86400
+    for k in ("host", "port", "ca", "cert", "key", "topic_prefix", "share_group", "client_id"):
+        if k in br:
+            setattr(cfg, k, br[k])
+    cfg.command_key = cm.get("key", "")
+    cfg.command_lifetime_s = float(cm.get("lifetime_days", 7)) * 86400
+    cfg.command_resend_s = float(cm.get("resend_s", 60))
+    cfg.retention_interval_s = float(g("retention", {}).get("interval_s", 60))
+    seen: dict[str, str] = {}
+    for name, s in (g("sites") or {}).items():
+        for k in s:
+            if k not in SITE_KEYS:
+                problems.append(f"[sites.{name}] unknown key '{k}'{_hint(k, SITE_KEYS)}")
+        days = s.get("retention_days")
+        if not isinstance(days, (int, float)) or isinstance(days, bool) \
+                or not 0.01 <= days <= 3650:
+            problems.append(f"sites.{name}.retention_days must be a number in 0.01..3650")
+            days = 90
+        devs = {}
+        for dev, keyref in (s.get("devices") or {}).items():
+            if dev in seen:
+                problems.append(f"device {dev} is in sites {seen[dev]} and {name}")
+            seen[dev] = name
+            try:
+                if isinstance(keyref, str) and len(keyref) == 64 and all(
+                        c in "0123456789abcdefABCDEF" for c in keyref):
+                    devs[dev] = load_ed25519_public(bytes.fromhex(keyref))
+                else:
+                    p = Path(keyref)
+                    devs[dev] = load_ed25519_public(p if p.is_absolute() or base is None
+                                                    else base / p)
+            except (KeyFileError, TypeError, ValueError) as exc:
+                problems.append(f"sites.{name}.devices.{dev}: {exc}")
+        cfg.sites[name] = Site(name, float(days), devs)
+    if problems:
+        raise ConfigError(problems, source)
+    return cfg
+
+
+def load(path: str) -> UpstreamConfig:
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([f"file not found: {p}"], str(p)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"not valid TOML: {exc}"], str(p)) from exc
+    return from_dict(raw, str(p), p.parent)

@@ -1,0 +1,274 @@
+"""Upstream metadata (peewee; SQLite by default, PostgreSQL at scale).
+
+Tables: ``ucall`` (one row per (device, call), tombstoned on deletion), ``usegment``
+(unique on (device, call, seq): the idempotency key; the sha256 decides duplicate or
+conflict), ``problem`` (conflicting segments and refused manifests, kept aside),
+``manifest_history`` (manifests replaced by a newer re-signed version),
+``command`` (signed commands to boxes, with their delivery status), ``health`` (last
+health message per device) and ``uaudit`` (every deletion, hold and command).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import peewee as pw
+from playhouse.db_url import connect
+
+from recorder.evidence.audit import GENESIS
+from recorder.evidence.segfile import canonical
+from recorder.storage.store import JSONField
+
+log = logging.getLogger(__name__)
+
+db = pw.DatabaseProxy()
+_url: str | None = None
+
+
+class Base(pw.Model):
+    class Meta:
+        database = db
+
+
+class UCall(Base):
+    device = pw.CharField()
+    call = pw.CharField()
+    site = pw.CharField(index=True)
+    start_time = pw.DoubleField(null=True)       # epoch s of the call's first sample
+    deadline = pw.DoubleField(null=True, index=True)
+    legal_hold = pw.BooleanField(default=False)
+    state = pw.CharField(default="live")         # live | deleting | deleted
+    deleted_time = pw.DoubleField(null=True)
+    delete_reason = pw.CharField(null=True)
+    manifest_key = pw.CharField(null=True)
+    manifest_sha256 = pw.CharField(null=True)
+    expected = JSONField(null=True)              # manifest header segment list
+    created = pw.DoubleField(default=time.time)
+
+    class Meta:
+        table_name = "ucall"
+        indexes = ((("device", "call"), True),)
+
+
+class USegment(Base):
+    device = pw.CharField()
+    call = pw.CharField()
+    seq = pw.IntegerField()
+    sha256 = pw.CharField()
+    size = pw.IntegerField()
+    key = pw.CharField()
+    created = pw.DoubleField(default=time.time)
+
+    class Meta:
+        table_name = "usegment"
+        indexes = ((("device", "call", "seq"), True),)
+
+
+class Problem(Base):
+    kind = pw.CharField()                        # conflict | rejected
+    device = pw.CharField()
+    call = pw.CharField()
+    seq = pw.IntegerField(null=True)
+    sha256 = pw.CharField()
+    key = pw.CharField(null=True)
+    detail = pw.TextField(default="")
+    created = pw.DoubleField(default=time.time)
+
+    class Meta:
+        table_name = "problem"
+        indexes = ((("kind", "device", "call", "seq", "sha256"), True),)
+
+
+class ManifestHistory(Base):
+    """A manifest a newer, extending version from the same device key replaced. Its
+    object stays in the store (``key``) until the call is deleted."""
+
+    device = pw.CharField()
+    call = pw.CharField()
+    sha256 = pw.CharField()
+    key = pw.CharField()
+    segments = pw.IntegerField()
+    created = pw.CharField(null=True)            # the manifest header's ``created``
+    replaced_by = pw.CharField()                 # sha256 of the manifest that replaced it
+    replaced_time = pw.DoubleField(default=time.time)
+
+    class Meta:
+        table_name = "manifest_history"
+        indexes = ((("device", "call", "sha256"), True),)
+
+
+class Command(Base):
+    nonce = pw.CharField(primary_key=True)
+    device = pw.CharField(index=True)
+    kind = pw.CharField()
+    envelope = pw.TextField()
+    expires = pw.DoubleField()
+    status = pw.CharField(default="pending", index=True)   # pending | applied | rejected
+    result = pw.TextField(null=True)
+    sent_time = pw.DoubleField(null=True)
+    created = pw.DoubleField(default=time.time)
+
+    class Meta:
+        table_name = "command"
+
+
+class Health(Base):
+    device = pw.CharField(primary_key=True)
+    site = pw.CharField()
+    body = JSONField()
+    time = pw.DoubleField()
+
+    class Meta:
+        table_name = "health"
+
+
+class DeviceState(Base):
+    device = pw.CharField(primary_key=True)
+    retention_pushed = pw.DoubleField(null=True)   # days last sent to the box
+
+    class Meta:
+        table_name = "device_state"
+
+
+class UAudit(Base):
+    """Hash-chained like the box's ``audit.log``: ``hash`` is sha256 over the canonical
+    JSON of ``{seq, time, action, detail, prev}``, ``prev`` the previous row's hash."""
+
+    seq = pw.IntegerField(null=True, unique=True)
+    time = pw.DoubleField(default=time.time)
+    action = pw.CharField()
+    detail = JSONField()
+    prev = pw.CharField(null=True)
+    hash = pw.CharField(null=True)
+
+    class Meta:
+        table_name = "uaudit"
+
+
+MODELS = [UCall, USegment, Problem, ManifestHistory, Command, Health, DeviceState, UAudit]
+
+
+def open_db(url: str) -> pw.Database:
+    """Connect ``db`` to ``url`` (``sqlite:///path`` or ``postgresql://...``) and create
+    missing tables. Safe to call from several workers at once; a second call with the
+    same URL in one process reuses the open database (swapping the proxy under running
+    threads would split their transactions)."""
+    global _url
+    if _url == url and db.obj is not None:
+        return db.obj
+    if url.startswith("sqlite"):
+        path = url.split(":///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        d = connect(url, pragmas={"journal_mode": "wal", "synchronous": "full",
+                                  "busy_timeout": 30000})
+    else:
+        d = connect(url)
+    db.initialize(d)
+    _url = url
+    for attempt in range(3):
+        try:
+            with d.atomic():
+                _migrate_uaudit(d)
+                d.create_tables(MODELS, safe=True)
+            break
+        except (pw.IntegrityError, pw.ProgrammingError, pw.OperationalError):
+            # Two workers creating the same table at once in PostgreSQL: one loses.
+            if attempt == 2:
+                raise
+            time.sleep(0.2)
+    return d
+
+
+
+
+def _entry_hash(seq: int, t: float, action: str, detail, prev: str) -> str:
+    return hashlib.sha256(canonical({"seq": seq, "time": t, "action": action,
+                                      "detail": detail, "prev": prev})).hexdigest()
+
+
+def _migrate_uaudit(d) -> None:
+    """Add the chain columns to a ``uaudit`` table from before the chain, and chain its
+    rows in id order (they had no integrity protection before; from here on they do)."""
+    if not d.table_exists("uaudit"):
+        return
+    cols = {c.name for c in d.get_columns("uaudit")}
+    if "hash" in cols:
+        return
+    from playhouse.migrate import SchemaMigrator, migrate
+    m = SchemaMigrator.from_database(d)
+    migrate(m.add_column("uaudit", "seq", pw.IntegerField(null=True)),
+            m.add_column("uaudit", "prev", pw.CharField(null=True)),
+            m.add_column("uaudit", "hash", pw.CharField(null=True)))
+    prev, n = GENESIS, 0
+    rows = list(UAudit.select(UAudit.id, UAudit.time, UAudit.action, UAudit.detail)
+                .order_by(UAudit.id))
+    for r in rows:
+        n += 1
+        h = _entry_hash(n, r.time, r.action, r.detail, prev)
+        UAudit.update(seq=n, prev=prev, hash=h).where(UAudit.id == r.id).execute()
+        prev = h
+    # create_tables (next) adds the unique index on seq.
+    log.warning("uaudit: %d existing row(s) chained on migration", n)
+
+
+def audit(action: str, **detail) -> None:
+    """Append one hash-chained ``uaudit`` row. Never put full phone numbers in
+    ``detail``.
+
+    Appends are serialised: on PostgreSQL a self-conflicting table lock held to the end
+    of the transaction (so two workers cannot both chain onto the same row); on SQLite
+    the single writer lock (``BEGIN IMMEDIATE`` when no transaction is open). The unique
+    ``seq`` is a last guard: a fork raises instead of being stored.
+    """
+    d = db.obj
+    detail = json.loads(json.dumps(detail, default=str))      # what the row will hold
+    postgres = isinstance(d, pw.PostgresqlDatabase)
+    kw = {} if postgres or d.in_transaction() else {"lock_type": "IMMEDIATE"}
+    with d.atomic(**kw):
+        if postgres:
+            d.execute_sql("LOCK TABLE uaudit IN SHARE ROW EXCLUSIVE MODE")
+        last = UAudit.select(UAudit.seq, UAudit.hash).order_by(UAudit.seq.desc()).first()
+        seq = (last.seq if last else 0) + 1
+        prev = last.hash if last else GENESIS
+        t = time.time()
+        UAudit.create(seq=seq, time=t, action=action, detail=detail, prev=prev,
+                      hash=_entry_hash(seq, t, action, detail, prev))
+    log.info("upstream audit: %s %s", action, detail)
+
+
+def verify_audit() -> tuple[int, list[str]]:
+    """Check the whole ``uaudit`` chain. Returns (rows checked, problems)."""
+    problems: list[str] = []
+    prev, expect, n = GENESIS, 1, 0
+    for r in UAudit.select().order_by(UAudit.seq.asc(nulls="LAST"), UAudit.id):
+        n += 1
+        if r.seq is None or r.hash is None:
+            problems.append(f"row id {r.id}: not chained")
+            continue
+        if r.seq != expect:
+            problems.append(f"seq {r.seq}: {expect} was expected (a row was removed)")
+        if _entry_hash(r.seq, r.time, r.action, r.detail, r.prev) != r.hash:
+            problems.append(f"seq {r.seq}: altered")
+        if r.prev != prev:
+            problems.append(f"seq {r.seq}: chain broken (a row before it was removed, "
+                            "altered or reordered)")
+        prev, expect = r.hash, r.seq + 1
+    return n, problems
+
+
+def expected_seqs(row: UCall) -> dict[int, str]:
+    return {int(s["seq"]): s["sha256"] for s in (row.expected or [])}
+
+
+def is_complete(row: UCall) -> bool:
+    """Manifest present and every segment in its chain stored with the right hash."""
+    if row.manifest_key is None or row.expected is None:
+        return False
+    have = {s.seq: s.sha256 for s in USegment.select(USegment.seq, USegment.sha256).where(
+        (USegment.device == row.device) & (USegment.call == row.call))}
+    return all(have.get(k) == v for k, v in expected_seqs(row).items())
