@@ -150,6 +150,3 @@ def print_json(obj) -> None:
     json.dump(obj, sys.stdout, indent=2, sort_keys=True, default=str)
     sys.stdout.write("\n")
 
-
-if __name__ == "__main__":
-    sys.exit(main())

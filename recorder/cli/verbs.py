@@ -98,13 +98,16 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from recorder.runtime.daemon import Daemon, Hardware
+    from recorder.runtime.assembly import build_services
+    from recorder.runtime.daemon import Daemon
+    from recorder.runtime.hardware import Hardware
     from recorder.runtime.sdnotify import SdNotifier
     cfg = _cfg(args)
     if cfg.device.hardware == "sim":
         raise ConfigError(["device.hardware is 'sim': use 'linetap simulate SCENARIO'"])
-    hw = Hardware(cfg.audio.capture_device, cfg.audio.playback_device)
-    d = Daemon(cfg, hw, notifier=SdNotifier())
+    hw = Hardware(cfg.audio.capture_device, cfg.audio.playback_device,
+                  pin_factory=cfg.pins.factory)
+    d = Daemon(cfg, hw, services=build_services, notifier=SdNotifier())
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -129,7 +132,7 @@ def cmd_status(args) -> int:
         st = {"running": False, "error": "status file unreadable"}
     from recorder.storage.store import Store
     if (Path(cfg.device.data_dir) / "linetap.db").exists():
-        st["store"] = store_summary(Store(cfg.device.data_dir))
+        st["store"] = Store(cfg.device.data_dir).summary()
     if args.json:
         _print_json(st)
         return 0
@@ -149,15 +152,6 @@ def cmd_status(args) -> int:
     if sync:
         print(f"  sync: {sync.get('link', '?')}, backlog {sync.get('backlog', '?')}")
     return 0
-
-
-def store_summary(store) -> dict:
-    C, S = store.m.Call, store.m.Segment
-    unsynced = S.select().where(S.acked == False)  # noqa: E712 - peewee expression
-    oldest = unsynced.order_by(S.created).first()
-    return {"calls": C.select().where(C.state != "deleted").count(),
-            "segments": S.select().count(), "unsynced_segments": unsynced.count(),
-            "oldest_unsynced": iso(oldest.created) if oldest else None}
 
 
 # -- calls, export, verify -----------------------------------------------------------------------

@@ -115,7 +115,7 @@ def installed(tmp_path_factory):
 
 def test_install_source_and_venv(installed):
     opt = installed / "opt" / "linetap"
-    assert (opt / "src" / "recorder" / "cli.py").is_file()
+    assert (opt / "src" / "recorder" / "cli" / "main.py").is_file()
     assert (opt / "src" / "firmware" / "install.sh").is_file()
     assert not (opt / "src" / ".git").exists()
     entry = (opt / "venv" / "bin" / "linetap").read_text()
