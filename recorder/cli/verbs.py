@@ -12,7 +12,9 @@ from pathlib import Path
 from recorder import config
 from recorder.errors import ConfigError
 from recorder.evidence import audit, keys
-from recorder.logsetup import mask_number
+from recorder.privacy import mask_number
+from recorder.runtime.daemon import STATUS_FILE
+from recorder.storage.store import DB_FILE
 from recorder.timebase import iso
 
 log = logging.getLogger(__name__)
@@ -123,7 +125,7 @@ def cmd_run(args) -> int:
 
 def cmd_status(args) -> int:
     cfg = _cfg(args)
-    path = Path(cfg.device.data_dir) / "run" / "status.json"
+    path = Path(cfg.device.data_dir) / STATUS_FILE
     try:
         st = json.loads(path.read_text())
     except FileNotFoundError:
@@ -131,7 +133,7 @@ def cmd_status(args) -> int:
     except ValueError:
         st = {"running": False, "error": "status file unreadable"}
     from recorder.storage.store import Store
-    if (Path(cfg.device.data_dir) / "linetap.db").exists():
+    if (Path(cfg.device.data_dir) / DB_FILE).exists():
         st["store"] = Store(cfg.device.data_dir).summary()
     if args.json:
         _print_json(st)
@@ -157,7 +159,7 @@ def cmd_status(args) -> int:
 # -- calls, export, verify -----------------------------------------------------------------------
 def _store(data_dir):
     from recorder.storage.store import Store
-    if not (Path(data_dir) / "linetap.db").exists():
+    if not (Path(data_dir) / DB_FILE).exists():
         raise ConfigError([f"no Linetap store in {data_dir}"])
     return Store(data_dir)
 
