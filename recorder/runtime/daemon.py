@@ -5,9 +5,12 @@ Threads, started in dependency order and stopped in reverse:
 ========== =====================================================================
 writer     encode, encrypt, write, commit (:mod:`recorder.storage.writer`)
 playback   keeps playback ``lead`` frames ahead of capture (announcements, beeps)
-capture    ALSA -> ring buffer; never waits on anything but ALSA
+capture    sound card -> ring buffer; waits on nothing but the hardware's stream
 calls      edges + audio -> calls, pauses, segments (:mod:`recorder.calls.processor`)
-house      status file, LEDs, alarms, watchdog ping while capture is alive
+control    the local control socket (:mod:`recorder.runtime.control_socket`)
+house      status file, alarms, watchdog ping while capture is alive
+led        status LED heartbeat or blink code
+services   retention and the uploader (:mod:`recorder.runtime.assembly`)
 ========== =====================================================================
 
 The daemon is assembled from parts passed in: the hardware
