@@ -89,8 +89,8 @@ def _device_path(lines, seconds, speed, period, journal_s, noise) -> dict:
     return {"cpu_s": cpu, "wall_s": wall, "audio_s": seconds * lines,
             # The simulated line's pacing runs on the capture thread (a Pi's capture
             # sleeps in the ALSA read instead): it is the simulator's CPU, not the box's.
-            "device_cpu_s": sum(res.daemon.thread_cpu.values()) - res.daemon.sim_pacer_cpu_s,
-            "sim_pacer_cpu_s": res.daemon.sim_pacer_cpu_s,
+            "device_cpu_s": sum(res.daemon.thread_cpu.values()) - res.daemon.hw.pacing_cpu_s,
+            "sim_pacer_cpu_s": res.daemon.hw.pacing_cpu_s,
             "threads": res.daemon.thread_cpu,
             "overruns": res.status["overruns"]["consumer"] + res.status["overruns"]["alsa_xruns"],
             "segments": res.status["writer"]["segments"],

@@ -29,12 +29,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
 
 import recorder
-from provisioning import control_client, protocol, tlscert
+from provisioning import protocol, tlscert
 from provisioning.presence import Presence
 from recorder import config as rconfig
 from recorder.errors import ConfigError, KeyFileError, LinetapError, ProtocolError
 from recorder.evidence import audit, keys
 from recorder.fsutil import atomic_write
+from recorder.runtime import control_client
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,10 @@ TEMP_SUFFIX = ".tmp"
 # Test hook for crash campaigns: LINETAP_CRASH_AT=<point>[:<n>] makes the process die
 # with SIGKILL at the n-th time (default 1st) it reaches that point, exactly as a power
 # cut would: before_fsync, before_rename, before_dirsync (here); journal_before_sync
-# (recorder/storage/journal.py); delete_marked, delete_unlinked, evict_marked, delete_committed,
-# delete_audited (recorder/storage/retention/service.py). Unset in production, where it costs one
-# string test per write.
+# (recorder/storage/journal.py); delete_marked, delete_unlinked, evict_marked,
+# delete_committed,
+# delete_audited (recorder/storage/retention/); ingest_before_ack (sync/upstream/ingest.py).
+# Unset in production, where it costs one string test per write.
 _CRASH_AT, _, _CRASH_N = os.environ.get("LINETAP_CRASH_AT", "").partition(":")
 _crash_seen = {"n": 0}
 

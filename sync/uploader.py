@@ -466,7 +466,6 @@ class Uploader:
         return probe() if probe is not None else shutil.disk_usage(self.store.root).free
 
     def publish_health(self) -> None:
-        from recorder.cli.verbs import store_summary
         st = {}
         if self.status_fn is not None:
             try:
@@ -480,6 +479,6 @@ class Uploader:
                 "lines": [{"line": ln["line"], "state": ln["state"]}
                           for ln in st.get("lines", [])],
                 "overruns": st.get("overruns"), "alarms": sorted(st.get("alarms") or {}),
-                "store": store_summary(self.store)}
+                "store": self.store.summary()}
         self.client.publish(f"{self.base}/health", json.dumps(body, default=str).encode(),
                             qos=1)

@@ -52,8 +52,8 @@ class Campaign:
         applied = {}
 
         def before_start(daemon, _line):
-            daemon.hw.timebase = Timebase(sc.rate, sc.start.timestamp(),
-                                          synchronised=synchronised)
+            daemon.hw.line_timebase = Timebase(sc.rate, sc.start.timestamp(),
+                                               synchronised=synchronised)
             if step_at is not None:
                 def stepper():
                     while getattr(daemon, "ring", None) is None or \

@@ -2,7 +2,7 @@
 calls with the broker down, then up, then a disk filled to the last byte (ENOSPC).
 
 Runs the real daemon in this process (``recorder.runtime.simulate.run``), with the retention
-service's free-space probe pointed at the tmpfs (``daemon.free_bytes``; simulation
+service's free-space probe pointed at the tmpfs (``simulate.run(free_bytes=...)``; simulation
 otherwise uses a virtual 32 GB disk) and ``retention.interval_s = 1``. Each "day" is one
 boot whose scenario starts on the next calendar day (compressed: minutes of busy lines,
 not 24 hours). Needs root (tmpfs mount); skips with a message otherwise.
@@ -115,7 +115,6 @@ class Campaign:
         filler = {}
 
         def before_start(daemon, _line):
-            daemon.free_bytes = lambda: shutil.disk_usage(data).free
             filler["daemon"] = daemon
             if fill:
                 filler["thread"] = threading.Thread(target=self._fill, args=(2.0,), daemon=True)
@@ -127,7 +126,8 @@ class Campaign:
         error = None
         try:
             res = simulate.run(sc, cfg, speed=self.args.speed if speed is None else speed,
-                               before_start=before_start)
+                               before_start=before_start,
+                               free_bytes=lambda: shutil.disk_usage(data).free)
             status = res.status
         except Exception as exc:  # noqa: BLE001 - a crash is what we look for
             error = exc

@@ -29,7 +29,7 @@ from hw.gpio import Edge
 from recorder.calls import state as cs
 from recorder.calls.announce import Announcer, Clip
 from recorder.capture.ring import Overrun, RingBuffer
-from recorder.logsetup import mask_number
+from recorder.privacy import mask_number
 from recorder.storage.writer import (
     CallInfo,
     CloseCall,

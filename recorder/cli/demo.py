@@ -145,7 +145,8 @@ def main(argv=None) -> int:
     from recorder.evidence import keys
     from recorder.evidence.export import export_calls
     from recorder.evidence.verify import device_key_for
-    from recorder.logsetup import mask_number, setup_logging
+    from recorder.logsetup import setup_logging
+    from recorder.privacy import mask_number
     from recorder.runtime import simulate
     from recorder.storage.store import Store
 

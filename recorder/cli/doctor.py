@@ -24,6 +24,7 @@ from pathlib import Path
 from recorder import config as rconfig
 from recorder.errors import ConfigError, KeyFileError
 from recorder.evidence import keys
+from recorder.runtime import control_client
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +317,7 @@ def run_checks(config_path: str | None, data_dir: str | None, *,
     if cfg is None:
         cfg = rconfig.Config()
     ddir = Path(data_dir or cfg.device.data_dir)
-    running = (ddir / "run" / "control.sock").exists()
+    running = control_client.socket_path(ddir).exists()
     out.append(check_practice_key(cfg))
     out.append(check_identity(ddir))
     out.append(check_command_key(cfg))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import logging
 import sys
 
@@ -146,10 +145,4 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def print_json(obj) -> None:
-    json.dump(obj, sys.stdout, indent=2, sort_keys=True, default=str)
-    sys.stdout.write("\n")
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,7 +12,9 @@ from pathlib import Path
 from recorder import config
 from recorder.errors import ConfigError
 from recorder.evidence import audit, keys
-from recorder.logsetup import mask_number
+from recorder.privacy import mask_number
+from recorder.runtime.daemon import STATUS_FILE
+from recorder.storage.store import DB_FILE
 from recorder.timebase import iso
 
 log = logging.getLogger(__name__)
@@ -98,13 +100,16 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from recorder.runtime.daemon import Daemon, Hardware
+    from recorder.runtime.assembly import build_services
+    from recorder.runtime.daemon import Daemon
+    from recorder.runtime.hardware import Hardware
     from recorder.runtime.sdnotify import SdNotifier
     cfg = _cfg(args)
     if cfg.device.hardware == "sim":
         raise ConfigError(["device.hardware is 'sim': use 'linetap simulate SCENARIO'"])
-    hw = Hardware(cfg.audio.capture_device, cfg.audio.playback_device)
-    d = Daemon(cfg, hw, notifier=SdNotifier())
+    hw = Hardware(cfg.audio.capture_device, cfg.audio.playback_device,
+                  pin_factory=cfg.pins.factory)
+    d = Daemon(cfg, hw, services=build_services, notifier=SdNotifier())
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -120,7 +125,7 @@ def cmd_run(args) -> int:
 
 def cmd_status(args) -> int:
     cfg = _cfg(args)
-    path = Path(cfg.device.data_dir) / "run" / "status.json"
+    path = Path(cfg.device.data_dir) / STATUS_FILE
     try:
         st = json.loads(path.read_text())
     except FileNotFoundError:
@@ -128,8 +133,8 @@ def cmd_status(args) -> int:
     except ValueError:
         st = {"running": False, "error": "status file unreadable"}
     from recorder.storage.store import Store
-    if (Path(cfg.device.data_dir) / "linetap.db").exists():
-        st["store"] = store_summary(Store(cfg.device.data_dir))
+    if (Path(cfg.device.data_dir) / DB_FILE).exists():
+        st["store"] = Store(cfg.device.data_dir).summary()
     if args.json:
         _print_json(st)
         return 0
@@ -151,19 +156,10 @@ def cmd_status(args) -> int:
     return 0
 
 
-def store_summary(store) -> dict:
-    C, S = store.m.Call, store.m.Segment
-    unsynced = S.select().where(S.acked == False)  # noqa: E712 - peewee expression
-    oldest = unsynced.order_by(S.created).first()
-    return {"calls": C.select().where(C.state != "deleted").count(),
-            "segments": S.select().count(), "unsynced_segments": unsynced.count(),
-            "oldest_unsynced": iso(oldest.created) if oldest else None}
-
-
 # -- calls, export, verify -----------------------------------------------------------------------
 def _store(data_dir):
     from recorder.storage.store import Store
-    if not (Path(data_dir) / "linetap.db").exists():
+    if not (Path(data_dir) / DB_FILE).exists():
         raise ConfigError([f"no Linetap store in {data_dir}"])
     return Store(data_dir)
 

@@ -17,9 +17,9 @@ import soundfile as sf
 
 from recorder.errors import SegmentFormatError
 from recorder.evidence import codec, segfile
+from recorder.evidence.manifest import manifest_body
 from recorder.evidence.verify import verify_call
 from recorder.fsutil import atomic_write
-from recorder.storage.writer import manifest_body
 from recorder.timebase import iso
 
 log = logging.getLogger(__name__)

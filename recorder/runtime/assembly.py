@@ -1,69 +1,94 @@
-"""Services started after recording is live: retention (always) and the uploader.
+"""The service wiring: what a run adds around recording, built and passed into the daemon.
 
-The daemon calls :func:`start_services` from ``Daemon._extra_services`` and joins the
-returned threads on shutdown (in reverse order, after ``daemon.stop`` is set).
+``linetap run`` and ``linetap simulate`` hand :func:`build_services` to the daemon; the
+daemon calls it once its store is open, with a :class:`ServiceContext` naming exactly
+what the services may use, and gets a :class:`Services` back: retention (always; the
+daemon also asks it to make room on a full disk) and the uploader (when
+``sync.enabled``). Nothing here sets anything on the daemon, and this is the only
+module of the daemon's side that imports ``sync``.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
+from recorder.config import Config
+from recorder.runtime.alarms import Alarms
 from recorder.runtime.threads import ServiceThread
-from recorder.storage.retention.service import Retention, SimDisk
+from recorder.storage.retention.service import Retention
+from recorder.storage.store import Store
+from sync.uploader import Uploader, UploaderThread
 
 log = logging.getLogger(__name__)
 
 
-def make_retention(daemon) -> Retention:
-    """The daemon's retention, with the right clock and free-space probe (see below)."""
-    cfg = daemon.cfg
-    clock = None
-    if cfg.device.hardware == "sim":
-        # In simulation calls carry line time (the scenario's start + t), so "now" for
-        # deadlines is line time too; wall-clock now would expire a scenario dated in
-        # the past the moment its calls were written.
-        def clock():
-            ring = getattr(daemon, "ring", None)    # absent while the daemon prepares
-            return daemon.timebase.epoch(ring.written if ring is not None else 0)
-    # Free-space probe (bytes): injected as ``daemon.free_bytes`` if the daemon has one
-    # (tests, a simulation scenario filling the disk); in simulation a virtual disk
-    # holding only the recordings, so the host's real free space never drives eviction;
-    # on hardware the data partition's real free space.
-    free_bytes = getattr(daemon, "free_bytes", None)
-    if free_bytes is None and cfg.device.hardware == "sim":
-        free_bytes = SimDisk(daemon.store.root / "segments")
-    kw = {"clock": clock} if clock else {}
-    return Retention(daemon.store, daemon.data_dir, cfg, alarms=daemon.alarms,
-                     free_bytes=free_bytes, **kw)
+@dataclass(frozen=True)
+class ServiceContext:
+    """What the daemon lends its services. ``now`` is epoch seconds for deadlines (line
+    time in simulation); ``free_bytes`` probes the data disk; ``status`` is the daemon's
+    status dict for health reports."""
+
+    cfg: Config
+    store: Store
+    data_dir: Path
+    device: str
+    alarms: Alarms
+    stop: threading.Event
+    status: Callable[[], dict]
+    now: Callable[[], float]
+    free_bytes: Callable[[], int]
 
 
-def start_services(daemon) -> list[threading.Thread]:
-    """Start retention and (if ``sync.enabled``) the uploader; return their threads."""
-    cfg = daemon.cfg
-    retention = getattr(daemon, "retention", None) or make_retention(daemon)
-    daemon.retention = retention
-    threads: list[threading.Thread] = []
-    t_ret = ServiceThread("retention", cfg.retention.interval_s, retention.tick, daemon.stop)
-    t_ret.start()
-    threads.append(t_ret)
-    if cfg.sync.enabled:
-        from sync.uploader import Uploader, UploaderThread
+class Services:
+    """Retention and the uploader for one run. :meth:`start` starts their threads."""
+
+    def __init__(self, ctx: ServiceContext, *, retention: Retention | None = None):
+        self.ctx = ctx
+        self.retention = retention or Retention(ctx.store, ctx.data_dir, ctx.cfg,
+                                                alarms=ctx.alarms, free_bytes=ctx.free_bytes,
+                                                clock=ctx.now)
+        self.uploader: Uploader | None = None
+        self._sync_problem: str | None = None
+
+    def start(self) -> list[threading.Thread]:
+        """Start retention and (if ``sync.enabled``) the uploader; return their threads."""
+        ctx = self.ctx
+        threads: list[threading.Thread] = [
+            ServiceThread("retention", ctx.cfg.retention.interval_s, self.retention.tick,
+                          ctx.stop)]
+        threads[0].start()
+        if not ctx.cfg.sync.enabled:
+            return threads
         try:
-            up = Uploader(daemon.store, cfg, device=daemon.device, data_dir=daemon.data_dir,
-                          status=daemon.status, alarms=daemon.alarms, retention=retention)
+            up = Uploader(ctx.store, ctx.cfg, device=ctx.device, data_dir=ctx.data_dir,
+                          status=ctx.status, alarms=ctx.alarms, retention=self.retention)
             up.start()
         except (OSError, ValueError) as exc:
             # Recording must never depend on sync: a bad certificate path or TLS file
             # is an alarm, and the outbox simply waits for a fixed config.
             log.exception("sync not started")
-            why = str(exc)
-            daemon.alarms.set("sync_config", True, detail=why)
-            daemon.sync_status = lambda: {"link": "not started", "detail": why}
+            self._sync_problem = str(exc)
+            ctx.alarms.set("sync_config", True, detail=self._sync_problem)
             return threads
-        daemon.uploader = up
-        daemon.sync_status = up.sync_status
-        t_up = UploaderThread(up, daemon.stop)
+        self.uploader = up
+        t_up = UploaderThread(up, ctx.stop)
         t_up.start()
         threads.append(t_up)
-    return threads
+        return threads
+
+    def sync_status(self) -> dict | None:
+        """The uploader's link and backlog for ``status``; None when sync is off."""
+        if self.uploader is not None:
+            return self.uploader.sync_status()
+        if self._sync_problem is not None:
+            return {"link": "not started", "detail": self._sync_problem}
+        return None
+
+
+def build_services(ctx: ServiceContext) -> Services:
+    """The services of a run (``linetap run`` and ``simulate`` pass this to the daemon)."""
+    return Services(ctx)

@@ -96,13 +96,3 @@ class ControlServer(threading.Thread):
         rms = float(np.sqrt(np.mean(x * x))) if len(x) else 0.0
         level = 20 * np.log10(max(rms * np.sqrt(2), 1e-9))
         return {"ok": True, "played_dbfs": dbfs, "captured_dbfs": round(level, 1)}
-
-
-def request(data_dir, obj: dict, timeout: float = 30.0) -> dict:
-    """Client: send one request to the daemon in ``data_dir``."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(str(os.path.join(data_dir, SOCKET)))
-        s.sendall(json.dumps(obj).encode() + b"\n")
-        f = s.makefile("rb")
-        return json.loads(f.readline())

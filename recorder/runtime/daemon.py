@@ -10,9 +10,11 @@ calls      edges + audio -> calls, pauses, segments (:mod:`recorder.calls.proces
 house      status file, LEDs, alarms, watchdog ping while capture is alive
 ========== =====================================================================
 
-Hardware is injected (:class:`Hardware`): the Pi build opens real ALSA devices and a
-gpiozero factory; ``linetap simulate`` passes the ALSA ``file`` PCMs, a MockFactory and
-the simulator's clock and pacer.
+The daemon is assembled from parts passed in: the hardware
+(:class:`~recorder.runtime.hardware.Hardware`: the Pi's real ALSA devices and pin
+factory, or the simulated line's :class:`~recorder.runtime.simulate.SimHardware`) and a
+builder of the services (:func:`recorder.runtime.assembly.build_services`: retention
+and the uploader). It has no branch on whether it is simulated.
 """
 
 from __future__ import annotations
@@ -21,12 +23,10 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
-from hw.audio import AlsaCapture, AlsaPlayback
-from hw.clock import CaptureClock, SampleClock
-from hw.gpio import Board, make_factory
+from hw.gpio import Board
 from hw.pins import PinMap
 from recorder import __version__
 from recorder.calls.announce import Announcer, load_clip, tone_clip
@@ -38,15 +38,19 @@ from recorder.evidence import audit, keys
 from recorder.fsutil import atomic_write, remove_temp_files
 from recorder.runtime import alarms as alarm_rules
 from recorder.runtime.alarms import Alarms
+from recorder.runtime.assembly import ServiceContext, Services
+from recorder.runtime.control_socket import ControlServer
+from recorder.runtime.hardware import Hardware, Reader
 from recorder.runtime.threads import LoopThread, ServiceThread, join_all
 from recorder.storage.recovery import recover
+from recorder.storage.retention.deletion import resume_deletions
 from recorder.storage.store import Store
 from recorder.storage.writer import Restamp, Writer, disk_full
-from recorder.timebase import Timebase, clock_synchronised
 
 log = logging.getLogger(__name__)
 
 STATUS_FILE = "run/status.json"
+PROCESS_LAG_PERIODS = 2    # the call processor trails capture by this many periods
 WATCHDOG_AUDIO_S = 5.0     # no audio for this long and systemd's watchdog is not fed
 RECOVERY_TRIES = 12        # about 40 s of making room before start-up gives up
 
@@ -57,21 +61,17 @@ def watchdog_ok(capture_thread_alive: bool, capture_age_s: float) -> bool:
     return capture_thread_alive and capture_age_s < WATCHDOG_AUDIO_S
 
 
-@dataclass
-class Hardware:
-    """Where audio and pins come from."""
-
-    capture_device: str
-    playback_device: str
-    factory: object = None
-    clock: SampleClock | None = None
-    pacer: object = None
-    timebase: Timebase | None = None
-
-
 class Daemon:
-    def __init__(self, cfg: Config, hw: Hardware, *, notifier=None):
+    """One box's recorder. ``services`` builds retention and the uploader once the store
+    is open (:func:`recorder.runtime.assembly.build_services`); None runs without them
+    (tests of the recording path alone). ``notifier`` talks to systemd."""
+
+    def __init__(self, cfg: Config, hw: Hardware, *,
+                 services: Callable[[ServiceContext], Services] | None = None,
+                 notifier=None):
         self.cfg, self.hw = cfg, hw
+        self._build_services = services
+        self.services: Services | None = None
         self.data_dir = Path(cfg.device.data_dir)
         self.rate, self.lines = cfg.audio.rate, cfg.audio.lines
         self.device = device_id(cfg)
@@ -121,9 +121,8 @@ class Daemon:
             audit.record(self.data_dir, "identity_created", device=self.device,
                          fingerprint=fp)
         self.public_key = keys.load_practice_public(cfg.recording.public_key)
-        self.timebase = self.hw.timebase or Timebase.from_system(self.rate)
+        self.timebase = self.hw.timebase(self.rate)
         self.resync_queued = False      # a Restamp is on its way to the writer
-        self.sim_pacer_cpu_s = 0.0      # simulation only: CPU spent pacing the line
         self.writer = Writer(self.store, device=self.device, rate=self.rate,
                              codec_name=cfg.recording.codec, aead=cfg.recording.aead,
                              public_key=self.public_key, identity=self.identity,
@@ -135,6 +134,11 @@ class Daemon:
         self.writer.on_dropped = lambda job: audit.record(
             self.data_dir, "segment_dropped", call=job.call_id, seq=job.seq,
             reason="disk full")
+        if self._build_services is not None:
+            self.services = self._build_services(ServiceContext(
+                cfg=cfg, store=self.store, data_dir=self.data_dir, device=self.device,
+                alarms=self.alarms, stop=self.stop, status=self.status, now=self.hw.now,
+                free_bytes=self.hw.free_bytes(self.data_dir)))
         n = self._recover_making_room()
         if n:
             log.warning("recovered %d call(s) left open by a crash or power cut", n)
@@ -147,17 +151,17 @@ class Daemon:
         delay = 0.2
         for attempt in range(1, RECOVERY_TRIES + 1):
             try:
+                # Deletions cut short first: their files may be gone while their rows
+                # remain, and they free space the rest of recovery may need.
+                resume_deletions(self.store, self.store.root)
                 return recover(self.store, self.writer, self.device)
             except Exception as exc:
                 if not disk_full(exc) or attempt == RECOVERY_TRIES:
                     raise
                 self.alarms.set("low_storage", True, detail="disk full at start-up")
                 log.error("disk full during recovery (try %d); making room", attempt)
-                if getattr(self, "retention", None) is None:
-                    from recorder.runtime.assembly import make_retention
-                    self.retention = make_retention(self)
                 try:
-                    self.retention.tick()
+                    self._make_room()
                 except Exception:
                     log.exception("making room failed")
                 time.sleep(delay)
@@ -192,9 +196,9 @@ class Daemon:
         self.announcer = Announcer(self.lines)
         period = cfg.audio.period_frames
         self.lead = max(cfg.audio.playback_lead_frames, 6 * period)
-        clock = self.hw.clock or CaptureClock(self.rate)
+        clock = self.hw.sample_clock(self.rate)
         self.clock = clock
-        factory = self.hw.factory or make_factory(cfg.pins.factory)
+        factory = self.hw.pin_factory()
         self.processor = Processor(cfg=cfg, ring=self.ring, put=self.writer.put,
                                    announcer=self.announcer, board=None,
                                    timebase=self.timebase, lines=self.lines, rate=self.rate,
@@ -210,19 +214,19 @@ class Daemon:
         t_writer = LoopThread("writer", lambda: self.writer.run(threading.Event()), self.stop)
         t_writer.start()
         self.threads.append(t_writer)
-        self.playback = AlsaPlayback(self.hw.playback_device, self.lines, self.rate, period)
+        self.playback = self.hw.open_playback(self.lines, self.rate, period)
         t_play = LoopThread("playback", self._playback_loop, self.stop)
         t_play.start()
         self.threads.append(t_play)
-        self.capture = AlsaCapture(self.hw.capture_device, self.lines, self.rate, period,
-                                   pacer=self._sim_pacer() if self.hw.pacer else None)
+        self.capture = self.hw.open_capture(
+            self.lines, self.rate, period,
+            Reader(position=lambda: self.processor.pos, cond=self.ring.cond, stop=self.stop))
         self.t_capture = LoopThread("capture", self._capture_loop, self.stop)
         self.t_capture.start()
         self.threads.append(self.t_capture)
         self.t_calls = LoopThread("calls", self._calls_loop, self.stop)
         self.t_calls.start()
         self.threads.append(self.t_calls)
-        from recorder.runtime.control_socket import ControlServer
         control = ControlServer(self)
         control.start()
         self.threads.append(control)
@@ -232,44 +236,12 @@ class Daemon:
         led = ServiceThread("led", alarm_rules.SLOT_S, self._led_tick, self.stop)
         led.start()
         self.threads.append(led)
-        self._extra_services()
+        if self.services is not None:
+            self.threads += self.services.start()
         if self.notifier:
             self.notifier.ready()
         log.info("linetap %s recording %d line(s) at %d Hz as %s", __version__, self.lines,
                  self.rate, self.device)
-
-    def _extra_services(self) -> None:
-        """Hook for sync and retention services (started after recording is live)."""
-        try:
-            from recorder.runtime.assembly import start_services
-        except ImportError:
-            return
-        self.threads += start_services(self)
-
-    def _sim_pacer(self):
-        """Simulation only: the line runs as fast as the daemon keeps up, no faster.
-
-        A real codec delivers audio in real time, and the call processor runs a couple
-        of periods behind it. A simulated line has no clock of its own, so capture may
-        lead the processor by only a few periods, as it would in real time. Decisions
-        that set playback (announcement, beeps) are then taken as promptly as on a Pi,
-        and the recorders, which trail the processor within the ring, are never lapped.
-        """
-        limit = 4 * self.cfg.audio.period_frames
-        ring, proc = self.ring, self.processor
-
-        def pacer(wanted: int) -> bool:
-            t0 = time.thread_time()
-            try:
-                with ring.cond:
-                    ring.cond.wait_for(lambda: wanted - proc.pos <= limit
-                                       or self.stop.is_set())
-                return self.hw.pacer(wanted)
-            finally:
-                # The simulator's work done on the capture thread, which a Pi's capture
-                # (blocked in the ALSA read) never does: benches leave it out.
-                self.sim_pacer_cpu_s += time.thread_time() - t0
-        return pacer
 
     # -- loops ---------------------------------------------------------------------------
     def _capture_loop(self) -> None:
@@ -306,10 +278,11 @@ class Daemon:
 
     def _calls_loop(self) -> None:
         ring, proc = self.ring, self.processor
-        real = self.hw.pacer is None
-        # On real hardware an edge reaches us a little after the audio it belongs with;
-        # processing two periods behind capture keeps them in order.
-        latency = 2 * self.cfg.audio.period_frames if real else 0
+        # An edge reaches us a little after the audio it belongs with (on a Pi, up to a
+        # period late: hw/clock.py); processing two periods behind capture keeps them in
+        # order. The simulated line stamps edges exactly, but runs the same latency so
+        # that its timing is the Pi's (docs/architecture.md, "Time").
+        latency = PROCESS_LAG_PERIODS * self.cfg.audio.period_frames
         while True:
             with ring.cond:
                 ring.cond.wait_for(lambda: ring.written - latency > proc.pos
@@ -318,9 +291,8 @@ class Daemon:
             done = self.capture_done.is_set() or self.stop.is_set()
             upto = ring.written if done else ring.written - latency
             proc.process(upto)
-            if not real:
-                with ring.cond:
-                    ring.cond.notify_all()     # the simulated line may move on
+            with ring.cond:
+                ring.cond.notify_all()     # a capture paced on its reader may move on
             if done and proc.pos >= ring.written:
                 break
         proc.finish()
@@ -354,7 +326,7 @@ class Daemon:
                            "journal_bytes": self.writer.journal.bytes,
                            "journal_syncs": self.writer.journal.syncs,
                            "journal_skipped": self.writer.journal_skipped},
-                "sync": getattr(self, "sync_status", lambda: None)()}
+                "sync": self.services.sync_status() if self.services else None}
 
     def _alarm_inputs(self, st: dict) -> alarm_rules.Inputs:
         p, now = self.processor, time.monotonic()
@@ -389,15 +361,15 @@ class Daemon:
 
     def _make_room(self) -> None:
         """Run retention now (it evicts synced recordings first when space is low)."""
-        retention = getattr(self, "retention", None)
-        if retention is not None:
-            retention.tick()
+        if self.services is not None:
+            self.services.retention.tick()
 
     def _check_clock(self) -> None:
-        """Re-anchor UTC labels once NTP synchronises (never in simulation)."""
-        if self.timebase.synchronised or self.resync_queued or self.hw.timebase is not None:
+        """Re-anchor UTC labels once NTP synchronises (the simulated line's clock never
+        does: its calls carry line time)."""
+        if self.timebase.synchronised or self.resync_queued:
             return
-        if clock_synchronised():
+        if self.hw.system_clock_synchronised():
             self.clock_synced(time.time())
 
     def clock_synced(self, wall_now: float) -> float:

@@ -4,6 +4,9 @@ Builds the ALSA ``file`` PCM config in a private temp folder, points
 ``ALSA_CONFIG_PATH`` at it, shares one gpiozero ``MockFactory`` and one
 :class:`~hw.clock.SimClock` between the simulator and the daemon, runs the scenario,
 and returns once the line has ended and every segment and manifest is written.
+
+Everything the simulated box does differently from a Pi is :class:`SimHardware`'s, so
+the daemon runs unchanged.
 """
 
 from __future__ import annotations
@@ -12,19 +15,94 @@ import logging
 import os
 import shutil
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from hw import alsa_sim
 from hw import scenario as scen
-from hw.clock import SimClock
+from hw.audio import AlsaCapture
+from hw.clock import SampleClock, SimClock
 from hw.gpio import make_factory
 from hw.pins import PinMap
+from hw.simdisk import SimDisk
 from hw.simline import SimulatedLine
 from recorder.config import Config
-from recorder.runtime.daemon import Daemon, Hardware
+from recorder.runtime.assembly import build_services
+from recorder.runtime.daemon import Daemon
+from recorder.runtime.hardware import Hardware, Reader
+from recorder.storage.store import SEGMENTS
 from recorder.timebase import Timebase
 
 log = logging.getLogger(__name__)
+
+
+#: How far (in periods) the simulated line may run ahead of the call processor.
+PACE_PERIODS = 4
+
+
+class SimHardware(Hardware):
+    """The simulated line as the daemon's hardware: ALSA ``file`` PCMs, a MockFactory,
+    the simulator's sample clock, and line time.
+
+    * **Pacing.** A simulated line has no clock of its own, so capture reads a period
+      only once the call processor is within :data:`PACE_PERIODS` periods of it (a real
+      codec delivers in real time and the processor trails by two periods), then waits
+      for the simulator to render it (``pacer``). Decisions that set playback are then
+      taken as promptly as on a Pi, and the recorders are never lapped.
+    * **Time.** Calls carry line time (the scenario's start + t), so retention judges
+      deadlines by line time too, and the system clock's synchronisation never re-anchors
+      them.
+    * **Disk.** Free space is a virtual disk holding only the recordings
+      (:class:`~hw.simdisk.SimDisk`), unless ``free_bytes`` names a real probe (the
+      full-disk campaign fills a real tmpfs).
+    """
+
+    def __init__(self, alsa, factory, clock: SimClock, pacer: Callable[[int], bool],
+                 start_epoch: float, *,
+                 free_bytes: Callable[[], int] | None = None):
+        super().__init__(alsa.capture_pcm, alsa.playback_pcm, pin_factory="mock")
+        self.factory, self.clock = factory, clock
+        self.pacer = pacer                    # the line's; tests may wrap it
+        #: Line time: sample 0 is the scenario's start (tests may replace it, e.g. to
+        #: boot "in 1970" like a Pi without an RTC).
+        self.line_timebase = Timebase(clock.rate, start_epoch)
+        self._free_bytes = free_bytes
+
+    def pin_factory(self):
+        return self.factory
+
+    def sample_clock(self, rate: int) -> SampleClock:
+        return self.clock
+
+    def timebase(self, rate: int) -> Timebase:
+        return self.line_timebase
+
+    def open_capture(self, lines: int, rate: int, period: int, reader: Reader) -> AlsaCapture:
+        limit = PACE_PERIODS * period
+
+        def paced(wanted: int) -> bool:
+            t0 = time.thread_time()
+            try:
+                with reader.cond:
+                    reader.cond.wait_for(lambda: wanted - reader.position() <= limit
+                                         or reader.stop.is_set())
+                return self.pacer(wanted)
+            finally:
+                # The simulator's work on the capture thread, which a Pi's capture
+                # (blocked in the ALSA read) never does: benches leave it out.
+                self.pacing_cpu_s += time.thread_time() - t0
+        return AlsaCapture(self.capture_device, lines, rate, period, pacer=paced)
+
+    def now(self) -> float:
+        return self.line_timebase.epoch(self.clock.position)
+
+    def free_bytes(self, data_dir: Path) -> Callable[[], int]:
+        return self._free_bytes or SimDisk(Path(data_dir) / SEGMENTS)
+
+    def system_clock_synchronised(self) -> bool:
+        return False
 
 
 @dataclass
@@ -49,8 +127,12 @@ def sim_config(cfg: Config, sc: scen.Scenario, data_dir: str, public_key: str | 
 
 
 def run(sc: scen.Scenario, cfg: Config, *, speed: float = 0.0, keep_playback: bool = False,
-        before_start=None) -> SimResult:
-    """Run ``sc`` through the daemon configured by ``cfg`` (see :func:`sim_config`)."""
+        before_start=None, free_bytes: Callable[[], int] | None = None,
+        services=build_services) -> SimResult:
+    """Run ``sc`` through the daemon configured by ``cfg`` (see :func:`sim_config`).
+
+    ``free_bytes`` replaces the virtual disk's free-space probe (bytes); ``services``
+    the service builder (None runs without retention and sync)."""
     tmp = tempfile.mkdtemp(prefix="linetap-sim-")
     try:
         alsa = alsa_sim.make(tmp)
@@ -61,9 +143,9 @@ def run(sc: scen.Scenario, cfg: Config, *, speed: float = 0.0, keep_playback: bo
         period = cfg.audio.period_frames
         line = SimulatedLine(sc, alsa, factory, pins, clock, period, speed=speed,
                              keep_playback=keep_playback)
-        hw = Hardware(alsa.capture_pcm, alsa.playback_pcm, factory=factory, clock=clock,
-                      pacer=line.pacer, timebase=Timebase(sc.rate, sc.start.timestamp()))
-        daemon = Daemon(cfg, hw)
+        hw = SimHardware(alsa, factory, clock, line.pacer, sc.start.timestamp(),
+                         free_bytes=free_bytes)
+        daemon = Daemon(cfg, hw, services=services)
         if before_start:
             before_start(daemon, line)
         line.start()

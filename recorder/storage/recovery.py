@@ -24,7 +24,6 @@ from recorder.evidence import chain as evidence
 from recorder.evidence import segfile
 from recorder.fsutil import atomic_write
 from recorder.storage import journal
-from recorder.storage.retention.service import resume_deletions
 from recorder.storage.store import SEGMENTS
 
 log = logging.getLogger(__name__)
@@ -152,13 +151,12 @@ def remove_stale_journals(store) -> int:
 
 
 def recover(store, writer, device: str) -> int:
-    """Finish deletions a power cut interrupted, close every call left active, and sign
-    every finished call that has no manifest (a power cut between the row's state change
-    and the manifest's rename). Returns how many calls were recovered or completed."""
+    """Close every call left active, and sign every finished call that has no manifest
+    (a power cut between the row's state change and the manifest's rename). Returns how
+    many calls were recovered or completed. Deletions a power cut interrupted are finished
+    before this (:func:`recorder.storage.retention.deletion.resume_deletions`): their files
+    may be gone while their rows remain, and they free space recovery may need."""
     C = store.m.Call
-    # First: a deletion's files may be gone while its rows remain, and it frees space
-    # the rest of recovery may need.
-    resume_deletions(store, store.root)
     n = 0
     for row in C.select().where(C.state.in_(["closed", "recovered"]) & C.manifest.is_null()):
         log.warning("call %s: finished without a manifest; signing it now", row.id)

@@ -23,6 +23,7 @@ from types import SimpleNamespace
 import peewee as pw
 
 from recorder.errors import StoreError
+from recorder.timebase import iso
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +231,16 @@ class Store:
         if not include_deleted:
             q = q.where(C.state != "deleted")
         return list(q)
+
+    def summary(self) -> dict:
+        """Counts for ``status`` and the health report: calls not deleted, segments, the
+        unsynced backlog and the creation time (ISO 8601 UTC) of its oldest segment."""
+        C, S = self.m.Call, self.m.Segment
+        unsynced = S.select().where(S.acked == False)  # noqa: E712 - peewee expression
+        oldest = unsynced.order_by(S.created).first()
+        return {"calls": C.select().where(C.state != "deleted").count(),
+                "segments": S.select().count(), "unsynced_segments": unsynced.count(),
+                "oldest_unsynced": iso(oldest.created) if oldest else None}
 
     def close(self) -> None:
         if not self.db.is_closed():

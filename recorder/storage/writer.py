@@ -30,6 +30,7 @@ import peewee as pw
 
 from recorder.evidence import chain as evidence
 from recorder.evidence import codec, segfile
+from recorder.evidence.manifest import manifest_body
 from recorder.fsutil import atomic_write
 from recorder.storage import journal
 from recorder.storage.store import Store
@@ -507,31 +508,3 @@ def disk_full(exc: BaseException | None) -> bool:
             return True
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return False
-
-
-def manifest_body(row, segs) -> dict:
-    """The sealed part of a manifest: every export field known on the box."""
-    meta = row.meta or {}
-    # From the sample clock, not from wall-clock times that a clock step can move.
-    dur = None
-    if row.end_sample is not None and row.offhook_sample is not None:
-        dur = round((row.end_sample - row.offhook_sample) / row.rate, 3)
-    elif row.end_time is not None and row.offhook_time is not None:
-        dur = round(row.end_time - row.offhook_time, 3)
-    return {
-        "call_id": row.id, "device": row.device, "line": row.line,
-        "direction": row.direction, "start": iso(row.start_time),
-        "offhook": iso(row.offhook_time), "end": iso(row.end_time), "duration_s": dur,
-        "pauses": [{"start": p["start"], "end": p["end"]} for p in meta.get("pauses", [])],
-        "announcement": meta.get("announcement"),
-        "caller_number": row.caller_number, "caller_name": row.caller_name,
-        "dialled_digits": row.dialled_digits, "masked_dtmf": meta.get("masked_dtmf", []),
-        "flashes": meta.get("flashes", []), "gaps": meta.get("gaps", []),
-        "recording_ended": meta.get("recording_ended"), "rollover_of": meta.get("rollover_of"),
-        "end_reason": meta.get("end_reason"), "recovered": meta.get("recovered", False),
-        "clock_synchronised": meta.get("clock_synchronised", True),
-        "codec": row.codec, "rate": row.rate, "first_sample": row.first_sample,
-        "samples": sum(s.samples for s in segs), "ring": iso(row.ring_time),
-        "segments": [{"seq": s.seq, "sha256": s.sha256, "size": s.size,
-                      "first_sample": s.first_sample, "samples": s.samples} for s in segs],
-    }

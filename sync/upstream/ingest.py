@@ -42,6 +42,7 @@ from paho.mqtt.properties import Properties
 from recorder.errors import LinetapError, ProtocolError, SegmentFormatError
 from recorder.evidence import chain as evidence
 from recorder.evidence import segfile
+from recorder.fsutil import crash_point
 from recorder.timebase import parse_iso
 from sync import protocol
 from sync.upstream import config as upstream_config
@@ -62,7 +63,6 @@ log = logging.getLogger(__name__)
 
 # Fault injection for tests: die (as kill -9 would) after this many durable writes,
 # before the ack is published. Unset in production.
-_CRASH_AFTER = int(os.environ.get("LINETAP_INGEST_CRASH_AFTER", "0") or 0)
 BATCH = 64                # messages per database transaction
 CHUNK_WAIT_S = 0.005      # how long a batch waits for the next chunk of its last file
 # A call in these states takes no more uploads: late copies are acked, never stored.
@@ -80,6 +80,7 @@ class Ingest:
         self.objects = objects or open_objects(ucfg.objects)
         self.stored = self.duplicates = self.conflicts = self.dropped = 0
         self._writes = 0
+        self._writes_hooked = 0     # writes already counted by the crash hook
         self._dirs: set | None = None      # folders to fsync before the batch commits
         self._calls: dict | None = None    # call rows seen in this batch
         self._futs: list = []              # blob writes in flight in this batch
@@ -140,7 +141,11 @@ class Ingest:
                 f.cancel()
             self._dirs = self._calls = None
             self._futs = []
-        self._maybe_crash()
+        # Fault injection, LINETAP_CRASH_AT=ingest_before_ack:N: die once N writes are
+        # durable, before their acks (one hit per write, so N counts writes).
+        for _ in range(self._writes - self._writes_hooked):
+            crash_point("ingest_before_ack")
+        self._writes_hooked = self._writes
         for i, last in member_of.items():
             res[i] = res[last]
         return [res[i] for i in range(len(msgs))]
@@ -202,11 +207,6 @@ class Ingest:
         else:
             self._futs.append(self._pool.submit(self.objects.put, key, blob,
                                                 dirs=self._dirs))
-
-    def _maybe_crash(self) -> None:
-        if _CRASH_AFTER and self._writes >= _CRASH_AFTER:
-            log.error("fault injection: dying before the ack")
-            os._exit(9)
 
     # -- segments ----------------------------------------------------------------------------
     def _call_state(self, t) -> str | None:

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from recorder.errors import CommandRejected, KeyFileError, StoreError
 from recorder.evidence import chain as evidence
 from recorder.evidence.export import decode_segments, export_json, open_manifest, write_call
+from recorder.privacy import mask_number
 from sync import signed_commands as commands
 from sync.upstream.store import (
     Command,
@@ -219,14 +220,6 @@ def user_hold(ucfg, call: str, on: bool, device: str | None = None) -> UCall:
     audit("legal_hold", device=row.device, call=row.call, on=on)
     queue_command(ucfg, row.device, "hold", call=row.call, on=on)
     return row
-
-
-def mask_number(number: str | None) -> str:
-    """``0163*****23``: enough to tell audit lines apart, never the whole number."""
-    if not number:
-        return ""
-    n = str(number)
-    return n[:4] + "*" * max(0, len(n) - 6) + n[-2:] if len(n) > 6 else "*" * len(n)
 
 
 def number_matches(body: dict, number: str) -> bool:

@@ -37,7 +37,7 @@ def box(tmp_path):
 
 @pytest.fixture
 def fake_recorder(box):
-    from provisioning.control_client import socket_path
+    from recorder.runtime.control_client import socket_path
     rec = FakeRecorder(socket_path(box.data))
     yield rec
     rec.close()

@@ -37,7 +37,7 @@ def test_resync_moves_labels_not_samples():
 
 def test_unsynchronised_clock_is_noted_in_every_call(sim):
     def unsync(daemon, _line):
-        daemon.hw.timebase.synchronised = False
+        daemon.hw.line_timebase.synchronised = False
 
     from hw import scenario as scen  # noqa: F401 - keeps the import graph as in production
     from recorder import config
@@ -68,7 +68,7 @@ def test_rtc_less_boot_calls_are_restamped_and_never_expired_early(sim):
     true_start = parse_iso("2026-11-25T09:00:00Z")
 
     def rtc_less(daemon, _line):
-        daemon.hw.timebase.epoch0, daemon.hw.timebase.synchronised = 0.0, False
+        daemon.hw.line_timebase.epoch0, daemon.hw.line_timebase.synchronised = 0.0, False
         line_pacer, synced = daemon.hw.pacer, threading.Event()
 
         def pacer(wanted: int) -> bool:

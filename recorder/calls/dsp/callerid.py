@@ -24,7 +24,8 @@ from hw.linesignals import (
     V23,
 )
 from recorder.calls.dsp import dtmf, fsk
-from recorder.calls.dsp.common import DspInputError, check_rate, mask_number, to_float
+from recorder.calls.dsp.common import DspInputError, check_rate, to_float
+from recorder.privacy import mask_number
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Shared helpers for the DSP package: input checks, level conversion, number masking.
+"""Shared helpers for the DSP package: input checks and level conversion.
 
 Level reference used everywhere in ``recorder.calls.dsp``: **0 dBFS is a full-scale sine**, i.e. a
 sine of peak amplitude 1.0 in float samples (32768 in int16). Its mean power is 0.5. Telephony
@@ -50,12 +50,3 @@ def power_to_dbfs(power) -> np.ndarray:
     p = np.asarray(power, dtype=np.float64)
     with np.errstate(divide="ignore"):
         return 10.0 * np.log10(p / 0.5)
-
-
-def mask_number(number: str | None) -> str | None:
-    """Mask a phone number for logs: keep the first 4 and last 2 digits (``0163*****23``)."""
-    if number is None:
-        return None
-    if len(number) <= 6:
-        return "*" * len(number)
-    return number[:4] + "*" * (len(number) - 6) + number[-2:]

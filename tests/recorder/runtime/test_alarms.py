@@ -128,7 +128,8 @@ def test_shutdown_survives_a_checkpoint_refused_by_a_full_disk():
     import sqlite3
 
     from recorder.config import Config
-    from recorder.runtime.daemon import Daemon, Hardware
+    from recorder.runtime.daemon import Daemon
+    from recorder.runtime.hardware import Hardware
 
     class FullDiskStore:
         closed = False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from recorder.runtime import control_socket as control
+from recorder.runtime import control_client, control_socket
 
 
 def test_status_and_tone_over_the_control_socket(sim):
@@ -13,13 +13,15 @@ def test_status_and_tone_over_the_control_socket(sim):
     def ask(daemon, line):
         def go():
             daemon.ring.wait_for(8000)
-            while not (daemon.data_dir / control.SOCKET).exists():
+            while not (daemon.data_dir / control_socket.SOCKET).exists():
                 daemon.stop.wait(0.01)
-            answers["status"] = control.request(daemon.data_dir, {"cmd": "status"})
-            answers["tone"] = control.request(daemon.data_dir, {
-                "cmd": "tone", "line": 0, "hz": 1000, "seconds": 0.5, "dbfs": -12})
-            answers["bad"] = control.request(daemon.data_dir, {"cmd": "tone", "line": 9})
-            answers["junk"] = control.request(daemon.data_dir, {"cmd": "launch"})
+            path = control_client.socket_path(daemon.data_dir)
+            answers["status"] = control_client.request(path, {"cmd": "status"})
+            answers["tone"] = control_client.request(path, {
+                "cmd": "tone", "line": 0, "hz": 1000, "seconds": 0.5, "dbfs": -12},
+                timeout_s=30.0)
+            answers["bad"] = control_client.request(path, {"cmd": "tone", "line": 9})
+            answers["junk"] = control_client.request(path, {"cmd": "launch"})
         threading.Thread(target=go, daemon=True).start()
 
     from hw import scenario as scen

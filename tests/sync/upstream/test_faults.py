@@ -170,13 +170,13 @@ def test_worker_killed_before_ack(tmp_path, broker, pki):
     raw = upstream_raw(tmp_path / "up", broker, pki, [box])
     conf = tmp_path / "upstream.toml"
     conf.write_text(to_toml(raw))
-    env = dict(os.environ, LINETAP_INGEST_CRASH_AFTER="3")
+    env = dict(os.environ, LINETAP_CRASH_AT="ingest_before_ack:3")
     proc = subprocess.Popen([sys.executable, "-m", "sync.upstream.ingest", "--config", str(conf)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     run = Running(box, broker, pki, window=4, ack_timeout_s=2.0)
     try:
         proc.wait(60)
-        assert proc.returncode == 9, proc.stderr.read().decode()[-2000:]
+        assert proc.returncode == -9, proc.stderr.read().decode()[-2000:]
         ucfg = upstream_cfg(tmp_path / "up", broker, pki, [box])
         open_db(ucfg.db_url)
         # The write happened, its ack did not.

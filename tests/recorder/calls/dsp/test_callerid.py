@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from hw import linesignals as gen
 from recorder.calls.dsp import callerid
-from recorder.calls.dsp.common import DspInputError, mask_number
+from recorder.calls.dsp.common import DspInputError
+from recorder.privacy import mask_number
 from tests.recorder.calls.dsp.helpers import add_noise, pad, sine_power
 
 RATES = (8000, 16000)
@@ -330,9 +331,13 @@ def test_generator_rejects_bad_fields(kwargs):
 
 @pytest.mark.parametrize(
     ("number", "masked"),
-    [("01632960123", "0163*****23"), ("1234567", "1234*67"), ("123", "***"), (None, None)],
+    [("01632960123", "0163*****23"), ("1234567", "1234*67"), ("123", "***"), (None, ""),
+     ("", ""), ("123456", "******"), ("+441632960123", "+441*******23"),
+     ("01632 960123", "0163*****23"), ("withheld", "withheld"), ("unavailable", "unavailable"),
+     ("J SMITH", "***"), ("0163-960123", "***")],
 )
 def test_mask_number(number, masked):
+    """One rule everywhere: never more than the first 4 and last 2 digits."""
     assert mask_number(number) == masked
 
 

@@ -6,7 +6,9 @@ import pytest
 
 from recorder.errors import CommandRejected
 from recorder.evidence import audit
-from recorder.storage.retention.service import CallView, Retention, SegView, decide
+from recorder.storage.retention.deletion import resume_deletions
+from recorder.storage.retention.policy import CallView, Decision, Reason, SegView, decide
+from recorder.storage.retention.service import Retention
 from tests.support.syncbox import box_cfg, make_box, practice_keys, write_calls
 
 DAY = 86400.0
@@ -19,6 +21,13 @@ def cv(id_, age_days, *, keep=90, state="closed", hold=False, synced=False, sync
     start = NOW - age_days * DAY
     return CallView(id_, start, start + keep * DAY, state, hold, synced,
                     None if synced_age is None else NOW - synced_age * DAY, size)
+
+
+def tuples(decisions: list[Decision]) -> list[tuple]:
+    """Decisions in the tables' short form: (call, reason) or (call, reason, seqs)."""
+    assert all(isinstance(d.reason, Reason) for d in decisions)
+    return [(d.call_id, d.reason.value) + (() if d.whole_call else (d.seqs,))
+            for d in decisions]
 
 
 @pytest.mark.parametrize("calls, free, min_free, want", [
@@ -48,7 +57,7 @@ def cv(id_, age_days, *, keep=90, state="closed", hold=False, synced=False, sync
     ([cv("m", 1, state="missed", size=0)], 0, 10 * MB, []),
 ])
 def test_decide_table(calls, free, min_free, want):
-    assert decide(calls, NOW, free, min_free) == want
+    assert tuples(decide(calls, NOW, free, min_free)) == want
 
 
 def sv(*spec):
@@ -97,12 +106,12 @@ def cs(id_, age_days, segs, *, synced=None, **kw):
     ([cs("a", 5, sv((1, 1)))], 10 * MB, 10 * MB, []),
 ])
 def test_decide_eviction_per_segment(calls, free, min_free, want):
-    assert decide(calls, NOW, free, min_free) == want
+    assert tuples(decide(calls, NOW, free, min_free)) == want
 
 
 def test_decide_eviction_unsynced_after_synced():
     calls = [cv("u_old", 5), cv("s", 2, synced=True, synced_age=1), cv("u_new", 1)]
-    got = decide(calls, NOW, 0, int(2.5 * MB))
+    got = tuples(decide(calls, NOW, 0, int(2.5 * MB)))
     assert got == [("s", "eviction"), ("u_old", "eviction"), ("u_new", "eviction")]
 
 
@@ -138,7 +147,7 @@ def test_executor_expiry_hold_and_eviction(box, tmp_path):
     alarms = FakeAlarms()
     r = Retention(store, box.data_dir, box_cfg(box.data_dir), alarms=alarms,
                   free_bytes=lambda: free["v"])
-    assert r.tick() == [(old[0], "retention_expiry")]
+    assert tuples(r.tick()) == [(old[0], "retention_expiry")]
     row = store.call(old[0])
     assert row.state == "deleted" and row.caller_number is None and row.manifest is None
     assert not store.segments_of(old[0])
@@ -152,7 +161,7 @@ def test_executor_expiry_hold_and_eviction(box, tmp_path):
     min_free = int(box_cfg(box.data_dir).retention.min_free_mb * MB)
     one = sum(s.size for s in store.segments_of(new[0]))
     free["v"] = min_free - int(1.5 * one)
-    got = r.tick()
+    got = tuples(r.tick())
     # Per segment: the synced call whole, then the oldest unsynced call's segments (its
     # row and manifest stay: the manifest still goes upstream).
     assert got[0] == (new[0], "eviction")
@@ -179,10 +188,10 @@ def test_executor_synced_copy_and_pushed_retention(box):
     S.update(acked=True, acked_time=now - 8 * DAY).where(S.call == ids[0]).execute()
     C.update(manifest_acked=True).where(C.id == ids[0]).execute()
     r = Retention(store, box.data_dir, box_cfg(box.data_dir), free_bytes=lambda: 10**12)
-    assert r.tick() == [(ids[0], "synced")]
+    assert tuples(r.tick()) == [(ids[0], "synced")]
     # The upstream pushes 10 days: the other call (20 days old) is now past its deadline.
     r.apply({"kind": "retention", "days": 10, "nonce": "n" * 16})
-    assert r.tick() == [(ids[1], "retention_expiry")]
+    assert tuples(r.tick()) == [(ids[1], "retention_expiry")]
 
 
 class FakeDisk:
@@ -216,7 +225,7 @@ def test_executor_evicts_segments_against_a_fake_disk(box):
     disk.capacity = min_free - short - disk()       # so that free = min_free - short
     alarms = FakeAlarms()
     r = Retention(store, box.data_dir, cfg, alarms=alarms, free_bytes=disk)
-    got = r.tick()
+    got = tuples(r.tick())
     assert got == [(ids[0], "eviction"), (ids[1], "eviction", (0,))]
     assert disk() >= min_free
     assert store.call(ids[0]).state == "deleted"
@@ -225,7 +234,7 @@ def test_executor_evicts_segments_against_a_fake_disk(box):
     assert "low_storage" not in alarms.active
     # The disk fills again: now unsynced segments go, oldest first, and the alarm rises.
     disk.capacity += min_free - seg[(ids[1], 1)] - seg[(ids[1], 2)] // 2 - disk()
-    got = r.tick()
+    got = tuples(r.tick())
     assert got == [(ids[1], "eviction", (1, 2))]
     assert alarms.active["low_storage"]["evicted_unsynced"] == 2
     assert store.call(ids[1]).state == "closed" and not store.segments_of(ids[1])
@@ -236,7 +245,7 @@ def test_executor_evicts_segments_against_a_fake_disk(box):
     # Space is back on the next tick, but unsynced recordings were just lost: the alarm
     # must not flicker off while that is recent.
     disk.capacity += 10 * min_free
-    assert r.tick() == []
+    assert tuples(r.tick()) == []
     assert alarms.active["low_storage"]["evicted_unsynced_total"] == 2
 
 
@@ -321,7 +330,6 @@ def test_a_deletion_cut_by_power_loss_is_finished_at_start_up(box, how, point):
     import subprocess
     import sys
 
-    from recorder.storage.retention.service import resume_deletions
     from recorder.storage.store import Store
     keep, cid = write_calls(box, n_calls=2, segs=3)
     box.store.close()
@@ -360,7 +368,6 @@ def test_a_deletion_cut_by_power_loss_is_finished_at_start_up(box, how, point):
 def test_start_up_leaves_markers_it_does_not_own_alone(box):
     """A folder that only looks like a deletion marker (an unknown call, a name that
     does not parse) is left as it is, and the box's own calls are untouched."""
-    from recorder.storage.retention.service import resume_deletions
     [cid] = write_calls(box, n_calls=1, segs=2)
     day = box.store.abs(box.store.segments_of(cid)[0].path).parent.parent
     stray = day / ".C999-L0-abcdef.retention_expiry.del"
@@ -384,7 +391,6 @@ def test_resuming_an_eviction_frees_the_space_before_it_commits(box, monkeypatch
 
     import peewee as pw
 
-    from recorder.storage.retention.service import resume_deletions
     from recorder.storage.store import Store
     [cid] = write_calls(box, n_calls=1, segs=3)
     box.store.close()

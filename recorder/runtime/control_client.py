@@ -1,4 +1,4 @@
-"""Client for the recorder daemon's control socket.
+"""The one client of the recorder daemon's control socket (the server is :mod:`.control_socket`).
 
 The running recorder owns ALSA and GPIO, so live tests (line state, tone) go through it:
 a Unix stream socket at ``<data_dir>/run/control.sock``, one JSON object per line each
@@ -13,8 +13,8 @@ import socket
 from pathlib import Path
 
 from recorder.errors import LinetapError, ProtocolError
+from recorder.runtime.control_socket import SOCKET
 
-SOCKET_NAME = "run/control.sock"
 MAX_REPLY = 1024 * 1024
 
 
@@ -23,7 +23,7 @@ class RecorderNotRunning(LinetapError, ConnectionError):
 
 
 def socket_path(data_dir: str | os.PathLike) -> Path:
-    return Path(data_dir) / SOCKET_NAME
+    return Path(data_dir) / SOCKET
 
 
 def request(path: str | os.PathLike, obj: dict, *, timeout_s: float = 5.0) -> dict:
