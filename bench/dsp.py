@@ -2,9 +2,9 @@
 
 Usage::
 
-    python bench/dsp.py [--minutes 10] [--talkoff-minutes 60] [--frames 1000] [--repeat 5]
+    .venv/bin/python -m bench.dsp [--minutes 10] [--talkoff-minutes 60] [--frames 1000] [--repeat 5]
 
-Audio: ``--minutes`` of 8 kHz synthetic speech (espeak-ng via tests/dsp/corpus.py) with a
+Audio: ``--minutes`` of 8 kHz synthetic speech (espeak-ng via tests/support/corpus.py) with a
 burst of DTMF digits every 20 s and a UK caller ID burst every minute. Each figure is the best
 of ``--repeat`` runs, measured side by side in the same process:
 
@@ -30,14 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "dsp"))
-
-import corpus  # noqa: E402  (test support module, found via the path above)
-
-from hw import linesignals as gen  # noqa: E402
-from recorder.calls.dsp import callerid, dtmf  # noqa: E402
+from hw import linesignals as gen
+from recorder.calls.dsp import callerid, dtmf
+from tests.support import corpus
 
 RATE = 8000
 
@@ -121,7 +116,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     missing = corpus.tools_available()
     if missing:
-        print(f"bench/dsp.py needs {missing} (apt-get install espeak-ng sox)", file=sys.stderr)
+        print(f"bench.dsp needs {missing} (apt-get install espeak-ng sox)", file=sys.stderr)
         return 2
 
     with tempfile.TemporaryDirectory(prefix="linetap-dsp-bench-") as tmp:

@@ -5,27 +5,24 @@ and the signed, sealed manifest. Verifying = what `linetap verify` does: read an
 every segment file, check the manifest signature, chain and list. The baseline, in the
 same run, is FLAC-encoding that hour.
 
-    .venv/bin/python bench/evidence.py
+    .venv/bin/python -m bench.evidence
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
-import numpy as np  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ed25519  # noqa: E402
-
-from recorder.evidence import chain as evidence  # noqa: E402
-from recorder.evidence import codec, keys, segfile  # noqa: E402
-from recorder.evidence.keys import raw_public  # noqa: E402
-from recorder.evidence.verify import found_files  # noqa: E402
+from recorder.evidence import chain as evidence
+from recorder.evidence import codec, keys, segfile
+from recorder.evidence.keys import raw_public
+from recorder.evidence.verify import found_files
 
 SEGMENTS = 360
 

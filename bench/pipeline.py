@@ -7,7 +7,7 @@ Path measured: simulated line -> ALSA capture -> ring -> call state machine -> D
 the journal of the segment in progress (0.5 s records, fdatasync'd) on, as shipped; and
 the same run with the journal off, to report what it costs.
 
-    .venv/bin/python bench/pipeline.py [--minutes 30] [--realtime-seconds 30]
+    .venv/bin/python -m bench.pipeline [--minutes 30] [--realtime-seconds 30]
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from recorder import lean_device_imports
 
-from recorder import lean_device_imports  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 # As `linetap run` and `simulate` do, before anything imports peewee: otherwise peewee
 # loads psycopg2 (libpq and a second OpenSSL, 6.5 MB), which the box never uses.

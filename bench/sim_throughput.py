@@ -1,7 +1,7 @@
 """Seconds of line audio per CPU-second through the simulator and the real ALSA path,
 next to a bare FIFO copy of the same bytes, measured side by side in one run.
 
-    .venv/bin/python bench/sim_throughput.py [--seconds 1800]
+    .venv/bin/python -m bench.sim_throughput [--seconds 1800]
 """
 
 from __future__ import annotations
@@ -10,19 +10,16 @@ import argparse
 import fcntl
 import json
 import os
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from hw import alsa_sim, audio, scenario, simline  # noqa: E402
-from hw.clock import SimClock  # noqa: E402
-from hw.gpio import make_factory  # noqa: E402
-from hw.pins import PinMap  # noqa: E402
-from recorder.config import PinsConfig  # noqa: E402
+from hw import alsa_sim, audio, scenario, simline
+from hw.clock import SimClock
+from hw.gpio import make_factory
+from hw.pins import PinMap
+from recorder.config import PinsConfig
 
 PERIOD = 4096
 

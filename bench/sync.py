@@ -1,6 +1,6 @@
 """Sync benchmark: backlog drain rate vs a bare paho QoS 1 publisher, and ingest rate.
 
-    .venv/bin/python bench/sync.py [--segments 300] [--window 16] [--keep]
+    .venv/bin/python -m bench.sync [--segments 300] [--window 16] [--keep]
 
 Starts mosquitto (mutual TLS, the test ACL) on a free loopback port in a temp folder,
 fills a box store with real sealed 10 s FLAC segments (via the real Writer), then:
@@ -34,18 +34,12 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-# This file is named sync.py: keep its folder off the path so ``import sync`` finds the
-# package, not this script.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
-sys.modules.pop("sync", None)
-sys.path.insert(0, str(ROOT / "tests" / "sync"))
-sys.path.insert(0, str(ROOT))
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
-import paho.mqtt.client as mqtt  # noqa: E402
-from conftest import DEVICES, PKI, Broker  # noqa: E402
-from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
-from synchelpers import (  # noqa: E402
+from sync import protocol
+from tests.support.broker import DEVICES, PKI, Broker
+from tests.support.syncbox import (
     Running,
     make_box,
     practice_keys,
@@ -56,7 +50,7 @@ from synchelpers import (  # noqa: E402
     write_calls,
 )
 
-from sync import protocol  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def thread_cpu() -> dict[str, float]:

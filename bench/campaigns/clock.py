@@ -23,11 +23,8 @@ import random
 import sys
 import threading
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from bench.campaigns import common  # noqa: E402
+from bench.campaigns import common
 
 RATE = 8000
 

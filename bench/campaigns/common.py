@@ -3,47 +3,36 @@
 Each campaign prints a summary table, ends with one JSON line of headline figures and
 exits non-zero on any violation. This module holds what several of them need: a
 loopback mosquitto with mutual TLS and the per-device ACL plus an ingest worker (the
-same PKI and broker classes the sync tests use, from ``tests/sync/conftest.py``), a
-``linetap simulate`` subprocess, scans of a data dir for temp and plaintext files, and
-the table/JSON output.
+same PKI and broker classes the sync tests use, from :mod:`tests.support.broker`), a
+``linetap simulate`` subprocess (:mod:`tests.support.simbox`), scans of a data dir for
+temp and plaintext files, and the table/JSON output.
+
+Run every campaign as a module from the repository root (``python -m
+bench.campaigns.powercut``), so ``bench`` and ``tests.support`` import without any
+``sys.path`` changes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "sync"))   # conftest.PKI/Broker, synchelpers
+from tests.support import syncbox
+from tests.support.broker import PKI, Broker
+from tests.support.simbox import Box, new_box  # noqa: F401  (the campaigns call common.new_box)
+from tests.support.syncbox import to_toml
 
+ROOT = Path(__file__).resolve().parents[2]
 PLAINTEXT_MAGIC = (b"RIFF", b"fLaC", b"OggS")
 DEVICE = "lt-campaign01"
 SITE = "site1"
-
-
-def sync_fixtures():
-    """``tests/sync/conftest.py`` (PKI, Broker) loaded under its own module name, so it
-    does not clash with whatever ``conftest`` pytest has already imported."""
-    import importlib.util
-    name = "linetap_sync_fixtures"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, ROOT / "tests" / "sync" / "conftest.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
 
 
 # -- output ------------------------------------------------------------------------------------
@@ -172,65 +161,8 @@ def day_scenario(rng: random.Random, start: str, duration: float, lines: int = 4
 
 # -- the box under test ------------------------------------------------------------------------
 def write_toml(path: Path, raw: dict) -> Path:
-    from synchelpers import to_toml
     path.write_text(to_toml(raw))
     return path
-
-
-@dataclass
-class Box:
-    """A data dir plus config for ``linetap simulate`` subprocesses."""
-
-    dir: Path
-    practice_pub: Path
-    practice_priv: Path
-    config: Path | None = None
-    proc: subprocess.Popen | None = None
-    log: Path | None = None
-    boots: int = 0
-    extra_env: dict = field(default_factory=dict)
-    prefix: list = field(default_factory=list)     # e.g. ["ip", "netns", "exec", "lt-dev"]
-
-    @property
-    def data(self) -> Path:
-        return self.dir / "data"
-
-    def spawn(self, scenario: Path, speed: float, env: dict | None = None) -> subprocess.Popen:
-        self.boots += 1
-        self.log = self.dir / f"boot-{self.boots:04d}.log"
-        cmd = [*self.prefix, sys.executable, "-m", "recorder.cli", "-q", "simulate",
-               str(scenario),
-               "--data-dir", str(self.data), "--public-key", str(self.practice_pub),
-               "--speed", str(speed)]
-        if self.config:
-            cmd += ["--config", str(self.config)]
-        self.proc = subprocess.Popen(cmd, cwd=str(ROOT), env={**os.environ, **self.extra_env,
-                                                              **(env or {})},
-                                     stdout=subprocess.DEVNULL,
-                                     stderr=open(self.log, "wb"))  # noqa: SIM115
-        return self.proc
-
-    def kill(self) -> float:
-        """SIGKILL the daemon; returns the wall time of the kill."""
-        t = time.time()
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        if self.proc:
-            self.proc.wait(30)
-        return t
-
-    def log_tail(self, n=1500) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
-
-
-def new_box(root: Path) -> Box:
-    from recorder.evidence import keys
-    root.mkdir(parents=True, exist_ok=True)
-    priv, pub = keys.practice_keygen(root / "practice.key")
-    return Box(root, Path(pub), Path(priv))
 
 
 class SyncRig:
@@ -243,11 +175,10 @@ class SyncRig:
         self.root, self.box, self.device = root, box, device
         (root / "pki").mkdir(parents=True, exist_ok=True)
         (root / "broker").mkdir(exist_ok=True)
-        fx = sync_fixtures()
-        self.pki = fx.PKI(root / "pki")
+        self.pki = PKI(root / "pki")
         self.dev = self.pki.client(device)
         self.pki.ingest = self.pki.client("ingest")
-        self.broker = fx.Broker(root / "broker", self.pki)
+        self.broker = Broker(root / "broker", self.pki)
         box.data.mkdir(parents=True, exist_ok=True)
         ident = keys.ensure_identity(box.data, first_start=True)
         self.identity_hex = raw_public(ident.public_key()).hex()
@@ -310,12 +241,11 @@ class SyncRig:
 
 
 def unacked(data: Path) -> int:
-    from synchelpers import unacked as _unacked
 
     from recorder.storage.store import Store
     s = Store(data)
     try:
-        return _unacked(s)
+        return syncbox.unacked(s)
     finally:
         s.close()
 

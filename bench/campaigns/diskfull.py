@@ -31,9 +31,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from bench.campaigns import common  # noqa: E402
+from bench.campaigns import common
 
 
 class LogTrap(logging.Handler):
@@ -422,6 +420,13 @@ def main() -> int:
                         help="pacing (0 = as fast as the CPU allows)")
         ap.add_argument("--full-s", type=float, default=3.0,
                         help="seconds the disk stays completely full in the ENOSPC phase")
+        ap.add_argument("--days-down", type=int, default=None,
+                        help="days with the broker down (default 5; 2 with --quick)")
+        ap.add_argument("--day-s", type=float, default=None,
+                        help="line seconds of each busy day (default 900; 300 with --quick)")
+        ap.add_argument("--phases", default="ABC",
+                        help="A broker down, B broker up and drain, C ENOSPC and a start on "
+                             "a full disk (default ABC)")
     args = common.parse_args(__doc__, extra)
     return Campaign(args).run()
 

@@ -42,13 +42,11 @@ import time
 import traceback
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from bench.campaigns import common  # noqa: E402
+from bench.campaigns import common
+from tests.support.fuzzctx import DEVICE, Ctx
 
 HANG_S = 5.0
 TARGETS = ("frames", "commands", "scenario", "config", "segments")
-DEVICE = "dev-a"
 
 
 # Crashes found by this campaign and reported as product bugs (exception type, file).
@@ -67,73 +65,6 @@ def crash_kind(key: str) -> tuple[str, str]:
 
 class Hang(BaseException):
     """Raised by SIGALRM inside one execution that took longer than HANG_S."""
-
-
-# -- fixtures built once per process ------------------------------------------------------------
-class Ctx:
-    def __init__(self, tmp: Path):
-        from cryptography.hazmat.primitives.asymmetric import ed25519
-
-        from recorder.evidence import keys
-        from recorder.storage.store import Store
-        self.tmp = tmp
-        priv, pub = keys.practice_keygen(tmp / "practice.key")
-        self.practice_priv = keys.load_practice_private(priv)
-        self.practice_pub = keys.load_practice_public(pub)
-        self.cmd_key = ed25519.Ed25519PrivateKey.generate()
-        self.cmd_pub = self.cmd_key.public_key()
-        self.store = Store(tmp / "store")
-        self.segments = self._real_segments()
-        self.scenario = {"rate": 8000, "start": "2026-11-25T09:00:00Z", "duration": 60.0,
-                         "lines": 2, "events": [
-                             {"at": 1.0, "line": 0, "type": "ring", "until": 3.0},
-                             {"at": 1.5, "line": 0, "type": "cli", "number": "01632960123"},
-                             {"at": 3.2, "line": 0, "type": "offhook"},
-                             {"at": 4.0, "line": 0, "type": "tone", "hz": [350, 440],
-                              "duration": 2.0},
-                             {"at": 5.0, "line": 0, "type": "dtmf", "digits": "1234#"},
-                             {"at": 6.0, "type": "button", "button": "pause", "hold": 0.3},
-                             {"at": 7.0, "line": 0, "type": "flash", "duration": 0.2},
-                             {"at": 9.0, "line": 0, "type": "onhook"},
-                             {"at": 10.0, "line": 1, "type": "offhook"},
-                             {"at": 20.0, "line": 1, "type": "onhook"}]}
-        self.config_text = (
-            "[device]\nid = \"lt-x\"\nsite = \"s1\"\n[audio]\nlines = 2\nrate = 8000\n"
-            "[timing]\nhangup_s = 0.5\n[recording]\nsegment_s = 10.0\ncodec = \"flac\"\n"
-            "[pause]\nbutton_lines = [0, 1]\n[[line]]\nindex = 0\nlabel = \"Reception\"\n"
-            "[sync]\nenabled = true\nhost = \"b\"\nport = 8883\nwindow = 16\n"
-            "[retention]\ndays = 90.0\nmin_free_mb = 200\n")
-
-    def _real_segments(self) -> list[bytes]:
-        """A few genuine sealed segments (FLAC, Opus, a raw journal record under a content
-    key) and a manifest."""
-        import numpy as np
-
-        from recorder.evidence import codec, segfile
-        out = []
-        for cname, n in (("flac", 800), ("opus", 960)):
-            pcm = (3000 * np.sin(np.arange(n) / 5)).astype(np.int16)
-            payload = codec.encode(pcm, 8000, cname)
-            h = {"v": 1, "kind": "segment", "device": DEVICE, "call": "C1", "seq": 0,
-                 "first_sample": 0, "samples": n, "rate": 8000, "codec": cname,
-                 "suite": segfile.suite_ids(), "start": "2026-11-25T09:00:00.000Z"}
-            out.append(segfile.seal(segfile.KIND_SEGMENT, h, payload, self.practice_pub))
-        # A journal record: raw PCM under a content key sealed in its header.
-        ck = segfile.ContentKey(segfile.suite_ids(), self.practice_pub)
-        out.append(ck.seal(dict(h, codec="pcm", samples=400, seq=3),
-                           codec.encode((900 * np.cos(np.arange(400) / 7)).astype(np.int16),
-                                        8000, "pcm")))
-        self.payloads = [codec.encode((1000 * np.ones(400)).astype(np.int16), 8000, "flac")]
-        return out
-
-    def seal(self, header: dict, payload: bytes) -> bytes:
-        from recorder.evidence import segfile
-        return segfile.seal(segfile.KIND_SEGMENT, header, payload, self.practice_pub)
-
-    def sign_body(self, body) -> bytes:
-        from recorder.evidence.segfile import canonical
-        raw = canonical(body)
-        return json.dumps({"body": raw.decode(), "sig": self.cmd_key.sign(raw).hex()}).encode()
 
 
 # -- the targets: one execution each; return normally or raise an allowed error ----------------
@@ -427,7 +358,7 @@ class Result:
     def crash(self, exc: BaseException, inp) -> None:
         tb = traceback.extract_tb(exc.__traceback__)
         ours = [f for f in tb if str(common.ROOT) in f.filename and "campaigns" not in
-                f.filename] or tb
+                f.filename and "tests/support" not in f.filename] or tb
         where = f"{Path(ours[-1].filename).relative_to(common.ROOT) if str(common.ROOT) in ours[-1].filename else ours[-1].filename}:{ours[-1].lineno}" if ours else "?"  # noqa: E501
         key = f"{type(exc).__name__} at {where}"
         c = self.crashes.setdefault(key, {"count": 0, "message": str(exc)[:160],
@@ -507,15 +438,15 @@ def run_hypothesis(ctx, target: str, seconds: float, derandomize: bool = False) 
 
 ATHERIS_DRIVER = r'''
 import json, os, sys, signal, random
-sys.path.insert(0, {root!r})
 import atheris
 with atheris.instrument_imports(include=["recorder", "hw", "sync", "provisioning"]):
     from bench.campaigns import fuzz as F
+    from tests.support.fuzzctx import Ctx
     import provisioning.protocol, sync.signed_commands, hw.scenario, recorder.config
     import recorder.evidence.segfile, recorder.evidence.chain, recorder.evidence.export
 from pathlib import Path
 import tempfile
-ctx = F.Ctx(Path(tempfile.mkdtemp(prefix="linetap-atheris-")))
+ctx = Ctx(Path(tempfile.mkdtemp(prefix="linetap-atheris-")))
 res = F.Result({target!r}, "atheris")
 out = {out!r}
 n = [0]
@@ -553,11 +484,14 @@ def run_atheris(ctx, target: str, seconds: float, work: Path) -> Result | None:
         (corpus / f"seed-{i}").write_bytes(inp[:65536])
     out = work / f"atheris-{target}.json"
     drv = work / f"atheris-{target}.py"
-    drv.write_text(ATHERIS_DRIVER.format(root=str(common.ROOT), target=target, out=str(out),
+    drv.write_text(ATHERIS_DRIVER.format(target=target, out=str(out),
                                          secs=int(seconds), corpus=str(corpus)))
     t0 = time.monotonic()
+    # The driver is a script in the work folder: the repository root reaches its path
+    # through PYTHONPATH, as for any program run outside the tree.
     p = subprocess.run([sys.executable, str(drv)], cwd=str(work), capture_output=True,
-                       text=True, timeout=seconds + 300)
+                       text=True, timeout=seconds + 300,
+                       env={**os.environ, "PYTHONPATH": str(common.ROOT)})
     res = Result(target, "atheris")
     res.seconds = time.monotonic() - t0
     try:
@@ -575,17 +509,17 @@ def run_atheris(ctx, target: str, seconds: float, work: Path) -> Result | None:
 def mqtt_attacks(work: Path) -> dict:
     """Attack a running uploader through the real broker; returns counts."""
     import paho.mqtt.client as mqtt
-    from synchelpers import Running, make_box, practice_keys, wait_for, write_command_key
 
     from recorder.evidence import audit
     from sync import signed_commands as commands
+    from tests.support.broker import PKI, Broker
+    from tests.support.syncbox import Running, make_box, practice_keys, wait_for, write_command_key
     (work / "pki").mkdir(parents=True)
     (work / "broker").mkdir()
-    fx = common.sync_fixtures()
-    pki = fx.PKI(work / "pki")
+    pki = PKI(work / "pki")
     pki.devices = {cn: pki.client(cn) for cn in ("dev-a", "dev-b")}
     pki.ingest = pki.client("ingest")
-    broker = fx.Broker(work / "broker", pki)
+    broker = Broker(work / "broker", pki)
     broker.start()
     out = {"attempts": 0, "rejected": 0, "reported": 0, "failures": []}
     _priv, pub, *_ = practice_keys(work)

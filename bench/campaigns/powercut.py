@@ -38,9 +38,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from bench.campaigns import common  # noqa: E402
+from bench.campaigns import common
 
 RATE = 8000
 SEGMENT_S = 10.0

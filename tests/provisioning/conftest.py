@@ -6,11 +6,11 @@ import threading
 from types import SimpleNamespace
 
 import pytest
-from provhelpers import FakeRecorder, PtyCable, box_config
 
 from provisioning.dispatcher import AgentEnv, Dispatcher
 from provisioning.presence import Presence
 from recorder.evidence import keys
+from tests.provisioning.provhelpers import FakeRecorder, PtyCable, box_config
 
 
 @pytest.fixture

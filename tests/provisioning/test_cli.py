@@ -13,9 +13,9 @@ import subprocess
 import sys
 
 import pytest
-from provhelpers import box_config
 
 from provisioning import client
+from tests.provisioning.provhelpers import box_config
 
 
 @pytest.fixture

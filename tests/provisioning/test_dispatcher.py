@@ -8,11 +8,11 @@ import stat
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from provhelpers import box_config, call, reply
 
 from provisioning import protocol, tlscert
 from recorder import config as rconfig
 from recorder.evidence import audit, keys
+from tests.provisioning.provhelpers import box_config, call, reply
 
 
 def practice_pub(tmp_path) -> str:

@@ -10,12 +10,12 @@ from types import SimpleNamespace
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from provhelpers import box_config
 
 from provisioning import client, protocol, sitefile, tlscert
 from recorder import config as rconfig
 from recorder.errors import ConfigError, ProtocolError
 from recorder.evidence import audit, keys
+from tests.provisioning.provhelpers import box_config
 
 
 def write_site(tmp_path, box, *, with_ca=True, extra_box="") -> tuple:

@@ -1,4 +1,4 @@
-"""The userspace netem (bench/campaigns/netimpair.py): the per-packet decision as a
+"""The userspace netem (:mod:`tests.support.netimpair`): the per-packet decision as a
 table, and, as root, a namespace whose packets really are delayed, reordered, dropped,
 duplicated and cut off, while TCP still delivers every byte."""
 
@@ -14,10 +14,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from bench.campaigns.netimpair import Impairment, TunLink, fate  # noqa: E402
+from tests.support.netimpair import Impairment, TunLink, fate
+from tests.support.netlink import choose_link
 
 
 @pytest.mark.parametrize("imp, draws, holds", [
@@ -135,7 +133,6 @@ def test_tcp_delivers_every_byte_through_a_bad_link_and_a_cut_stops_it(link):
     ("wifi", True, True, True, ValueError),
 ])
 def test_the_campaign_picks_the_link_it_can_have(asked, netem, tbf, tun, kind):
-    from bench.campaigns.network import choose_link
     support = {"netem": netem, "tbf": tbf}
     if kind is ValueError:
         with pytest.raises(ValueError):

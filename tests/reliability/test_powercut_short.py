@@ -1,38 +1,37 @@
-"""Short version of the power-cut campaign (bench/campaigns/powercut.py): a few SIGKILLs
-of ``linetap simulate`` (4 lines, sync through a local mosquitto to an ingest worker),
-each restart checked (integrity, verification, no temp or plaintext file, open calls
+"""Short run of the power-cut campaign (``python -m bench.campaigns.powercut --quick``):
+a few SIGKILLs of ``linetap simulate`` (4 lines, sync through a local mosquitto to an
+ingest worker), each restart checked (integrity, verification, no temp or plaintext file, open calls
 recovered, bounded loss), deletions cut at each step and finished by the next boot,
-then the backlog drains with nothing lost or duplicated."""
+then the backlog drains with nothing lost or duplicated. The last test cuts power
+during recovery itself, on a box of its own (:mod:`tests.support.simbox`)."""
 
 from __future__ import annotations
 
 import json
 import signal
-import sys
 import time
-from argparse import Namespace
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from tests.reliability.campaign import need_mosquitto, run_campaign
+from tests.support.simbox import new_box
 
-from tests_reliability_skip import need_mosquitto  # noqa: E402
-
-from bench.campaigns import common, powercut  # noqa: E402
+DELETE_POINTS = 4   # the campaign's delete_marked, _unlinked, _committed, _audited
 
 
+@pytest.mark.slow
 def test_random_kills_recover_and_sync():
     need_mosquitto()
-    c = powercut.Campaign(Namespace(quick=True, seed=11, keep=False, speed=4.0, kills=4,
-                                    points=0, deletes=len(powercut.DELETE_POINTS)))
-    rc = c.run()
-    assert c.stats["kills"] == 4 + len(powercut.DELETE_POINTS)
-    assert c.recovered_checked > 0
+    rc, summary, out = run_campaign("powercut", "--seed", "11", "--speed", "4", "--kills",
+                                    "4", "--points", "0", "--deletes", str(DELETE_POINTS))
+    assert summary["campaign"] == "powercut"
+    assert summary["kills"] == 4 + DELETE_POINTS
+    assert summary["recovered_calls"] > 0
     # A deletion cut at each of its steps, finished by the next boot.
-    assert c.stats["deletions_finished"] == len(powercut.DELETE_POINTS)
-    assert not c.violations, c.violations
+    assert summary["deletions_finished"] == DELETE_POINTS
+    assert summary["upstream_lost"] == summary["upstream_duplicated"] == 0
+    assert summary["violations"] == 0, out[-3000:]
     assert rc == 0
 
 
@@ -47,7 +46,7 @@ def _scenario(path: Path, start: str, duration: float, call: bool) -> Path:
 
 @pytest.mark.parametrize("point", ["before_fsync:1", "before_rename:1"])
 def test_power_cut_during_recovery_leaves_a_verifiable_call(tmp_path, point):
-    box = common.new_box(tmp_path / "box")
+    box = new_box(tmp_path / "box")
     box.spawn(_scenario(tmp_path / "a.json", "2026-11-25T09:00:00Z", 600.0, True), 20.0)
     end = time.monotonic() + 60
     while time.monotonic() < end and not list(box.data.rglob("00002.seg")):

@@ -7,11 +7,10 @@ from __future__ import annotations
 import hashlib
 from types import SimpleNamespace
 
-from synchelpers import box_cfg, make_box, practice_keys, upstream_cfg, write_calls
-
 from sync import protocol
 from sync.upstream.ingest import Ingest
 from sync.upstream.store import UCall, USegment, is_complete, open_db
+from tests.support.syncbox import box_cfg, make_box, practice_keys, upstream_cfg, write_calls
 
 
 class _Info:
@@ -134,7 +133,7 @@ def test_box_and_worker_sockets_have_nagle_off(tmp_path, broker, pki):
     until the peer's delayed ACK."""
     import socket
 
-    from synchelpers import InProcWorker, Running, wait_for
+    from tests.support.syncbox import InProcWorker, Running, wait_for
     _priv, pub, *_ = practice_keys(tmp_path)
     box = make_box(tmp_path / "box", pub)
     worker = InProcWorker(upstream_cfg(tmp_path / "up", broker, pki, [box]))

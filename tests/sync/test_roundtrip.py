@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import time
 
-from synchelpers import (
+from recorder.evidence.export import export_calls
+from recorder.evidence.verify import device_key_for
+from sync.upstream import ops as upstream_ops
+from sync.upstream.objectstore import open_objects
+from sync.upstream.store import UCall, USegment, is_complete
+from tests.support.syncbox import (
     InProcWorker,
     Running,
     make_box,
@@ -15,12 +20,6 @@ from synchelpers import (
     wait_for,
     write_calls,
 )
-
-from recorder.evidence.export import export_calls
-from recorder.evidence.verify import device_key_for
-from sync.upstream import ops as upstream_ops
-from sync.upstream.objectstore import open_objects
-from sync.upstream.store import UCall, USegment, is_complete
 
 
 def test_roundtrip_export_identical(tmp_path, broker, pki):

@@ -8,7 +8,8 @@ import threading
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from synchelpers import wait_for
+
+from tests.support.syncbox import wait_for
 
 
 class Client:
