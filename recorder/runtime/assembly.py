@@ -1,8 +1,9 @@
 """The service wiring: what a run adds around recording, built and passed into the daemon.
 
 ``linetap run`` and ``linetap simulate`` hand :func:`build_services` to the daemon; the
-daemon calls it once its store is open, with a :class:`ServiceContext` naming exactly
-what the services may use, and gets a :class:`Services` back: retention (always; the
+daemon calls it once its store is open, with a
+:class:`~recorder.runtime.service_api.ServiceContext` naming exactly what the services
+may use, and gets a :class:`Services` back: retention (always; the
 daemon also asks it to make room on a full disk) and the uploader (when
 ``sync.enabled``). Nothing here sets anything on the daemon, and this is the only
 module of the daemon's side that imports ``sync``.
@@ -12,39 +13,19 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
-from recorder.config import Config
-from recorder.runtime.alarms import Alarms
-from recorder.runtime.threads import ServiceThread
+from recorder.runtime.service_api import ServiceContext
 from recorder.storage.retention.service import Retention
-from recorder.storage.store import Store
+from recorder.threads import ServiceThread
 from sync.uploader import Uploader, UploaderThread
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ServiceContext:
-    """What the daemon lends its services. ``now`` is epoch seconds for deadlines (line
-    time in simulation); ``free_bytes`` probes the data disk; ``status`` is the daemon's
-    status dict for health reports."""
-
-    cfg: Config
-    store: Store
-    data_dir: Path
-    device: str
-    alarms: Alarms
-    stop: threading.Event
-    status: Callable[[], dict]
-    now: Callable[[], float]
-    free_bytes: Callable[[], int]
-
-
 class Services:
-    """Retention and the uploader for one run. :meth:`start` starts their threads."""
+    """Retention and the uploader for one run (a
+    :class:`~recorder.runtime.service_api.ServicesLike`). :meth:`start` starts their
+    threads."""
 
     def __init__(self, ctx: ServiceContext, *, retention: Retention | None = None):
         self.ctx = ctx
@@ -85,7 +66,7 @@ class Services:
         if self.uploader is not None:
             return self.uploader.sync_status()
         if self._sync_problem is not None:
-            return {"link": "not started", "detail": self._sync_problem}
+            return {"link": "not started", "online": False, "detail": self._sync_problem}
         return None
 
 

@@ -114,9 +114,10 @@ def test_the_writer_reanchors_in_queue_order(tmp_path, practice_keys):
     """Jobs queued before the sync were stamped with the old anchor and are moved by the
     step; jobs queued after it are stamped with the new anchor and are not moved again
     (re-anchoring outside the queue moved a call still queued twice)."""
+    from recorder.calls.jobs import CallInfo, CloseCall, OpenCall
     from recorder.evidence import keys
     from recorder.storage.store import Store
-    from recorder.storage.writer import CallInfo, CloseCall, OpenCall, Restamp, Writer
+    from recorder.storage.writer import Restamp, Writer
     data = tmp_path / "data"
     tb = Timebase(8000, epoch0=0.0, synchronised=False)          # booted at 1970
     w = Writer(Store(data), device="dev-c", rate=8000, codec_name="flac",
