@@ -6,7 +6,7 @@ daemon calls it once its store is open, with a
 may use, and gets a :class:`Services` back: retention (always; the
 daemon also asks it to make room on a full disk) and the uploader (when
 ``sync.enabled``). Nothing here sets anything on the daemon, and this is the only
-module of the daemon's side that imports ``sync``.
+module of the daemon's side that imports ``sync`` (and only when sync is on).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import threading
 from recorder.runtime.service_api import ServiceContext
 from recorder.storage.retention.service import Retention
 from recorder.threads import ServiceThread
-from sync.uploader import Uploader, UploaderThread
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +31,7 @@ class Services:
         self.retention = retention or Retention(ctx.store, ctx.data_dir, ctx.cfg,
                                                 alarms=ctx.alarms, free_bytes=ctx.free_bytes,
                                                 clock=ctx.now)
-        self.uploader: Uploader | None = None
+        self.uploader = None            # a sync.uploader.Uploader once started
         self._sync_problem: str | None = None
 
     def start(self) -> list[threading.Thread]:
@@ -44,6 +43,10 @@ class Services:
         threads[0].start()
         if not ctx.cfg.sync.enabled:
             return threads
+        # Imported only when sync is on: paho and the TLS stack cost a box that records
+        # without sync 3.4 MB of its 60 MB budget (docs/benchmarks.md, peak RSS). Not a
+        # circle being dodged: tests/test_architecture.py sees this import too.
+        from sync.uploader import Uploader, UploaderThread
         try:
             up = Uploader(ctx.store, ctx.cfg, device=ctx.device, data_dir=ctx.data_dir,
                           status=ctx.status, alarms=ctx.alarms, retention=self.retention)
