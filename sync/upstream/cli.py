@@ -27,6 +27,7 @@ import time
 from recorder.evidence import keys
 from recorder.timebase import iso
 from sync.upstream import config as upstream_config
+from sync.upstream import fleet
 from sync.upstream import ops as upstream_ops
 from sync.upstream.objectstore import open_objects
 from sync.upstream.store import (
@@ -80,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=float, default=7.0)
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("problems", help="conflicts and rejected manifests kept aside")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("fleet", help="every box: version, last seen, disk, backlog, alerts")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("audit", help="the upstream audit trail (hash-chained)")
     p.add_argument("--verify", action="store_true", help="check the chain; exit 1 if broken")
@@ -163,6 +166,20 @@ def cli_main(argv: list[str]) -> int:
             for r in rows:
                 print(f"{r['seq']:>6} {r['time']} {r['action']:<20} "
                       f"{json.dumps(r['detail'], sort_keys=True)}")
+        return 0
+    if args.cmd == "fleet":
+        rows = fleet.table(time.time(), ucfg.enrolled())
+        if args.json:
+            _dump(rows)
+            return 0
+        for r in rows:
+            seen = "never" if r["last_seen_s"] is None else f"{r['last_seen_s']} s ago"
+            print(f"{r['site']:<12} {r['device']:<16} {r['state']:<10} "
+                  f"v{r['version'] or '?':<8} seen {seen:<14} "
+                  f"disk {r['disk_free_mb'] if r['disk_free_mb'] is not None else '?'} MB  "
+                  f"backlog {r['backlog'] if r['backlog'] is not None else '?'}  "
+                  f"lines {','.join(x or '?' for x in r['lines']) or '-'}  "
+                  f"alerts {','.join(r['alerts']) or '-'}")
         return 0
     if args.cmd == "expiring":
         end = time.time() + args.days * 86400

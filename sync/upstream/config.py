@@ -23,6 +23,17 @@ Example (see docs/sync.md)::
     lifetime_days = 7
     resend_s = 60
 
+    [fleet]                          # the fleet view's alerts (docs/fleet.md)
+    offline_min = 15
+    dead_line_hours = 2              # of working hours
+    working_hours = "08:00-18:30"
+    working_days = ["mon", "tue", "wed", "thu", "fri"]
+
+    [alerts]                         # where alerts go: e-mail and/or a webhook
+    smtp_host = "smtp.example"
+    smtp_to = ["it@surgery.example"]
+    webhook = "https://hooks.example/linetap"
+
     [sites.surgery-1]
     retention_days = 90
     devices = { "lt-0a1b2c3d4e5f" = "9f2c...64 hex digits", "lt-abc" = "/etc/lt-abc.pub" }
@@ -37,6 +48,7 @@ from pathlib import Path
 
 from recorder.errors import ConfigError, KeyFileError
 from recorder.evidence.keys import load_ed25519_public
+from sync.upstream.fleet import ALERT_KEYS, FLEET_KEYS, FleetSettings, settings_from
 
 SECTIONS = {
     "database": {"url": str},
@@ -45,6 +57,8 @@ SECTIONS = {
                "topic_prefix": str, "share_group": str, "client_id": str},
     "commands": {"key": str, "lifetime_days": (int, float), "resend_s": (int, float)},
     "retention": {"interval_s": (int, float)},
+    "fleet": FLEET_KEYS,
+    "alerts": ALERT_KEYS,
 }
 SITE_KEYS = {"retention_days": (int, float), "devices": dict}
 
@@ -74,6 +88,11 @@ class UpstreamConfig:
     command_resend_s: float = 60.0
     retention_interval_s: float = 60.0
     sites: dict[str, Site] = field(default_factory=dict)
+    fleet: FleetSettings = field(default_factory=FleetSettings)
+
+    def enrolled(self) -> dict[str, str]:
+        """Every device in the config -> its site."""
+        return {dev: s.name for s in self.sites.values() for dev in s.devices}
 
     def site_of(self, device: str) -> Site | None:
         for s in self.sites.values():
@@ -101,7 +120,7 @@ def from_dict(raw: dict, source: str = "upstream config", base: Path | None = No
             tp = SECTIONS[sec].get(k)
             if tp is None:
                 problems.append(f"[{sec}] unknown key '{k}'{_hint(k, SECTIONS[sec])}")
-            elif not isinstance(v, tp) or isinstance(v, bool):
+            elif not isinstance(v, tp) or (isinstance(v, bool) and tp is not bool):
                 problems.append(f"{sec}.{k}: wrong type {type(v).__name__}")
     if problems:
         raise ConfigError(problems, source)
@@ -120,6 +139,10 @@ def from_dict(raw: dict, source: str = "upstream config", base: Path | None = No
     cfg.command_lifetime_s = float(cm.get("lifetime_days", 7)) * 86400
     cfg.command_resend_s = float(cm.get("resend_s", 60))
     cfg.retention_interval_s = float(g("retention", {}).get("interval_s", 60))
+    try:
+        cfg.fleet = settings_from(g("fleet", {}), g("alerts", {}))
+    except ConfigError as exc:
+        problems += exc.problems
     seen: dict[str, str] = {}
     for name, s in (g("sites") or {}).items():
         for k in s:

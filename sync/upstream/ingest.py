@@ -46,11 +46,11 @@ from recorder.fsutil import crash_point
 from recorder.timebase import parse_iso
 from sync import protocol
 from sync.upstream import config as upstream_config
+from sync.upstream import fleet
 from sync.upstream import ops as upstream_ops
 from sync.upstream.objectstore import open_objects
 from sync.upstream.store import (
     Command,
-    Health,
     ManifestHistory,
     Problem,
     UCall,
@@ -417,11 +417,10 @@ class Ingest:
             body = json.loads(payload)
         except ValueError:
             return
-        now = time.time()
-        # ON CONFLICT ... DO UPDATE works on SQLite and PostgreSQL alike (REPLACE does not).
-        Health.insert(device=t.device, site=t.site, body=body, time=now).on_conflict(
-            conflict_target=[Health.device],
-            update={Health.site: t.site, Health.body: body, Health.time: now}).execute()
+        if not isinstance(body, dict):
+            log.warning("health from %s is not a JSON object: ignored", t.device)
+            return
+        fleet.record_health(t.device, t.site, body, time.time())
 
 
 _SQL = {
@@ -546,6 +545,7 @@ class Worker:
         self.client_id = client_id or ucfg.client_id or \
             f"ingest-{socket.gethostname()}-{os.getpid()}"
         self.reconnect_s = reconnect_s
+        self.fleet = fleet.Fleet(ucfg.fleet, ucfg.enrolled(), holder=self.client_id)
         self.connected = threading.Event()
         self.stop = threading.Event()
         self.client: mqtt.Client | None = None
@@ -639,8 +639,14 @@ class Worker:
                 client.ack(mid, qos)
 
     def tick(self) -> None:
-        """Retention and command delivery (idempotent, so every worker may run it)."""
+        """Retention, command delivery and the fleet's alerts (idempotent, or leased to
+        one worker, so every worker may run it)."""
         with self._lock:
+            try:
+                self.fleet.tick()
+            except Exception:
+                # The fleet view must never stop retention or command delivery.
+                log.exception("fleet alerts failed")
             upstream_ops.refresh_deadlines(self.ucfg)
             upstream_ops.expire(self.ingest.objects)
             upstream_ops.clean_partials(self.ingest.objects, self.ucfg.partial_max_age_s)

@@ -5,7 +5,9 @@ Tables: ``ucall`` (one row per (device, call), tombstoned on deletion), ``usegme
 conflict), ``problem`` (conflicting segments and refused manifests, kept aside),
 ``manifest_history`` (manifests replaced by a newer re-signed version),
 ``command`` (signed commands to boxes, with their delivery status), ``health`` (last
-health message per device) and ``uaudit`` (every deletion, hold and command).
+health message per device), ``uaudit`` (every deletion, hold and command), and the fleet
+view's ``health_history``, ``alarm_seen``, ``fleet_alert`` and ``lease``
+(:mod:`sync.upstream.fleet`).
 """
 
 from __future__ import annotations
@@ -134,6 +136,64 @@ class DeviceState(Base):
         table_name = "device_state"
 
 
+class HealthHistory(Base):
+    """Every health message, kept ``fleet.history_days`` (30 by default) for the fleet view."""
+
+    device = pw.CharField()
+    time = pw.DoubleField()
+    body = JSONField()
+
+    class Meta:
+        table_name = "health_history"
+        indexes = ((("device", "time"), False),)
+
+
+class AlarmSeen(Base):
+    """Since when each of a device's alarms has been raised without a break (by health
+    messages), so the fleet view can tell an alarm that stayed past its grace."""
+
+    device = pw.CharField()
+    name = pw.CharField()
+    since = pw.DoubleField()
+
+    class Meta:
+        table_name = "alarm_seen"
+        primary_key = pw.CompositeKey("device", "name")
+
+
+class FleetAlert(Base):
+    """One alert on one device: raised, reminded, cleared. ``pending`` is the notice not
+    yet sent (raised | reminder | cleared), held up to ``fleet.group_s`` so a storm goes
+    out as one message."""
+
+    device = pw.CharField()
+    site = pw.CharField()
+    kind = pw.CharField()                       # offline | dead_line | backlog | ...
+    detail = pw.TextField()
+    raised = pw.DoubleField()
+    cleared = pw.DoubleField(null=True, index=True)
+    last_notice = pw.DoubleField(null=True)
+    notices = pw.IntegerField(default=0)
+    pending = pw.CharField(null=True, index=True)
+    pending_since = pw.DoubleField(null=True)
+
+    class Meta:
+        table_name = "fleet_alert"
+        indexes = ((("device", "kind", "cleared"), False),)
+
+
+class Lease(Base):
+    """A named lease that one worker holds at a time (the fleet's notifier), so many
+    stateless workers send each notice once."""
+
+    name = pw.CharField(primary_key=True)
+    holder = pw.CharField()
+    until = pw.DoubleField()
+
+    class Meta:
+        table_name = "lease"
+
+
 class UAudit(Base):
     """Hash-chained like the box's ``audit.log``: ``hash`` is sha256 over the canonical
     JSON of ``{seq, time, action, detail, prev}``, ``prev`` the previous row's hash."""
@@ -149,7 +209,8 @@ class UAudit(Base):
         table_name = "uaudit"
 
 
-MODELS = [UCall, USegment, Problem, ManifestHistory, Command, Health, DeviceState, UAudit]
+MODELS = [UCall, USegment, Problem, ManifestHistory, Command, Health, DeviceState, UAudit,
+          HealthHistory, AlarmSeen, FleetAlert, Lease]
 
 
 def open_db(url: str) -> pw.Database:
