@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -69,6 +70,10 @@ class Hardware:
 
 
 class Daemon:
+    # Shutdown waits this long (s) for the writer to store what is queued; a writer
+    # still retrying on a full disk is then stopped, never left running (issue 22).
+    WRITER_GRACE_S = 60.0
+
     def __init__(self, cfg: Config, hw: Hardware, *, notifier=None):
         self.cfg, self.hw = cfg, hw
         self.data_dir = Path(cfg.device.data_dir)
@@ -95,6 +100,9 @@ class Daemon:
         removed = remove_temp_files(self.data_dir)
         if removed:
             log.warning("removed %d temp file(s) left by a power cut", len(removed))
+        from recorder.reserve import make_reserve
+        self.reserve = make_reserve(self)
+        self._release_reserve_if_low()
         self.store = Store(self.data_dir)
         # The identity is "made" once its fingerprint is in the store. A power cut
         # while the key was first being written leaves no fingerprint, so it is made
@@ -128,8 +136,7 @@ class Daemon:
                              public_key=self.public_key, identity=self.identity,
                              timebase=self.timebase,
                              retention_s=cfg.retention.days * 86400)
-        self.writer.on_disk_full = lambda: self.alarms.set(
-            "low_storage", True, detail="a write failed: disk full")
+        self.writer.on_disk_full = self._on_disk_full
         self.writer.make_room = self._make_room
         self.writer.on_dropped = lambda job: audit.record(
             self.data_dir, "segment_dropped", call=job.call_id, seq=job.seq,
@@ -138,6 +145,28 @@ class Daemon:
         if n:
             log.warning("recovered %d call(s) left open by a crash or power cut", n)
             self._audit_quietly("recovery", calls=n)
+
+    def _free_bytes(self) -> int:
+        probe = getattr(self, "free_bytes", None)
+        return probe() if probe is not None else shutil.disk_usage(self.data_dir).free
+
+    def _release_reserve_if_low(self) -> None:
+        """Starting with less than ``min_free_mb`` free (a box that stopped on a full
+        disk): the reserve goes first, so the database can open and recovery commit."""
+        if self.reserve.size == 0:
+            return
+        try:
+            low = self._free_bytes() < self.cfg.retention.min_free_mb * 2**20
+        except OSError:
+            low = True
+        if low:
+            self.reserve.release("start-up below retention.min_free_mb")
+
+    def _on_disk_full(self) -> None:
+        """A write failed with ENOSPC / SQLITE_FULL: record into the reserve while
+        retention makes room."""
+        self.alarms.set("low_storage", True, detail="a write failed: disk full")
+        self.reserve.release("a write failed")
 
     def _recover_making_room(self) -> int:
         """Recovery writes (rows, manifests) before anything else runs. On a disk that
@@ -152,6 +181,8 @@ class Daemon:
                     raise
                 self.alarms.set("low_storage", True, detail="disk full at start-up")
                 log.error("disk full during recovery (try %d); making room", attempt)
+                if self.reserve.release("recovery"):
+                    continue            # the reserve's space first, then eviction
                 if getattr(self, "retention", None) is None:
                     from recorder.services import make_retention
                     self.retention = make_retention(self)
@@ -255,7 +286,7 @@ class Daemon:
         and the recorders, which trail the processor within the ring, are never lapped.
         """
         limit = 4 * self.cfg.audio.period_frames
-        ring, proc = self.ring, self.processor
+        ring, proc, writer = self.ring, self.processor, self.writer
 
         def pacer(wanted: int) -> bool:
             t0 = time.thread_time()
@@ -263,6 +294,12 @@ class Daemon:
                 with ring.cond:
                     ring.cond.wait_for(lambda: wanted - proc.pos <= limit
                                        or self.stop.is_set())
+                    # The writer never blocks the processor (it must not wait on the
+                    # store), so the line waits here while the writer is behind, as
+                    # it did when the processor blocked on a bounded queue; not while
+                    # the writer is stuck on a full disk, when real time goes on.
+                    while writer.behind() and not self.stop.is_set():
+                        ring.cond.wait(0.01)
                 return self.hw.pacer(wanted)
             finally:
                 # The simulator's work done on the capture thread, which a Pi's capture
@@ -450,7 +487,15 @@ class Daemon:
         if self.threads:
             # calls finishes its open calls and queues the end marker for the writer.
             stuck += join_all([t for t in self.threads if t.name == "calls"], 30)
-            stuck += join_all([t for t in self.threads if t.name == "writer"], 60)
+            writer = [t for t in self.threads if t.name == "writer"]
+            if join_all(writer, self.WRITER_GRACE_S):
+                # Still retrying on a full disk. Left running, it would write after the
+                # store is closed, into whatever comes next; the calls it holds are
+                # recovered at the next start instead.
+                log.error("writer still storing after %.0f s (disk full?): stopping it",
+                          self.WRITER_GRACE_S)
+                self.writer.abandon()
+                stuck += join_all(writer, 10)
             stuck += join_all([t for t in reversed(self.threads)
                                if t.name not in ("calls", "writer")], 10)
         for closer in (self.capture, self.board):

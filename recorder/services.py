@@ -35,7 +35,7 @@ def make_retention(daemon) -> Retention:
         free_bytes = SimDisk(daemon.store.root / "segments")
     kw = {"clock": clock} if clock else {}
     return Retention(daemon.store, daemon.data_dir, cfg, alarms=daemon.alarms,
-                     free_bytes=free_bytes, **kw)
+                     free_bytes=free_bytes, reserve=getattr(daemon, "reserve", None), **kw)
 
 
 def start_services(daemon) -> list[threading.Thread]:
