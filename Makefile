@@ -12,9 +12,10 @@ APT_PKGS := python3 python3-venv python3-dev gcc libasound2-dev alsa-utils libsn
 	multimon-ng espeak-ng sox iproute2 systemd
 PYTEST_ARGS ?=
 QUICK ?=
+N ?= 10
 
 .PHONY: all demo test setup apt lint bench clean campaign-powercut campaign-diskfull \
-	campaign-network campaign-fuzz campaign-clock
+	campaign-network campaign-fuzz campaign-clock campaign-sweep
 
 all: test
 
@@ -54,6 +55,11 @@ bench: setup
 
 campaign-powercut campaign-diskfull campaign-network campaign-clock: setup
 	$(PY) bench/campaigns/$(subst campaign-,,$@).py $(if $(QUICK),--quick)
+
+# The QUICK power-cut and full-disk campaigns on N fresh random seeds; stops at the
+# first violation and prints the command that reproduces it.
+campaign-sweep: setup
+	$(PY) bench/campaigns/sweep.py --n $(N)
 
 # atheris (coverage-guided) is only needed here; without a wheel for this machine the
 # campaign runs hypothesis alone and says so.

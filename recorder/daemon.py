@@ -159,8 +159,9 @@ class Daemon:
             low = self._free_bytes() < self.cfg.retention.min_free_mb * 2**20
         except OSError:
             low = True
-        if low:
-            self.reserve.release("start-up below retention.min_free_mb")
+        if low and self.reserve.release("start-up below retention.min_free_mb"):
+            self.alarms.set("low_storage", True, detail="started on a full disk: reserve "
+                            "released")
 
     def _on_disk_full(self) -> None:
         """A write failed with ENOSPC / SQLITE_FULL: record into the reserve while

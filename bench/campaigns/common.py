@@ -47,16 +47,62 @@ def sync_fixtures():
 
 
 # -- output ------------------------------------------------------------------------------------
-def parse_args(doc: str, extra=None) -> argparse.Namespace:
+_REPRO: dict = {"command": None}
+
+
+def reproduce_command(argv: list[str], seed: int) -> str:
+    """The command line that reruns this campaign exactly: ``argv`` (script and options,
+    as given) with ``--seed`` set to ``seed``, run from the repository root."""
+    import shlex
+    script = Path(argv[0]).resolve()
+    try:
+        script_s = str(script.relative_to(ROOT))
+    except ValueError:
+        script_s = str(script)
+    rest, skip = [], False
+    for a in argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if a == "--seed":
+            skip = True
+            continue
+        if a.startswith("--seed="):
+            continue
+        rest.append(a)
+    py = Path(sys.executable)
+    try:
+        py_s = str(py.relative_to(ROOT))
+    except ValueError:
+        py_s = str(py)
+    return f"cd {shlex.quote(str(ROOT))} && " + shlex.join(
+        [py_s, script_s, *rest, "--seed", str(seed)])
+
+
+def parse_args(doc: str, extra=None, argv: list[str] | None = None) -> argparse.Namespace:
+    """Common options; picks a fresh seed if none is given and prints it, with the
+    command that reproduces the run (printed again by :func:`finish` on a failure, and
+    by an uncaught exception)."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="short run (under 3 minutes)")
-    ap.add_argument("--seed", type=int, default=None, help="random seed (default: time)")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="random seed (default: a fresh random one, printed)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     if extra:
         extra(ap)
-    args = ap.parse_args()
+    argv = sys.argv if argv is None else argv
+    args = ap.parse_args(argv[1:])
     if args.seed is None:
-        args.seed = int(time.time()) % 100000
+        args.seed = random.SystemRandom().randrange(1, 100000)
+    _REPRO["command"] = reproduce_command(argv, args.seed)
+    print(f"seed {args.seed}; reproduce with: {_REPRO['command']}", flush=True)
+    previous = sys.excepthook
+
+    def hook(tp, value, tb):
+        previous(tp, value, tb)
+        print(f"\nFAILED (uncaught {tp.__name__}); reproduce with: {_REPRO['command']}",
+              file=sys.stderr, flush=True)
+    sys.excepthook = hook
     return args
 
 
@@ -86,6 +132,9 @@ def finish(summary: dict, violations: list[str], root: Path | None = None,
         print(f"\nVIOLATIONS ({len(violations)}):")
         for v in violations[:200]:
             print(f"  - {v}")
+        if _REPRO["command"]:
+            print(f"\nreproduce with: {_REPRO['command']}")
+            summary["reproduce"] = _REPRO["command"]
     summary["violations"] = len(violations)
     print(json.dumps(summary, sort_keys=False))
     return 1 if violations else 0
