@@ -88,6 +88,7 @@ class Daemon:
         self.capture = self.playback = self.board = None
         self.capture_done = threading.Event()
         self.played = 0
+        self.disk_full_events = 0       # writes refused by a full disk (ENOSPC/SQLITE_FULL)
         self.last_capture = time.monotonic()
         self._link_down_since: float | None = None
         self._led_slot = 0
@@ -166,6 +167,7 @@ class Daemon:
     def _on_disk_full(self) -> None:
         """A write failed with ENOSPC / SQLITE_FULL: record into the reserve while
         retention makes room."""
+        self.disk_full_events += 1
         self.alarms.set("low_storage", True, detail="a write failed: disk full")
         self.reserve.release("a write failed")
 
