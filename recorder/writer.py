@@ -488,6 +488,7 @@ class Writer:
             db.execute_sql(self._UPDATE_CALL, (seq + 1, chain.hex(), n, job.call_id))
         self._chains[job.call_id] = (seq + 1, chain)
         self._jchains.pop(job.call_id, None)    # the segment supersedes its records
+        self.journal.reset(job.call_id)         # so they need not take disk space
         self.segments_written += 1
         self.bytes_written += len(data)
 

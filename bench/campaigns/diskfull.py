@@ -84,7 +84,7 @@ class Campaign:
         self.day = 0
         self.alarm_raised = self.alarm_cleared = False
         self.enospc = {"hit": False, "daemon_stopped": False, "error": None}
-        self.reserve_mb = 2 if args.quick else 4
+        self.reserve_mb = 4 if args.quick else 6
         self.announcement = self.root / "announcement.wav"
         _tone_wav(self.announcement, 440.0, self.ANN_S)
 
@@ -120,11 +120,17 @@ class Campaign:
         data = self.box.data
         filler = {}
 
-        def before_start(daemon, _line):
+        def before_start(daemon, line):
             daemon.free_bytes = lambda: shutil.disk_usage(data).free
             filler["daemon"] = daemon
             if fill:
-                filler["thread"] = threading.Thread(target=self._fill, args=(2.0,), daemon=True)
+                # On line time, not wall time: at speed 0 a loaded machine can take
+                # longer to start than a fast one takes for the whole day.
+                def when_recording():
+                    while line.written < self.FILL_AT_S * 8000 and not line.finished:
+                        time.sleep(0.01)
+                    self._fill(0.0)
+                filler["thread"] = threading.Thread(target=when_recording, daemon=True)
                 filler["thread"].start()
         watch = StatusWatch(data)
         watch.start()
@@ -169,6 +175,7 @@ class Campaign:
                 "disk_full_events": getattr(d, "disk_full_events", 0) if d else 0}
         return info
 
+    FILL_AT_S = 20.0       # line time at which the ENOSPC day's disk fills
     ANN_S = 2.0            # the announcement: a 2 s tone
     ANN_LATE_S = 1.5       # how much later than answer + delay it may start at speed 0
 
