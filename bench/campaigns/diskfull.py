@@ -129,7 +129,9 @@ class Campaign:
                 def when_recording():
                     while line.written < self.FILL_AT_S * 8000 and not line.finished:
                         time.sleep(0.01)
+                    filler["at_line_s"] = round(line.written / 8000, 1)
                     self._fill(0.0)
+                    filler["until_line_s"] = round(line.written / 8000, 1)
                 filler["thread"] = threading.Thread(target=when_recording, daemon=True)
                 filler["thread"].start()
         watch = StatusWatch(data)
@@ -172,7 +174,8 @@ class Campaign:
                 "writer_abandoned": d.writer.abandoned_jobs if d and
                 hasattr(d, "writer") else 0,
                 "writer_alive": [t.name for t in (d.threads if d else []) if t.is_alive()],
-                "disk_full_events": getattr(d, "disk_full_events", 0) if d else 0}
+                "disk_full_events": getattr(d, "disk_full_events", 0) if d else 0,
+                "full_line_s": (filler.get("at_line_s"), filler.get("until_line_s"))}
         return info
 
     FILL_AT_S = 20.0       # line time at which the ENOSPC day's disk fills
@@ -399,6 +402,7 @@ class Campaign:
             # Phase C: the disk fills to the last byte while 4 lines record.
             info = self.boot("ENOSPC", 120.0 if a.quick else 300.0, fill=True)
             self.enospc = {"hit": info["disk_full_events"] > 0,
+                           "full_at_line_s": info["full_line_s"], "wall_s": info["wall_s"],
                            "writes_refused": info["disk_full_events"],
                            "reserve_released": info["reserve_released"],
                            "dead_threads": info["dead_threads"],
@@ -452,6 +456,8 @@ class Campaign:
             ("ENOSPC reached the writer (writes refused)",
              f"{self.enospc.get('hit')} ({self.enospc.get('writes_refused')})"),
             ("ENOSPC: disk reserve released (times)", self.enospc.get("reserve_released")),
+            ("ENOSPC: disk full from/to line time (s); day's wall time (s)",
+             f"{self.enospc.get('full_at_line_s')}; {self.enospc.get('wall_s')}"),
             ("after ENOSPC: daemon threads died", self.enospc.get("dead_threads")),
             ("after ENOSPC: scenario completed", self.enospc.get("ended")),
             ("ENOSPC errors logged", self.enospc.get("errors")),
