@@ -241,3 +241,55 @@ def test_a_writer_stuck_on_a_full_disk_does_not_outlive_the_daemon(disk, tmp_pat
     simulate.run(quiet, _sim_cfg(quiet, disk.data, pub))
     verdicts = _verify_all(disk.data)
     assert verdicts and all(v.status == "verified" for v in verdicts.values()), verdicts
+
+
+def _leave_free(disk: Disk, n: int) -> None:
+    """Fill the disk, then give back about ``n`` bytes (tmpfs counts whole pages)."""
+    disk.fill()
+    size = disk.ballast.stat().st_size
+    os.truncate(disk.ballast, max(0, size - n))
+
+
+def test_a_segment_commit_the_full_disk_refused_is_retried_without_a_second_copy(
+        disk, tmp_path):
+    """SQLite rolls the transaction back itself on SQLITE_FULL and peewee's ROLLBACK then
+    fails ("cannot rollback - no transaction is active"): the connection must be left
+    clean, nothing stored, and the retry must commit the bytes already written, needing
+    room only for the commit (before, it sealed new bytes and needed room for a second
+    copy of the file, which a disk that full does not have)."""
+    import hashlib
+
+    from synchelpers import box_writer, make_box, practice_keys
+
+    from recorder.writer import CallInfo, CloseCall, OpenCall, WriteSegment, disk_full
+    _priv, pub, *_ = practice_keys(tmp_path)
+    box = make_box(disk.data, pub)
+    store = box.store
+    w = box_writer(box, 1_700_000_000.0)
+    info = CallInfo(id="CF-L0-000001", line=0, direction="inbound", offhook_sample=0)
+    w.handle(OpenCall(info))
+    rng = np.random.default_rng(7)
+    pcm = (rng.standard_normal(10 * RATE) * 4000).astype(np.int16)
+    job = WriteSegment(info.id, 0, 0, pcm)
+    size = len(w._seal(info.id, 0, 0, pcm))           # what the file will take
+    store.checkpoint()                                 # an empty WAL: the commit needs room
+    _leave_free(disk, size + 4096)                     # the file fits, its commit does not
+    with pytest.raises(Exception) as ei:               # noqa: PT011 - whatever SQLite says
+        w.handle(job)
+    assert disk_full(ei.value), repr(ei.value)
+    assert not store.db.in_transaction() and store.db.transaction_depth() == 0
+    assert not store.segments_of(info.id)
+    path = store.call_dir(info.id, store.call(info.id).start_time) / "00000.seg"
+    first = path.stat()
+    disk.unfill()
+    _leave_free(disk, size - 8192)                     # room to commit, not for a 2nd copy
+    w.handle(job)
+    [row] = store.segments_of(info.id)
+    now = path.stat()
+    assert (now.st_ino, now.st_size) == (first.st_ino, first.st_size)   # not rewritten
+    assert row.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    disk.unfill()
+    info.end_sample = len(pcm)
+    w.handle(CloseCall(info))
+    assert _verify_all(disk.data)[info.id].status == "verified"
+    assert store.integrity_check() == "ok"
