@@ -12,9 +12,10 @@ APT_PKGS := python3 python3-venv python3-dev gcc libasound2-dev alsa-utils libsn
 	multimon-ng espeak-ng sox iproute2 systemd
 PYTEST_ARGS ?=
 QUICK ?=
+N ?= 10
 
 .PHONY: all demo test test-fast lint-imports setup apt lint bench clean campaign-powercut \
-	campaign-diskfull campaign-network campaign-fuzz campaign-clock
+	campaign-diskfull campaign-network campaign-fuzz campaign-clock campaign-sweep
 
 all: test
 
@@ -64,6 +65,11 @@ bench: setup
 
 campaign-powercut campaign-diskfull campaign-network campaign-clock: setup
 	$(PY) -m bench.campaigns.$(subst campaign-,,$@) $(if $(QUICK),--quick)
+
+# The QUICK power-cut and full-disk campaigns on N fresh random seeds; stops at the
+# first violation and prints the command that reproduces it.
+campaign-sweep: setup
+	$(PY) -m bench.campaigns.sweep --n $(N)
 
 # atheris (coverage-guided) is only needed here; without a wheel for this machine the
 # campaign runs hypothesis alone and says so.

@@ -171,6 +171,10 @@ class RetentionConfig:
     min_free_mb: float = _f(200.0, "Evict when free space falls below this (MB).",
                             range=(0.0, 100000.0))
     interval_s: float = _f(300.0, "How often retention runs (seconds).", range=(1.0, 86400.0))
+    reserve_mb: float = _f(64.0, "Disk space kept in a preallocated file and released the "
+                           "moment the disk is full, so recording, commits and recovery "
+                           "go on while retention evicts (MB; 0 = none).",
+                           range=(0.0, 10000.0))
 
 
 @dataclass(frozen=True)

@@ -36,16 +36,63 @@ SITE = "site1"
 
 
 # -- output ------------------------------------------------------------------------------------
-def parse_args(doc: str, extra=None) -> argparse.Namespace:
+_REPRO: dict = {"command": None}
+
+
+def reproduce_command(argv: list[str], seed: int) -> str:
+    """The command line that reruns this campaign exactly: ``argv`` (script and options,
+    as given) with ``--seed`` set to ``seed``, run from the repository root."""
+    import shlex
+    script = Path(argv[0]).resolve()
+    try:
+        # Campaigns run as modules from the repository root (python -m bench.campaigns.X).
+        run = ["-m", ".".join(script.relative_to(ROOT).with_suffix("").parts)]
+    except ValueError:
+        run = [str(script)]
+    rest, skip = [], False
+    for a in argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if a == "--seed":
+            skip = True
+            continue
+        if a.startswith("--seed="):
+            continue
+        rest.append(a)
+    py = Path(sys.executable)
+    try:
+        py_s = str(py.relative_to(ROOT))
+    except ValueError:
+        py_s = str(py)
+    return f"cd {shlex.quote(str(ROOT))} && " + shlex.join(
+        [py_s, *run, *rest, "--seed", str(seed)])
+
+
+def parse_args(doc: str, extra=None, argv: list[str] | None = None) -> argparse.Namespace:
+    """Common options; picks a fresh seed if none is given and prints it, with the
+    command that reproduces the run (printed again by :func:`finish` on a failure, and
+    by an uncaught exception)."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="short run (under 3 minutes)")
-    ap.add_argument("--seed", type=int, default=None, help="random seed (default: time)")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="random seed (default: a fresh random one, printed)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     if extra:
         extra(ap)
-    args = ap.parse_args()
+    argv = sys.argv if argv is None else argv
+    args = ap.parse_args(argv[1:])
     if args.seed is None:
-        args.seed = int(time.time()) % 100000
+        args.seed = random.SystemRandom().randrange(1, 100000)
+    _REPRO["command"] = reproduce_command(argv, args.seed)
+    print(f"seed {args.seed}; reproduce with: {_REPRO['command']}", flush=True)
+    previous = sys.excepthook
+
+    def hook(tp, value, tb):
+        previous(tp, value, tb)
+        print(f"\nFAILED (uncaught {tp.__name__}); reproduce with: {_REPRO['command']}",
+              file=sys.stderr, flush=True)
+    sys.excepthook = hook
     return args
 
 
@@ -75,6 +122,9 @@ def finish(summary: dict, violations: list[str], root: Path | None = None,
         print(f"\nVIOLATIONS ({len(violations)}):")
         for v in violations[:200]:
             print(f"  - {v}")
+        if _REPRO["command"]:
+            print(f"\nreproduce with: {_REPRO['command']}")
+            summary["reproduce"] = _REPRO["command"]
     summary["violations"] = len(violations)
     print(json.dumps(summary, sort_keys=False))
     return 1 if violations else 0
@@ -170,8 +220,9 @@ class SyncRig:
     SQLite upstream, registered for one device whose identity is made here."""
 
     def __init__(self, root: Path, box: Box, device: str = DEVICE, host: str = "127.0.0.1"):
-        from recorder.evidence import keys
-        from recorder.evidence.keys import raw_public
+        from recorder.evidence.chain.keys import raw_public
+
+        from recorder.evidence.chain import keys
         self.root, self.box, self.device = root, box, device
         (root / "pki").mkdir(parents=True, exist_ok=True)
         (root / "broker").mkdir(exist_ok=True)

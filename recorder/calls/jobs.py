@@ -50,6 +50,22 @@ class WriteSegment:
     seq: int
     first_sample: int
     pcm: np.ndarray
+    # (stored seq, sealed bytes, sha256, chain) of a first attempt the full disk refused:
+    # a retry commits those same bytes rather than sealing new ones, so it never needs
+    # room for a second copy of the file (set by the writer).
+    sealed: tuple | None = field(default=None, repr=False)
+
+
+@dataclass
+class SegmentShed:
+    """A segment the writer never received: its queue was over ``max_queue_bytes``
+    (the store was stuck). Recorded like a segment given up on a full disk: a gap in
+    the call, the seqs after it kept contiguous."""
+
+    call_id: str
+    seq: int
+    first_sample: int
+    samples: int
 
 
 @dataclass

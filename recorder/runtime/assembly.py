@@ -30,7 +30,7 @@ class Services:
         self.ctx = ctx
         self.retention = retention or Retention(ctx.store, ctx.data_dir, ctx.cfg,
                                                 alarms=ctx.alarms, free_bytes=ctx.free_bytes,
-                                                clock=ctx.now)
+                                                clock=ctx.now, reserve=ctx.reserve)
         self.uploader = None            # a sync.uploader.Uploader once started
         self._sync_problem: str | None = None
 

@@ -45,6 +45,8 @@ from recorder.runtime.control_socket import ControlServer
 from recorder.runtime.hardware import Hardware, Reader
 from recorder.runtime.service_api import ServiceContext, ServicesLike
 from recorder.storage.recovery import recover
+from recorder.storage.reserve import FILE as RESERVE_FILE
+from recorder.storage.reserve import Reserve
 from recorder.storage.retention.deletion import resume_deletions
 from recorder.storage.store import Store
 from recorder.storage.writer import Restamp, Writer, disk_full
@@ -69,6 +71,10 @@ class Daemon:
     is open (:func:`recorder.runtime.assembly.build_services`); None runs without them
     (tests of the recording path alone). ``notifier`` talks to systemd."""
 
+    # Shutdown waits this long (s) for the writer to store what is queued; a writer
+    # still retrying on a full disk is then stopped, never left running (issue 22).
+    WRITER_GRACE_S = 60.0
+
     def __init__(self, cfg: Config, hw: Hardware, *,
                  services: Callable[[ServiceContext], ServicesLike] | None = None,
                  notifier=None):
@@ -87,6 +93,7 @@ class Daemon:
         self.capture = self.playback = self.board = None
         self.capture_done = threading.Event()
         self.played = 0
+        self.disk_full_events = 0       # writes refused by a full disk (ENOSPC/SQLITE_FULL)
         self.last_capture = time.monotonic()
         self._link_down_since: float | None = None
         self._led_slot = 0
@@ -99,6 +106,10 @@ class Daemon:
         removed = remove_temp_files(self.data_dir)
         if removed:
             log.warning("removed %d temp file(s) left by a power cut", len(removed))
+        self.free_bytes = self.hw.free_bytes(self.data_dir)
+        self.reserve = Reserve(self.data_dir / RESERVE_FILE, self.hw.reserve_bytes(
+            int(cfg.retention.reserve_mb * 2**20)))
+        self._release_reserve_if_low()
         self.store = Store(self.data_dir)
         # The identity is "made" once its fingerprint is in the store. A power cut
         # while the key was first being written leaves no fingerprint, so it is made
@@ -131,8 +142,7 @@ class Daemon:
                              public_key=self.public_key, identity=self.identity,
                              timebase=self.timebase,
                              retention_s=cfg.retention.days * 86400)
-        self.writer.on_disk_full = lambda: self.alarms.set(
-            "low_storage", True, detail="a write failed: disk full")
+        self.writer.on_disk_full = self._on_disk_full
         self.writer.make_room = self._make_room
         self.writer.on_dropped = lambda job: audit.record(
             self.data_dir, "segment_dropped", call=job.call_id, seq=job.seq,
@@ -141,11 +151,31 @@ class Daemon:
             self.services = self._build_services(ServiceContext(
                 cfg=cfg, store=self.store, data_dir=self.data_dir, device=self.device,
                 alarms=self.alarms, stop=self.stop, status=self.status, now=self.hw.now,
-                free_bytes=self.hw.free_bytes(self.data_dir)))
+                free_bytes=self.free_bytes, reserve=self.reserve))
         n = self._recover_making_room()
         if n:
             log.warning("recovered %d call(s) left open by a crash or power cut", n)
             self._audit_quietly("recovery", calls=n)
+
+    def _release_reserve_if_low(self) -> None:
+        """Starting with less than ``min_free_mb`` free (a box that stopped on a full
+        disk): the reserve goes first, so the database can open and recovery commit."""
+        if self.reserve.size == 0:
+            return
+        try:
+            low = self.free_bytes() < self.cfg.retention.min_free_mb * 2**20
+        except OSError:
+            low = True
+        if low and self.reserve.release("start-up below retention.min_free_mb"):
+            self.alarms.set("low_storage", True, detail="started on a full disk: reserve "
+                            "released")
+
+    def _on_disk_full(self) -> None:
+        """A write failed with ENOSPC / SQLITE_FULL: record into the reserve while
+        retention makes room."""
+        self.disk_full_events += 1
+        self.alarms.set("low_storage", True, detail="a write failed: disk full")
+        self.reserve.release("a write failed")
 
     def _recover_making_room(self) -> int:
         """Recovery writes (rows, manifests) before anything else runs. On a disk that
@@ -163,6 +193,8 @@ class Daemon:
                     raise
                 self.alarms.set("low_storage", True, detail="disk full at start-up")
                 log.error("disk full during recovery (try %d); making room", attempt)
+                if self.reserve.release("recovery"):
+                    continue            # the reserve's space first, then eviction
                 try:
                     self._make_room()
                 except Exception:
@@ -223,7 +255,8 @@ class Daemon:
         self.threads.append(t_play)
         self.capture = self.hw.open_capture(
             self.lines, self.rate, period,
-            Reader(position=lambda: self.processor.pos, cond=self.ring.cond, stop=self.stop))
+            Reader(position=lambda: self.processor.pos, cond=self.ring.cond, stop=self.stop,
+                   store_behind=self.writer.behind))
         self.t_capture = LoopThread("capture", self._capture_loop, self.stop)
         self.t_capture.start()
         self.threads.append(self.t_capture)
@@ -425,7 +458,15 @@ class Daemon:
         if self.threads:
             # calls finishes its open calls and queues the end marker for the writer.
             stuck += join_all([t for t in self.threads if t.name == "calls"], 30)
-            stuck += join_all([t for t in self.threads if t.name == "writer"], 60)
+            writer = [t for t in self.threads if t.name == "writer"]
+            if join_all(writer, self.WRITER_GRACE_S):
+                # Still retrying on a full disk. Left running, it would write after the
+                # store is closed, into whatever comes next; the calls it holds are
+                # recovered at the next start instead.
+                log.error("writer still storing after %.0f s (disk full?): stopping it",
+                          self.WRITER_GRACE_S)
+                self.writer.abandon()
+                stuck += join_all(writer, 10)
             stuck += join_all([t for t in reversed(self.threads)
                                if t.name not in ("calls", "writer")], 10)
         for closer in (self.capture, self.board):

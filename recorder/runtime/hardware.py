@@ -28,11 +28,14 @@ from recorder.timebase import Timebase, clock_synchronised
 class Reader:
     """How far the daemon's call processor has read the ring, for a capture that paces
     itself on its reader (the simulated line). ``position()`` is a sample index; it
-    moves under ``cond``; ``stop`` ends any wait."""
+    moves under ``cond``; ``stop`` ends any wait; ``store_behind()`` is True while the
+    writer has more queued than it keeps up with (a line that has no clock of its own
+    waits for it; a real sound card never does)."""
 
     position: Callable[[], int]
     cond: threading.Condition
     stop: threading.Event
+    store_behind: Callable[[], bool] = lambda: False
 
 
 class Hardware:
@@ -73,6 +76,10 @@ class Hardware:
     def free_bytes(self, data_dir: Path) -> Callable[[], int]:
         """A probe of the data disk's free space in bytes."""
         return lambda: shutil.disk_usage(data_dir).free
+
+    def reserve_bytes(self, configured: int) -> int:
+        """Bytes of disk reserve to keep (``retention.reserve_mb``): all of it on a box."""
+        return configured
 
     def system_clock_synchronised(self) -> bool:
         """True once NTP has synchronised the system clock (see :func:`clock_synchronised`)."""

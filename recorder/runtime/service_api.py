@@ -14,6 +14,7 @@ from typing import Protocol
 
 from recorder.config import Config
 from recorder.runtime.alarms import Alarms
+from recorder.storage.reserve import Reserve
 from recorder.storage.retention.service import Retention
 from recorder.storage.store import Store
 
@@ -33,6 +34,7 @@ class ServiceContext:
     status: Callable[[], dict]
     now: Callable[[], float]
     free_bytes: Callable[[], int]
+    reserve: Reserve | None = None
 
 
 class ServicesLike(Protocol):

@@ -48,9 +48,10 @@ class SimHardware(Hardware):
 
     * **Pacing.** A simulated line has no clock of its own, so capture reads a period
       only once the call processor is within :data:`PACE_PERIODS` periods of it (a real
-      codec delivers in real time and the processor trails by two periods), then waits
-      for the simulator to render it (``pacer``). Decisions that set playback are then
-      taken as promptly as on a Pi, and the recorders are never lapped.
+      codec delivers in real time and the processor trails by two periods) and the
+      writer is not behind, then waits for the simulator to render it (``pacer``).
+      Decisions that set playback are then taken as promptly as on a Pi, and the
+      recorders are never lapped.
     * **Time.** Calls carry line time (the scenario's start + t), so retention judges
       deadlines by line time too, and the system clock's synchronisation never re-anchors
       them.
@@ -88,6 +89,12 @@ class SimHardware(Hardware):
                 with reader.cond:
                     reader.cond.wait_for(lambda: wanted - reader.position() <= limit
                                          or reader.stop.is_set())
+                    # The writer never blocks the processor (it must not wait on the
+                    # store), so the line waits here while the writer is behind, as
+                    # it did when the processor blocked on a bounded queue; not while
+                    # the writer is stuck on a full disk, when real time goes on.
+                    while reader.store_behind() and not reader.stop.is_set():
+                        reader.cond.wait(0.01)
                 return self.pacer(wanted)
             finally:
                 # The simulator's work on the capture thread, which a Pi's capture
@@ -100,6 +107,11 @@ class SimHardware(Hardware):
 
     def free_bytes(self, data_dir: Path) -> Callable[[], int]:
         return self._free_bytes or SimDisk(Path(data_dir) / SEGMENTS)
+
+    def reserve_bytes(self, configured: int) -> int:
+        # The virtual disk holds only the recordings: a reserve on the host's disk would
+        # mean nothing there. With a real probe (a tmpfs the campaign fills) it does.
+        return configured if self._free_bytes is not None else 0
 
     def system_clock_synchronised(self) -> bool:
         return False

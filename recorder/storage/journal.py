@@ -11,16 +11,20 @@ key of the segment in progress, which is itself sealed to the practice key
 record), and appends it to the call's journal with ``fdatasync``. Nothing in the
 journal is plaintext, and the box cannot read it back.
 
-When the segment itself is committed its records are obsolete; the journal is deleted
-once the call's manifest is written. After a power cut, recovery adopts the records that
+When the segment itself is committed its records are obsolete, and the journal is cut
+back to empty (:meth:`JournalFiles.reset`), so it holds at most the segment in progress
+(about 160 KB per line at 8 kHz, raw) rather than the whole call twice over: on a disk
+running full that is the difference between recording on and not (issue 22). It is
+deleted once the call's manifest is written. After a power cut, recovery adopts the records that
 continue the call past its last committed segment as segments
 (:func:`recorder.storage.recovery.adopt_journal`), so what is lost is the audio not yet
 journalled: the recorder's hold (hang-up decision + DTMF) plus up to ``journal_s``.
 
 Wear: one append of about 8 KB (0.5 s at 8 kHz, raw) and one ``fdatasync`` per line per
 ``journal_s`` while
-a call is up (fewer when the writer is behind: records waiting together share one); no
-file is created, renamed or deleted per record (see docs/formats.md).
+a call is up (fewer when the writer is behind: records waiting together share one), and
+one ``ftruncate`` per segment; no file is created, renamed or deleted per record (see
+docs/formats.md).
 
 File ``<call dir>/journal.ltj``: a sequence of records::
 
@@ -167,6 +171,22 @@ class JournalFiles:
                       "journal off for this call", call_id)
             self._broken.add(call_id)
             self.close(call_id)
+        self._dirty.discard(call_id)
+
+    def reset(self, call_id: str) -> None:
+        """The segment in progress was committed: every record in the journal is
+        obsolete (records never span segments), so cut it back to empty. No sync: if a
+        power cut loses the cut, recovery skips the obsolete records anyway, and the next
+        record's ``fdatasync`` makes the new size durable with it."""
+        f = self._open.get(call_id)
+        if f is None:
+            return
+        try:
+            os.ftruncate(f[0], 0)
+        except OSError as exc:
+            log.warning("call %s: journal not cut back after its segment: %s", call_id, exc)
+            return
+        f[1] = f[2] = 0
         self._dirty.discard(call_id)
 
     def close(self, call_id: str) -> None:

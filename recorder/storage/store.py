@@ -238,3 +238,22 @@ class Store:
     def close(self) -> None:
         if not self.db.is_closed():
             self.db.close()
+
+
+def disk_full(exc: BaseException | None) -> bool:
+    """Is this the file system or SQLite saying there is no space left?
+
+    Follows the exception chain: on SQLITE_FULL, SQLite rolls the transaction back by
+    itself, and the ORM's own rollback then fails with "no transaction is active",
+    carrying the disk-full error as its context.
+    """
+    import errno
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(exc, pw.OperationalError | sqlite3.OperationalError) and \
+                "full" in str(exc).lower():
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import queue
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from recorder.calls.jobs import (
     JournalAppend,
     MissedCall,
     OpenCall,
+    SegmentShed,
     UpdateCall,
     WriteSegment,
 )
@@ -42,10 +42,12 @@ from recorder.evidence import codec, segfile
 from recorder.evidence.manifest import manifest_body
 from recorder.fsutil import atomic_write
 from recorder.storage import journal
-from recorder.storage.store import Store
+from recorder.storage.store import Store, disk_full
 from recorder.timebase import iso
 
 log = logging.getLogger(__name__)
+
+MAX_QUEUE_BYTES = 16 * 2**20   # audio queued for the writer: ~4 min of 4 lines at 8 kHz
 
 
 @dataclass
@@ -65,12 +67,21 @@ class Writer:
 
     def __init__(self, store: Store, *, device: str, rate: int, codec_name: str, aead: str,
                  public_key, identity, timebase, retention_s: float,
-                 max_queue: int = 64):
+                 max_queue: int = 64, max_queue_bytes: int = MAX_QUEUE_BYTES):
         self.store, self.device, self.rate = store, device, rate
         self.codec, self.aead = codec_name, aead
         self.public_key, self.identity, self.timebase = public_key, identity, timebase
         self.retention_s = retention_s
-        self.q: queue.Queue = queue.Queue(maxsize=max_queue)
+        # Unbounded in jobs, bounded in audio bytes: put() never blocks the call
+        # processor (see put). max_queue is the backlog a simulated line waits on.
+        self.q: queue.Queue = queue.Queue()
+        self.max_queue, self.max_queue_bytes = max_queue, max_queue_bytes
+        self._queued_bytes = 0
+        self._qlock = threading.Lock()
+        self.shed_segments = 0          # segments never queued: the store was stuck
+        self.stalled = False            # retrying a write on a full disk right now
+        self.abort = threading.Event()  # shutdown gave up waiting: drop what is left
+        self.abandoned_jobs = 0
         self._chains: dict[str, tuple[int, bytes]] = {}   # call -> (next seq, chain)
         # The journal's records are numbered on from the committed segments (recovery
         # recomputes their chain when it adopts them): call -> (next seq, content key of
@@ -97,10 +108,46 @@ class Writer:
 
     # -- queue side ----------------------------------------------------------------------
     def put(self, job) -> None:
-        """Queue a job; blocks if the writer is more than ``max_queue`` jobs behind (the
-        processor then falls behind capture, which the ring absorbs and counts)."""
+        """Queue a job. Never blocks: the caller is the call processor, which decides
+        the announcements that playback plays, and it must never wait on the store.
+
+        While the writer is stuck (a full disk it is retrying on), audio jobs pile up;
+        once ``max_queue_bytes`` of audio is queued, new journal records are skipped
+        (their audio is in the segment to come) and new segments are shed: a
+        :class:`SegmentShed` marker takes their place, so the call records a gap and
+        goes on. Control jobs (open, close, metadata) are small and always queued."""
         self.idle.clear()
+        pcm = getattr(job, "pcm", None)
+        if pcm is not None:
+            with self._qlock:
+                over = self._queued_bytes + pcm.nbytes > self.max_queue_bytes
+                if not over:
+                    self._queued_bytes += pcm.nbytes
+            if over:
+                if isinstance(job, JournalAppend):
+                    self.journal_skipped += 1
+                    return
+                self.shed_segments += 1
+                if self.shed_segments == 1 or self.shed_segments % 100 == 0:
+                    log.error("writer queue over %d MB (the store is stuck): %d "
+                              "segment(s) shed", self.max_queue_bytes >> 20,
+                              self.shed_segments)
+                job = SegmentShed(job.call_id, job.seq, int(job.first_sample), len(pcm))
         self.q.put(job)
+
+    def behind(self) -> bool:
+        """More than ``max_queue`` jobs waiting while the writer is working (not stuck on
+        a full disk). A simulated line, which has no clock of its own, waits on this:
+        the old bounded queue's back-pressure, without ever blocking the processor,
+        and without stopping line time while the disk is full (it would not stop on
+        a real line either)."""
+        return not self.stalled and self.q.qsize() > self.max_queue
+
+    def _dequeued(self, job) -> None:
+        pcm = getattr(job, "pcm", None)
+        if pcm is not None:
+            with self._qlock:
+                self._queued_bytes -= pcm.nbytes
 
     def run(self, stop: threading.Event) -> None:
         """Thread body: process jobs until ``stop`` is set and the queue is empty."""
@@ -109,11 +156,14 @@ class Writer:
                 job = self.q.get(timeout=0.2)
             except queue.Empty:
                 self.idle.set()
-                if stop.is_set():
+                if stop.is_set() or self.abort.is_set():
                     self.journal.close_all()
                     return
                 continue
-            if job is None:
+            self._dequeued(job)
+            if job is None or self.abort.is_set():
+                if job is not None:
+                    self._abandon_rest(job)
                 self.journal.close_all()
                 self.idle.set()
                 return
@@ -125,6 +175,26 @@ class Writer:
             self.q.task_done()
             if self.q.empty():
                 self.idle.set()
+
+    def _abandon_rest(self, job) -> None:
+        """Shutdown gave up on a full disk: drop ``job`` and everything queued. The calls
+        they belong to stay ``active`` and are recovered at the next start, from their
+        stored segments and journal."""
+        n = 1
+        while True:
+            try:
+                nxt = self.q.get_nowait()
+            except queue.Empty:
+                break
+            self._dequeued(nxt)
+            n += nxt is not None
+        self.abandoned_jobs += n
+        log.error("writer stopped on a full disk: %d queued job(s) abandoned; the calls "
+                  "still open are recovered at the next start", n)
+
+    def abandon(self) -> None:
+        """Stop retrying and drop the queue (Daemon.shutdown, once its grace is over)."""
+        self.abort.set()
 
     def _journal_waiting(self) -> bool:
         """Is the next queued job another journal record (to share this one's sync)?"""
@@ -168,9 +238,11 @@ class Writer:
                     # low_storage is cleared by retention, which knows the free space and
                     # whether unsynced recordings were just lost; not here.
                     log.warning("disk space recovered; write stored after %d tries", attempt)
+                    self.stalled = False
                 return
             except (OSError, pw.OperationalError) as exc:
                 if not disk_full(exc):
+                    self.stalled = False
                     raise
                 self.on_disk_full()
                 if isinstance(job, JournalAppend):
@@ -180,25 +252,37 @@ class Writer:
                 if attempt == 1:
                     log.error("disk full writing %s: making room", type(job).__name__)
                 if isinstance(job, WriteSegment) and attempt >= DISK_FULL_RETRIES:
-                    self.dropped_segments += 1
-                    self._dropped.setdefault(job.call_id, []).append(
-                        [int(job.first_sample), int(job.first_sample) + len(job.pcm)])
-                    self._jchains.pop(job.call_id, None)
-                    log.error("call %s: segment %d could not be stored (disk full); %d s of "
-                              "audio lost", job.call_id, job.seq, len(job.pcm) // self.rate)
+                    self.stalled = False
+                    self._drop(job.call_id, job.seq, int(job.first_sample), len(job.pcm))
                     self.on_dropped(job)
                     return
+                self.stalled = True
             try:
                 self.make_room()
             except Exception:
                 log.exception("making room failed")
-            time.sleep(delay)
+            if self.abort.wait(delay):
+                # Shutdown gave up: run() drops the rest, and recovery finishes the call.
+                self.stalled = False
+                return
             delay = min(delay * 2, 5.0)
+
+    def _drop(self, call_id: str, seq: int, first_sample: int, samples: int) -> None:
+        """A segment that will never be stored: a gap in its call (the manifest lists
+        it), the stored seqs stay contiguous."""
+        self.dropped_segments += 1
+        self._dropped.setdefault(call_id, []).append([first_sample, first_sample + samples])
+        self._jchains.pop(call_id, None)
+        log.error("call %s: segment %d could not be stored (disk full); %d s of audio lost",
+                  call_id, seq, samples // self.rate)
 
     # -- jobs ---------------------------------------------------------------------------
     def handle(self, job) -> None:
         if isinstance(job, WriteSegment):
             self._segment(job)
+        elif isinstance(job, SegmentShed):
+            self._drop(job.call_id, job.seq, job.first_sample, job.samples)
+            self.on_dropped(job)
         elif isinstance(job, JournalAppend):
             self._journal(job)
         elif isinstance(job, OpenCall):
@@ -312,11 +396,19 @@ class Writer:
         if job.seq - len(self._dropped.get(job.call_id, ())) != seq:
             raise RuntimeError(f"call {job.call_id}: segment {job.seq} where {seq} was due")
         n = int(len(job.pcm))
-        data = self._seal(job.call_id, seq, job.first_sample, job.pcm)
-        sha = hashlib.sha256(data).digest()
-        chain = evidence.chain_next(chain, seq, sha)
         path = d / f"{seq:05d}.seg"
-        atomic_write(path, data, mode=0o640)
+        if job.sealed is not None and job.sealed[0] == seq:
+            # A retry after the full disk refused the commit (or the file): the same
+            # bytes, and no second copy if the first one reached its name.
+            _, data, sha, chain = job.sealed
+            if not _holds(path, sha):
+                atomic_write(path, data, mode=0o640)
+        else:
+            data = self._seal(job.call_id, seq, job.first_sample, job.pcm)
+            sha = hashlib.sha256(data).digest()
+            chain = evidence.chain_next(chain, seq, sha)
+            job.sealed = (seq, data, sha, chain)
+            atomic_write(path, data, mode=0o640)
         db = self.store.db
         with db.atomic():
             db.execute_sql(self._INSERT_SEGMENT, (
@@ -325,6 +417,7 @@ class Writer:
             db.execute_sql(self._UPDATE_CALL, (seq + 1, chain.hex(), n, job.call_id))
         self._chains[job.call_id] = (seq + 1, chain)
         self._jchains.pop(job.call_id, None)    # the segment supersedes its records
+        self.journal.reset(job.call_id)         # so they need not take disk space
         self.segments_written += 1
         self.bytes_written += len(data)
 
@@ -433,20 +526,11 @@ class Writer:
 DISK_FULL_RETRIES = 40      # about 3 minutes of backoff before a segment is given up
 
 
-def disk_full(exc: BaseException | None) -> bool:
-    """Is this the file system or SQLite saying there is no space left?
+def _holds(path, sha: bytes) -> bool:
+    """Does ``path`` exist with exactly the content hashing to ``sha``?"""
+    try:
+        return hashlib.sha256(path.read_bytes()).digest() == sha
+    except FileNotFoundError:
+        return False
 
-    Follows the exception chain: on SQLITE_FULL, SQLite rolls the transaction back by
-    itself, and the ORM's own rollback then fails with "no transaction is active",
-    carrying the disk-full error as its context.
-    """
-    import errno
-    seen = 0
-    while exc is not None and seen < 8:
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if isinstance(exc, pw.OperationalError | sqlite3.OperationalError) and \
-                "full" in str(exc).lower():
-            return True
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
-    return False
+

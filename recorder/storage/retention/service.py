@@ -32,6 +32,7 @@ from recorder.storage.retention.deletion import (
     mark_files,
 )
 from recorder.storage.retention.policy import CallView, Decision, Reason, SegView, decide
+from recorder.storage.store import disk_full
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +56,12 @@ class Retention:
 
     def __init__(self, store, data_dir, cfg, *, alarms=None,
                  free_bytes: Callable[[], int] | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, reserve=None):
         self.store, self.data_dir, self.cfg = store, Path(data_dir), cfg
         self.alarms = alarms
+        # recorder.storage.reserve.Reserve or None: released when a commit is refused,
+        # counted in the eviction target while released, re-created once there is room.
+        self.reserve = reserve
         self.free_bytes = free_bytes or (lambda: shutil.disk_usage(self.data_dir).free)
         self.clock = clock
         self.deleted = 0
@@ -111,23 +115,37 @@ class Retention:
         """One retention pass; returns :func:`decide`'s decisions as executed."""
         r = self.cfg.retention
         now = self.clock()
+        # A deletion the full disk refused is retried first, but never allowed to stop
+        # this tick: its files are gone already, and only more eviction can free what
+        # its commit needs (issue 22: every tick raising here kept the disk full).
         self._finish_unfinished()
         self._pushed_deadlines()
         min_free = int(r.min_free_mb * 1024 * 1024)
+        if self.reserve is not None:
+            min_free += self.reserve.shortfall()    # room to put the reserve back
         free = self.free_bytes()
-        views = self.views(segments=free < min_free)
+        views = [v for v in self.views(segments=free < min_free)
+                 if v.id not in self._unfinished]   # their space is already freed
         todo = decide(views, now, free, min_free, keep_synced_s=r.keep_synced_days * 86400)
         unsynced_seqs = {v.id: {sv.seq for sv in v.segments if not sv.synced} for v in views}
         evicted_unsynced = 0
         for d in todo:
-            if not d.whole_call:
-                evicted_unsynced += len(unsynced_seqs.get(d.call_id, set()) & set(d.seqs))
-                self.evict_segments(d.call_id, d.seqs)
-                continue
-            row = self.store.call(d.call_id)
-            if d.reason is Reason.EVICTION and row is not None and not self._synced(row):
-                evicted_unsynced += max(1, len(unsynced_seqs.get(d.call_id, ())))
-            self.delete_call(d.call_id, d.reason)
+            try:
+                if not d.whole_call:
+                    evicted_unsynced += len(unsynced_seqs.get(d.call_id, set()) & set(d.seqs))
+                    self.evict_segments(d.call_id, d.seqs)
+                    continue
+                row = self.store.call(d.call_id)
+                if d.reason is Reason.EVICTION and row is not None and not self._synced(row):
+                    evicted_unsynced += max(1, len(unsynced_seqs.get(d.call_id, ())))
+                self.delete_call(d.call_id, d.reason)
+            except Exception as exc:
+                if not self._refused(exc, d.call_id):
+                    raise
+        if self._unfinished:
+            self._finish_unfinished()   # with the space this tick freed
+        if self.reserve is not None:
+            self.reserve.ensure(self.free_bytes(), int(r.min_free_mb * 1024 * 1024))
         if self.alarms is not None:
             left = self.free_bytes()
             now = time.monotonic()
@@ -138,10 +156,12 @@ class Retention:
             # does not flicker off on the next tick while the box is still losing data.
             recent = self.last_unsynced_eviction is not None and \
                 now - self.last_unsynced_eviction < LOW_STORAGE_HOLD_S
-            low = left < min_free or recent
+            released = self.reserve is not None and not self.reserve.held
+            low = left < min_free or recent or released
+            extra = {"reserve_released": True} if released else {}
             self.alarms.set("low_storage", low, free_mb=round(left / 2**20, 1),
                             evicted_unsynced=evicted_unsynced,
-                            evicted_unsynced_total=self.evicted_unsynced_total)
+                            evicted_unsynced_total=self.evicted_unsynced_total, **extra)
         return todo
 
     def _pushed_deadlines(self) -> None:
@@ -210,8 +230,25 @@ class Retention:
         del self._unfinished[call_id]
 
     def _finish_unfinished(self) -> None:
+        """Retry every owed deletion; one the full disk still refuses stays owed (and
+        releases the reserve), anything else raises."""
         for call_id in list(self._unfinished):
-            self._finish_owed(call_id)
+            try:
+                self._finish_owed(call_id)
+            except Exception as exc:
+                if not self._refused(exc, call_id):
+                    raise
+
+    def _refused(self, exc: BaseException, call_id: str) -> bool:
+        """Was ``exc`` the full disk refusing a write (then release the reserve, log,
+        and let the tick go on)? The deletion, if its files went, is owed."""
+        if not disk_full(exc):
+            return False
+        log.error("call %s: the full disk refused a deletion's commit (%s); it is owed, "
+                  "and retention goes on freeing space", call_id, exc)
+        if self.reserve is not None:
+            self.reserve.release("a deletion's commit was refused")
+        return True
 
     def _finish_owed(self, call_id: str) -> bool:
         """Finish the call's owed deletion, if any, before anything else touches it (its

@@ -171,14 +171,24 @@ def _record_keys(path) -> list[tuple[int, str]]:
 
 
 def test_records_share_one_content_key_per_segment_in_progress(tmp_path, practice_keys):
-    """One HPKE seal per segment in progress, not per record; a new segment, a new key."""
+    """One HPKE seal per segment in progress, not per record; a new segment, a new key.
+    Once a segment is stored its records are cut from the journal, which so holds at
+    most the segment in progress (issue 22: a disk running full)."""
     store, w, _ = _box(tmp_path, practice_keys)
     seg, jn = 4 * RATE, RATE // 2
-    call_id = _record_call(w, _audio(40000), seg, jn, seg + 3 * jn)
-    got = _record_keys(store.call_dir(call_id, store.call(call_id).start_time) / journal.NAME)
-    assert [s for s, _ in got] == list(range(7)) + [1, 2, 3]
-    assert len({k for _, k in got[:7]}) == 1 and len({k for _, k in got[7:]}) == 1
-    assert got[0][1] != got[7][1]
+    pcm = _audio(40000)
+    call_id = _record_call(w, pcm, seg, jn, seg - 1)     # segment 0 in progress
+    path = store.call_dir(call_id, store.call(call_id).start_time) / journal.NAME
+    first = _record_keys(path)
+    assert [s for s, _ in first] == list(range(7)) and len({k for _, k in first}) == 1
+    w.handle(WriteSegment(call_id, 0, 0, pcm[:seg].copy()))
+    assert path.stat().st_size == 0
+    for j0 in range(seg, seg + 3 * jn, jn):
+        w.handle(JournalAppend(call_id, j0, pcm[j0:j0 + jn].copy()))
+    w.journal.sync()
+    got = _record_keys(path)
+    assert [s for s, _ in got] == [1, 2, 3] and len({k for _, k in got}) == 1
+    assert got[0][1] != first[0][1]
 
 
 def test_a_record_lost_to_a_full_disk_is_resealed_under_a_fresh_key(tmp_path, practice_keys,
