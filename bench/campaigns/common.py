@@ -220,9 +220,8 @@ class SyncRig:
     SQLite upstream, registered for one device whose identity is made here."""
 
     def __init__(self, root: Path, box: Box, device: str = DEVICE, host: str = "127.0.0.1"):
-        from recorder.evidence.chain.keys import raw_public
-
-        from recorder.evidence.chain import keys
+        from recorder.evidence import keys
+        from recorder.evidence.keys import raw_public
         self.root, self.box, self.device = root, box, device
         (root / "pki").mkdir(parents=True, exist_ok=True)
         (root / "broker").mkdir(exist_ok=True)

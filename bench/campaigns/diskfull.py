@@ -237,9 +237,8 @@ class Campaign:
 
     # -- checks ------------------------------------------------------------------------------
     def check_store(self, tag: str, crashed: bool = False) -> dict:
-        from recorder.evidence.chain.verify import device_key_for, verify_call
-
-        from recorder.evidence.chain import audit
+        from recorder.evidence import audit
+        from recorder.evidence.verify import device_key_for, verify_call
         from recorder.storage.store import Store
         data = self.box.data
         s = Store(data)
@@ -318,7 +317,7 @@ class Campaign:
             self.alarm_raised = True
 
     def audit_since(self, n0: int) -> list[dict]:
-        from recorder.evidence.chain import audit
+        from recorder.evidence import audit
         return list(audit.read(self.box.data))[n0:]
 
     # -- the campaign -----------------------------------------------------------------------
@@ -344,7 +343,7 @@ class Campaign:
             self.rig = common.SyncRig(self.root, self.box)
             self.box.config = None
             # Phase A: broker down (nothing listening on its port) for several days.
-            from recorder.evidence.chain import audit
+            from recorder.evidence import audit
             for _ in range(days_down if "A" in phases else 0):
                 info = self.boot("broker down", day_s)
                 self.judge_boot(info)

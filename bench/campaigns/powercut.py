@@ -50,7 +50,7 @@ SEGMENT_S = 10.0
 def _hold_s() -> float:
     """The recorder's hold in seconds: the hang-up decision lag + 1 s (recorder/calls/processor.py,
     ``CallProcessor.hold``), from the default timing config."""
-    from recorder.calls.processor import state as callstate
+    from recorder.calls import state as callstate
     from recorder.config import Config
     return callstate.Timing.from_config(Config().timing, RATE).decision_lag / RATE + 1.0
 
@@ -224,7 +224,7 @@ class Campaign:
     def check_deletions(self, s, tag: str) -> None:
         """Every cut deletion is finished by the boot after it, audited exactly once,
         and no deletion marker survives a boot."""
-        from recorder.evidence.chain import audit
+        from recorder.evidence import audit
         acts = [e for e in audit.tail(self.box.data, 1 << 22)
                 if e["action"] == "delete" and e["detail"].get("reason") == "synced"]
         for cid in self.deleting:
@@ -255,8 +255,7 @@ class Campaign:
 
     # -- checks ----------------------------------------------------------------------------
     def check_restart(self) -> None:
-        from recorder.evidence.chain.verify import device_key_for, verify_call
-
+        from recorder.evidence.verify import device_key_for, verify_call
         from recorder.storage.store import Store
         self.stats["restarts_checked"] += 1
         data = self.box.data
