@@ -47,6 +47,14 @@ def _pcm(kind: str, device: str, channels: int, rate: int, period: int, nonblock
     return pcm
 
 
+def probe_capture(device: str, channels: int, rate: int, period: int) -> None:
+    """Open and close ``device`` for capture exactly as :class:`AlsaCapture` will (S16_LE,
+    ``channels`` at ``rate`` Hz, ``period`` frames), checking that the card gave what was
+    asked. Raises :class:`HardwareError` naming the problem. ``linetap doctor`` uses it,
+    so doctor passes a device only if the daemon can record from it."""
+    _pcm("capture", device, channels, rate, period, nonblock=True).close()
+
+
 class AlsaCapture:
     """Reads interleaved S16_LE periods from one PCM.
 

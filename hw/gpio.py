@@ -41,6 +41,9 @@ def make_factory(name: str = ""):
     if name == "lgpio":
         from gpiozero.pins.lgpio import LGPIOFactory
         return LGPIOFactory()
+    if name:
+        raise ValueError(f"pins.factory = {name!r} is not a pin factory Linetap uses "
+                         "('lgpio', 'rpigpio', 'mock', or empty)")
     from gpiozero import Device
     if Device.pin_factory is None:
         Device._set_pin_factory(Device._default_pin_factory())

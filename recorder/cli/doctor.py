@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from hw.audio import probe_capture
+from hw.gpio import make_factory
 from recorder import config as rconfig
 from recorder.errors import ConfigError, KeyFileError
 from recorder.evidence import keys
@@ -105,24 +107,15 @@ def check_command_key(cfg: rconfig.Config) -> Result:
 
 # -- hardware ------------------------------------------------------------------------------
 
-def open_alsa_capture(device: str, channels: int, rate: int) -> None:
-    """Open and close an ALSA capture PCM (S16_LE). Raises on failure."""
-    import alsaaudio  # only here: the package imports on machines without ALSA
-
-    pcm = alsaaudio.PCM(alsaaudio.PCM_CAPTURE, alsaaudio.PCM_NONBLOCK, device=device,
-                        channels=channels, rate=rate, format=alsaaudio.PCM_FORMAT_S16_LE,
-                        periodsize=160)
-    pcm.close()
-
-
 def check_alsa(cfg: rconfig.Config, recorder_running: bool,
-               open_capture: Callable[[str, int, int], None] = open_alsa_capture) -> Result:
-    """Can the capture device be opened with the configured channels and rate?"""
+               open_capture: Callable[[str, int, int, int], None] = probe_capture) -> Result:
+    """Can the capture device be opened as the daemon opens it (channels, rate, period),
+    and does the card give exactly that? The daemon's own probe (hw.audio)."""
     if cfg.device.hardware == "sim":
         return Result("alsa", OK, "simulated line (device.hardware = 'sim'): not checked")
     dev, n, rate = cfg.audio.capture_device, cfg.audio.lines, cfg.audio.rate
     try:
-        open_capture(dev, n, rate)
+        open_capture(dev, n, rate, cfg.audio.period_frames)
     except ImportError:
         return Result("alsa", WARN, "pyalsaaudio is not installed: capture not checked",
                       "install the package's dependencies (pip install pyalsaaudio)")
@@ -137,22 +130,9 @@ def check_alsa(cfg: rconfig.Config, recorder_running: bool,
 
 
 def make_pin_factory(name: str):
-    """Build a gpiozero pin factory by entry-point name ('' = gpiozero's default order)."""
-    from importlib.metadata import entry_points
-
-    eps = {ep.name: ep for ep in entry_points(group="gpiozero_pin_factories")}
-    names = [name] if name else ["lgpio", "rpigpio", "pigpio", "native"]
-    errors = []
-    for n in names:
-        ep = eps.get(n)
-        if ep is None:
-            errors.append(f"{n}: not installed")
-            continue
-        try:
-            return n, ep.load()()
-        except Exception as exc:  # noqa: BLE001 - each backend fails its own way
-            errors.append(f"{n}: {exc}")
-    raise RuntimeError("; ".join(errors))
+    """The pin factory the daemon would use (hw.gpio.make_factory), and its class name."""
+    f = make_factory(name)
+    return type(f).__name__, f
 
 
 def check_pins(cfg: rconfig.Config, model_path: Path = MODEL_PATH,

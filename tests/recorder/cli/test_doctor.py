@@ -98,9 +98,28 @@ def test_alsa(hardware, probe, running, expect):
 
 def test_alsa_probe_receives_config():
     seen = []
-    cfg = cfg_with(audio__capture_device="hw:1", audio__lines=2, audio__rate=16000)
+    cfg = cfg_with(audio__capture_device="hw:1", audio__lines=2, audio__rate=16000,
+                   audio__period_frames=320)
     doctor.check_alsa(cfg, False, open_capture=lambda *a: seen.append(a))
-    assert seen == [("hw:1", 2, 16000)]
+    assert seen == [("hw:1", 2, 16000, 320)]
+
+
+def test_doctor_probes_are_the_daemons(tmp_path, monkeypatch):
+    """doctor passes a sound card or a pin factory only if the daemon could use it: it
+    calls the daemon's own probes, and the ALSA one opens a real PCM as capture does."""
+    import inspect
+
+    from hw import alsa_sim, audio, gpio
+    assert inspect.signature(doctor.check_alsa).parameters["open_capture"].default \
+        is audio.probe_capture
+    name, f = doctor.make_pin_factory("mock")
+    assert isinstance(f, type(gpio.make_factory("mock")))
+    f.close()
+    sim = alsa_sim.make(str(tmp_path))
+    monkeypatch.setenv("ALSA_CONFIG_PATH", str(sim.conf))
+    cfg = cfg_with(device__hardware="pi", audio__capture_device=sim.playback_pcm,
+                   audio__lines=2, audio__rate=8000)
+    assert doctor.check_alsa(cfg, False).status == OK
 
 
 @pytest.mark.parametrize("model,factory,expect", [
@@ -124,9 +143,9 @@ def test_pins_sim():
 
 def test_pin_factory_by_name():
     name, f = doctor.make_pin_factory("mock")
-    assert name == "mock"
+    assert name == "MockFactory"
     f.close()
-    with pytest.raises(RuntimeError, match="nope: not installed"):
+    with pytest.raises(ValueError, match="'nope' is not a pin factory"):
         doctor.make_pin_factory("nope")
 
 
