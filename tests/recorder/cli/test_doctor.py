@@ -109,17 +109,22 @@ def test_doctor_probes_are_the_daemons(tmp_path, monkeypatch):
     calls the daemon's own probes, and the ALSA one opens a real PCM as capture does."""
     import inspect
 
-    from hw import alsa_sim, audio, gpio
+    from hw import audio, gpio
     assert inspect.signature(doctor.check_alsa).parameters["open_capture"].default \
         is audio.probe_capture
     name, f = doctor.make_pin_factory("mock")
     assert isinstance(f, type(gpio.make_factory("mock")))
     f.close()
-    sim = alsa_sim.make(str(tmp_path))
-    monkeypatch.setenv("ALSA_CONFIG_PATH", str(sim.conf))
-    cfg = cfg_with(device__hardware="pi", audio__capture_device=sim.playback_pcm,
+    # A real ALSA PCM (alsa-lib's null plugin: no card needed) opens as capture would;
+    # a PCM that does not exist fails, naming it.
+    conf = tmp_path / "alsa.conf"
+    conf.write_text("pcm.linetap_probe {\n    type null\n}\n")
+    monkeypatch.setenv("ALSA_CONFIG_PATH", str(conf))
+    cfg = cfg_with(device__hardware="pi", audio__capture_device="linetap_probe",
                    audio__lines=2, audio__rate=8000)
     assert doctor.check_alsa(cfg, False).status == OK
+    r = doctor.check_alsa(cfg.replace(audio__capture_device="linetap_nosuch"), False)
+    assert r.status == FAIL and "linetap_nosuch" in r.detail
 
 
 @pytest.mark.parametrize("model,factory,expect", [
