@@ -1,6 +1,6 @@
 """Scenario files for the simulated line: parse, validate, and explain every problem.
 
-The format is fixed by the design brief (§4)::
+The format (a contract that demos, benches and campaigns rely on)::
 
     {"rate": 8000, "start": "2026-11-25T09:00:00Z", "duration": 60.0, "lines": 2,
      "events": [{"at": 7.3, "line": 0, "type": "offhook"}, ...]}

@@ -127,7 +127,7 @@ def plan(oldest: list, newest: list, inflight, room: int) -> list:
 
 class Uploader:
     """Uploads one box's outbox. Construct, :meth:`start`, then run :meth:`tick` on a
-    service thread (or use :meth:`thread`); :meth:`close` on shutdown.
+    service thread (:class:`UploaderThread`); :meth:`close` on shutdown.
 
     ``status`` returns the daemon status dict for health messages (or None);
     ``retention`` (a :class:`~recorder.storage.retention.service.Retention`) applies

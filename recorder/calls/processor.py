@@ -254,15 +254,43 @@ class LineRecorder:
             self.masks.append(m.data)
 
 
+@dataclass
+class Line:
+    """One line as the processor sees it: its settings, recorder and detector, and the
+    state that moves as edges and audio arrive. Sample indexes are absolute (the ring's).
+    """
+
+    index: int
+    settings: LineSettings
+    recorder: LineRecorder
+    dsp: DtmfStream | None                  # None: no DTMF detection on this line
+    state: cs.LineState = field(default_factory=cs.LineState)
+    call: CallInfo | None = None            # the call in progress
+    last_call: CallInfo | None = None       # the previous call (a rollover continues it)
+    pending_cli: dict | None = None         # caller ID decoded before the call started
+    ring_sample: int | None = None          # first ring of the pending inbound call
+    dsp_pos: int = 0                        # audio scanned for levels and DTMF up to here
+    next_beep: int | None = None            # when the next warning beep is due
+    dial_open: bool = False                 # still collecting an outbound call's digits
+    dial_last: int | None = None            # end of the last dialled digit
+    level_dbfs: float = -120.0              # peak level of the last block scanned
+    clipped: int = 0                        # blocks that reached full scale
+    silent_since: int | None = None         # near-silence began here (dead-line alarm)
+    last_clip: int | None = None            # sample of the last clip
+
+
 class Processor:
-    """Turns edges and audio into calls for every line (see module docstring)."""
+    """Turns edges and audio into calls for every line (see module docstring).
+
+    ``line[n]`` is line n's :class:`Line`; ``button`` the pause button's state, which
+    spans lines.
+    """
 
     def __init__(self, *, cfg, ring: RingBuffer, put, announcer: Announcer, board,
                  timebase, lines: int, rate: int, settings: list[LineSettings],
                  dsp_factory=None, audit=None):
         self.ring, self.put, self.announcer, self.board = ring, put, announcer, board
         self.timebase, self.lines, self.rate = timebase, lines, rate
-        self.settings = settings
         self.timing = cs.Timing.from_config(cfg.timing, rate)
         self.ptiming = cs.PauseTiming.from_config(cfg.pause, rate)
         # The recorder must know of a hang-up and a DTMF digit before it cuts the audio
@@ -276,32 +304,20 @@ class Processor:
         self.lag = self.timing.decision_lag
         self.hold = self.lag + round(DTMF_HOLD_MAX_S * rate)
         self.guard = round(MASK_GUARD_S * rate)
-        self.states = [cs.LineState() for _ in range(lines)]
         self.button = cs.ButtonState()
-        self.recorders = [LineRecorder(i, ring, put, segment=round(cfg.recording.segment_s
+        self.line = [Line(i, settings[i],
+                          LineRecorder(i, ring, put, segment=round(cfg.recording.segment_s
                                                                    * rate),
                                        preroll=round(cfg.timing.preroll_s * rate),
-                                       journal=round(cfg.recording.journal_s * rate))
-                          for i in range(lines)]
+                                       journal=round(cfg.recording.journal_s * rate)),
+                          dsp_factory(rate) if dsp_factory else None)
+                     for i in range(lines)]
         self.edges: deque[Edge] = deque()
         self.pos = 0
-        self.calls: list[CallInfo | None] = [None] * lines
-        self.last_call: list[CallInfo | None] = [None] * lines
-        self.pending_cli: list[dict | None] = [None] * lines
-        self.ring_sample: list[int | None] = [None] * lines
         self.dtmf_mask = cfg.recording.dtmf_mask
         self.callerid_std = cfg.recording.callerid
-        self.dsp = [dsp_factory(rate) if dsp_factory else None for _ in range(lines)]
-        self.dsp_pos = [0] * lines
-        self.next_beep: list[int | None] = [None] * lines
-        self.dial_open = [False] * lines
-        self.dial_last: list[int | None] = [None] * lines
         self.audit = audit or (lambda *a, **k: None)
         self.counts = {"calls": 0, "missed": 0, "late_edges": 0, "flashes": 0}
-        self.levels = [-120.0] * lines
-        self.clipped = [0] * lines
-        self.silent_since: list[int | None] = [None] * lines   # sample near-silence began
-        self.last_clip: list[int | None] = [None] * lines      # sample of the last clip
         self.stuck: set[int] = set()                           # lines past max_call_s
 
     # -- inputs ---------------------------------------------------------------------------
@@ -331,15 +347,15 @@ class Processor:
         self._button("tick", upto)
         self._beeps(upto)
         self.pos = upto
-        for ln, r in enumerate(self.recorders):
-            r.advance(max(0, self.cut_point(ln, upto)))
+        for ln in self.line:
+            ln.recorder.advance(max(0, self.cut_point(ln.index, upto)))
 
     def cut_point(self, ln: int, upto: int) -> int:
         """Sample up to which line ``ln``'s audio is final once the processor is at
         ``upto``: no hang-up or DTMF mask can still change audio before it."""
         t = upto - self.lag
-        det = self.dsp[ln]
-        if self.dtmf_mask and det is not None and self.calls[ln] is not None:
+        det = self.line[ln].dsp
+        if self.dtmf_mask and det is not None and self.line[ln].call is not None:
             settled = det.settled_before()
             if settled is not None:
                 t = min(t, max(settled - self.guard, upto - self.hold))
@@ -349,17 +365,17 @@ class Processor:
         """The line has ended (shutdown or end of simulation): close every call."""
         end = self.pos
         for ln in range(self.lines):
-            st = self.states[ln]
+            st = self.line[ln].state
             if st.phase == "offhook":
                 at = st.onhook_at if st.onhook_at is not None else end
                 self._act(ln, cs.CallEnd(at, "hangup" if st.onhook_at is not None
                                          else "shutdown"))
-                self.states[ln] = cs.LineState()
+                self.line[ln].state = cs.LineState()
             elif st.phase == "ringing":
                 self._act(ln, cs.Missed(st.ring_start, st.last_ring or end))
-                self.states[ln] = cs.LineState()
-        for r in self.recorders:
-            r.advance(end)
+                self.line[ln].state = cs.LineState()
+        for ln in self.line:
+            ln.recorder.advance(end)
 
     # -- edges -----------------------------------------------------------------------------
     def _edge(self, e: Edge) -> None:
@@ -372,19 +388,20 @@ class Processor:
             self._button("press" if e.active else "release", e.sample)
 
     def _line_event(self, ln: int, ev) -> None:
-        self.states[ln], actions = cs.step(self.states[ln], ev, self.timing)
+        line = self.line[ln]
+        line.state, actions = cs.step(line.state, ev, self.timing)
         for a in actions:
             self._act(ln, a)
 
     def _active_lines(self) -> list[int]:
-        return [i for i, c in enumerate(self.calls) if c is not None]
+        return [ln.index for ln in self.line if ln.call is not None]
 
     def _button(self, kind: str, s: int) -> None:
         self.button, actions = cs.button_step(self.button, kind, s, self._active_lines(),
                                               self.ptiming)
         for a in actions:
-            rec = self.recorders[a.line]
-            call = self.calls[a.line]
+            rec = self.line[a.line].recorder
+            call = self.line[a.line].call
             if isinstance(a, cs.PauseStart):
                 rec.mark(a.sample, "pause")
                 self._led(a.line, "blink")
@@ -407,14 +424,15 @@ class Processor:
 
     # -- actions ---------------------------------------------------------------------------
     def _act(self, ln: int, a) -> None:
-        rec = self.recorders[ln]
+        line = self.line[ln]
+        rec = line.recorder
         if isinstance(a, cs.RingStart):
-            self.ring_sample[ln] = a.sample
-            self.pending_cli[ln] = self._decode_cli(ln, a.sample)
+            line.ring_sample = a.sample
+            line.pending_cli = self._decode_cli(ln, a.sample)
         elif isinstance(a, cs.CallStart):
             self._start_call(ln, a)
         elif isinstance(a, cs.CallEnd):
-            call = self.calls[ln]
+            call = line.call
             if call is None:
                 return
             call.end_reason = a.reason
@@ -422,24 +440,24 @@ class Processor:
                 self.stuck.discard(ln)
             rec.mark(a.sample, "end")
             self.announcer.cancel(ln, a.sample)
-            self.calls[ln] = None
-            self.last_call[ln] = call       # a rollover continues from it
-            self.next_beep[ln] = None
+            line.call = None
+            line.last_call = call       # a rollover continues from it
+            line.next_beep = None
             self.button = cs.button_call_ended(self.button, ln)
             self._led(ln, "off")
             log.info("line %d: call %s ended (%s)", ln, call.id, a.reason)
         elif isinstance(a, cs.Missed):
-            cli = self.pending_cli[ln] or {}
+            cli = line.pending_cli or {}
             info = CallInfo(self._new_id(ln, a.ring_start), ln, "inbound", a.ring_start,
                             ring_sample=a.ring_start, caller_number=cli.get("number"),
                             caller_name=cli.get("name"))
             self.put(MissedCall(info, a.ring_end))
             self.counts["missed"] += 1
-            self.pending_cli[ln] = None
-            self.ring_sample[ln] = None
+            line.pending_cli = None
+            line.ring_sample = None
         elif isinstance(a, cs.Flash):
-            if self.calls[ln] is not None:
-                self.calls[ln].flashes.append([a.sample, a.length])
+            if line.call is not None:
+                line.call.flashes.append([a.sample, a.length])
             self.counts["flashes"] += 1
         elif isinstance(a, cs.StuckOffHook):
             self.stuck.add(ln)
@@ -450,8 +468,9 @@ class Processor:
         return f"{time.strftime('%Y%m%dT%H%M%SZ', t)}-L{ln}-{secrets.token_hex(3)}"
 
     def _start_call(self, ln: int, a: cs.CallStart) -> None:
-        st = self.settings[ln]
-        prev = self.last_call[ln]
+        line = self.line[ln]
+        st = line.settings
+        prev = line.last_call
         if not st.record:
             log.info("line %d: call not recorded (recording is off for this line)", ln)
             return
@@ -462,20 +481,20 @@ class Processor:
             info.caller_number, info.caller_name = prev.caller_number, prev.caller_name
             info.announcement = None
         elif a.direction == "inbound":
-            cli = self.pending_cli[ln] or {}
+            cli = line.pending_cli or {}
             info.caller_number = cli.get("number")
             info.caller_name = cli.get("name")
-        self.pending_cli[ln] = None
-        self.calls[ln] = info
+        line.pending_cli = None
+        line.call = info
         self.counts["calls"] += 1
-        self.recorders[ln].mark(a.sample, "start", info)
-        self.dial_open[ln], self.dial_last[ln] = a.direction == "outbound", None
-        if self.dsp[ln] is not None:
+        line.recorder.mark(a.sample, "start", info)
+        line.dial_open, line.dial_last = a.direction == "outbound", None
+        if line.dsp is not None:
             # Scan the call from its off-hook edge: audio already seen goes in first.
-            self.dsp[ln].reset(a.sample)
+            line.dsp.reset(a.sample)
             try:
-                for d in self.dsp[ln].feed(self.ring.read(ln, a.sample, self.dsp_pos[ln]),
-                                           a.sample):
+                for d in line.dsp.feed(self.ring.read(ln, a.sample, line.dsp_pos),
+                                       a.sample):
                     self._digit(ln, info, *d)
             except (Overrun, ValueError):
                 log.warning("line %d: could not scan the start of the call for DTMF", ln)
@@ -485,19 +504,19 @@ class Processor:
             info.announcement = {"id": st.announcement.id, "sha256": st.announcement.sha256,
                                  "start_sample": start}
         if st.beep is not None and st.beep_interval:
-            self.next_beep[ln] = a.sample + st.beep_interval
+            line.next_beep = a.sample + st.beep_interval
         self._led(ln, "on")
         log.info("line %d: %s call %s started, caller %s", ln, a.direction, info.id,
                  mask_number(info.caller_number))
 
     def _beeps(self, upto: int) -> None:
-        for ln, due in enumerate(self.next_beep):
-            st = self.settings[ln]
+        for line in self.line:
+            due, st = line.next_beep, line.settings
             # Queue beeps well ahead of the playback position (clips not yet played
             # are cancelled at hang-up), so a busy processor never makes one late.
             if due is not None and due <= upto + BEEP_HORIZON_S * self.rate:
-                self.announcer.schedule(ln, st.beep, due)
-                self.next_beep[ln] = due + st.beep_interval
+                self.announcer.schedule(line.index, st.beep, due)
+                line.next_beep = due + st.beep_interval
 
     def _led(self, ln: int, mode: str) -> None:
         if self.board is not None:
@@ -527,13 +546,13 @@ class Processor:
 
     def _scan_audio(self, upto: int) -> None:
         """Levels and DTMF on audio [dsp_pos, upto) of every line in a call."""
-        for ln in range(self.lines):
-            a = self.dsp_pos[ln]
+        for line in self.line:
+            ln, a = line.index, line.dsp_pos
             if upto <= a:
                 continue
-            self.dsp_pos[ln] = upto
-            call = self.calls[ln]
-            if call is None and self.dsp[ln] is None:
+            line.dsp_pos = upto
+            call = line.call
+            if call is None and line.dsp is None:
                 continue
             try:
                 x = self.ring.read(ln, max(a, self.ring.oldest()), upto)
@@ -542,16 +561,16 @@ class Processor:
             if len(x):
                 # max and min, not abs(): no temporary array on the hot path
                 peak = max(int(x.max()), -int(x.min()))
-                self.levels[ln] = 20 * np.log10(max(peak, 1) / 32768.0)
+                line.level_dbfs = 20 * np.log10(max(peak, 1) / 32768.0)
                 if peak >= 32767:
-                    self.clipped[ln] += 1
-                    self.last_clip[ln] = upto
+                    line.clipped += 1
+                    line.last_clip = upto
                 if peak <= DEAD_PEAK:
-                    if self.silent_since[ln] is None:
-                        self.silent_since[ln] = upto - len(x)
+                    if line.silent_since is None:
+                        line.silent_since = upto - len(x)
                 else:
-                    self.silent_since[ln] = None
-            det = self.dsp[ln]
+                    line.silent_since = None
+            det = line.dsp
             if call is None or det is None:
                 continue
             for digit, d0, d1 in det.feed(x, upto - len(x)):
@@ -559,18 +578,19 @@ class Processor:
 
     def _digit(self, ln: int, call: CallInfo, digit: str, d0: int, d1: int) -> None:
         """A DTMF digit on a call: dialled digits on an outbound call, then masking."""
-        last = self.dial_last[ln]
-        if call.direction == "outbound" and self.dial_open[ln] and \
+        line = self.line[ln]
+        last = line.dial_last
+        if call.direction == "outbound" and line.dial_open and \
                 d0 - call.offhook_sample < DIAL_MAX_S * self.rate and \
                 (last is None or d0 - last < DIAL_GAP_S * self.rate):
             call.dialled_digits += digit
-            self.dial_last[ln] = d1
+            line.dial_last = d1
         else:
-            self.dial_open[ln] = False
+            line.dial_open = False
         if self.dtmf_mask:
             g = self.guard
             call.masked_dtmf.append([d0, d1])
-            self.recorders[ln].mark(max(0, d0 - g), "mask", (max(0, d0 - g), d1 + g))
+            line.recorder.mark(max(0, d0 - g), "mask", (max(0, d0 - g), d1 + g))
 
 
 class DtmfStream:

@@ -4,7 +4,7 @@ Nothing here does I/O or reads a clock: every input carries its sample index, an
 :func:`step` / :func:`button_step` return a new state plus the actions that follow.
 The daemon feeds edges in sample order and a ``tick`` whenever audio advances.
 
-Line rules (design brief §1):
+Line rules (docs/architecture.md, "Time"):
 
 * Hook edges are debounced: a level counts only once it has held for ``debounce``
   samples, and then it counts *from its first edge*, so call times are sample-exact.

@@ -1,4 +1,4 @@
-"""Export calls as WAV + JSON (design brief §4), verifying before writing.
+"""Export calls as WAV + JSON (fields in docs/formats.md, "Manifest"), verifying first.
 
 Writes ``OUT/<call_id>.wav`` (16-bit PCM mono at the capture rate, paused spans as exact
 zeros of their true length) and ``OUT/<call_id>.json``. A call that fails verification
@@ -79,7 +79,7 @@ def open_manifest(data: bytes | None, private_key) -> dict | None:
 
 
 def export_json(body: dict, start_time: float | None, status: str, detail: str) -> dict:
-    """The export JSON from a manifest body (design brief §4 fields and more)."""
+    """The export JSON from a manifest body (fields in docs/formats.md, "Manifest")."""
     out = dict(body)
     segs = out.pop("segments", [])
     out["segments"] = len(segs)

@@ -85,7 +85,7 @@ class ControlServer(threading.Thread):
                 and -60 <= dbfs <= 0):
             return {"ok": False, "error": "out of range: line 0..lines-1, hz 100..rate/2-100, "
                                           "seconds 0.1..10, dbfs -60..0"}
-        if d.processor.calls[line] is not None:
+        if d.processor.line[line].call is not None:
             return {"ok": False, "error": f"line {line} has a call in progress"}
         clip = tone_clip(hz, secs, d.rate, dbfs, "test")
         start = d.announcer.schedule(line, clip, d.announcer.rendered)

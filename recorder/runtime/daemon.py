@@ -5,9 +5,12 @@ Threads, started in dependency order and stopped in reverse:
 ========== =====================================================================
 writer     encode, encrypt, write, commit (:mod:`recorder.storage.writer`)
 playback   keeps playback ``lead`` frames ahead of capture (announcements, beeps)
-capture    ALSA -> ring buffer; never waits on anything but ALSA
+capture    sound card -> ring buffer; waits on nothing but the hardware's stream
 calls      edges + audio -> calls, pauses, segments (:mod:`recorder.calls.processor`)
-house      status file, LEDs, alarms, watchdog ping while capture is alive
+control    the local control socket (:mod:`recorder.runtime.control_socket`)
+house      status file, alarms, watchdog ping while capture is alive
+led        status LED heartbeat or blink code
+services   retention and the uploader (:mod:`recorder.runtime.assembly`)
 ========== =====================================================================
 
 The daemon is assembled from parts passed in: the hardware
@@ -302,22 +305,21 @@ class Daemon:
     def status(self) -> dict:
         p = self.processor
         lines = []
-        for ln in range(self.lines):
-            st = p.states[ln]
-            call = p.calls[ln]
+        for line in p.line:
+            st, call, ln = line.state, line.call, line.index
             lines.append({"line": ln, "state": st.phase, "hook": "off" if st.off else "on",
                           "ringing": st.phase == "ringing",
                           "call": call.id if call else None,
                           "paused": any(x[0] == ln for x in p.button.paused),
-                          "level_dbfs": round(float(p.levels[ln]), 1),
-                          "clipped_blocks": p.clipped[ln]})
-        overruns = sum(r.overruns for r in p.recorders)
+                          "level_dbfs": round(float(line.level_dbfs), 1),
+                          "clipped_blocks": line.clipped})
+        overruns = sum(line.recorder.overruns for line in p.line)
         return {"version": __version__, "device": self.device, "time": time.time(),
                 "captured_s": round(self.ring.written / self.rate, 3),
                 "processed_s": round(p.pos / self.rate, 3),
                 "lines": lines, "alarms": self.alarms.snapshot(),
                 "overruns": {"consumer": overruns, "alsa_xruns": self.capture.xruns,
-                             "late_dtmf_masks": sum(r.late_masks for r in p.recorders),
+                             "late_dtmf_masks": sum(line.recorder.late_masks for line in p.line),
                              "late_edges": p.counts["late_edges"]},
                 "counts": dict(p.counts),
                 "writer": {"segments": self.writer.segments_written,
@@ -344,10 +346,10 @@ class Daemon:
             sync_on=link is not None,
             link_down_s=None if self._link_down_since is None else now - self._link_down_since,
             oldest_unsynced_age_s=sync.get("oldest_age_s"),
-            silent_s=tuple(0.0 if s is None else (line_now - s) / self.rate
-                           for s in p.silent_since),
-            clip_age_s=tuple(None if s is None else (line_now - s) / self.rate
-                             for s in p.last_clip),
+            silent_s=tuple(0.0 if ln.silent_since is None
+                           else (line_now - ln.silent_since) / self.rate for ln in p.line),
+            clip_age_s=tuple(None if ln.last_clip is None
+                             else (line_now - ln.last_clip) / self.rate for ln in p.line),
             stuck_lines=tuple(sorted(p.stuck)))
 
     def _audit_quietly(self, action: str, **detail) -> None:

@@ -63,6 +63,6 @@ def test_roundtrip_export_identical(tmp_path, broker, pki):
     r = Retention(box.store, box.data_dir, run.cfg.replace(retention__keep_synced_days=0.0),
                   free_bytes=lambda: 10**12, clock=lambda: time.time() + 1)
     done = r.tick()
-    assert sorted(c for c, _ in done) == sorted(ids)
-    assert all(reason == "synced" for _, reason in done)
+    assert sorted(d.call_id for d in done) == sorted(ids)
+    assert all(d.reason == "synced" and d.whole_call for d in done)
     assert box.store.m.Segment.select().count() == 0

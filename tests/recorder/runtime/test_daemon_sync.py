@@ -51,7 +51,7 @@ def test_simulated_run_syncs(tmp_path, broker, pki):
     try:
         res = simulate.run(sc, cfg)
         assert res.status["sync"]["link"] in ("online", "connecting", "offline")
-        assert res.daemon.retention is not None
+        assert res.daemon.services is not None and res.daemon.services.uploader is not None
         store = Store(data)
         boxns.store = store
         calls = store.calls()
