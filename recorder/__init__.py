@@ -1,4 +1,12 @@
-"""Linetap device daemon: capture, call detection, consent, pause, encrypted segments."""
+"""Linetap's box: capture, call detection, consent, pause, encrypted segments.
+
+The rooms are sub-packages, each answering one question (see its ``__init__``):
+``capture``, ``calls`` (with ``dsp``), ``storage`` (with ``retention``), ``evidence``,
+``runtime`` and ``cli``. The modules at this top level are the shared basics every room
+may use and that import no room: ``config``, ``errors``, ``fsutil``, ``logsetup``,
+``privacy``, ``sqlfields``, ``threads`` (the one shape of a service thread) and
+``timebase``.
+"""
 
 __version__ = "0.1.0"
 

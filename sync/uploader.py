@@ -13,7 +13,7 @@ are chosen by :func:`plan`, which alternates between the oldest backlog and the 
 call so a live call is not starved behind days of backlog.
 
 Threads: paho's network thread (``loop_start``) only queues incoming messages; one
-uploader thread (a :class:`~recorder.runtime.threads.ServiceThread`) owns every database
+uploader thread (a :class:`~recorder.threads.ServiceThread`) owns every database
 write, publishing and command handling.
 """
 
@@ -36,12 +36,14 @@ from paho.mqtt.properties import Properties
 
 from recorder.errors import CommandRejected, KeyFileError, ProtocolError
 from recorder.evidence import audit
-from recorder.runtime.alarms import LINK_ONLINE
-from recorder.runtime.threads import ServiceThread
+from recorder.threads import ServiceThread
 from sync import protocol
 from sync import signed_commands as commands
 
 log = logging.getLogger(__name__)
+
+#: The link state while connected to the broker (``sync_status()["link"]``).
+LINK_ONLINE = "online"
 
 SESSION_EXPIRY_S = 7 * 86400     # broker keeps our session (and queued acks) this long
 # An item the broker never PUBACKs is sent again after this many ack timeouts (a live
@@ -454,7 +456,8 @@ class Uploader:
         S = self.store.m.Segment
         q = S.select().where(S.acked == False)  # noqa: E712
         oldest = q.order_by(S.created).first()
-        return {"link": self.link, "detail": self.link_detail, "backlog": q.count(),
+        return {"link": self.link, "online": self.link == LINK_ONLINE,
+                "detail": self.link_detail, "backlog": q.count(),
                 "oldest_age_s": round(self.clock() - oldest.created, 1) if oldest else None,
                 "inflight": len(self.inflight), "sent": self.sent, "acked": self.acked,
                 "resent": self.resent,

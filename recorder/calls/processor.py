@@ -28,9 +28,7 @@ import numpy as np
 from hw.gpio import Edge
 from recorder.calls import state as cs
 from recorder.calls.announce import Announcer, Clip
-from recorder.capture.ring import Overrun, RingBuffer
-from recorder.privacy import mask_number
-from recorder.storage.writer import (
+from recorder.calls.jobs import (
     CallInfo,
     CloseCall,
     JournalAppend,
@@ -39,6 +37,8 @@ from recorder.storage.writer import (
     UpdateCall,
     WriteSegment,
 )
+from recorder.capture.ring import Overrun, RingBuffer
+from recorder.privacy import mask_number
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,6 @@ BLINK_CODES: dict[str, int] = {
     "clipping": 7,
 }
 SLOT_S = 0.25          # one LED slot
-LINK_ONLINE = "online"  # the uploader's link state when connected to the broker
 CYCLE_SLOTS = 16       # a 4 s cycle: N flashes, then dark
 
 

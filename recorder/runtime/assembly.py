@@ -1,57 +1,37 @@
 """The service wiring: what a run adds around recording, built and passed into the daemon.
 
 ``linetap run`` and ``linetap simulate`` hand :func:`build_services` to the daemon; the
-daemon calls it once its store is open, with a :class:`ServiceContext` naming exactly
-what the services may use, and gets a :class:`Services` back: retention (always; the
+daemon calls it once its store is open, with a
+:class:`~recorder.runtime.service_api.ServiceContext` naming exactly what the services
+may use, and gets a :class:`Services` back: retention (always; the
 daemon also asks it to make room on a full disk) and the uploader (when
 ``sync.enabled``). Nothing here sets anything on the daemon, and this is the only
-module of the daemon's side that imports ``sync``.
+module of the daemon's side that imports ``sync`` (and only when sync is on).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
-from recorder.config import Config
-from recorder.runtime.alarms import Alarms
-from recorder.runtime.threads import ServiceThread
+from recorder.runtime.service_api import ServiceContext
 from recorder.storage.retention.service import Retention
-from recorder.storage.store import Store
-from sync.uploader import Uploader, UploaderThread
+from recorder.threads import ServiceThread
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ServiceContext:
-    """What the daemon lends its services. ``now`` is epoch seconds for deadlines (line
-    time in simulation); ``free_bytes`` probes the data disk; ``status`` is the daemon's
-    status dict for health reports."""
-
-    cfg: Config
-    store: Store
-    data_dir: Path
-    device: str
-    alarms: Alarms
-    stop: threading.Event
-    status: Callable[[], dict]
-    now: Callable[[], float]
-    free_bytes: Callable[[], int]
-
-
 class Services:
-    """Retention and the uploader for one run. :meth:`start` starts their threads."""
+    """Retention and the uploader for one run (a
+    :class:`~recorder.runtime.service_api.ServicesLike`). :meth:`start` starts their
+    threads."""
 
     def __init__(self, ctx: ServiceContext, *, retention: Retention | None = None):
         self.ctx = ctx
         self.retention = retention or Retention(ctx.store, ctx.data_dir, ctx.cfg,
                                                 alarms=ctx.alarms, free_bytes=ctx.free_bytes,
                                                 clock=ctx.now)
-        self.uploader: Uploader | None = None
+        self.uploader = None            # a sync.uploader.Uploader once started
         self._sync_problem: str | None = None
 
     def start(self) -> list[threading.Thread]:
@@ -63,6 +43,10 @@ class Services:
         threads[0].start()
         if not ctx.cfg.sync.enabled:
             return threads
+        # Imported only when sync is on: paho and the TLS stack cost a box that records
+        # without sync 3.4 MB of its 60 MB budget (docs/benchmarks.md, peak RSS). Not a
+        # circle being dodged: tests/test_architecture.py sees this import too.
+        from sync.uploader import Uploader, UploaderThread
         try:
             up = Uploader(ctx.store, ctx.cfg, device=ctx.device, data_dir=ctx.data_dir,
                           status=ctx.status, alarms=ctx.alarms, retention=self.retention)
@@ -85,7 +69,7 @@ class Services:
         if self.uploader is not None:
             return self.uploader.sync_status()
         if self._sync_problem is not None:
-            return {"link": "not started", "detail": self._sync_problem}
+            return {"link": "not started", "online": False, "detail": self._sync_problem}
         return None
 
 

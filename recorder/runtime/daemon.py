@@ -41,14 +41,14 @@ from recorder.evidence import audit, keys
 from recorder.fsutil import atomic_write, remove_temp_files
 from recorder.runtime import alarms as alarm_rules
 from recorder.runtime.alarms import Alarms
-from recorder.runtime.assembly import ServiceContext, Services
 from recorder.runtime.control_socket import ControlServer
 from recorder.runtime.hardware import Hardware, Reader
-from recorder.runtime.threads import LoopThread, ServiceThread, join_all
+from recorder.runtime.service_api import ServiceContext, ServicesLike
 from recorder.storage.recovery import recover
 from recorder.storage.retention.deletion import resume_deletions
 from recorder.storage.store import Store
 from recorder.storage.writer import Restamp, Writer, disk_full
+from recorder.threads import LoopThread, ServiceThread, join_all
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,11 @@ class Daemon:
     (tests of the recording path alone). ``notifier`` talks to systemd."""
 
     def __init__(self, cfg: Config, hw: Hardware, *,
-                 services: Callable[[ServiceContext], Services] | None = None,
+                 services: Callable[[ServiceContext], ServicesLike] | None = None,
                  notifier=None):
         self.cfg, self.hw = cfg, hw
         self._build_services = services
-        self.services: Services | None = None
+        self.services: ServicesLike | None = None
         self.data_dir = Path(cfg.device.data_dir)
         self.rate, self.lines = cfg.audio.rate, cfg.audio.lines
         self.device = device_id(cfg)
@@ -335,7 +335,7 @@ class Daemon:
         line_now = self.ring.written
         sync = st.get("sync") or {}
         link = sync.get("link")
-        if link is not None and link != alarm_rules.LINK_ONLINE:
+        if link is not None and not sync.get("online"):
             self._link_down_since = self._link_down_since or now
         else:
             self._link_down_since = None

@@ -23,6 +23,7 @@ from types import SimpleNamespace
 import peewee as pw
 
 from recorder.errors import StoreError
+from recorder.sqlfields import JSONField
 from recorder.timebase import iso
 
 log = logging.getLogger(__name__)
@@ -32,14 +33,6 @@ SEGMENTS = "segments"
 SCHEMA_VERSION = 1
 PRAGMAS = {"journal_mode": "wal", "synchronous": "full", "foreign_keys": 1,
            "busy_timeout": 10000}
-
-
-class JSONField(pw.TextField):
-    def db_value(self, value):
-        return None if value is None else json.dumps(value, sort_keys=True)
-
-    def python_value(self, value):
-        return None if value is None else json.loads(value)
 
 
 def _models(db: pw.Database) -> SimpleNamespace:

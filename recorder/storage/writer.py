@@ -23,11 +23,20 @@ import queue
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import peewee as pw
 
+from recorder.calls.jobs import (
+    CallInfo,
+    CloseCall,
+    JournalAppend,
+    MissedCall,
+    OpenCall,
+    UpdateCall,
+    WriteSegment,
+)
 from recorder.evidence import chain as evidence
 from recorder.evidence import codec, segfile
 from recorder.evidence.manifest import manifest_body
@@ -40,60 +49,6 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class CallInfo:
-    """Everything known about one call; the processor fills it in, the writer stores it."""
-
-    id: str
-    line: int
-    direction: str
-    offhook_sample: int
-    first_sample: int = 0
-    ring_sample: int | None = None
-    caller_number: str | None = None
-    caller_name: str | None = None
-    dialled_digits: str = ""
-    announcement: dict | None = None
-    pauses: list = field(default_factory=list)         # [[start_sample, end_sample]]
-    masked_dtmf: list = field(default_factory=list)    # [[start_sample, end_sample]]
-    flashes: list = field(default_factory=list)        # [[sample, length]]
-    gaps: list = field(default_factory=list)           # overruns: [[start, end]]
-    recording_ended: int | None = None
-    open_pause: int | None = None                      # sample a pause began, if paused
-    clock_ok: bool = True      # stamped from a synchronised clock (set by the writer)
-    rollover_of: str | None = None
-    end_sample: int | None = None
-    end_reason: str | None = None
-    recovered: bool = False
-
-
-@dataclass
-class OpenCall:
-    info: CallInfo
-
-
-@dataclass
-class WriteSegment:
-    call_id: str
-    seq: int
-    first_sample: int
-    pcm: np.ndarray
-
-
-@dataclass
-class JournalAppend:
-    """Audio of the segment in progress, ``first_sample`` on, cut since the last record."""
-
-    call_id: str
-    first_sample: int
-    pcm: np.ndarray
-
-
-@dataclass
-class CloseCall:
-    info: CallInfo
-
-
-@dataclass
 class Restamp:
     """The system clock was just synchronised: capture sample ``frames`` is UTC
     ``wall_now``. The writer re-anchors the timebase itself, in queue order: every job
@@ -103,19 +58,6 @@ class Restamp:
 
     frames: int
     wall_now: float
-
-
-@dataclass
-class UpdateCall:
-    """A snapshot of a call's metadata, stored while it runs so a power cut keeps it."""
-
-    info: CallInfo
-
-
-@dataclass
-class MissedCall:
-    info: CallInfo
-    ring_end: int
 
 
 class Writer:

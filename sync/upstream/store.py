@@ -21,7 +21,7 @@ from playhouse.db_url import connect
 
 from recorder.evidence.audit import GENESIS
 from recorder.evidence.segfile import canonical
-from recorder.storage.store import JSONField
+from recorder.sqlfields import JSONField
 
 log = logging.getLogger(__name__)
 

@@ -42,8 +42,8 @@ class Sim:
         return scen.load(p)
 
     def run(self, events, duration=30.0, lines=1, announcement=None, cfg=None,
-            keep_playback=False, **over):
-        sc = self.scenario(events, duration, lines)
+            keep_playback=False, rate=RATE, **over):
+        sc = self.scenario(events, duration, lines, rate=rate)
         cfg = simulate.sim_config(cfg or config.Config(), sc, str(self.data), str(self.pub),
                                   announcement and str(announcement))
         cfg = cfg.replace(audio__period_frames=over.pop("period", 400), **over)

@@ -9,10 +9,11 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from recorder.calls.jobs import CallInfo, CloseCall, OpenCall, WriteSegment
 from recorder.config import Config
 from recorder.evidence import keys
 from recorder.storage.store import Store
-from recorder.storage.writer import CallInfo, CloseCall, OpenCall, Writer, WriteSegment
+from recorder.storage.writer import Writer
 from recorder.timebase import Timebase
 
 RATE = 8000
@@ -198,7 +199,7 @@ class InProcWorker:
     def __init__(self, ucfg, client_id="ingest-t1"):
         import threading
 
-        from recorder.runtime.threads import ServiceThread
+        from recorder.threads import ServiceThread
         from sync.upstream.ingest import Worker
         from sync.upstream.store import open_db
         open_db(ucfg.db_url)

@@ -220,37 +220,57 @@ def test_independent_decryption_of_a_journal_record(tmp_path, practice_keys):
     assert np.array_equal(np.frombuffer(raw, "<i2"), pcm)
 
 
-def test_no_plaintext_audio_anywhere_on_disk(recorded):
-    """Scan every file the daemon wrote for audio container signatures and the test tone."""
+def tone_probes(hz=800, rate=8000, dbfs=-12.0, samples=32) -> list[bytes]:
+    """The test tone as raw S16_LE, ``samples`` long, at every phase it can start at (an
+    800 Hz tone repeats every 10 samples at 8 kHz), so plaintext at any offset is found."""
     import numpy as np
-    t = np.arange(4000) / 8000
-    tone = np.rint(np.sin(2 * np.pi * 800 * t).astype(np.float32) * 10 ** (-12 / 20)
+    t = np.arange(4000) / rate
+    tone = np.rint(np.sin(2 * np.pi * hz * t).astype(np.float32) * 10 ** (dbfs / 20)
                    * 32768).astype("<i2").tobytes()
-    probe = tone[2000:2064]
+    period = rate // np.gcd(rate, hz)
+    return [tone[2 * (2000 + k):2 * (2000 + k + samples)] for k in range(period)]
+
+
+def test_no_plaintext_audio_anywhere_on_disk(recorded):
+    """Scan every byte of every file the daemon wrote for audio container signatures
+    and the test tone at any phase."""
+    probes = tone_probes()
     for p in recorded.data.rglob("*"):
         if p.is_file():
             b = p.read_bytes()
             for sig in (b"RIFF", b"fLaC", b"OggS", b"OpusHead"):
                 assert sig not in b, (p, sig)
-            assert probe not in b, p
+            assert not any(probe in b for probe in probes), p
 
 
 def test_writer_never_hands_plaintext_to_the_disk(sim, monkeypatch):
-    """Temp files included: every byte the writer writes goes through atomic_write."""
+    """Every byte the writer hands the disk, temp files and the journal of the segment in
+    progress included: files go through atomic_write, journal records through
+    JournalFiles.append; each is sealed (LTAP) and none carries the tone in clear."""
     import recorder.storage.writer as w
-    seen = []
-    real = w.atomic_write
+    from recorder.storage import journal
+    seen, records = [], []
+    real_write, real_append = w.atomic_write, journal.JournalFiles.append
 
     def spy(path, data, **kw):
         seen.append(bytes(data))
-        return real(path, data, **kw)
+        return real_write(path, data, **kw)
+
+    def spy_append(self, call_id, path, blob, *a, **kw):
+        records.append(bytes(blob))
+        return real_append(self, call_id, path, blob, *a, **kw)
 
     monkeypatch.setattr(w, "atomic_write", spy)
+    monkeypatch.setattr(journal.JournalFiles, "append", spy_append)
     sim.run([{"at": 0.0, "line": 0, "type": "tone", "hz": 800, "duration": 20},
              {"at": 1.0, "line": 0, "type": "offhook"},
              {"at": 12.0, "line": 0, "type": "onhook"}], duration=14)
-    assert seen and all(b[:4] == b"LTAP" for b in seen)
-    assert not any(sig in b for b in seen for sig in (b"fLaC", b"RIFF", b"OggS"))
+    assert seen and records                  # both paths were taken
+    probes = tone_probes()
+    for b in seen + records:
+        assert b[:4] == b"LTAP"
+        assert not any(sig in b for sig in (b"fLaC", b"RIFF", b"OggS"))
+        assert not any(probe in b for probe in probes)
 
 
 def test_audit_log_records_and_detects_tampering(store_copy, capsys):

@@ -8,10 +8,11 @@ from types import SimpleNamespace
 
 from hw.clock import SimClock
 from hw.simdisk import SIM_DISK_BYTES, SimDisk
-from recorder.runtime.assembly import ServiceContext, build_services
+from recorder.runtime.assembly import build_services
 from recorder.runtime.hardware import Hardware
+from recorder.runtime.service_api import ServiceContext
 from recorder.runtime.simulate import SimHardware
-from recorder.runtime.threads import join_all
+from recorder.threads import join_all
 from tests.support.syncbox import box_cfg, make_box, practice_keys
 
 

@@ -166,11 +166,22 @@ def test_a_call_still_open_at_the_end_is_closed_cleanly(sim):
     assert len(pcm) == int(12.5 * RATE) and meta["integrity"]["status"] == "verified"
 
 
-def test_sixteen_khz(sim):
+def test_sixteen_khz(sim, tmp_path):
+    """The whole path at 16 kHz: capture, segments, export. A 5 kHz tone (above the
+    4 kHz an 8 kHz path can carry) comes back at 5 kHz, on the 16 kHz sample clock."""
+    wide = 16000
+    write_wav(tmp_path / "wide.wav", tone(5000, 2.0, 0.3, rate=wide), rate=wide)
     sim.run([{"at": 1.0, "line": 0, "type": "offhook"},
-             {"at": 4.0, "line": 0, "type": "onhook"}], duration=6, period=800)
-    sc = sim.scenario([], 6)
-    assert sc.rate == 8000
+             {"at": 2.0, "line": 0, "type": "audio", "file": "wide.wav"},
+             {"at": 5.0, "line": 0, "type": "onhook"}], duration=6, rate=wide, period=800)
+    row, = sim.store().calls()
+    assert row.rate == wide
+    meta, pcm = only(sim.export()[0])
+    assert meta["duration_s"] == 4.0                       # off-hook 1 s to on-hook 5 s
+    start = round((2.0 - 1.0 + 0.5) * wide)                # the WAV starts at the pre-roll
+    burst = pcm[start + wide // 10:start + wide].astype(float)
+    spec = np.abs(np.fft.rfft(burst))
+    assert abs(np.fft.rfftfreq(len(burst), 1 / wide)[np.argmax(spec)] - 5000) < 20
 
 
 def test_periodic_warning_beep(sim):

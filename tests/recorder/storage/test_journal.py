@@ -10,20 +10,14 @@ import time
 import numpy as np
 import pytest
 
+from recorder.calls.jobs import CallInfo, CloseCall, JournalAppend, OpenCall, WriteSegment
 from recorder.errors import JournalError
 from recorder.evidence import keys
 from recorder.evidence.export import decode_segments
 from recorder.evidence.verify import device_key_for, verify_call
 from recorder.storage import journal, recovery
 from recorder.storage.store import Store
-from recorder.storage.writer import (
-    CallInfo,
-    CloseCall,
-    JournalAppend,
-    OpenCall,
-    Writer,
-    WriteSegment,
-)
+from recorder.storage.writer import Writer
 from recorder.timebase import Timebase, iso
 
 RATE = 8000

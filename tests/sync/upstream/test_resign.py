@@ -10,9 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from recorder.calls.jobs import CallInfo, CloseCall, OpenCall, WriteSegment
 from recorder.evidence import keys
 from recorder.storage.store import Store
-from recorder.storage.writer import CallInfo, CloseCall, OpenCall, WriteSegment
 from sync import protocol
 from sync.upstream import ops as upstream_ops
 from sync.upstream.ingest import Ingest, supersedes
