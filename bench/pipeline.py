@@ -149,10 +149,11 @@ def peak_rss(lines: int, seconds: float) -> tuple[int, int]:
     with tempfile.TemporaryDirectory() as cache:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         env.update(UNIT_ENV, PYTHONPYCACHEPREFIX=cache)
-        cmd = [sys.executable, __file__, "--rss-child", str(lines), str(seconds)]
-        subprocess.run(cmd[:-1] + ["2"], capture_output=True, check=True, env=env)
+        cmd = [sys.executable, "-m", "bench.pipeline", "--rss-child", str(lines),
+               str(seconds)]
+        subprocess.run(cmd[:-1] + ["2"], capture_output=True, check=True, env=env, cwd=ROOT)
         out = subprocess.run(cmd, capture_output=True, text=True, check=True,
-                             env=env).stdout.split()
+                             env=env, cwd=ROOT).stdout.split()
     return int(out[-2]), int(out[-1])
 
 

@@ -113,6 +113,7 @@ def installed(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow   # install.sh builds a venv (about 30 s)
 def test_install_source_and_venv(installed):
     opt = installed / "opt" / "linetap"
     assert (opt / "src" / "recorder" / "cli" / "main.py").is_file()
@@ -133,6 +134,7 @@ def test_install_source_and_venv(installed):
     assert r.stdout.strip() == "1", r.stderr
 
 
+@pytest.mark.slow   # install.sh builds a venv (about 30 s)
 def test_install_user(installed):
     if shutil.which("systemd-sysusers") is None:
         pytest.skip("systemd-sysusers not installed")
@@ -145,6 +147,7 @@ def test_install_user(installed):
     assert (installed / "usr/lib/sysusers.d/linetap.conf").is_file()
 
 
+@pytest.mark.slow   # install.sh builds a venv (about 30 s)
 def test_install_units_enabled(installed):
     sd = installed / "etc" / "systemd" / "system"
     for unit in ("linetap-recorder.service", "linetap-provision-agent.service"):
@@ -160,6 +163,7 @@ def test_install_units_enabled(installed):
     assert os.readlink(installed / "etc" / "linetap") == "/var/lib/linetap/config"
 
 
+@pytest.mark.slow   # install.sh builds a venv (about 30 s)
 def test_install_read_only_root(installed):
     fstab = (installed / "etc" / "fstab").read_text()
     root_line = next(ln for ln in fstab.splitlines() if re.match(r"\S+\s+/\s", ln))
@@ -181,6 +185,7 @@ def test_install_read_only_root(installed):
     assert dtbo.read_bytes()[:4] == b"\xd0\x0d\xfe\xed"
 
 
+@pytest.mark.slow   # install.sh builds a venv (about 30 s)
 def test_install_is_idempotent(installed):
     before = {p: p.read_bytes() for p in (installed / "etc" / "fstab",
                                           installed / "boot/firmware/cmdline.txt",
@@ -201,6 +206,7 @@ def test_install_refuses_bad_arguments(tmp_path):
     assert r.returncode != 0 and "pyproject.toml" in r.stderr
 
 
+@pytest.mark.slow   # install.sh builds a venv (about 30 s)
 def test_installed_units_verify(installed, tmp_path):
     """The units as installed verify against the distribution's units in that root."""
     need("systemd-analyze")

@@ -14,6 +14,7 @@ import os
 import random
 import struct
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -191,6 +192,7 @@ def check_replies(data: bytes, must: list[int], invalid: bool) -> None:
         assert errors >= 1, "invalid input got no error frame"
 
 
+@pytest.mark.slow   # about 75 s of hypothesis examples
 def test_fuzz_in_process(box):
     box.presence.timeout_s = 10**9
     counter = {"frames": 0, "examples": 0}

@@ -60,6 +60,7 @@ def _in_ns(link, code: str, timeout=60) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow   # a namespace and a relay
 def test_datagrams_are_delayed_reordered_dropped_and_duplicated(link):
     link.set(Impairment(delay_ms=30, jitter_ms=25, loss=0.1, duplicate=0.05, reorder=0.1))
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -90,6 +91,7 @@ def test_datagrams_are_delayed_reordered_dropped_and_duplicated(link):
     assert unique <= set(range(n))
 
 
+@pytest.mark.slow   # a namespace and a relay
 def test_tcp_delivers_every_byte_through_a_bad_link_and_a_cut_stops_it(link):
     link.set(Impairment(delay_ms=20, jitter_ms=15, loss=0.03, duplicate=0.02, reorder=0.1))
     srv = socket.create_server((link.root_ip, 0))

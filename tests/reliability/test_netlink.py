@@ -43,6 +43,7 @@ print(hashlib.sha256(data).hexdigest())
 """
 
 
+@pytest.mark.slow   # 4 MB through a lossy veth
 def test_degraded_link_drops_packets_tcp_delivers_everything_and_cleanup(tmp_path):
     support = _need_net()
     net = _net("l")

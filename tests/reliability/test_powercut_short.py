@@ -44,6 +44,7 @@ def _scenario(path: Path, start: str, duration: float, call: bool) -> Path:
     return path
 
 
+@pytest.mark.slow   # a daemon subprocess, killed
 @pytest.mark.parametrize("point", ["before_fsync:1", "before_rename:1"])
 def test_power_cut_during_recovery_leaves_a_verifiable_call(tmp_path, point):
     box = new_box(tmp_path / "box")

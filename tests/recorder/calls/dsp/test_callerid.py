@@ -265,6 +265,7 @@ def _random_frame(rng):
     return number, name, when, absence
 
 
+@pytest.mark.slow   # about 8 s
 def test_random_frames_20db_snr_1pct_offset():
     """>= 99 % of random frames at 20 dB S/N and +-1 % frequency offset (V.23, 8 kHz)."""
     n_frames = int(os.environ.get("LINETAP_CLI_FRAMES", "1000"))
