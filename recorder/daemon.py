@@ -425,6 +425,10 @@ class Daemon:
     def _led_tick(self) -> None:
         """Status LED: a heartbeat, or the blink code of the most urgent alarm."""
         self._led_slot += 1
+        from provisioning import ledmode  # the provisioning window's pattern wins
+        if ledmode.mode_active(self.data_dir):
+            self.board.set_status_led(ledmode.led_on(self._led_slot))
+            return
         code = alarm_rules.blink_code(self.alarms.snapshot())
         self.board.set_status_led(alarm_rules.led_on(code, self._led_slot))
 
