@@ -639,10 +639,10 @@ class Dispatcher:
         except FileNotFoundError:
             return None
 
-    def cmd_config_stage(self, args: dict) -> dict:
+    def cmd_config_stage(self, args: dict, cmd: str = "config_stage") -> dict:
         text = _str_arg(args, "text")
         cfg = rconfig.loads(text, "config")
-        self._check_config_change(cfg, "config_stage")
+        self._check_config_change(cfg, cmd)
         self._checked_path(str(self.env.config_path), "config")
         t = self._begin()
         t.stage(self.env.config_path, text.encode("utf-8"), 0o640)
@@ -693,7 +693,7 @@ class Dispatcher:
         return r if isinstance(r, dict) else {"active": "unknown"}
 
     def cmd_set_config(self, args: dict) -> dict:
-        self.cmd_config_stage(args)
+        self.cmd_config_stage(args, "set_config")
         return self.cmd_config_commit({"close_window": False})
 
     def cmd_install_key(self, args: dict) -> dict:
@@ -832,9 +832,9 @@ class Dispatcher:
         self._require("factory_reset", "factory_reset", "everything (factory reset)")
         try:
             n = evidence.unsynced_calls(self.env.data_dir)
+            unreadable = None
         except sqlite3.Error as exc:
-            raise ReplyError(protocol.E_IO, f"cannot count un-uploaded calls ({exc}); refusing "
-                             "to erase a store that cannot be read") from exc
+            n, unreadable = -1, str(exc)     # unknown: only "destroy unsynced" may go on
         if self.provisioned():
             allowed = bool(self.grant and self.grant.get("destroy_unsynced"))
             how = "fetch a token with `linetap upstream authorise --op factory_reset " \
@@ -842,6 +842,12 @@ class Dispatcher:
         else:
             allowed = args.get("destroy_unsynced") is True
             how = "pass --destroy-unsynced"
+        if unreadable and not allowed:
+            self._audit("provision_refused", cmd="factory_reset", op="factory_reset",
+                        reason=f"store unreadable: {unreadable}")
+            raise ReplyError(protocol.E_IO, f"cannot count un-uploaded calls ({unreadable}); "
+                             "refusing to erase a store that cannot be read unless told to "
+                             f"destroy what it holds: {how}")
         if n and not allowed:
             self._audit("provision_refused", cmd="factory_reset", op="factory_reset",
                         reason=f"{n} unsynced call(s)")
@@ -856,7 +862,8 @@ class Dispatcher:
         n, _ok = self._reset_guard(args)
         code = f"{secrets.randbelow(10**6):06d}"
         self._reset_code = (code, self.env.monotonic() + RESET_CODE_TTL_S)
-        lost = f"; {n} call(s) not yet uploaded WILL BE LOST" if n else \
+        lost = "; the store cannot be read: whatever it holds WILL BE LOST" if n < 0 else \
+            f"; {n} call(s) not yet uploaded WILL BE LOST" if n else \
             "; every call on it has been uploaded"
         return {"code": code, "expires_s": RESET_CODE_TTL_S, "unsynced_calls": n,
                 "warning": "factory reset erases every recording, key and the config on "

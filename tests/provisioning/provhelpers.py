@@ -57,6 +57,7 @@ class FakeRecorder:
         self.path = path
         self.requests: list[dict] = []
         self.lines = lines
+        self.announce_reply = {"ok": True, "delivered": False, "link": "offline"}
         path.parent.mkdir(parents=True, exist_ok=True)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(str(path))
@@ -75,6 +76,8 @@ class FakeRecorder:
             if req.get("line", 0) >= self.lines:
                 return {"ok": False, "error": "no such line"}
             return {"ok": True, "captured_dbfs": req["dbfs"] - 6.0}
+        if req.get("cmd") == "announce":
+            return self.announce_reply
         return {"ok": False, "error": "unknown cmd"}
 
     def _serve(self):
