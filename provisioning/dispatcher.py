@@ -943,7 +943,8 @@ class Dispatcher:
         if reboot:
             # Reply first; the agent reboots once the reply is on the wire.
             self._after_reply = env.reboot
-        return {"reset": True, "rebooting": reboot, "removed": removed, "previous_log_last_hash": prev_hash,
+        return {"reset": True, "rebooting": reboot, "removed": removed,
+                "previous_log_last_hash": prev_hash,
                 "unsynced_calls_destroyed": unsynced, "announced_upstream": announced,
                 "next": "reboot the box to start the recorder with a fresh store"}
 

@@ -7,7 +7,6 @@ box as it was, and be audited. Over a real pty pair with pyserial on both ends.
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys

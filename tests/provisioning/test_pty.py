@@ -77,7 +77,8 @@ def test_apply_site_end_to_end(served, tmp_path):
     assert (box.etc / "provision-staging.json").exists() is False
     actions = [(e["action"], e["detail"].get("op") or e["detail"].get("kind"))
                for e in audit.read(box.data)]
-    assert actions == [("provision", "session_open"), ("provision", "set_clock"), ("key_change", "broker_ca"),
+    assert actions == [("provision", "session_open"), ("provision", "set_clock"),
+                       ("key_change", "broker_ca"),
                        ("key_change", "command_key"), ("key_change", "practice_public"),
                        ("provision", "tls_csr"), ("key_change", "tls_cert"),
                        ("config_change", None)]
