@@ -259,14 +259,15 @@ def wait_for_presence(link: Link, out, timeout_s: float = 90.0, poll_s: float = 
 def apply_site(link: Link, site: sitefile.SiteFile, *, ca_cert: Path | None = None,
                ca_key: Path | None = None, set_clock: bool = True, out=None,
                now=None, token: bytes | None = None, port: str | None = None,
-               presence_timeout_s: float = 90.0) -> dict:
+               presence_timeout_s: float = 90.0, commit_timeout_s: float = 90.0) -> dict:
     """Provision one box from ``site``; print progress to ``out``; return a summary.
 
     Order: check the files (:mod:`provisioning.sitecheck`, before anything crosses the
     cable), wait for presence, open the session, present the token (if any), set the
     clock, stage the config, the keys and the certificate on the box, then commit them
     as one durable step; the box then starts the recorder and closes the window.
-    Raises on the first failure, with the old state in force.
+    Raises on the first failure, with the old state in force. ``presence_timeout_s``:
+    how long to wait for the button press; ``commit_timeout_s``: for the commit's answer.
     """
     now = now or (lambda: dt.datetime.now(dt.UTC))
     out = out or sys.stdout
@@ -320,7 +321,8 @@ def apply_site(link: Link, site: sitefile.SiteFile, *, ca_cert: Path | None = No
         _say(out, f"      no CA given: CSR written to {dest}; have it signed and run "
              "`linetap-provision install-cert CERT`")
     step("committing everything in one step, then starting the recorder")
-    r = link.call("config_commit", timeout_s=max(link.timeout_s, 90.0))
+    # The commit restarts the recorder through systemd, which can take a while.
+    r = link.call("config_commit", timeout_s=commit_timeout_s)
     rec = r.get("recorder") or {}
     _say(out, f"      {len(r.get('files') or [])} file(s) in force; config sha256 "
          f"{str(r.get('sha256'))[:16]} (previous kept: {r.get('previous_kept')})")

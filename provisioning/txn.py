@@ -71,8 +71,8 @@ class Transaction:
     """The staged files of one apply, owned by session ``session``.
 
     ``config_dir``: the folder of the box config (journal and manifest live there).
-    ``fault``: called with a step name (``"journal"``, ``"rename:N"``) after each durable
-    step of :meth:`commit`; tests raise from it to simulate a power cut there.
+    ``fault``: called with a step name (``"begin"`` before the journal, ``"journal"``,
+    ``"rename:N"``) after each durable step of :meth:`commit`; tests raise from it to simulate a power cut there.
     """
 
     def __init__(self, config_dir: Path, session: str,
@@ -117,6 +117,7 @@ class Transaction:
     def commit(self) -> list[str]:
         """Put every staged file in force as one durable step; return the destinations."""
         entries = [{"dest": d, **e} for d, e in sorted(self.files.items())]
+        self.fault("begin")
         atomic_write(self.journal_path, json.dumps(
             {"session": self.session, "entries": entries}, sort_keys=True).encode(),
             mode=0o640)
