@@ -162,6 +162,7 @@ def cli_main(argv: list[str]) -> int:
         if args.presence == "button":
             try:
                 leds.append(ledmode.AgentLed(cfg.pins.status_led))
+                leds[0].show(pres)      # lit steadily: waiting for the press
             except Exception as exc:  # noqa: BLE001 - no LED must not block provisioning
                 log.warning("status LED unavailable: %s", exc)
             presence_mod.check_button(pres, cfg.pins.pause_button,
@@ -175,6 +176,8 @@ def cli_main(argv: list[str]) -> int:
             pres.deny("presence denied (bench)")
         notifier.ready("provisioning mode" if pres.active() else "read-only")
 
+    if args.presence == "button":
+        pres.waiting()      # before serving: the first hello already says so
     threading.Thread(target=check_presence, name="presence", daemon=True).start()
     try:
         while not stop.is_set():

@@ -51,6 +51,8 @@ READ, LIVE, STATE = "read", "live", "state"
 # kind of key file -> the token operation a different one needs
 KEY_OPS = {"practice_public": "practice_key", "command_key": "command_key",
            "broker_ca": "broker"}
+KEY_NAMES = {"practice_public": "the practice public key",
+             "command_key": "the upstream command key", "broker_ca": "the broker CA"}
 MODEL_PATH = Path("/proc/device-tree/model")
 KEY_KINDS = {
     # kind -> (config attribute path, file mode)
@@ -719,7 +721,7 @@ class Dispatcher:
         path = self._checked_path(raw_path, kind)
         in_force = self._in_force_key(kind)
         if in_force is not None and in_force != pem:
-            self._require(KEY_OPS[kind], "install_key", f"the {kind.replace('_', ' ')}")
+            self._require(KEY_OPS[kind], "install_key", KEY_NAMES[kind])
         self._put(path, pem, mode)
         self._audit("key_change", kind=kind, path=str(path), fingerprint=fp,
                     source="provisioning", staged=self._txn is not None)
