@@ -72,7 +72,8 @@ class Transaction:
 
     ``config_dir``: the folder of the box config (journal and manifest live there).
     ``fault``: called with a step name (``"begin"`` before the journal, ``"journal"``,
-    ``"rename:N"``) after each durable step of :meth:`commit`; tests raise from it to simulate a power cut there.
+    ``"rename:N"``) after each durable step of :meth:`commit`; tests raise from it to
+    simulate a power cut there.
     """
 
     def __init__(self, config_dir: Path, session: str,
