@@ -18,7 +18,7 @@ from pathlib import Path
 
 from provisioning import ledmode, protocol
 from provisioning import presence as presence_mod
-from provisioning.dispatcher import AgentEnv, Dispatcher
+from provisioning.dispatcher import AgentEnv, Dispatcher, _systemctl, start_recorder_unit
 from recorder import config as rconfig
 from recorder.errors import ConfigError, LinetapError
 from recorder.sdnotify import SdNotifier
@@ -115,15 +115,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--presence", choices=("button", "granted", "denied"), default="button",
                    help="'button' reads the pause button (the Pi); 'granted'/'denied' are "
                         "for the bench and refused on a production image")
+    p.add_argument("--recorder-unit", default="linetap-recorder.service",
+                   help="systemd unit started after apply and stopped before a reset; '' "
+                        "on a bench without a recorder (refused on a production image)")
     return p
 
 
 def cli_main(argv: list[str]) -> int:
     # `linetap provision-agent -- --port X`: drop a leading "--".
     args = build_parser().parse_args(argv[1:] if argv[:1] == ["--"] else argv)
-    if args.presence != "button" and PRODUCTION_MARKER.exists():
-        print(f"linetap provision-agent: --presence {args.presence} is for the bench only; "
-              f"this is a production image ({PRODUCTION_MARKER} exists)", file=sys.stderr)
+    bench = [f"--presence {args.presence}"] if args.presence != "button" else []
+    bench += ["--recorder-unit ''"] if not args.recorder_unit else []
+    if bench and PRODUCTION_MARKER.exists():
+        print(f"linetap provision-agent: {', '.join(bench)} is for the bench only; this is "
+              f"a production image ({PRODUCTION_MARKER} exists)", file=sys.stderr)
         return 2
     import serial  # pyserial; imported here so the dispatcher imports without it
 
@@ -145,8 +150,16 @@ def cli_main(argv: list[str]) -> int:
 
     pres = presence_mod.Presence(False, args.presence_timeout_min * 60.0, hold_s=args.hold_s,
                                  window_s=args.presence_window_s, on_change=on_change)
+    unit = args.recorder_unit
+    if unit:
+        recorder_fns = {"restart_recorder": lambda: start_recorder_unit(unit),
+                        "stop_recorder": lambda: _systemctl("stop", unit)}
+    else:
+        recorder_fns = {"restart_recorder": lambda: {"active": "not managed (bench)",
+                                                     "managed": False},
+                        "stop_recorder": lambda: None}
     dispatcher = Dispatcher(AgentEnv(config_path=config_path, data_dir=data_dir,
-                                     presence=pres))
+                                     presence=pres, **recorder_fns))
     # Complete an apply cut short by a power cut before anything reads the config.
     try:
         log.info("apply recovery: %s", dispatcher.recover())

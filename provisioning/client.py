@@ -326,15 +326,23 @@ def apply_site(link: Link, site: sitefile.SiteFile, *, ca_cert: Path | None = No
     rec = r.get("recorder") or {}
     _say(out, f"      {len(r.get('files') or [])} file(s) in force; config sha256 "
          f"{str(r.get('sha256'))[:16]} (previous kept: {r.get('previous_kept')})")
-    _say(out, f"      recorder: {rec.get('active', 'unknown')} (reset-failed "
-         f"{'done' if rec.get('reset_failed') else 'not needed or failed'}, restart "
-         f"{rec.get('restart', rec.get('error', '?'))})")
+    if rec.get("managed") is False:
+        _say(out, f"      recorder: {rec.get('active')}; the agent manages no recorder unit")
+    else:
+        _say(out, f"      recorder: {rec.get('active', 'unknown')} (reset-failed "
+             f"{'done' if rec.get('reset_failed') else 'failed'}, restart "
+             f"{rec.get('restart', rec.get('error', '?'))})")
     _say(out, "      provisioning window closed; live tests (line-test, audio-test) stay "
          "open to this session until `end` or 5 min idle")
-    _say(out, "done" if rec.get("active") == "active" else
+    _say(out, "done" if recorder_ok(rec) else
          "done, but the recorder is NOT running: see `linetap-provision doctor`")
     return {"device_id": hello.get("device_id"), "cert_installed": cert_installed,
             "config_sha256": r.get("sha256"), "recorder": rec}
+
+
+def recorder_ok(rec: dict) -> bool:
+    """The recorder runs after apply, or the agent manages none (a bench)."""
+    return rec.get("active") == "active" or rec.get("managed") is False
 
 
 def _print(out, obj, as_json: bool) -> None:
@@ -512,7 +520,7 @@ def run(args, link: Link, out=None, inp=input) -> int:
                        ca_key=args.ca_key, set_clock=not args.no_set_clock, out=out,
                        token=_token(args), port=args.port,
                        presence_timeout_s=args.presence_timeout)
-        return 0 if (r.get("recorder") or {}).get("active") == "active" else 1
+        return 0 if recorder_ok(r.get("recorder") or {}) else 1
     elif c == "set-config":
         _state_session(link, args)
         r = link.call("set_config", text=Path(args.file).read_text(encoding="utf-8"))

@@ -12,6 +12,8 @@ def test_bench_presence_refused_on_a_production_image(tmp_path, monkeypatch, cap
     for mode in ("granted", "denied"):
         assert agent.cli_main(["--port", "/nonexistent", "--presence", mode]) == 2
         assert "bench only" in capsys.readouterr().err
+    assert agent.cli_main(["--port", "/nonexistent", "--recorder-unit", ""]) == 2
+    assert "--recorder-unit ''" in capsys.readouterr().err
 
 
 def test_the_image_installs_the_marker():
