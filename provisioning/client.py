@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import socket
 import sys
 import time
@@ -75,7 +76,9 @@ class Link:
         self.timeout_s = timeout_s
         self.retry_s = retry_s
         self.parser = protocol.FrameParser()
-        self._seq = 0
+        # A random start: two processes on one port do not send the same (seq, request),
+        # which the box would answer from its resend cache.
+        self._seq = secrets.randbelow(0xFFFF)
         self._monotonic = monotonic
         self.session: str | None = None
         self.resent = 0
@@ -106,7 +109,14 @@ class Link:
                 self.resent += 1
                 self._send(frame)
                 resend_at = now + self.retry_s
-            data = self.stream.read(max(1, getattr(self.stream, "in_waiting", 0)))
+            try:
+                data = self.stream.read(max(1, getattr(self.stream, "in_waiting", 0)))
+            except OSError as exc:
+                # pyserial's "readiness to read but returned no data": another program
+                # drained the port first.
+                raise ProtocolError(f"the serial port failed while waiting for '{cmd}' "
+                                    f"({exc}); is another linetap-provision using the same "
+                                    "port? One client at a time") from exc
             if not data:
                 continue
             for ev in self.parser.feed(data):

@@ -26,6 +26,7 @@ import sqlite3
 import subprocess
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,8 @@ SESSION_IDLE_S = 300.0
 """A session with no request for this long (seconds) is dropped, so a laptop that died
 mid-apply does not keep the box busy."""
 READ, LIVE, STATE = "read", "live", "state"
+REPLAY_CACHE = 16
+"""Replies kept for resends (requests; a reply is at most a few KiB but a CSR)."""
 # kind of key file -> the token operation a different one needs
 KEY_OPS = {"practice_public": "practice_key", "command_key": "command_key",
            "broker_ca": "broker"}
@@ -177,7 +180,9 @@ class Dispatcher:
         self._txn: txn.Transaction | None = None
         self._reset_code: tuple[str, float] | None = None
         self._after_reply: Callable[[], None] | None = None
-        self._last: tuple[int, str, bytes] | None = None   # (seq, request sha256, reply)
+        # (seq, request sha256) -> reply, for the last REPLAY_CACHE requests: a resend
+        # is answered from here, even when another client's request came in between.
+        self._replies: OrderedDict[tuple[int, str], bytes] = OrderedDict()
         self.session: dict | None = None
         self.grant: dict | None = None                      # a verified token's body
         self._sid = None                                    # session id of this request
@@ -227,15 +232,17 @@ class Dispatcher:
         if event.type != protocol.T_REQUEST:
             return protocol.error_frame(event.seq, protocol.E_BAD_TYPE,
                                         f"frame type {event.type} is not a request")
-        digest = _sha256(event.payload)
-        if self._last is not None and event.seq and self._last[:2] == (event.seq, digest):
-            return self._last[2]
+        key = (event.seq, _sha256(event.payload))
+        if event.seq and key in self._replies:
+            return self._replies[key]
         try:
             obj = event.json()
         except ProtocolError as exc:
             return protocol.error_frame(event.seq, protocol.E_BAD_JSON, str(exc))
         reply = self.handle_request(event.seq, obj)
-        self._last = (event.seq, digest, reply)
+        self._replies[key] = reply
+        while len(self._replies) > REPLAY_CACHE:
+            self._replies.popitem(last=False)
         return reply
 
     def handle_request(self, seq: int, obj: dict) -> bytes:

@@ -181,3 +181,52 @@ def test_power_cut_inside_the_commit(box, tmp_path, step):
     assert classify(box, old, site) == ("old" if step == "begin" else "new")
     if step != "begin":
         assert txn.leftovers(box.etc) is None
+
+
+def test_four_applies_at_once_never_mix(served, tmp_path):
+    """Four clients on one port (as four processes would), two sites: the box ends with
+    the old state or one site's complete state; the others are told `busy` or get no
+    answer, and nothing of theirs is left in force."""
+    import threading
+
+    import serial
+    box = served.box
+    old = old_state(box, tmp_path)
+    sites = []
+    for name in ("a", "b"):
+        d = tmp_path / name
+        d.mkdir()
+        site = new_site(d, box)
+        cfg = site.source.parent / "box.toml"
+        cfg.write_text(cfg.read_text().replace("days = 45.0", f"days = {40 + len(sites)}.0"))
+        sites.append(sitefile.load(site.source))
+    results: list = [None] * 4
+
+    def one(i):
+        with serial.Serial(served.cable.laptop_path, 115200, timeout=0.05) as port:
+            try:
+                client.apply_site(client.Link(port, timeout_s=6.0), sites[i % 2],
+                                  out=io.StringIO(), commit_timeout_s=6.0, set_clock=False)
+                results[i] = "applied"
+            except client.RemoteError as exc:
+                results[i] = exc.code
+            except ProtocolError as exc:       # no answer, or the port drained by another
+                results[i] = "port" if "another linetap-provision" in str(exc) else \
+                    "no answer"
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads)
+    come_up(box)
+    states = {classify(box, old, s) for s in sites}
+    assert states & {"old", "new"}, states          # one site's state or the old one
+    assert results.count("applied") <= 1, results
+    assert all(r in ("applied", protocol.E_BUSY, protocol.E_PRESENCE_EXPIRED, "no answer",
+                     "port") for r in results), results
+    if "new" not in states:
+        assert "applied" not in results
+    # Whatever the losers staged is reported, never in force.
+    assert (txn.leftovers(box.etc) is None) == \
+        (doctor.check_staged(box.config_path).status == doctor.OK)

@@ -25,7 +25,9 @@ def test_frame_lost_behind_a_half_sent_one_is_resent(served):
     link = served.link
     link.retry_s = 2.0
     # A predecessor cut after its header: its length swallows the next frame whole.
-    half = protocol.encode_json(protocol.T_REQUEST, 77, {"cmd": "hello", "args": {}})[:20]
+    big = protocol.encode_json(protocol.T_REQUEST, 77, {"cmd": "config_check",
+                                                        "args": {"text": "#" * 4000}})
+    half = big[:40]
     served.laptop.write(half)
     served.laptop.flush()
     r = link.call("hello")
