@@ -196,7 +196,6 @@ def check_button(pres: Presence, pin: int, *, active_low: bool = True,
     after the agent is ready, can claim the pin. If the pin cannot be opened (not a Pi,
     pin busy) the box stays out of provisioning mode and says why.
     """
-    pres.waiting()
     try:
         from gpiozero import Button
         from gpiozero.exc import GPIOZeroError
@@ -209,6 +208,7 @@ def check_button(pres: Presence, pin: int, *, active_low: bool = True,
         log.warning("cannot read the pause button on GPIO%d (%s)", pin, exc)
         pres.deny(f"cannot read the pause button on GPIO{pin}: {exc}")
         return
+    pres.waiting()      # the button is being watched now (the LED lights steadily)
     try:
         held, why = button_held(button, hold_s=pres.hold_s, window_s=pres.window_s)
     finally:

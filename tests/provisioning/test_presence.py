@@ -44,19 +44,19 @@ def finger(factory) -> FingerPin:
     return factory.pin(16, pin_class=FingerPin)
 
 
-def press_later(pin, after_s=0.1):
-    """A finger arriving after the agent started watching."""
-    t = threading.Timer(after_s, pin.press)
-    t.start()
-    return t
+def press_when_watched(pin, after_s=0.2):
+    """An ``on_change`` hook: a finger arriving once the button is watched (LED lit)."""
+    def hook(p):
+        if p.state() == presence.WAITING:
+            threading.Timer(after_s, pin.press).start()
+    return hook
 
 
 def test_fresh_press_and_hold_grants(factory):
     pin = finger(factory)
     pin.release()
-    press_later(pin)
     p = presence.from_button(16, pin_factory=factory, hold_s=0.2, window_s=5.0,
-                             timeout_s=1800)
+                             timeout_s=1800, on_change=press_when_watched(pin))
     assert p.active() and p.state() == presence.ACTIVE
     assert 0 < p.remaining_s() <= 1800
     assert p.describe()["opened_at"] is not None
@@ -72,9 +72,13 @@ def test_button_held_from_power_on_does_not_count(factory):
 def test_held_at_start_then_released_and_pressed_again_counts(factory):
     pin = finger(factory)
     pin.press()
-    threading.Timer(0.1, pin.release).start()
-    threading.Timer(0.3, pin.press).start()
-    p = presence.from_button(16, pin_factory=factory, hold_s=0.2, window_s=5.0)
+
+    def release_then_press(p):
+        if p.state() == presence.WAITING:
+            threading.Timer(0.2, pin.release).start()
+            threading.Timer(0.5, pin.press).start()
+    p = presence.from_button(16, pin_factory=factory, hold_s=0.2, window_s=5.0,
+                             on_change=release_then_press)
     assert p.active()
 
 
@@ -147,8 +151,8 @@ def test_released_button_denies(factory):
 
 def test_pin_released_for_the_recorder(factory):
     pin = finger(factory)
-    press_later(pin)
-    assert presence.from_button(16, pin_factory=factory, hold_s=0.1, window_s=5.0).active()
+    assert presence.from_button(16, pin_factory=factory, hold_s=0.1, window_s=5.0,
+                                on_change=press_when_watched(pin)).active()
     from gpiozero import Button
     Button(16, pin_factory=factory).close()  # the recorder can claim the pin afterwards
 
@@ -161,3 +165,21 @@ def test_unusable_pin_denies(factory):
                                         window_s=0.05).active()
     finally:
         holder.close()
+
+
+def test_messages_docs_and_unit_agree_on_the_timings():
+    """The hold time the refusals give is the one the docs give; the agent's start
+    timeout covers the whole press window."""
+    import configparser
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    doc = (root / "docs" / "provisioning.md").read_text()
+    p = presence.Presence(False)
+    hold = f"press and hold the pause button for {presence.DEFAULT_HOLD_S:g} s"
+    assert hold in p.how_to() and hold in doc
+    assert f"watches the pause button for {presence.DEFAULT_WINDOW_S:g} s" in doc
+    assert f"for {presence.DEFAULT_TIMEOUT_S / 60:g} minutes" in doc
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.read(root / "systemd" / "linetap-provision-agent.service")
+    assert float(unit["Service"]["TimeoutStartSec"]) > \
+        presence.DEFAULT_WINDOW_S + presence.DEFAULT_HOLD_S
