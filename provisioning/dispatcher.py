@@ -653,6 +653,13 @@ class Dispatcher:
         cfg = rconfig.loads(text, "config")
         self._check_config_change(cfg, cmd)
         self._checked_path(str(self.env.config_path), "config")
+        if self._txn is not None:
+            # A config_stage starts an apply: nothing staged by an earlier, failed
+            # attempt in this session may ride along into this one's commit.
+            n = self._txn.discard()
+            self._audit("provision", op="apply_discarded", reason="new apply",
+                        staged_files=n)
+            self._txn = None
         t = self._begin()
         t.stage(self.env.config_path, text.encode("utf-8"), 0o640)
         self._staged = (text, cfg)

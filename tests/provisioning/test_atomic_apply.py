@@ -230,3 +230,20 @@ def test_four_applies_at_once_never_mix(served, tmp_path):
     # Whatever the losers staged is reported, never in force.
     assert (txn.leftovers(box.etc) is None) == \
         (doctor.check_staged(box.config_path).status == doctor.OK)
+
+
+def test_a_new_apply_drops_what_a_failed_one_staged(box, tmp_path):
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from recorder import keys
+    old = old_state(box, tmp_path)
+    text = box.config_path.read_text()
+    call(box.d, "config_stage", text=text)
+    stray = keys.pem_public(ed25519.Ed25519PrivateKey.generate().public_key()).decode()
+    assert call(box.d, "install_key", kind="command_key", pem=stray)["staged"]
+    # The first attempt died here; the engineer runs apply again without a command key.
+    call(box.d, "config_stage", text=text + "\n")
+    assert call(box.d, "config_commit")["applied"]
+    assert not (box.etc / "upstream-command.pub").exists()
+    assert snapshot(box)["etc/practice.pub"] == old["etc/practice.pub"]
+    assert txn.leftovers(box.etc) is None
