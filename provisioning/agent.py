@@ -2,23 +2,26 @@
 
 The Pi's USB-C port runs as a CDC ACM gadget (dwc2 + g_serial), which shows up on the
 box as ``/dev/ttyGS0`` and on the engineer's laptop as a serial port with USB id
-0525:a4a7. systemd starts this agent when ``ttyGS0`` appears; it checks the pause
-button once (physical presence), tells systemd it is ready, and answers frames.
+0525:a4a7. systemd starts this agent when ``ttyGS0`` appears; it completes any apply
+cut short by a power cut, answers frames at once, and meanwhile watches the pause
+button (physical presence); it tells systemd it is ready when the button check ends.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import threading
 import time
 from pathlib import Path
 
 from provisioning import presence as presence_mod
 from provisioning import protocol
-from provisioning.dispatcher import AgentEnv, Dispatcher
+from provisioning.dispatcher import AgentEnv, Dispatcher, _systemctl, start_recorder_unit
 from recorder import config as rconfig
-from recorder.errors import ConfigError
+from recorder.errors import ConfigError, LinetapError
+from recorder.runtime import ledmode
 from recorder.runtime.sdnotify import SdNotifier
 
 log = logging.getLogger(__name__)
@@ -90,6 +93,12 @@ class Agent:
                 last_ping = now
 
 
+PRODUCTION_MARKER = Path("/usr/lib/linetap/production-image")
+"""Installed by firmware/install.sh into every image (read-only root): its presence makes
+``--presence granted|denied`` refuse to start, so the bench switch cannot open the
+window on a production box."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="linetap provision-agent",
                                 description="Serve the provisioning protocol on USB serial.")
@@ -100,19 +109,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--presence-timeout-min", type=float, default=30.0,
                    help="how long provisioning mode lasts, minutes (default %(default)s)")
     p.add_argument("--presence-window-s", type=float, default=presence_mod.DEFAULT_WINDOW_S,
-                   help="how long after start the button may first be pressed, seconds")
+                   help="how long after start the button may be pressed, seconds "
+                        "(default %(default)s)")
     p.add_argument("--hold-s", type=float, default=presence_mod.DEFAULT_HOLD_S,
                    help="how long the button must be held, seconds (default %(default)s)")
     p.add_argument("--presence", choices=("button", "granted", "denied"), default="button",
                    help="'button' reads the pause button (the Pi); 'granted'/'denied' are "
-                        "for the simulator and bench tests")
+                        "for the bench and refused on a production image")
+    p.add_argument("--recorder-unit", default="linetap-recorder.service",
+                   help="systemd unit started after apply and stopped before a reset; '' "
+                        "on a bench without a recorder (refused on a production image)")
     return p
 
 
 def cli_main(argv: list[str]) -> int:
-    # `linetap provision-agent -- --port X`: the dispatcher in recorder/cli/__init__.py passes
-    # the "--" through; drop it.
+    # `linetap provision-agent -- --port X`: drop a leading "--".
     args = build_parser().parse_args(argv[1:] if argv[:1] == ["--"] else argv)
+    bench = [f"--presence {args.presence}"] if args.presence != "button" else []
+    bench += ["--recorder-unit ''"] if not args.recorder_unit else []
+    if bench and PRODUCTION_MARKER.exists():
+        print(f"linetap provision-agent: {', '.join(bench)} is for the bench only; this is "
+              f"a production image ({PRODUCTION_MARKER} exists)", file=sys.stderr)
+        return 2
     import serial  # pyserial; imported here so the dispatcher imports without it
 
     config_path = Path(args.config)
@@ -124,24 +142,62 @@ def cli_main(argv: list[str]) -> int:
         log.warning("config invalid, serving with defaults: %s", exc)
         cfg = rconfig.Config()
     data_dir = Path(args.data_dir or cfg.device.data_dir)
-    timeout_s = args.presence_timeout_min * 60.0
-    if args.presence == "button":
-        pres = presence_mod.from_button(cfg.pins.pause_button, active_low=cfg.pins.active_low,
-                                        hold_s=args.hold_s, window_s=args.presence_window_s,
-                                        timeout_s=timeout_s)
+    leds: list = []
+
+    def on_change(p):
+        ledmode.publish(data_dir, p)
+        for led in leds:
+            led.show(p)
+
+    pres = presence_mod.Presence(False, args.presence_timeout_min * 60.0, hold_s=args.hold_s,
+                                 window_s=args.presence_window_s, on_change=on_change)
+    unit = args.recorder_unit
+    if unit:
+        recorder_fns = {"restart_recorder": lambda: start_recorder_unit(unit),
+                        "stop_recorder": lambda: _systemctl("stop", unit)}
     else:
-        pres = presence_mod.Presence(args.presence == "granted", timeout_s)
+        recorder_fns = {"restart_recorder": lambda: {"active": "not managed (bench)",
+                                                     "managed": False},
+                        "stop_recorder": lambda: None}
     dispatcher = Dispatcher(AgentEnv(config_path=config_path, data_dir=data_dir,
-                                     presence=pres))
+                                     presence=pres, **recorder_fns))
+    # Complete an apply cut short by a power cut before anything reads the config.
+    try:
+        log.info("apply recovery: %s", dispatcher.recover())
+    except LinetapError as exc:
+        log.error("apply recovery failed: %s (doctor and status report it)", exc)
     notifier = SdNotifier()
     stop = threading.Event()
-    notifier.ready("provisioning mode" if pres.active() else "read-only")
+
+    def check_presence():
+        # Runs beside the serving loop, so `hello` is answered while the box waits for
+        # the press; READY (which lets the recorder start and claim the pins) comes
+        # only after the button and the LED are released.
+        if args.presence == "button":
+            try:
+                leds.append(ledmode.AgentLed(cfg.pins.status_led))
+                leds[0].show(pres)      # lit steadily: waiting for the press
+            except Exception as exc:  # noqa: BLE001 - no LED must not block provisioning
+                log.warning("status LED unavailable: %s", exc)
+            presence_mod.check_button(pres, cfg.pins.pause_button,
+                                      active_low=cfg.pins.active_low)
+            for led in leds:
+                led.close()
+            leds.clear()
+        elif args.presence == "granted":
+            pres.grant()
+        else:
+            pres.deny("presence denied (bench)")
+        notifier.ready("provisioning mode" if pres.active() else "read-only")
+
+    if args.presence == "button":
+        pres.waiting()      # before serving: the first hello already says so
+    threading.Thread(target=check_presence, name="presence", daemon=True).start()
     try:
         while not stop.is_set():
             try:
                 with serial.Serial(args.port, 115200, timeout=READ_TIMEOUT_S) as port:
-                    log.info("provisioning agent serving on %s (%s)", args.port,
-                             "provisioning mode" if pres.active() else "read-only")
+                    log.info("provisioning agent serving on %s", args.port)
                     Agent(port, dispatcher, stop=stop, notifier=notifier).serve()
             except (serial.SerialException, OSError):
                 log.exception("serial port %s failed; reopening", args.port)
@@ -149,5 +205,6 @@ def cli_main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        pres.end("agent stopped")
         notifier.stopping()
     return 0

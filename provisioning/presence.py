@@ -1,13 +1,19 @@
 """Physical presence: state-changing commands need someone at the box.
 
-Provisioning mode is entered by holding the pause button for ``hold_s`` (5 s) while the
-box powers on; it then lasts ``timeout_s`` (30 min by default). Read-only commands work
-at any time. The agent takes any object with the :class:`Presence` shape, so tests and
-the simulator drive it directly and the Pi reads the real button through gpiozero.
+The agent starts, lights the status LED steadily (``waiting``) and watches the pause
+button for ``window_s`` (60 s). Only a **press edge** counts: a button already held at
+start-up (a finger on it while powering on, or a stuck button) must first be released.
+The press must then be held for ``hold_s`` (5 s). Provisioning mode then lasts
+``timeout_s`` (30 min) and the status LED flashes fast (:mod:`recorder.runtime.ledmode`).
+The window closes early when the engineer sends ``end``, or when ``apply`` completes.
+
+The agent takes any object with the :class:`Presence` shape, so tests and the bench
+drive it directly and the Pi reads the real button through gpiozero.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -16,88 +22,208 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 DEFAULT_HOLD_S = 5.0
-DEFAULT_WINDOW_S = 10.0
+DEFAULT_WINDOW_S = 60.0
 DEFAULT_TIMEOUT_S = 30 * 60.0
+
+# States of the window, as hello and status report them.
+NONE, WAITING, ACTIVE, EXPIRED, ENDED = "none", "waiting_for_press", "active", "expired", \
+    "ended"
+
+
+def _iso(epoch_s: float | None) -> str | None:
+    if epoch_s is None:
+        return None
+    return dt.datetime.fromtimestamp(epoch_s, dt.UTC).isoformat(timespec="seconds") \
+        .replace("+00:00", "Z")
 
 
 class Presence:
     """A provisioning-mode window on a monotonic clock.
 
-    ``granted``: whether mode was entered at all. ``timeout_s``: how long it lasts from
-    :meth:`grant` (seconds, > 0). ``clock``: a monotonic clock in seconds (injectable).
+    ``granted``: open the window at once (bench only). ``timeout_s``: how long it lasts
+    from :meth:`grant` (seconds, > 0). ``hold_s``/``window_s``: the button rule, for the
+    messages. ``clock``: monotonic seconds; ``wall``: epoch seconds (both injectable).
+    ``on_change``: called with this object after every state change (the LED).
     """
 
     def __init__(self, granted: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, *,
+                 hold_s: float = DEFAULT_HOLD_S, window_s: float = DEFAULT_WINDOW_S,
+                 wall: Callable[[], float] = time.time,
+                 on_change: Callable[[Presence], None] | None = None):
         self.timeout_s = float(timeout_s)
+        self.hold_s = float(hold_s)
+        self.window_s = float(window_s)
         self._clock = clock
+        self._wall = wall
         self._lock = threading.Lock()
         self._until: float | None = None
+        self._state = NONE
+        self.reason = "not pressed"
+        self.opened_at: float | None = None     # epoch s the window opened
+        self.closed_at: float | None = None     # epoch s it ended or expired
+        self.on_change = on_change
         if granted:
             self.grant()
+
+    def how_to(self) -> str:
+        """The one instruction every message and the docs give."""
+        return (f"power the box on (or re-plug it), wait for the status LED to light "
+                f"steadily, then press and hold the pause button for {self.hold_s:g} s "
+                f"(within {self.window_s:g} s); the LED then flashes fast")
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change(self)
+            except Exception:  # noqa: BLE001 - an LED must never break provisioning
+                log.exception("presence change hook failed")
+
+    def waiting(self) -> None:
+        """The button check has started (the LED lights steadily)."""
+        with self._lock:
+            self._state = WAITING
+        self._changed()
+
+    def deny(self, reason: str) -> None:
+        """The check ended without a valid press; ``reason`` says why."""
+        with self._lock:
+            self._state, self.reason = NONE, reason
+        self._changed()
 
     def grant(self) -> None:
         """Enter provisioning mode now, for ``timeout_s`` seconds."""
         with self._lock:
             self._until = self._clock() + self.timeout_s
+            self._state = ACTIVE
+            self.opened_at, self.closed_at, self.reason = self._wall(), None, "granted"
         log.info("provisioning mode entered for %.0f s", self.timeout_s)
+        self._changed()
 
-    def revoke(self) -> None:
-        """Leave provisioning mode (after a factory reset, or on request)."""
+    def end(self, why: str = "ended") -> None:
+        """Close the window now (``end`` from the engineer, apply done, factory reset)."""
         with self._lock:
+            if self._state != ACTIVE:
+                return
             self._until = None
+            self._state, self.reason, self.closed_at = ENDED, why, self._wall()
+        log.info("provisioning mode closed: %s", why)
+        self._changed()
+
+    revoke = end
+
+    def state(self) -> str:
+        with self._lock:
+            if self._state == ACTIVE and self._until is not None \
+                    and self._clock() >= self._until:
+                self._state, self.reason = EXPIRED, "timed out"
+                self.closed_at = (self.opened_at or self._wall()) + self.timeout_s
+                self._until = None
+                expired = True
+            else:
+                expired = False
+            st = self._state
+        if expired:
+            self._changed()
+        return st
 
     def active(self) -> bool:
         """True while provisioning mode lasts."""
-        return self.remaining_s() > 0
+        return self.state() == ACTIVE
 
     def remaining_s(self) -> float:
         """Seconds of provisioning mode left; 0 when not in the mode."""
+        if not self.active():
+            return 0.0
         with self._lock:
-            if self._until is None:
-                return 0.0
-            return max(0.0, self._until - self._clock())
+            return max(0.0, (self._until or 0.0) - self._clock())
+
+    def describe(self) -> dict:
+        """What ``hello`` and ``status`` report about the window."""
+        st = self.state()
+        return {"active": st == ACTIVE, "state": st, "remaining_s": round(self.remaining_s(), 1),
+                "opened_at": _iso(self.opened_at), "closed_at": _iso(self.closed_at),
+                "reason": self.reason, "hold_s": self.hold_s, "window_s": self.window_s,
+                "timeout_s": self.timeout_s}
+
+    def refusal(self, cmd: str) -> str:
+        """Why ``cmd`` is refused now: each state gets its own message."""
+        st = self.state()
+        if st == EXPIRED:
+            return (f"'{cmd}' refused: the provisioning window opened at "
+                    f"{_iso(self.opened_at)} expired at {_iso(self.closed_at)} "
+                    f"({self.timeout_s / 60:g} min); to open a new one, {self.how_to()}")
+        if st == ENDED:
+            return (f"'{cmd}' refused: the provisioning window opened at "
+                    f"{_iso(self.opened_at)} was closed at {_iso(self.closed_at)} "
+                    f"({self.reason}); to open a new one, {self.how_to()}")
+        if st == WAITING:
+            return (f"'{cmd}' refused: waiting for presence: press and hold the pause "
+                    f"button for {self.hold_s:g} s now")
+        return (f"'{cmd}' needs provisioning mode ({self.reason}): "
+                f"{self.how_to()}")
 
 
-def button_held(button, *, hold_s: float = DEFAULT_HOLD_S,
-                window_s: float = DEFAULT_WINDOW_S) -> bool:
-    """True if ``button`` is pressed within ``window_s`` and held for ``hold_s`` seconds.
+def button_held(button, *, hold_s: float = DEFAULT_HOLD_S, window_s: float = DEFAULT_WINDOW_S,
+                clock: Callable[[], float] = time.monotonic) -> tuple[bool, str]:
+    """(True, "held") if a fresh press of ``button`` comes within ``window_s`` and is held
+    for ``hold_s`` seconds; else (False, reason).
 
     ``button`` is a gpiozero ``Button`` (or anything with ``wait_for_press(timeout)``,
-    ``wait_for_release(timeout)`` and ``is_pressed``). A release before ``hold_s`` fails
-    the check; the user powers the box on again to retry.
+    ``wait_for_release(timeout)`` and ``is_pressed``). Only a press edge counts: a
+    button pressed when the check starts must be released first, so a stuck button or
+    one held through power-on never opens the window.
     """
-    if not button.wait_for_press(timeout=window_s):
-        return False
-    released = button.wait_for_release(timeout=hold_s)
-    return not released and bool(button.is_pressed)
+    t0 = clock()
+    if button.is_pressed:
+        if not button.wait_for_release(timeout=window_s):
+            return False, (f"button held since start-up for {window_s:g} s (stuck?); only "
+                           "a fresh press counts")
+    left = window_s - (clock() - t0)
+    if left <= 0 or not button.wait_for_press(timeout=left):
+        return False, f"no press within {window_s:g} s"
+    if button.wait_for_release(timeout=hold_s) or not button.is_pressed:
+        return False, f"released before {hold_s:g} s"
+    return True, "held"
 
 
-def from_button(pin: int, *, active_low: bool = True, pin_factory=None,
-                hold_s: float = DEFAULT_HOLD_S, window_s: float = DEFAULT_WINDOW_S,
-                timeout_s: float = DEFAULT_TIMEOUT_S) -> Presence:
-    """Check the pause button once, at agent start, and return the resulting Presence.
+def check_button(pres: Presence, pin: int, *, active_low: bool = True,
+                 pin_factory=None) -> None:
+    """Watch the pause button once and grant or deny ``pres`` (run in a thread).
 
     The button is opened with gpiozero on BCM ``pin`` (``pin_factory`` None = gpiozero's
     default; tests pass a ``MockFactory``) and closed again so the recorder, started
-    after the agent, can claim the pin. If the pin cannot be opened (not a Pi, pin busy)
-    the box stays out of provisioning mode and says why in the log.
+    after the agent is ready, can claim the pin. If the pin cannot be opened (not a Pi,
+    pin busy) the box stays out of provisioning mode and says why.
     """
     try:
         from gpiozero import Button
         from gpiozero.exc import GPIOZeroError
     except ImportError:  # pragma: no cover - gpiozero is a dependency
-        log.warning("gpiozero not importable; provisioning mode unavailable")
-        return Presence(False, timeout_s)
+        pres.deny("gpiozero not importable")
+        return
     try:
         button = Button(pin, pull_up=active_low, pin_factory=pin_factory)
     except (GPIOZeroError, OSError, RuntimeError) as exc:
-        log.warning("cannot read the pause button on GPIO%d (%s); provisioning mode "
-                    "unavailable", pin, exc)
-        return Presence(False, timeout_s)
+        log.warning("cannot read the pause button on GPIO%d (%s)", pin, exc)
+        pres.deny(f"cannot read the pause button on GPIO{pin}: {exc}")
+        return
+    pres.waiting()      # the button is being watched now (the LED lights steadily)
     try:
-        held = button_held(button, hold_s=hold_s, window_s=window_s)
+        held, why = button_held(button, hold_s=pres.hold_s, window_s=pres.window_s)
     finally:
         button.close()
-    log.info("pause button %s at start", "held" if held else "not held")
-    return Presence(held, timeout_s)
+    log.info("pause button at start: %s", why)
+    if held:
+        pres.grant()
+    else:
+        pres.deny(why)
+
+
+def from_button(pin: int, *, active_low: bool = True, pin_factory=None,
+                hold_s: float = DEFAULT_HOLD_S, window_s: float = DEFAULT_WINDOW_S,
+                timeout_s: float = DEFAULT_TIMEOUT_S, on_change=None) -> Presence:
+    """Check the pause button now (blocking) and return the resulting Presence."""
+    pres = Presence(False, timeout_s, hold_s=hold_s, window_s=window_s, on_change=on_change)
+    check_button(pres, pin, active_low=active_low, pin_factory=pin_factory)
+    return pres

@@ -60,10 +60,16 @@ E_RECORDER = "recorder_error"        # the recorder answered ok=false
 E_CONFIRM = "confirmation_required"  # factory reset code missing, wrong or expired
 E_IO = "io_error"
 E_INTERNAL = "internal"
+E_PRESENCE_EXPIRED = "presence_expired"   # the window opened, then timed out or was ended
+E_BUSY = "busy"                      # another session holds the box
+E_UNAUTHORISED = "authorisation_required"  # protected change without a valid token
+E_UNSYNCED = "unsynced_recordings"   # factory reset would destroy un-uploaded calls
+E_TRANSACTION = "transaction"        # an apply journal cannot be completed
 
 ERROR_CODES = (E_BAD_FRAME, E_BAD_CRC, E_BAD_VERSION, E_TOO_LARGE, E_BAD_TYPE, E_BAD_JSON,
                E_UNKNOWN_COMMAND, E_BAD_ARGS, E_PRESENCE, E_CONFIG, E_KEY, E_NOT_RUNNING,
-               E_RECORDER, E_CONFIRM, E_IO, E_INTERNAL)
+               E_RECORDER, E_CONFIRM, E_IO, E_INTERNAL, E_PRESENCE_EXPIRED, E_BUSY,
+               E_UNAUTHORISED, E_UNSYNCED, E_TRANSACTION)
 
 
 def _crc16(data: bytes) -> int:

@@ -145,6 +145,12 @@ def cert_matches_key(cert: x509.Certificate, key) -> bool:
     return _spki(cert.public_key()) == _spki(key.public_key())
 
 
+def common_name(cert: x509.Certificate) -> str | None:
+    """The certificate subject's CN, or None if it has none."""
+    attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(attrs[0].value) if attrs else None
+
+
 def check_ca_bundle(pem: bytes) -> list[x509.Certificate]:
     """Parse a broker CA bundle; every certificate must be a CA (BasicConstraints ca)."""
     certs = load_certs(pem, "broker CA")

@@ -450,6 +450,22 @@ class Uploader:
         if self.client is not None:
             self.client.publish(f"{self.base}/report", json.dumps(obj).encode(), qos=1)
 
+    def announce(self, event: str, detail: dict, timeout_s: float = 10.0) -> dict:
+        """Publish ``{"kind": "notice", "event": ..., **detail}`` on ``report`` (QoS 1) and
+        wait up to ``timeout_s`` seconds for the broker's PUBACK. Returns
+        ``{"delivered": bool, "link": ...}``; never raises (called from the control
+        socket by the provisioning agent before a factory reset)."""
+        if self.client is None or self.link != LINK_ONLINE:
+            return {"delivered": False, "link": self.link}
+        body = json.dumps({"kind": "notice", "event": event, "device": self.device,
+                           "detail": detail}, default=str).encode()
+        try:
+            info = self.client.publish(f"{self.base}/report", body, qos=1)
+            info.wait_for_publish(timeout_s)
+            return {"delivered": bool(info.is_published()), "link": self.link}
+        except (RuntimeError, ValueError, OSError) as exc:
+            return {"delivered": False, "link": self.link, "error": str(exc)}
+
     # -- status and health -------------------------------------------------------------------
     def sync_status(self) -> dict:
         """Link state, backlog (unacked segments) and the oldest one's age (seconds)."""

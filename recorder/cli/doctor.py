@@ -24,6 +24,7 @@ from pathlib import Path
 from hw.audio import probe_capture
 from hw.gpio import make_factory
 from recorder import config as rconfig
+from recorder import configtxn
 from recorder.errors import ConfigError, KeyFileError
 from recorder.evidence import keys
 from recorder.runtime import control_client
@@ -284,6 +285,20 @@ def check_clock(now: dt.datetime, synced: bool | None) -> Result:
                   "give the box network access to an NTP server, or fit an RTC")
 
 
+def check_staged(config_path: str | Path | None) -> Result:
+    """Leftovers of an interrupted provisioning apply (:mod:`recorder.configtxn`)."""
+    left = configtxn.leftovers(Path(config_path or rconfig.DEFAULT_PATH).parent)
+    if left is None:
+        return Result("staged", OK, "no interrupted apply")
+    if left["journal"]:
+        return Result("staged", FAIL, "an apply was committed but not finished (journal "
+                      "present)", "restart linetap-provision-agent (it completes the journal)"
+                      " or re-run `linetap provision apply`")
+    return Result("staged", WARN, f"{len(left['staged'])} staged file(s) of an interrupted "
+                  "apply (not in force; the old config is)",
+                  "re-run `linetap provision apply` (it discards them first)")
+
+
 # -- running it all ------------------------------------------------------------------------
 
 def run_checks(config_path: str | None, data_dir: str | None, *,
@@ -308,6 +323,7 @@ def run_checks(config_path: str | None, data_dir: str | None, *,
     out.append(check_broker(cfg, now, **({"connect": p["connect"]} if "connect" in p else {})))
     out.append(check_disk(cfg, ddir, **({"usage": p["usage"]} if "usage" in p else {})))
     out.append(check_clock(now, p["synced"] if "synced" in p else ntp_synchronised()))
+    out.append(check_staged(config_path))
     return out
 
 

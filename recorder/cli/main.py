@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="pace at this many times real time (0 = as fast as possible)")
 
     sp = add("keygen", "create the practice key pair (private key 0600, public half .pub)")
-    sp.add_argument("--out", required=True, help="private key path; public key goes to OUT.pub")
+    sp.add_argument("--out", required=True, help="private key path, e.g. practice.key; the "
+                    "public key goes to practice.pub (NAME.key -> NAME.pub, else OUT.pub)")
 
     sp = add("export", "decrypt, verify and write calls as WAV + JSON")
     sp.add_argument("--data-dir", required=True)

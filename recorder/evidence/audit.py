@@ -13,8 +13,8 @@ line torn by a power cut is left as it is (verify names it) and the next entry
 starts on a new line, chained onto the last whole one.
 
 Actions in use: export, verify, delete, retention_expiry, eviction, config_change,
-key_change, identity_created, pause, resume, provision, factory_reset, command_rejected,
-command_applied, legal_hold.
+key_change, identity_created, pause, resume, provision, provision_refused,
+factory_reset_pending, factory_reset, command_rejected, command_applied, legal_hold.
 """
 
 from __future__ import annotations

@@ -55,12 +55,14 @@ def _pem_public(key) -> bytes:
 # -- practice key (X25519, HPKE recipient) -------------------------------------------------
 
 def practice_keygen(out: str | os.PathLike) -> tuple[Path, Path]:
-    """Write a new practice X25519 private key to ``out`` (0600) and ``out.pub``.
+    """Write a new practice X25519 private key to ``out`` (0600) and its public half.
 
+    The public half is ``NAME.pub`` for ``out`` = ``NAME.key`` (``practice.key`` ->
+    ``practice.pub``, the names the site file examples use), else ``out.pub``.
     Refuses to overwrite an existing key: losing it loses every recording.
     """
     out = Path(out)
-    pub = out.with_name(out.name + ".pub")
+    pub = out.with_suffix(".pub") if out.suffix == ".key" else out.with_name(out.name + ".pub")
     for p in (out, pub):
         if p.exists():
             raise KeyFileError(f"{p} already exists; refusing to overwrite a key")

@@ -7,6 +7,9 @@ line in, one per line out:
 * ``{"cmd": "tone", "line": 0, "hz": 1000, "seconds": 1.0, "dbfs": -12}`` -> plays the
   tone into the line and answers ``{"ok": true, "captured_dbfs": -14.2}``, the level of
   the same span as captured (the audio test of provisioning).
+* ``{"cmd": "announce", "event": "factory_reset", "detail": {...}}`` -> publishes the
+  notice upstream (``report``, QoS 1) and answers ``{"ok": true, "delivered": bool,
+  "link": ...}`` once the broker has acknowledged it (or why not).
 * anything else -> ``{"ok": false, "error": "..."}``.
 """
 
@@ -71,6 +74,12 @@ class ControlServer(threading.Thread):
             return {"ok": True, **self.d.status()}
         if cmd == "tone":
             return self.tone(req)
+        if cmd == "announce":
+            # A notice the upstream must hold before the box acts (factory reset).
+            up = getattr(self.d, "uploader", None)
+            if up is None:
+                return {"ok": True, "delivered": False, "link": "sync not running"}
+            return {"ok": True, **up.announce(str(req.get("event")), req.get("detail") or {})}
         return {"ok": False, "error": f"unknown cmd {cmd!r}"}
 
     def tone(self, req: dict) -> dict:

@@ -40,6 +40,7 @@ from recorder.errors import KeyFileError, LinetapError
 from recorder.evidence import audit, keys
 from recorder.fsutil import atomic_write, remove_temp_files
 from recorder.runtime import alarms as alarm_rules
+from recorder.runtime import ledmode
 from recorder.runtime.alarms import Alarms
 from recorder.runtime.control_socket import ControlServer
 from recorder.runtime.hardware import Hardware, Reader
@@ -433,6 +434,9 @@ class Daemon:
     def _led_tick(self) -> None:
         """Status LED: a heartbeat, or the blink code of the most urgent alarm."""
         self._led_slot += 1
+        if ledmode.mode_active(self.data_dir):
+            self.board.set_status_led(ledmode.led_on(self._led_slot))
+            return
         code = alarm_rules.blink_code(self.alarms.snapshot())
         self.board.set_status_led(alarm_rules.led_on(code, self._led_slot))
 

@@ -9,6 +9,8 @@
     linetap upstream --config U.toml expiring [--days N]
     linetap upstream --config U.toml problems [--json]
     linetap upstream --config U.toml audit [--verify] [--json]
+    linetap upstream --config U.toml authorise --device D --op OP [--ttl 1h]
+        (an engineer's provisioning token: sync/upstream/authorise.py)
 
 Numbers are never stored upstream in clear (they are inside each manifest's sealed
 payload), so ``--number`` opens the manifests with the practice key to search them.
@@ -26,8 +28,8 @@ import time
 
 from recorder.evidence import keys
 from recorder.timebase import iso
+from sync.upstream import authorise, fleet
 from sync.upstream import config as upstream_config
-from sync.upstream import fleet
 from sync.upstream import ops as upstream_ops
 from sync.upstream.objectstore import open_objects
 from sync.upstream.store import (
@@ -87,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("audit", help="the upstream audit trail (hash-chained)")
     p.add_argument("--verify", action="store_true", help="check the chain; exit 1 if broken")
     p.add_argument("--json", action="store_true")
+    authorise.add_parser(sub)
     return ap
 
 
@@ -116,6 +119,8 @@ def cli_main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     ucfg = upstream_config.load(args.config)
     open_db(ucfg.db_url)
+    if args.cmd == "authorise":
+        return authorise.run(args, ucfg)
     if args.cmd == "calls" and args.number:
         if not args.key:
             print("calls --number needs --key PRACTICE_KEY: numbers are stored only "

@@ -399,6 +399,12 @@ class Ingest:
             nonce, status = r.get("nonce"), r.get("status")
         except (ValueError, AttributeError):
             return
+        if r.get("kind") == "notice":
+            # A box announcing an act before it happens (factory reset): keep it in
+            # the upstream audit trail, whatever the box does next.
+            audit("box_notice", device=t.device, site=t.site, event=str(r.get("event")),
+                  detail=r.get("detail") if isinstance(r.get("detail"), dict) else {})
+            return
         if not nonce:
             return
         reason = r.get("reason") or r.get("result") or ""

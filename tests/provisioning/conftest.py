@@ -13,6 +13,12 @@ from recorder.evidence import keys
 from tests.provisioning.provhelpers import FakeRecorder, PtyCable, box_config
 
 
+@pytest.fixture(autouse=True)
+def _session_state(tmp_path, monkeypatch):
+    """The client remembers sessions under XDG_STATE_HOME: keep that in tmp_path."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "laptop-state"))
+
+
 @pytest.fixture
 def box(tmp_path):
     """A Dispatcher over a box laid out in tmp_path, with every side effect recorded."""
@@ -29,7 +35,8 @@ def box(tmp_path):
     env = AgentEnv(config_path=config_path, data_dir=data, presence=presence,
                    set_clock=lambda t: calls.append(("clock", t)),
                    reboot=lambda: calls.append(("reboot",)),
-                   restart_recorder=lambda: calls.append(("restart",)),
+                   restart_recorder=lambda: calls.append(("restart",)) or dict(
+                       reset_failed=True, restart="ok", active="active"),
                    stop_recorder=lambda: calls.append(("stop",)),
                    model_path=model, control_timeout_s=5.0)
     return SimpleNamespace(env=env, d=Dispatcher(env), calls=calls, etc=etc, data=data,

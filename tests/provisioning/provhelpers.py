@@ -57,6 +57,9 @@ class FakeRecorder:
         self.path = path
         self.requests: list[dict] = []
         self.lines = lines
+        self.announce_reply = {"ok": True, "delivered": False, "link": "offline"}
+        self.alarms: dict = {}
+        self.sync = {"link": "offline", "detail": "broker unreachable"}
         path.parent.mkdir(parents=True, exist_ok=True)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(str(path))
@@ -68,13 +71,17 @@ class FakeRecorder:
 
     def _answer(self, req: dict) -> dict:
         if req.get("cmd") == "status":
-            return {"ok": True, "alarms": [], "lines": [
+            return {"ok": True, "alarms": self.alarms, "sync": self.sync, "lines": [
                 {"line": i, "hook": "off" if i == 0 else "on", "ringing": i == 1,
-                 "level_dbfs": -40.0 - i, "state": "idle"} for i in range(self.lines)]}
+                 "level_dbfs": -40.0 - i, "state": "idle",
+                 "call": "C000-L0-abc123" if i == 0 else None}
+                for i in range(self.lines)]}
         if req.get("cmd") == "tone":
             if req.get("line", 0) >= self.lines:
                 return {"ok": False, "error": "no such line"}
             return {"ok": True, "captured_dbfs": req["dbfs"] - 6.0}
+        if req.get("cmd") == "announce":
+            return self.announce_reply
         return {"ok": False, "error": "unknown cmd"}
 
     def _serve(self):

@@ -41,14 +41,29 @@ def test_hello_without_identity_or_model(box):
     assert r["identity"] is None and r["hardware"] == "unknown"
 
 
+STATE_CMDS = ("set_config", "install_key", "tls_csr", "set_clock", "reboot",
+              "factory_reset_begin", "audio_test", "config_stage", "config_commit",
+              "line_test", "session_open", "authorise")
+
+
 def test_state_changes_need_presence(box):
-    box.presence.revoke()
-    for cmd in ("set_config", "install_key", "tls_csr", "set_clock", "reboot",
-                "factory_reset_begin", "audio_test", "config_stage", "config_commit"):
+    from provisioning.presence import Presence
+    box.env.presence = Presence(False)
+    for cmd in STATE_CMDS:
         r = call(box.d, cmd)
         assert r["code"] == protocol.E_PRESENCE, cmd
+        assert "press and hold the pause button for 5 s" in r["message"]
     assert call(box.d, "hello")["ok"]
     assert call(box.d, "status")["ok"]
+    assert box.calls == []
+
+
+def test_closed_window_has_its_own_message(box):
+    box.presence.end("ended by the engineer (end)")
+    for cmd in STATE_CMDS:
+        r = call(box.d, cmd)
+        assert r["code"] == protocol.E_PRESENCE_EXPIRED, cmd
+        assert "was closed at" in r["message"] and "opened at" in r["message"]
     assert box.calls == []
 
 
@@ -199,9 +214,9 @@ def test_live_tests_with_recorder(box, fake_recorder):
     assert r["captured_dbfs"] == -18.0
     assert fake_recorder.requests[-1] == {"cmd": "tone", "line": 1, "hz": 1000.0,
                                           "seconds": 0.5, "dbfs": -12.0}
-    r = call(box.d, "audio_test", line=3)
+    fake_recorder.lines = 1     # the recorder's own refusal still comes through
+    r = call(box.d, "audio_test", line=1)
     assert r["code"] == protocol.E_RECORDER and "no such line" in r["message"]
-    assert call(box.d, "audio_test", hz=1e6)["code"] == protocol.E_BAD_ARGS
     assert call(box.d, "status")["recorder"]["running"] is True
 
 
@@ -209,7 +224,8 @@ def test_factory_reset(box, tmp_path):
     call(box.d, "install_key", kind="practice_public", pem=practice_pub(tmp_path))
     (box.data / "segments" / "2026").mkdir(parents=True)
     (box.data / "segments" / "2026" / "a.seg").write_bytes(b"x")
-    (box.data / "linetap.db").write_bytes(b"db")
+    from recorder.storage.store import Store
+    Store(box.data).close()     # an empty store: nothing un-uploaded
     last_hash = audit.read(box.data)[-1]["hash"]
 
     assert call(box.d, "factory_reset", code="000000")["code"] == protocol.E_CONFIRM
@@ -222,8 +238,12 @@ def test_factory_reset(box, tmp_path):
     assert (box.data / "linetap.db").exists()
 
     code = call(box.d, "factory_reset_begin")["code"]
+    n_before = len(audit.read(box.data))
     r = call(box.d, "factory_reset", code=code)
-    assert r["reset"] and r["previous_log_last_hash"] == last_hash
+    # The last entry of the old log is the reset announced before the wipe.
+    assert r["reset"] and r["previous_log_last_hash"] != last_hash
+    assert r["announced_upstream"] == {"delivered": False, "link": "recorder not running: "
+                                       "start linetap-recorder.service for live tests"}
     assert ("stop",) in box.calls
     assert not (box.data / "segments").exists()
     assert not (box.data / "linetap.db").exists()
@@ -231,7 +251,10 @@ def test_factory_reset(box, tmp_path):
     assert not (box.etc / "practice.pub").exists()
     entries = audit.read(box.data)
     assert len(entries) == 1 and entries[0]["action"] == "factory_reset"
-    assert entries[0]["detail"]["previous_log_last_hash"] == last_hash
+    assert entries[0]["detail"]["previous_log_last_hash"] == r["previous_log_last_hash"]
+    assert entries[0]["detail"]["previous_log_entries"] == n_before + 1
+    assert entries[0]["detail"]["announced_upstream"] is False
+    assert not box.presence.active()      # a reset closes the window
     assert audit.verify(box.data) == (1, [])
     rconfig.load(box.config_path)  # the default config loads
 

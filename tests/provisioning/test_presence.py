@@ -44,31 +44,63 @@ def finger(factory) -> FingerPin:
     return factory.pin(16, pin_class=FingerPin)
 
 
-def test_button_held_grants(factory):
-    finger(factory).press()  # active-low button, held from power-on
-    p = presence.from_button(16, pin_factory=factory, hold_s=0.2, window_s=1.0,
-                             timeout_s=1800)
-    assert p.active()
+def press_when_watched(pin, after_s=0.2):
+    """An ``on_change`` hook: a finger arriving once the button is watched (LED lit)."""
+    def hook(p):
+        if p.state() == presence.WAITING:
+            threading.Timer(after_s, pin.press).start()
+    return hook
+
+
+def test_fresh_press_and_hold_grants(factory):
+    pin = finger(factory)
+    pin.release()
+    p = presence.from_button(16, pin_factory=factory, hold_s=0.2, window_s=5.0,
+                             timeout_s=1800, on_change=press_when_watched(pin))
+    assert p.active() and p.state() == presence.ACTIVE
     assert 0 < p.remaining_s() <= 1800
+    assert p.describe()["opened_at"] is not None
+
+
+def test_button_held_from_power_on_does_not_count(factory):
+    finger(factory).press()  # held through power-on, or stuck: never released
+    p = presence.from_button(16, pin_factory=factory, hold_s=0.1, window_s=0.3)
+    assert not p.active()
+    assert "stuck" in p.reason and "fresh press" in p.reason
+
+
+def test_held_at_start_then_released_and_pressed_again_counts(factory):
+    pin = finger(factory)
+    pin.press()
+
+    def release_then_press(p):
+        if p.state() == presence.WAITING:
+            threading.Timer(0.2, pin.release).start()
+            threading.Timer(0.5, pin.press).start()
+    p = presence.from_button(16, pin_factory=factory, hold_s=0.2, window_s=5.0,
+                             on_change=release_then_press)
+    assert p.active()
 
 
 def test_button_not_pressed_denies(factory):
     p = presence.from_button(16, pin_factory=factory, hold_s=0.2, window_s=0.05)
     assert not p.active()
+    assert p.reason == "no press within 0.05 s"
 
 
 def test_button_released_early_denies(factory):
     pin = finger(factory)
-    pin.press()
+    pin.release()
     released = threading.Event()
 
     class Spy:
-        """Wraps the Button: releases the pin the moment the hold starts."""
+        """Wraps the Button: presses when the wait starts, releases when the hold starts."""
 
         def __init__(self, button):
             self.b = button
 
         def wait_for_press(self, timeout):
+            pin.press()
             return self.b.wait_for_press(timeout)
 
         def wait_for_release(self, timeout):
@@ -83,10 +115,32 @@ def test_button_released_early_denies(factory):
     from gpiozero import Button
     b = Button(16, pin_factory=factory)
     try:
-        assert presence.button_held(Spy(b), hold_s=5.0, window_s=1.0) is False
+        assert presence.button_held(Spy(b), hold_s=5.0, window_s=1.0) == \
+            (False, "released before 5 s")
     finally:
         b.close()
     assert released.is_set()
+
+
+def test_window_states_and_messages():
+    now, wall = [100.0], [1_764_990_000.0]
+    seen = []
+    p = presence.Presence(False, timeout_s=60, clock=lambda: now[0], wall=lambda: wall[0],
+                          on_change=lambda pr: seen.append(pr.state()))
+    assert p.state() == presence.NONE and "press and hold the pause button for 5 s" in \
+        p.refusal("x")
+    p.waiting()
+    assert "waiting for presence" in p.refusal("x")
+    p.grant()
+    assert p.describe()["opened_at"] == "2025-12-06T03:00:00Z"
+    now[0] += 61
+    assert p.state() == presence.EXPIRED
+    msg = p.refusal("install_key")
+    assert "expired at 2025-12-06T03:01:00Z" in msg and "opened at 2025-12-06T03:00:00Z" in msg
+    p2 = presence.Presence(True, timeout_s=60, clock=lambda: now[0], wall=lambda: wall[0])
+    p2.end("apply completed")
+    assert p2.state() == presence.ENDED and "apply completed" in p2.refusal("x")
+    assert seen == [presence.WAITING, presence.ACTIVE, presence.EXPIRED]
 
 
 def test_released_button_denies(factory):
@@ -96,8 +150,9 @@ def test_released_button_denies(factory):
 
 
 def test_pin_released_for_the_recorder(factory):
-    finger(factory).press()
-    presence.from_button(16, pin_factory=factory, hold_s=0.1, window_s=0.5)
+    pin = finger(factory)
+    assert presence.from_button(16, pin_factory=factory, hold_s=0.1, window_s=5.0,
+                                on_change=press_when_watched(pin)).active()
     from gpiozero import Button
     Button(16, pin_factory=factory).close()  # the recorder can claim the pin afterwards
 
@@ -110,3 +165,21 @@ def test_unusable_pin_denies(factory):
                                         window_s=0.05).active()
     finally:
         holder.close()
+
+
+def test_messages_docs_and_unit_agree_on_the_timings():
+    """The hold time the refusals give is the one the docs give; the agent's start
+    timeout covers the whole press window."""
+    import configparser
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    doc = (root / "docs" / "provisioning.md").read_text()
+    p = presence.Presence(False)
+    hold = f"press and hold the pause button for {presence.DEFAULT_HOLD_S:g} s"
+    assert hold in p.how_to() and hold in doc
+    assert f"watches the pause button for {presence.DEFAULT_WINDOW_S:g} s" in doc
+    assert f"for {presence.DEFAULT_TIMEOUT_S / 60:g} minutes" in doc
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.read(root / "systemd" / "linetap-provision-agent.service")
+    assert float(unit["Service"]["TimeoutStartSec"]) > \
+        presence.DEFAULT_WINDOW_S + presence.DEFAULT_HOLD_S

@@ -72,9 +72,13 @@ def test_apply_site_end_to_end(served, tmp_path):
     assert tlscert.cert_matches_key(
         cert, tlscert.load_private(box.data / "keys" / "device-tls.key"))
     assert [c[0] for c in box.calls] == ["clock", "restart"]
+    assert "recorder: active (reset-failed done, restart ok)" in text
+    assert box.d.session is not None and not box.presence.active()   # window closed
+    assert (box.etc / "provision-staging.json").exists() is False
     actions = [(e["action"], e["detail"].get("op") or e["detail"].get("kind"))
                for e in audit.read(box.data)]
-    assert actions == [("provision", "set_clock"), ("key_change", "broker_ca"),
+    assert actions == [("provision", "session_open"), ("provision", "set_clock"),
+                       ("key_change", "broker_ca"),
                        ("key_change", "command_key"), ("key_change", "practice_public"),
                        ("provision", "tls_csr"), ("key_change", "tls_cert"),
                        ("config_change", None)]
@@ -92,11 +96,18 @@ def test_apply_without_ca_writes_csr(served, tmp_path):
 
 def test_apply_refused_outside_provisioning_mode(served, tmp_path):
     site_path, _ = write_site(tmp_path, served.box)
-    served.box.presence.revoke()
+    from provisioning.presence import Presence
+    served.box.env.presence = Presence(False)
     with pytest.raises(client.RemoteError) as exc:
         client.apply_site(served.link, sitefile.load(site_path), out=io.StringIO())
     assert exc.value.code == protocol.E_PRESENCE
-    assert "pause button" in str(exc.value)
+    assert "pause button for 5 s" in str(exc.value)
+    served.box.env.presence = Presence(True)
+    served.box.env.presence.end("ended by the engineer (end)")
+    with pytest.raises(client.RemoteError) as exc:
+        client.apply_site(served.link, sitefile.load(site_path), out=io.StringIO())
+    assert exc.value.code == protocol.E_PRESENCE_EXPIRED
+    assert "is closed (ended by the engineer (end)" in str(exc.value)
 
 
 def test_box_reports_every_config_problem_over_the_wire(served):
@@ -140,7 +151,8 @@ def test_garbage_on_the_line_gets_error_frames(served):
 
 
 def ns(**kw):
-    base = {"json": False}
+    base = {"json": False, "port": None, "token": None, "watch": False, "count": 0,
+            "interval": 0.0, "destroy_unsynced": False}
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -238,6 +250,9 @@ def test_site_file_inline_box(tmp_path):
 
 def test_cli_main_check_and_errors(tmp_path, capsys):
     (tmp_path / "site.toml").write_text('[box.device]\nsite = "s1"\n')
+    assert client.cli_main(["apply", "--check", str(tmp_path / "site.toml")]) == 2
+    assert "device.id is not set" in capsys.readouterr().err
+    (tmp_path / "site.toml").write_text('[box.device]\nsite = "s1"\nid = "lt-1"\n')
     assert client.cli_main(["apply", "--check", str(tmp_path / "site.toml")]) == 0
     assert "OK" in capsys.readouterr().out
     assert client.cli_main(["--port", str(tmp_path / "nodev"), "hello"]) == 2

@@ -292,7 +292,7 @@ def test_run_checks_all_ok(tmp_path):
     cfgp, data = _box(tmp_path)
     results = doctor.run_checks(str(cfgp), None, now=NOW, probes=PROBES)
     assert [r.name for r in results] == ["config", "practice", "identity", "cmdkey", "alsa",
-                                         "pins", "broker", "disk", "clock"]
+                                         "pins", "broker", "disk", "clock", "staged"]
     assert all(r.status == OK for r in results), [r.line() for r in results]
 
 
@@ -301,7 +301,7 @@ def test_run_checks_broken_config_still_checks_the_rest(tmp_path):
     cfgp.write_text("[nope]\n")
     results = doctor.run_checks(str(cfgp), str(tmp_path), now=NOW, probes=PROBES)
     assert results[0].status == FAIL
-    assert len(results) == 9
+    assert len(results) == 10
 
 
 def test_cli_exit_status(tmp_path, capsys, monkeypatch):
@@ -312,7 +312,7 @@ def test_cli_exit_status(tmp_path, capsys, monkeypatch):
     assert doctor.cli_main(["--config", str(cfgp)]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].startswith("OK    config")
-    assert "9 checks: 0 FAIL, 0 WARN" in out
+    assert "10 checks: 0 FAIL, 0 WARN" in out
     Path(tmp_path / "practice.pub").unlink()
     assert doctor.cli_main(["--config", str(cfgp)]) == 1
     out = capsys.readouterr().out
