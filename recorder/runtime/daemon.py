@@ -4,7 +4,7 @@ Threads, started in dependency order and stopped in reverse:
 
 ========== =====================================================================
 writer     encode, encrypt, write, commit (:mod:`recorder.storage.writer`)
-playback   keeps playback ``lead`` frames ahead of capture (announcements, beeps)
+playback   keeps playback ``lead`` frames ahead of capture (:mod:`recorder.capture.streams`)
 capture    sound card -> ring buffer; waits on nothing but the hardware's stream
 calls      edges + audio -> calls, pauses, segments (:mod:`recorder.calls.processor`)
 control    the local control socket (:mod:`recorder.runtime.control_socket`)
@@ -35,6 +35,7 @@ from recorder import __version__
 from recorder.calls.announce import Announcer, load_clip, tone_clip
 from recorder.calls.processor import DtmfStream, LineSettings, Processor
 from recorder.capture.ring import RingBuffer
+from recorder.capture.streams import CaptureLoop, PlaybackLoop
 from recorder.config import Config, device_id
 from recorder.errors import KeyFileError, LinetapError
 from recorder.evidence import audit, keys
@@ -92,10 +93,7 @@ class Daemon:
         self.threads: list = []
         self.store: Store | None = None
         self.capture = self.playback = self.board = None
-        self.capture_done = threading.Event()
-        self.played = 0
         self.disk_full_events = 0       # writes refused by a full disk (ENOSPC/SQLITE_FULL)
-        self.last_capture = time.monotonic()
         self._link_down_since: float | None = None
         self._led_slot = 0
 
@@ -231,7 +229,7 @@ class Daemon:
         self.ring = RingBuffer(int(cfg.audio.ring_s * self.rate), self.lines)
         self.announcer = Announcer(self.lines)
         period = cfg.audio.period_frames
-        self.lead = max(cfg.audio.playback_lead_frames, 6 * period)
+        lead = max(cfg.audio.playback_lead_frames, 6 * period)
         clock = self.hw.sample_clock(self.rate)
         self.clock = clock
         factory = self.hw.pin_factory()
@@ -250,15 +248,21 @@ class Daemon:
         t_writer = LoopThread("writer", lambda: self.writer.run(threading.Event()), self.stop)
         t_writer.start()
         self.threads.append(t_writer)
-        self.playback = self.hw.open_playback(self.lines, self.rate, period)
-        t_play = LoopThread("playback", self._playback_loop, self.stop)
+        # Playback first (as on the card: its frames go out with the capture samples
+        # of the same index), then capture; capture_done is shared by both loops.
+        capture_done = threading.Event()
+        self.playback = PlaybackLoop(self.hw.open_playback(self.lines, self.rate, period),
+                                     self.ring, self.announcer, lead, capture_done,
+                                     self.stop)
+        t_play = LoopThread("playback", self.playback.run, self.stop)
         t_play.start()
         self.threads.append(t_play)
-        self.capture = self.hw.open_capture(
+        self.capture = CaptureLoop(self.hw.open_capture(
             self.lines, self.rate, period,
             Reader(position=lambda: self.processor.pos, cond=self.ring.cond, stop=self.stop,
-                   store_behind=self.writer.behind))
-        self.t_capture = LoopThread("capture", self._capture_loop, self.stop)
+                   store_behind=self.writer.behind)), self.ring, clock, self.stop,
+            done=capture_done)
+        self.t_capture = LoopThread("capture", self.capture.run, self.stop)
         self.t_capture.start()
         self.threads.append(self.t_capture)
         self.t_calls = LoopThread("calls", self._calls_loop, self.stop)
@@ -281,38 +285,6 @@ class Daemon:
                  self.rate, self.device)
 
     # -- loops ---------------------------------------------------------------------------
-    def _capture_loop(self) -> None:
-        cap, ring = self.capture, self.ring
-        mark = getattr(self.clock, "mark", None)
-        while not self.stop.is_set():
-            block = cap.read()
-            if block is None:
-                break
-            ring.write(block)
-            self.last_capture = time.monotonic()
-            if mark is not None:
-                mark(cap.frames)
-        self.capture_done.set()
-        with ring.cond:
-            ring.cond.notify_all()
-
-    def _playback_loop(self) -> None:
-        ring, pb, period = self.ring, self.playback, self.playback.period
-        while not self.stop.is_set():
-            with ring.cond:
-                ring.cond.wait_for(lambda: ring.written + self.lead > self.played
-                                   or self.capture_done.is_set() or self.stop.is_set(),
-                                   timeout=0.5)
-            if self.capture_done.is_set():
-                break
-            want = ring.written + self.lead - self.played
-            while want > 0 and not self.stop.is_set():
-                n = min(period, want)
-                pb.write(self.announcer.render(self.played, n))
-                self.played += n
-                want -= n
-        pb.close()
-
     def _calls_loop(self) -> None:
         ring, proc = self.ring, self.processor
         # An edge reaches us a little after the audio it belongs with (on a Pi, up to a
@@ -323,9 +295,9 @@ class Daemon:
         while True:
             with ring.cond:
                 ring.cond.wait_for(lambda: ring.written - latency > proc.pos
-                                   or self.capture_done.is_set() or self.stop.is_set(),
+                                   or self.capture.done.is_set() or self.stop.is_set(),
                                    timeout=0.5)
-            done = self.capture_done.is_set() or self.stop.is_set()
+            done = self.capture.done.is_set() or self.stop.is_set()
             upto = ring.written if done else ring.written - latency
             proc.process(upto)
             with ring.cond:
@@ -375,7 +347,7 @@ class Daemon:
             self._link_down_since = None
         return alarm_rules.Inputs(
             overruns=st["overruns"]["consumer"] + st["overruns"]["alsa_xruns"],
-            capture_age_s=0.0 if self.capture_done.is_set() else now - self.last_capture,
+            capture_age_s=self.capture.age_s(),
             clock_synchronised=self.timebase.synchronised,
             sync_on=link is not None,
             link_down_s=None if self._link_down_since is None else now - self._link_down_since,
@@ -428,7 +400,7 @@ class Daemon:
         atomic_write(self.data_dir / STATUS_FILE, json.dumps(st, default=str).encode(),
                      mode=0o644, sync=False)
         if self.notifier and watchdog_ok(self.capture_alive(),
-                                         time.monotonic() - self.last_capture):
+                                         self.capture.age_s()):
             self.notifier.watchdog()
 
     def _led_tick(self) -> None:
