@@ -67,10 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("keygen", "create the practice key pair (private key 0600, public half .pub)")
     sp.add_argument("--out", required=True, help="private key path; public key goes to OUT.pub")
+    sp.add_argument("--passphrase-file", help="read the passphrase that encrypts the private "
+                    "key from this file (first line); default: ask at the terminal")
 
     sp = add("export", "decrypt, verify and write calls as WAV + JSON")
     sp.add_argument("--data-dir", required=True)
     sp.add_argument("--key", required=True, help="practice private key")
+    sp.add_argument("--passphrase-file", help="the practice key's passphrase (first line); "
+                    "default: ask at the terminal")
     sp.add_argument("--out", required=True, help="output folder")
     sp.add_argument("--call", action="append", default=[], help="call id (repeatable)")
     sp.add_argument("--number", help="every call to or from this number (subject access)")

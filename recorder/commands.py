@@ -48,8 +48,12 @@ def cmd_config(args) -> int:
 
 # -- keys and identity -------------------------------------------------------------------------
 def cmd_keygen(args) -> int:
-    priv, pub = keys.practice_keygen(args.out)
-    print(f"practice private key: {priv} (mode 0600: keep it off the box, and back it up)")
+    from recorder.practice_key import PBKDF2_ITERATIONS, get_passphrase
+    pw = get_passphrase(getattr(args, "passphrase_file", None), new=True)
+    priv, pub = keys.practice_keygen(args.out, passphrase=pw)
+    print(f"practice private key: {priv} (mode 0600, encrypted PKCS#8: PBKDF2-HMAC-SHA256 "
+          f"x{PBKDF2_ITERATIONS}, AES-256-CBC; keep it off the box, back it up, and keep "
+          "the passphrase apart from it)")
     print(f"practice public key:  {pub} (install this on the box)")
     return 0
 
@@ -225,7 +229,8 @@ def cmd_export(args) -> int:
     from recorder.export import export_calls
     from recorder.verify import device_key_for
     store = _store(args.data_dir)
-    priv = keys.load_practice_private(args.key)
+    from recorder.practice_key import open_practice_private
+    priv = open_practice_private(args.key, getattr(args, "passphrase_file", None))
     done, failures = export_calls(store, priv, args.out, ids=args.call, number=args.number,
                                   device_key=device_key_for(args.data_dir),
                                   data_dir=args.data_dir)

@@ -54,10 +54,14 @@ def _pem_public(key) -> bytes:
 
 # -- practice key (X25519, HPKE recipient) -------------------------------------------------
 
-def practice_keygen(out: str | os.PathLike) -> tuple[Path, Path]:
+def practice_keygen(out: str | os.PathLike, passphrase: bytes | None = None) -> \
+        tuple[Path, Path]:
     """Write a new practice X25519 private key to ``out`` (0600) and ``out.pub``.
 
-    Refuses to overwrite an existing key: losing it loses every recording.
+    With ``passphrase`` the private key is encrypted PKCS#8 (PBES2, see
+    :mod:`recorder.practice_key`); ``linetap keygen`` always gives one. Without it the
+    key is unencrypted PEM (tests and simulations only). Refuses to overwrite an
+    existing key: losing it loses every recording.
     """
     out = Path(out)
     pub = out.with_name(out.name + ".pub")
@@ -65,7 +69,12 @@ def practice_keygen(out: str | os.PathLike) -> tuple[Path, Path]:
         if p.exists():
             raise KeyFileError(f"{p} already exists; refusing to overwrite a key")
     key = x25519.X25519PrivateKey.generate()
-    atomic_write(out, _pem_private(key), mode=0o600)
+    if passphrase is None:
+        pem = _pem_private(key)
+    else:
+        from recorder.practice_key import encrypt_pkcs8
+        pem = encrypt_pkcs8(key, passphrase)
+    atomic_write(out, pem, mode=0o600)
     atomic_write(pub, _pem_public(key.public_key()), mode=0o644)
     return out, pub
 
@@ -93,14 +102,24 @@ def load_practice_public(path: str | os.PathLike) -> x25519.X25519PublicKey:
     return key
 
 
-def load_practice_private(path: str | os.PathLike) -> x25519.X25519PrivateKey:
-    """Load the practice private key written by :func:`practice_keygen`."""
+def load_practice_private(path: str | os.PathLike, passphrase: bytes | None = None) -> \
+        x25519.X25519PrivateKey:
+    """Load the practice private key written by :func:`practice_keygen` (``passphrase``
+    for an encrypted one; :func:`recorder.practice_key.open_practice_private` asks for it)."""
     data = _read(path, "practice private key")
     try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
-        raise KeyFileError(f"practice key {path} is not an unencrypted PEM private key") \
-            from exc
+        key = serialization.load_pem_private_key(data, password=passphrase)
+    except TypeError as exc:
+        if passphrase is None:
+            raise KeyFileError(f"practice key {path} is encrypted: a passphrase is "
+                               "needed") from exc
+        raise KeyFileError(f"practice key {path} is not encrypted, but a passphrase "
+                           "was given") from exc
+    except ValueError as exc:
+        if passphrase is not None:
+            raise KeyFileError(f"practice key {path}: wrong passphrase, or not a PEM "
+                               "private key") from exc
+        raise KeyFileError(f"practice key {path} is not a PEM private key") from exc
     if not isinstance(key, x25519.X25519PrivateKey):
         raise KeyFileError(f"practice key {path} is not an X25519 private key")
     return key

@@ -1,9 +1,9 @@
 """``linetap upstream``: the practice's view of the upstream store.
 
     linetap upstream --config U.toml calls [--site S] [--all] [--json]
-    linetap upstream --config U.toml calls --number N --key PRACTICE_KEY [--site S] [--json]
-    linetap upstream --config U.toml export --key PRACTICE_KEY --out DIR [--call ID]...
-    linetap upstream --config U.toml export --key PRACTICE_KEY --out DIR --number N
+    linetap upstream --config U.toml calls --number N --key PRACTICE_KEY [--passphrase-file F]
+    linetap upstream --config U.toml export --key PRACTICE_KEY [--passphrase-file F] --out DIR
+                                            [--call ID]... | --number N
     linetap upstream --config U.toml delete --call ID [--device D]
     linetap upstream --config U.toml hold --call ID (--on | --off) [--device D]
     linetap upstream --config U.toml expiring [--days N]
@@ -24,7 +24,7 @@ import json
 import sys
 import time
 
-from recorder import keys
+from recorder.practice_key import open_practice_private
 from recorder.timebase import iso
 from sync import upstream_config, upstream_ops
 from sync.objectstore import open_objects
@@ -60,9 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="include deleted (tombstones)")
     p.add_argument("--number", help="only calls to or from this number (needs --key)")
     p.add_argument("--key", help="practice private key (to open manifests for --number)")
+    p.add_argument("--passphrase-file", help="the practice key's passphrase (first line); "
+                   "default: ask at the terminal")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("export", help="decrypt, verify and write WAV + JSON")
     p.add_argument("--key", required=True, help="practice private key")
+    p.add_argument("--passphrase-file", help="the practice key's passphrase (first line); "
+                   "default: ask at the terminal")
     p.add_argument("--out", required=True)
     p.add_argument("--call", action="append", default=[])
     p.add_argument("--number", help="every call to or from this number (subject access)")
@@ -117,7 +121,7 @@ def cli_main(argv: list[str]) -> int:
             print("calls --number needs --key PRACTICE_KEY: numbers are stored only "
                   "inside the sealed manifests", file=sys.stderr)
             return 2
-        priv = keys.load_practice_private(args.key)
+        priv = open_practice_private(args.key, args.passphrase_file)
         rows, unreadable = upstream_ops.search_number(open_objects(ucfg.objects), priv,
                                                       args.number, args.site)
         _print([_row(r) for r in rows], args.json)
@@ -171,7 +175,7 @@ def cli_main(argv: list[str]) -> int:
         return 0
     if args.cmd == "export":
         objects = open_objects(ucfg.objects)
-        priv = keys.load_practice_private(args.key)
+        priv = open_practice_private(args.key, args.passphrase_file)
         if args.number and args.call:
             print("export: give --call or --number, not both", file=sys.stderr)
             return 2
