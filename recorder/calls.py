@@ -28,6 +28,7 @@ import numpy as np
 from hw.gpio import Edge
 from recorder import callstate as cs
 from recorder.announce import Announcer, Clip
+from recorder.dialling import Dialling, dial_step
 from recorder.logsetup import mask_number
 from recorder.ring import Overrun, RingBuffer
 from recorder.writer import (
@@ -43,8 +44,6 @@ from recorder.writer import (
 log = logging.getLogger(__name__)
 
 CLI_LOOKBACK_S = 8.0        # caller ID arrives before the first ring
-DIAL_GAP_S = 4.0            # an outbound call's dialling ends after this gap
-DIAL_MAX_S = 30.0           # ... or this long after off-hook
 MASK_GUARD_S = 0.03         # silence kept either side of a masked digit
 BEEP_HORIZON_S = 10.0       # warning beeps are queued this far ahead
 DTMF_HOLD_MAX_S = 4.0       # longest wait for a DTMF candidate tone to be decided
@@ -294,8 +293,7 @@ class Processor:
         self.dsp = [dsp_factory(rate) if dsp_factory else None for _ in range(lines)]
         self.dsp_pos = [0] * lines
         self.next_beep: list[int | None] = [None] * lines
-        self.dial_open = [False] * lines
-        self.dial_last: list[int | None] = [None] * lines
+        self.dial = [Dialling(open=False) for _ in range(lines)]
         self.audit = audit or (lambda *a, **k: None)
         self.counts = {"calls": 0, "missed": 0, "late_edges": 0, "flashes": 0}
         self.levels = [-120.0] * lines
@@ -469,7 +467,7 @@ class Processor:
         self.calls[ln] = info
         self.counts["calls"] += 1
         self.recorders[ln].mark(a.sample, "start", info)
-        self.dial_open[ln], self.dial_last[ln] = a.direction == "outbound", None
+        self.dial[ln] = Dialling(open=a.direction == "outbound")
         if self.dsp[ln] is not None:
             # Scan the call from its off-hook edge: audio already seen goes in first.
             self.dsp[ln].reset(a.sample)
@@ -477,6 +475,7 @@ class Processor:
                 for d in self.dsp[ln].feed(self.ring.read(ln, a.sample, self.dsp_pos[ln]),
                                            a.sample):
                     self._digit(ln, info, *d)
+                self._mask_spans(ln, info)
             except (Overrun, ValueError):
                 log.warning("line %d: could not scan the start of the call for DTMF", ln)
         if not a.rollover and st.announcement is not None and (
@@ -556,21 +555,43 @@ class Processor:
                 continue
             for digit, d0, d1 in det.feed(x, upto - len(x)):
                 self._digit(ln, call, digit, d0, d1)
+            self._mask_spans(ln, call)
 
     def _digit(self, ln: int, call: CallInfo, digit: str, d0: int, d1: int) -> None:
-        """A DTMF digit on a call: dialled digits on an outbound call, then masking."""
-        last = self.dial_last[ln]
-        if call.direction == "outbound" and self.dial_open[ln] and \
-                d0 - call.offhook_sample < DIAL_MAX_S * self.rate and \
-                (last is None or d0 - last < DIAL_GAP_S * self.rate):
-            call.dialled_digits += digit
-            self.dial_last[ln] = d1
-        else:
-            self.dial_open[ln] = False
-        if self.dtmf_mask:
-            g = self.guard
-            call.masked_dtmf.append([d0, d1])
-            self.recorders[ln].mark(max(0, d0 - g), "mask", (max(0, d0 - g), d1 + g))
+        """A DTMF digit on a call: part of the dialled number on an outbound call
+        (:mod:`recorder.dialling`; any later digit is never stored), then masking."""
+        if call.direction == "outbound":
+            self.dial[ln] = dial_step(self.dial[ln], digit, d0, d1, call.offhook_sample,
+                                      self.rate)
+            call.dialled_digits = self.dial[ln].digits
+        self._mask(ln, call, d0, d1)
+
+    def _mask_spans(self, ln: int, call: CallInfo) -> None:
+        """Spans the masking detector found (tones that may be digits, named or not)."""
+        take = getattr(self.dsp[ln], "take_spans", None)
+        for d0, d1 in take() if take else ():
+            self._mask(ln, call, d0, d1)
+
+    def _mask(self, ln: int, call: CallInfo, d0: int, d1: int) -> None:
+        if not self.dtmf_mask:
+            return
+        g = self.guard
+        merge_span(call.masked_dtmf, d0, d1)
+        self.recorders[ln].mark(max(0, d0 - g), "mask", (max(0, d0 - g), d1 + g))
+
+
+def merge_span(spans: list, a: int, b: int) -> None:
+    """Add ``[a, b)`` to a list of ``[start, end]`` spans kept sorted and disjoint (a
+    digit the recogniser names and the masker's span for it are one masked span)."""
+    i = bisect.bisect_left([s[0] for s in spans], a)
+    lo, hi = i, i
+    while lo > 0 and spans[lo - 1][1] >= a:
+        lo -= 1
+    while hi < len(spans) and spans[hi][0] <= b:
+        hi += 1
+    if lo < hi:
+        a, b = min(a, spans[lo][0]), max(b, spans[hi - 1][1])
+    spans[lo:hi] = [[a, b]]
 
 
 class DtmfStream:
@@ -583,13 +604,25 @@ class DtmfStream:
 
     def reset(self, sample: int) -> None:
         from recorder.dsp.dtmf import DtmfDetector
+        from recorder.dsp.dtmf_mask import DtmfMasker
         self.det, self.base = DtmfDetector(self.rate), sample
+        self.masker, self.spans = DtmfMasker(self.rate), []
 
     def feed(self, x: np.ndarray, first_sample: int) -> list[tuple[str, int, int]]:
+        """Digits the recogniser named; the masker's spans wait in :meth:`take_spans`."""
         if self.det is None or not len(x):
             return []
+        self.spans += [(self.base + a, self.base + b) for a, b in self.masker.feed(x)]
         return [(d, self.base + a, self.base + b) for d, a, b in self.det.feed(x)]
 
+    def take_spans(self) -> list[tuple[int, int]]:
+        """Mask spans (absolute samples) found since the last call."""
+        out, self.spans = self.spans, []
+        return out
+
     def settled_before(self) -> int | None:
-        """Absolute sample before which no digit can still be reported (None: no scan)."""
-        return None if self.det is None else self.base + self.det.settled_before()
+        """Absolute sample before which no digit or mask span can still be reported
+        (None: no scan)."""
+        if self.det is None:
+            return None
+        return self.base + min(self.det.settled_before(), self.masker.settled_before())
