@@ -52,7 +52,8 @@ AROUND_HZ = 250.0        # the surroundings a tone must stand out from
 STAND_OUT_LOW_DB = 0.0
 STAND_OUT_HIGH_DB = 7.0
 MIN_LEVEL_DBFS = -50.0   # per tone; the recogniser's floor is -38 dBFS
-MIN_FRAMES = 3           # candidate frames in a run (a 50 ms window: tones >= ~40 ms)
+MIN_FRAMES = 4           # candidate frames in a run (20 ms of steady pair; 3 blanked 0.99 %
+                         # of talk-off speech time, 4 blanks 0.77 %)
 GAP_FRAMES = 1           # a run survives this many non-candidate frames
 MAX_BIN_STD = 1.5        # peak bins' standard deviation within a run, per group
 MARGIN_S = 0.020         # each span is widened by this on each side
