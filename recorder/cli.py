@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="output folder")
     sp.add_argument("--call", action="append", default=[], help="call id (repeatable)")
     sp.add_argument("--number", help="every call to or from this number (subject access)")
+    sp.add_argument("--identity-pub", help="the box's identity public key recorded at "
+                    "provisioning (default: the key pinned in the store)")
 
     sp = add("calls", "list recorded calls")
     sp.add_argument("--data-dir", required=True)
@@ -87,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("verify", "verify hashes, chains and signatures (no practice key needed)")
     sp.add_argument("--data-dir", required=True)
     sp.add_argument("--call", action="append", default=[])
+    sp.add_argument("--identity-pub", help="the box's identity public key recorded at "
+                    "provisioning (default: the key pinned in the store)")
 
     sp = add("identity", "print the box's identity public key and fingerprint")
     sp.add_argument("--data-dir", help="override device.data_dir")

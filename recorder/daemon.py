@@ -28,7 +28,7 @@ from hw.audio import AlsaCapture, AlsaPlayback
 from hw.clock import CaptureClock, SampleClock
 from hw.gpio import Board, make_factory
 from hw.pins import PinMap
-from recorder import __version__, audit, keys
+from recorder import __version__, audit, keys, trust
 from recorder import alarms as alarm_rules
 from recorder.alarms import Alarms
 from recorder.announce import Announcer, load_clip, tone_clip
@@ -116,9 +116,13 @@ class Daemon:
             raise LinetapError(f"refusing to record: {exc}. Restore the key from backup, "
                                "or re-provision the box (factory reset)") from exc
         if known is None:
-            self.store.set_meta("identity_fingerprint", fp)
+            trust.pin(self.store, self.identity.public_key())
             audit.record(self.data_dir, "identity_created", device=self.device,
                          fingerprint=fp)
+        elif self.store.get_meta(trust.PUB_KEY) is None:
+            # a store pinned before the public key was kept: the key matches the
+            # pinned fingerprint (checked above), so pin it now
+            trust.pin(self.store, self.identity.public_key())
         self.public_key = keys.load_practice_public(cfg.recording.public_key)
         self.timebase = self.hw.timebase or Timebase.from_system(self.rate)
         self.resync_queued = False      # a Restamp is on its way to the writer

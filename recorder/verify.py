@@ -52,13 +52,27 @@ def verify_call(store, row, device_key) -> tuple[Verdict, dict]:
     problems += evidence.diagnose(exp, found)
     if header and len(segs) != len(exp):
         problems.append(f"database lists {len(segs)} segment(s), manifest {len(exp)}")
+    if not problems and device_key is None:
+        # Intact and signed, but by a key only the manifest itself names.
+        from recorder.trust import UNVERIFIABLE
+        return Verdict("unverifiable", [UNVERIFIABLE]), header
     return Verdict("failed" if problems else "verified", problems), header
 
 
-def device_key_for(data_dir):
-    """The box's own identity public key (None if the identity key is unreadable)."""
-    from recorder.keys import KeyFileError, load_identity
+def device_key_for(data_dir, identity_pub=None):
+    """The identity public key the box's manifests must be signed by: ``identity_pub``
+    (a file), else the key pinned in the store (:mod:`recorder.trust`); None if there
+    is no trusted key (calls are then ``unverifiable``)."""
+    return trusted_for(data_dir, identity_pub).key
+
+
+def trusted_for(data_dir, identity_pub=None):
+    """:func:`recorder.trust.trusted_identity` for the store in ``data_dir``."""
+    from recorder.store import DB_FILE, Store
+    from recorder.trust import trusted_identity
+    store = Store(data_dir) if (Path(data_dir) / DB_FILE).exists() else None
     try:
-        return load_identity(data_dir).public_key()
-    except KeyFileError:
-        return None
+        return trusted_identity(store, data_dir, identity_pub)
+    finally:
+        if store is not None:
+            store.close()

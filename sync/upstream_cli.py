@@ -26,6 +26,7 @@ import time
 
 from recorder.practice_key import open_practice_private
 from recorder.timebase import iso
+from recorder.trust import load_identity_pub
 from sync import upstream_config, upstream_ops
 from sync.objectstore import open_objects
 from sync.upstream_store import (
@@ -68,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--passphrase-file", help="the practice key's passphrase (first line); "
                    "default: ask at the terminal")
     p.add_argument("--out", required=True)
+    p.add_argument("--identity-pub", help="the box's identity public key (PEM, raw or hex); "
+                   "default: the key registered for the device in the config")
     p.add_argument("--call", action="append", default=[])
     p.add_argument("--number", help="every call to or from this number (subject access)")
     p = sub.add_parser("delete", help="delete a call here and on the box")
@@ -186,13 +189,16 @@ def cli_main(argv: list[str]) -> int:
         else:
             rows = [r for r in UCall.select().where(UCall.state == "live")
                     .order_by(UCall.start_time) if r.manifest_key]
-        failed = 0
+        ident = load_identity_pub(args.identity_pub) if args.identity_pub else None
+        failed = unverifiable = 0
         for r in rows:
-            d = upstream_ops.export_call(ucfg, objects, priv, args.out, r)
-            failed += d["status"] != "verified"
+            d = upstream_ops.export_call(ucfg, objects, priv, args.out, r, identity_key=ident)
+            failed += d["status"] == "failed"
+            unverifiable += d["status"] == "unverifiable"
             print(f"{d['call_id']}: {d['status']} ({d['duration_s']} s)")
-        print(f"exported {len(rows)} call(s) to {args.out}; {failed} failed verification")
-        return 1 if failed else 0
+        print(f"exported {len(rows)} call(s) to {args.out}; {failed} failed verification, "
+              f"{unverifiable} unverifiable")
+        return 1 if failed else 3 if unverifiable else 0
     if args.cmd == "delete":
         r = upstream_ops.user_delete(ucfg, open_objects(ucfg.objects), args.call, args.device)
         print(f"deleted {r.call} upstream; delete command queued for {r.device}")

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from recorder import journal, keys, recovery
+from recorder import journal, keys, recovery, trust
 from recorder.errors import JournalError
 from recorder.export import decode_segments
 from recorder.store import Store
@@ -97,6 +97,7 @@ def _box(tmp_path, practice_keys):
     data = tmp_path / "data"
     store = Store(data)
     ident = keys.ensure_identity(data, first_start=True)
+    trust.pin(store, ident.public_key())      # as the daemon does at first start
     pub = keys.load_practice_public(practice_keys[1])
     w = Writer(store, device="dev-j", rate=RATE, codec_name="flac", aead="chacha20poly1305",
                public_key=pub, identity=ident, timebase=Timebase(RATE, time.time() - 600),

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from recorder import keys
+from recorder import keys, trust
 from recorder.config import Config
 from recorder.store import Store
 from recorder.timebase import Timebase
@@ -26,6 +26,7 @@ def practice_keys(d: Path):
 def make_box(data_dir: Path, public_key, device="dev-a", retention_days=90.0) -> SimpleNamespace:
     store = Store(data_dir)
     ident = keys.ensure_identity(data_dir, first_start=True)
+    trust.pin(store, ident.public_key())      # as the daemon does at first start
     return SimpleNamespace(store=store, identity=ident, device=device, data_dir=data_dir,
                            public_key=public_key, retention_days=retention_days)
 
