@@ -8,7 +8,8 @@ recording (PCI DSS 3.3.1). This detector marks any stretch where **a low-group a
 high-group DTMF tone both stand out from the spectrum around them**, for long enough
 and at a steady frequency; it never says which digit.
 
-Per frame (50 ms Hann window, 5 ms hop, power spectrum with 7.8 Hz bins):
+Per frame (50 ms Hann window, 5 ms hop, power spectrum with 7.8 Hz bins, of which 447
+to 1883 Hz are used):
 
 * for each DTMF frequency ``f``, the peak ``P`` within ``f * (1 +- FREQ_TOL)`` and the
   strongest bin ``B`` of the *surroundings*: 50 ... 250 Hz from ``f``, leaving out the
@@ -31,8 +32,8 @@ tone under loud speech may sit in the middle of it). A run longer than ``MAX_RUN
 
 Figures (``bench/dsp.py``, docs/dsp.md): 70 ms digits over speech, share wholly masked
 (with the call processor's 30 ms guard) at 6/10/20 dB DTMF-to-speech, and the share of
-talk-off speech time blanked. The frame stage is vectorised per block; a block costs one
-``rfft`` per frame.
+talk-off speech time blanked. The frame stage is vectorised per block (one float32
+``rfft`` per frame, then slice maxima); audio is analysed once 100 ms is waiting.
 """
 
 from __future__ import annotations
@@ -58,7 +59,9 @@ GAP_FRAMES = 1           # a run survives this many non-candidate frames
 MAX_BIN_STD = 1.5        # peak bins' standard deviation within a run, per group
 MARGIN_S = 0.020         # each span is widened by this on each side
 MAX_RUN_S = 1.0          # a longer run is reported in pieces of this length
-_SLICE_FRAMES = 400      # frames analysed per rfft call (2 s): bounds memory
+BATCH_S = 0.1            # audio is analysed once this much is waiting (numpy's fixed
+                         # cost per call would dominate at 20 ms blocks)
+_SLICE_FRAMES = 400      # frames analysed per matrix product (2 s): bounds memory
 
 
 class DtmfMasker:
@@ -75,29 +78,33 @@ class DtmfMasker:
         self.rate = check_rate(rate)
         self.n = int(round(FRAME_S * self.rate))
         self.hop = int(round(HOP_S * self.rate))
-        self.nfft = int(round(self.rate / BIN_HZ))
-        self.window = hann(self.n).astype(np.float32)
         self.margin = int(round(MARGIN_S * self.rate))
         self.max_run = int(round(MAX_RUN_S / HOP_S))
-        # power of an on-bin sine of amplitude A reads A**2 / 2 (as the Goertzel bank)
-        self.scale = 2.0 / float(self.window.sum()) ** 2
         self.floor = 10.0 ** (MIN_LEVEL_DBFS / 10.0)
+        # A zero-padded FFT per frame: 185 of its bins are used, but an FFT of 1024
+        # points costs less than a Goertzel bank of 185 bins over 400 samples.
+        self.nfft = int(round(self.rate / BIN_HZ))
+        self.window = hann(self.n).astype(np.float32)
+        self.scale = np.float32(2.0 / float(self.window.sum()) ** 2)   # sine A -> A**2/2
+        first = int(np.floor((LOW_GROUP[0] - AROUND_HZ) / BIN_HZ))
+        last = int(np.ceil((HIGH_GROUP[-1] + AROUND_HZ) / BIN_HZ))
+        self._bins = (first, last + 1)
+        fb = np.arange(first, last + 1) * BIN_HZ
         self.groups = []
         for group, other, t_db in ((LOW_GROUP, HIGH_GROUP, STAND_OUT_LOW_DB),
                                    (HIGH_GROUP, LOW_GROUP, STAND_OUT_HIGH_DB)):
-            fb = np.arange(self.nfft // 2 + 1) * (self.rate / self.nfft)
             tones = []
             for f in group:
-                b0 = int(np.floor(f * (1 - FREQ_TOL) / BIN_HZ))
-                b1 = int(np.ceil(f * (1 + FREQ_TOL) / BIN_HZ))
+                b0 = int(np.floor(f * (1 - FREQ_TOL) / BIN_HZ)) - first
+                b1 = int(np.ceil(f * (1 + FREQ_TOL) / BIN_HZ)) - first
                 around = (np.abs(fb - f) <= AROUND_HZ) & (np.abs(fb - f) >= EXCLUDE_HZ)
                 for g in other:
                     around &= np.abs(fb - g) >= EXCLUDE_HZ
-                tones.append((b0, b1 + 1, np.flatnonzero(around)))
+                tones.append((b0, b1 + 1, _ranges(np.flatnonzero(around))))
             self.groups.append((tones, 10.0 ** (t_db / 10.0)))
-        self.top_bin = max(b1 for tones, _ in self.groups for _b0, b1, _a in tones)
-        self.top_bin = max(self.top_bin, *(int(a.max()) + 1 for tones, _ in self.groups
-                                           for _b0, _b1, a in tones))
+        self._inbox: list[np.ndarray] = []
+        self._inbox_len = 0
+        self._batch = int(BATCH_S * self.rate)
         self._tail = np.zeros(0, dtype=np.float32)
         self._k = 0                  # index of the next frame to analyse
         self._fed = 0
@@ -111,8 +118,19 @@ class DtmfMasker:
         if self._closed:
             raise DspInputError("DtmfMasker.feed() after flush(); make a new masker")
         x = to_float(samples, allow_empty=True)
+        if x is samples or np.shares_memory(x, samples):
+            x = x.copy()         # the caller may reuse its buffer before we analyse it
         self._fed += x.size
-        buf = np.concatenate((self._tail, x)) if self._tail.size else x
+        self._inbox.append(x)
+        self._inbox_len += x.size
+        if self._inbox_len < self._batch:
+            return []
+        return self._analyse()
+
+    def _analyse(self) -> list[tuple[int, int]]:
+        box, self._inbox, self._inbox_len = self._inbox, [], 0
+        buf = np.concatenate([self._tail, *box]) if len(box) > 1 or self._tail.size \
+            else box[0]
         out: list[tuple[int, int]] = []
         n_frames = 0 if buf.size < self.n else (buf.size - self.n) // self.hop + 1
         for f0 in range(0, n_frames, _SLICE_FRAMES):
@@ -128,7 +146,8 @@ class DtmfMasker:
         if self._closed:
             return []
         real = self._fed
-        out = self.feed(np.zeros(self.n + (GAP_FRAMES + 1) * self.hop, dtype=np.float32))
+        self._inbox.append(np.zeros(self.n + (GAP_FRAMES + 1) * self.hop, dtype=np.float32))
+        out = self._analyse()
         if self._run is not None:
             self._emit(out)
         self._closed = True
@@ -145,10 +164,10 @@ class DtmfMasker:
     def classify(self, seg: np.ndarray, n_frames: int):
         """Frame stage, vectorised: per frame the tone pair code (low * 4 + high, or -1
         when not both groups stand out) and the peak bin of each group."""
-        idx = np.arange(self.n)[None, :] + self.hop * np.arange(n_frames)[:, None]
-        frames = seg[idx] * self.window
-        spec = np.fft.rfft(frames, self.nfft, axis=1)[:, :self.top_bin + 1]
-        power = (spec.real ** 2 + spec.imag ** 2).astype(np.float32)
+        frames = np.lib.stride_tricks.sliding_window_view(seg, self.n)[::self.hop][:n_frames]
+        spec = np.fft.rfft(frames * self.window, self.nfft, axis=1)
+        spec = spec[:, self._bins[0]:self._bins[1]]
+        power = (spec.real ** 2 + spec.imag ** 2) * self.scale
         picks, bins = [], []
         for tones, factor in self.groups:
             best = np.zeros(n_frames, dtype=np.float32)
@@ -157,8 +176,11 @@ class DtmfMasker:
             for i, (b0, b1, around) in enumerate(tones):
                 band = power[:, b0:b1]
                 peak = band.max(axis=1)
-                ratio = peak / (power[:, around].max(axis=1) + 1e-20)
-                ok = (ratio >= factor) & (peak * self.scale >= self.floor) & (ratio > best)
+                near = power[:, around[0][0]:around[0][1]].max(axis=1)
+                for a0, a1 in around[1:]:
+                    near = np.maximum(near, power[:, a0:a1].max(axis=1))
+                ratio = peak / (near + 1e-20)
+                ok = (ratio >= factor) & (peak >= self.floor) & (ratio > best)
                 best = np.where(ok, ratio, best)
                 pick = np.where(ok, i, pick)
                 pbin = np.where(ok, b0 + band.argmax(axis=1), pbin)
@@ -202,6 +224,15 @@ class DtmfMasker:
         start = max(0, k0 * self.hop - self.margin)
         end = k1 * self.hop + self.n + self.margin     # may reach past the audio fed so far
         out.append((start, end))
+
+
+def _ranges(idx: np.ndarray) -> list[tuple[int, int]]:
+    """Sorted indexes as ``[start, stop)`` runs of consecutive values (slices, not
+    fancy indexing, in the per-block loop)."""
+    breaks = np.flatnonzero(np.diff(idx) != 1)
+    starts = np.concatenate(([idx[0]], idx[breaks + 1]))
+    stops = np.concatenate((idx[breaks] + 1, [idx[-1] + 1]))
+    return [(int(a), int(b)) for a, b in zip(starts, stops, strict=True)]
 
 
 def mask_spans(samples, rate: int) -> list[tuple[float, float]]:
