@@ -15,6 +15,12 @@ of ``--repeat`` runs, measured side by side in the same process:
   first message, so it is run on the audio with the caller ID bursts removed: the worst case);
 * ``fft``: ``np.fft.rfft`` over the same audio cut into 20 ms frames (the baseline).
 
+Masking (:mod:`recorder.calls.dsp.dtmf_mask`, what the call processor blanks): 400 digits of
+70 ms (200 ms apart) over speech at 6, 10 and 20 dB DTMF-to-speech, counted as masked
+when every sample of the tone lies in a span widened by the processor's 30 ms guard; and
+the share of the talk-off corpus blanked by false masks, for its speech and its music
+parts separately.
+
 The last line printed is one JSON object; ``ratio`` is dtmf x-real-time over fft x-real-time
 (above 1 means the DTMF detector is cheaper than merely taking an FFT of every 20 ms frame).
 """
@@ -31,10 +37,11 @@ from pathlib import Path
 import numpy as np
 
 from hw import linesignals as gen
-from recorder.calls.dsp import callerid, dtmf
+from recorder.calls.dsp import callerid, dtmf, dtmf_mask
 from tests.support import corpus
 
 RATE = 8000
+MASK_GUARD_S = 0.03   # recorder.calls.MASK_GUARD_S: the processor widens each span by this
 
 
 def best_of(repeat: int, fn) -> tuple[float, object]:
@@ -91,6 +98,29 @@ def double_talk(speech: np.ndarray, ratio_db: float, n: int = 400) -> tuple[int,
     return prev[-1], n
 
 
+def _blanked(spans, n: int) -> np.ndarray:
+    """Samples the processor would blank for mask ``spans`` (seconds), as a bool array."""
+    m = np.zeros(n, bool)
+    g = int(MASK_GUARD_S * RATE)
+    for a, b in spans:
+        m[max(0, int(a * RATE) - g):int(b * RATE) + g] = True
+    return m
+
+
+def mask_double_talk(speech: np.ndarray, ratio_db: float, n: int = 400) -> tuple[int, int]:
+    """Digits of 70 ms (200 ms apart) over speech at ``ratio_db`` DTMF power over speech
+    RMS: (digits wholly masked, digits sent)."""
+    rng = np.random.default_rng(int(ratio_db) + 100)
+    syms = "".join(rng.choice(list("0123456789*#ABCD"), n))
+    digits = gen.dtmf(syms, RATE, on_ms=70, off_ms=200, level_dbfs=-30.0 + ratio_db - 3.0)
+    part = speech[: digits.size].astype(np.float64)
+    part *= 10 ** (-30 / 20) / np.sqrt(np.mean(part**2))
+    x = (part + digits).astype(np.float32)
+    m = _blanked(dtmf_mask.mask_spans(x, RATE), x.size)
+    per, on = 270 * RATE // 1000, 70 * RATE // 1000
+    return sum(bool(m[i * per:i * per + on].all()) for i in range(n)), n
+
+
 def cli_rate(frames: int) -> float:
     """Share of random UK CLIP frames decoded at 20 dB S/N and +-1 % offset (8 kHz)."""
     rng = np.random.default_rng(20261125)
@@ -136,6 +166,15 @@ def main(argv=None) -> int:
             return out + det.flush()
 
         t_stream, streamed = best_of(args.repeat, stream)
+
+        def mask_stream():
+            m = dtmf_mask.DtmfMasker(RATE)
+            out = []
+            for i in range(0, no_cli.size, 160):
+                out += m.feed(no_cli[i : i + 160])
+            return out + m.flush()
+
+        t_mask_stream, _ = best_of(args.repeat, mask_stream)
         t_cli, cli = best_of(args.repeat, lambda: callerid.decode(no_cli, RATE))
         t_cli_hit, cli_hit = best_of(args.repeat, lambda: callerid.decode(audio, RATE))
 
@@ -144,8 +183,16 @@ def main(argv=None) -> int:
 
         speech = corpus.build(10, RATE, cache, seed=5)
         dt_rows = {r: double_talk(speech, r) for r in (10.0, 15.0, 20.0)}
-        talk = corpus.build(args.talkoff_minutes, RATE, cache, seed=1)
+        mask_rows = {r: mask_double_talk(speech, r) for r in (6.0, 10.0, 20.0)}
+        parts: list = []
+        talk = corpus.build(args.talkoff_minutes, RATE, cache, seed=1, parts=parts)
         t_talk, false_digits = best_of(1, lambda: dtmf.detect(talk, RATE))
+        t_mask, spans = best_of(1, lambda: dtmf_mask.mask_spans(talk, RATE))
+        blank = _blanked(spans, talk.size)
+        false_blank = {}
+        for kind in ("speech", "music"):
+            sel = [blank[a:b] for k, a, b in parts if k == kind]
+            false_blank[kind] = sum(int(x.sum()) for x in sel) / max(1, sum(x.size for x in sel))
         talk_hours = talk.size / RATE / 3600
         rate_ok = cli_rate(args.frames) if args.frames else None
 
@@ -154,6 +201,7 @@ def main(argv=None) -> int:
         "dtmf": seconds / t_dtmf,
         "dtmf_stream": seconds / t_stream,
         "callerid": seconds / t_cli,
+        "mask_stream": seconds / t_mask_stream,
     }
     print(f"audio: {seconds / 60:.1f} min at {RATE} Hz, speech at -30 dBFS RMS + digits")
     print(f"{'what':<34}{'time s':>10}{'x realtime':>14}{'vs fft':>10}")
@@ -162,6 +210,7 @@ def main(argv=None) -> int:
         ("dtmf.detect (batch)", t_dtmf, "dtmf"),
         ("DtmfDetector.feed, 20 ms blocks", t_stream, "dtmf_stream"),
         ("callerid.decode (no CLI present)", t_cli, "callerid"),
+        ("DtmfMasker.feed, 20 ms blocks", t_mask_stream, "mask_stream"),
     ]
     for label, t, key in rows:
         print(f"{label:<34}{t:>10.3f}{xrt[key]:>14.0f}{xrt[key] / xrt['fft']:>10.2f}")
@@ -180,6 +229,11 @@ def main(argv=None) -> int:
         )
     for r, (found_n, sent_n) in dt_rows.items():
         print(f"double talk: digits {r:.0f} dB over speech RMS: {found_n}/{sent_n} found")
+    for r, (masked_n, sent_n) in mask_rows.items():
+        print(f"masking: 70 ms digits {r:.0f} dB over speech RMS: {masked_n}/{sent_n} masked")
+    print(f"masking talk-off: {len(spans)} false spans blank {false_blank['speech'] * 100:.2f} % "
+          f"of speech time and {false_blank['music'] * 100:.1f} % of music time "
+          f"({talk.size / RATE / t_mask:.0f}x real time)")
     headline = {
         "bench": "dsp",
         "dtmf_x_realtime": round(xrt["dtmf"]),
@@ -192,6 +246,13 @@ def main(argv=None) -> int:
         "talkoff_false_digits": len(false_digits),
         "cli_decode_rate": None if rate_ok is None else round(rate_ok, 4),
         "double_talk_15db": round(dt_rows[15.0][0] / dt_rows[15.0][1], 4),
+        "mask_6db": round(mask_rows[6.0][0] / mask_rows[6.0][1], 4),
+        "mask_10db": round(mask_rows[10.0][0] / mask_rows[10.0][1], 4),
+        "mask_20db": round(mask_rows[20.0][0] / mask_rows[20.0][1], 4),
+        "mask_false_speech": round(false_blank["speech"], 5),
+        "mask_false_music": round(false_blank["music"], 4),
+        "mask_x_realtime": round(talk.size / RATE / t_mask),
+        "mask_stream_x_realtime": round(xrt["mask_stream"]),
     }
     print(json.dumps(headline))
     return 0

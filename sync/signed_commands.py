@@ -9,9 +9,25 @@ The body names ``kind`` (``delete`` | ``hold`` | ``retention``), ``device``, ``n
 ``call`` for delete; ``call`` and ``on`` for hold; ``days`` for retention.
 
 The box accepts a command only if the signature verifies with the upstream command key
-it trusts, the device is its own, ``expires`` is in the future (and not absurdly far),
-and the nonce has never been seen (the ``nonce`` table keeps used nonces until they
-expire, so a replay is caught for as long as the command would be valid).
+it trusts, the device is its own, its times pass :func:`judge_time`, and the nonce has
+never been seen.
+
+Clocks (decided by the pure :func:`judge_time`, table-tested):
+
+* "Now" is ``max(box clock, floor)``, where the *floor* is the latest ``issued`` of
+  any command the box has accepted (kept in the store's ``meta`` table). The floor is
+  time as signed by the upstream, so it only moves forward, and a box clock stepped
+  backwards cannot revive an expired command.
+* ``issued`` more than :data:`MAX_SKEW_S` ahead of now is refused: a command cannot
+  come from the future, and a pre-dated one would outlive its window.
+* ``expires`` at or before now is refused.
+* While the box's clock is not NTP-synchronised, expiry is judged conservatively: a
+  command must still have more than :data:`UNSYNC_MARGIN_S` to run, because a Pi
+  without an RTC boots with a saved time that is typically behind.
+* Used nonces are purged only once their ``expires`` is at or below the floor, never
+  by the box's own clock: a forward step of the box clock therefore purges nothing,
+  and a replay after the clock is corrected still finds its nonce. A purged nonce
+  belongs to a command the floor already makes expired.
 """
 
 from __future__ import annotations
@@ -20,6 +36,7 @@ import json
 import math
 import secrets
 import time
+from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -31,6 +48,58 @@ KINDS = {"delete": {"call": str}, "hold": {"call": str, "on": bool},
          "retention": {"days": (int, float)}}
 MAX_LIFETIME_S = 30 * 86400      # a command valid for longer than this is refused
 DEFAULT_LIFETIME_S = 7 * 86400
+MAX_SKEW_S = 300.0               # ``issued`` may lead the box's clock by at most this
+UNSYNC_MARGIN_S = 86400.0        # unsynchronised clock: a command must have > 1 day left
+FLOOR_KEY = "command_time_floor"  # store meta key: latest ``issued`` accepted (epoch s)
+
+
+@dataclass(frozen=True)
+class BoxClock:
+    """What the box knows about the time when a command arrives.
+
+    ``now``: the box's wall clock (epoch s). ``synchronised``: whether the kernel says
+    that clock is NTP-synchronised. ``floor``: the latest ``issued`` (epoch s, the
+    upstream's signed time) of any command accepted before, 0.0 if none.
+    """
+    now: float
+    synchronised: bool = True
+    floor: float = 0.0
+
+
+def judge_time(issued: float, expires: float, clock: BoxClock) -> str | None:
+    """The reason to refuse a command on its times, or None to accept (pure).
+
+    ``issued`` and ``expires`` are the command's epoch seconds; see the module
+    docstring for the rules.
+    """
+    if not (math.isfinite(expires) and math.isfinite(issued)):
+        return "command has no valid expiry"     # NaN compares false
+    if expires <= issued:
+        return "command expires before it was issued"
+    if expires - issued > MAX_LIFETIME_S:
+        return "command lifetime too long"
+    now = max(clock.now, clock.floor)     # true time is at least the floor
+    if issued > now + MAX_SKEW_S:
+        return (f"command issued {issued - now:.0f} s in the future "
+                f"(allowed skew {MAX_SKEW_S:.0f} s)")
+    if expires <= now:
+        return "command expired"
+    if not clock.synchronised and expires <= now + UNSYNC_MARGIN_S:
+        return ("command expires within the margin allowed while the box's clock is "
+                f"not synchronised ({UNSYNC_MARGIN_S:.0f} s)")
+    return None
+
+
+def purgeable(expires: float, floor: float) -> bool:
+    """Whether a used nonce whose command expires at ``expires`` may be forgotten (pure):
+    only once the floor (upstream-signed time) has passed it, so that a replay is refused
+    as expired by :func:`judge_time` whatever the box's clock says."""
+    return expires <= floor
+
+
+def time_floor(store) -> float:
+    """The floor kept in ``store`` (epoch s; 0.0 before the first accepted command)."""
+    return float(store.get_meta(FLOOR_KEY, 0.0))
 
 
 def sign(key: ed25519.Ed25519PrivateKey, kind: str, device: str, *, now: float | None = None,
@@ -59,9 +128,12 @@ def parse(envelope: bytes) -> tuple[dict, bytes, bytes]:
 
 
 def verify(envelope: bytes, key: ed25519.Ed25519PublicKey | None, device: str,
-           now: float | None = None) -> dict:
-    """Check signature, device, expiry and shape; return the body.
+           now: float | None = None, *, synchronised: bool = True,
+           floor: float = 0.0) -> dict:
+    """Check signature, device, times (:func:`judge_time`) and shape; return the body.
 
+    ``now``: the box's clock (epoch s, default the system clock); ``synchronised``
+    whether it is NTP-synchronised; ``floor`` from :func:`time_floor`.
     Replay is checked by the caller against its nonce table (:func:`check_nonce`).
     Raises :class:`CommandRejected` with the reason.
     """
@@ -79,12 +151,9 @@ def verify(envelope: bytes, key: ed25519.Ed25519PublicKey | None, device: str,
         expires, issued = float(body["expires"]), float(body["issued"])
     except (KeyError, TypeError, ValueError):
         raise CommandRejected("command has no valid expiry") from None
-    if not (math.isfinite(expires) and math.isfinite(issued)):
-        raise CommandRejected("command has no valid expiry")   # NaN compares false
-    if expires <= now:
-        raise CommandRejected("command expired")
-    if expires - issued > MAX_LIFETIME_S:
-        raise CommandRejected("command lifetime too long")
+    reason = judge_time(issued, expires, BoxClock(now, synchronised, floor))
+    if reason is not None:
+        raise CommandRejected(reason)
     nonce = body.get("nonce")
     if not isinstance(nonce, str) or not 16 <= len(nonce) <= 128:
         raise CommandRejected("command has no valid nonce")
@@ -101,11 +170,18 @@ def verify(envelope: bytes, key: ed25519.Ed25519PublicKey | None, device: str,
 
 
 def check_nonce(store, body: dict, now: float | None = None) -> None:
-    """Record the command's nonce, or raise :class:`CommandRejected` if already used."""
+    """Record the command's nonce and raise the floor to its ``issued``, or raise
+    :class:`CommandRejected` if the nonce was already used.
+
+    ``now`` (the box's clock) is accepted for compatibility and deliberately unused:
+    nonces are purged by the floor (:func:`purgeable`), never by the box's clock.
+    """
+    del now
     N = store.m.Nonce
-    now = time.time() if now is None else now
     with store.db.atomic():
-        N.delete().where(N.expires < now).execute()
         if N.get_or_none(N.nonce == body["nonce"]) is not None:
             raise CommandRejected("replayed command (nonce already used)")
+        floor = max(time_floor(store), float(body["issued"]))
+        store.set_meta(FLOOR_KEY, floor)
+        N.delete().where(N.expires <= floor).execute()    # purgeable(), in SQL
         N.insert(nonce=body["nonce"], expires=float(body["expires"])).execute()

@@ -37,6 +37,7 @@ from paho.mqtt.properties import Properties
 from recorder.errors import CommandRejected, KeyFileError, ProtocolError
 from recorder.evidence import audit
 from recorder.threads import ServiceThread
+from recorder.timebase import clock_synchronised
 from sync import protocol
 from sync import signed_commands as commands
 
@@ -140,12 +141,15 @@ class Uploader:
 
     def __init__(self, store, cfg, *, device: str, data_dir, status: Callable | None = None,
                  alarms=None, retention=None, ack_timeout_s: float = 60.0,
-                 reconnect_s: tuple[float, float] = (1.0, 60.0), clock=time.time):
+                 reconnect_s: tuple[float, float] = (1.0, 60.0), clock=time.time,
+                 clock_synced: Callable[[], bool] | None = None):
         self.store, self.cfg, self.sc = store, cfg, cfg.sync
         self.device, self.site = device, cfg.device.site or "default"
         self.data_dir = data_dir
         self.status_fn, self.alarms, self.retention = status, alarms, retention
         self.ack_timeout_s, self.reconnect_s, self.clock = ack_timeout_s, reconnect_s, clock
+        # whether the box's clock is NTP-synchronised (commands judge expiry by it)
+        self.clock_synced = clock_synced or clock_synchronised
         self.base = protocol.base(self.sc.topic_prefix, self.site, device)
         self.inbox: queue.Queue = queue.Queue()
         self.inflight: dict[tuple, float] = {}       # item key -> monotonic send time
@@ -425,7 +429,9 @@ class Uploader:
     def _command_full(self, payload: bytes) -> None:
         body = None
         try:
-            body = commands.verify(payload, self.command_key, self.device)
+            body = commands.verify(payload, self.command_key, self.device,
+                                   synchronised=self.clock_synced(),
+                                   floor=commands.time_floor(self.store))
             commands.check_nonce(self.store, body)
             if self.retention is None:
                 raise CommandRejected("retention service not running")

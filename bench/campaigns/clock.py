@@ -72,8 +72,7 @@ class Campaign:
     def export(self, data):
         from recorder.evidence import keys
         from recorder.evidence.export import export_calls
-        from recorder.evidence.verify import device_key_for
-        from recorder.storage.store import Store
+        from recorder.storage.store import Store, device_key_for
         out = data.parent / (data.name + "-out")
         s = Store(data)
         done, failures = export_calls(s, keys.load_practice_private(self.priv), out,

@@ -238,8 +238,8 @@ class Campaign:
     # -- checks ------------------------------------------------------------------------------
     def check_store(self, tag: str, crashed: bool = False) -> dict:
         from recorder.evidence import audit
-        from recorder.evidence.verify import device_key_for, verify_call
-        from recorder.storage.store import Store
+        from recorder.evidence.verify import verify_call
+        from recorder.storage.store import Store, device_key_for
         data = self.box.data
         s = Store(data)
         out = {"calls": 0, "deleted": 0, "partial": 0, "verified": 0}

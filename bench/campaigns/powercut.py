@@ -255,8 +255,8 @@ class Campaign:
 
     # -- checks ----------------------------------------------------------------------------
     def check_restart(self) -> None:
-        from recorder.evidence.verify import device_key_for, verify_call
-        from recorder.storage.store import Store
+        from recorder.evidence.verify import verify_call
+        from recorder.storage.store import Store, device_key_for
         self.stats["restarts_checked"] += 1
         data = self.box.data
         tag = f"after boot {self.box.boots - 1} (checked in boot {self.box.boots})"

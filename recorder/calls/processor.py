@@ -28,6 +28,9 @@ import numpy as np
 from hw.gpio import Edge
 from recorder.calls import state as cs
 from recorder.calls.announce import Announcer, Clip
+from recorder.calls.dialling import Dialling, dial_step
+from recorder.calls.dsp.dtmf import DtmfDetector
+from recorder.calls.dsp.dtmf_mask import DtmfMasker
 from recorder.calls.jobs import (
     CallInfo,
     CloseCall,
@@ -43,8 +46,6 @@ from recorder.privacy import mask_number
 log = logging.getLogger(__name__)
 
 CLI_LOOKBACK_S = 8.0        # caller ID arrives before the first ring
-DIAL_GAP_S = 4.0            # an outbound call's dialling ends after this gap
-DIAL_MAX_S = 30.0           # ... or this long after off-hook
 MASK_GUARD_S = 0.03         # silence kept either side of a masked digit
 BEEP_HORIZON_S = 10.0       # warning beeps are queued this far ahead
 DTMF_HOLD_MAX_S = 4.0       # longest wait for a DTMF candidate tone to be decided
@@ -271,8 +272,7 @@ class Line:
     ring_sample: int | None = None          # first ring of the pending inbound call
     dsp_pos: int = 0                        # audio scanned for levels and DTMF up to here
     next_beep: int | None = None            # when the next warning beep is due
-    dial_open: bool = False                 # still collecting an outbound call's digits
-    dial_last: int | None = None            # end of the last dialled digit
+    dial: Dialling = field(default_factory=lambda: Dialling(open=False))  # dialled number
     level_dbfs: float = -120.0              # peak level of the last block scanned
     clipped: int = 0                        # blocks that reached full scale
     silent_since: int | None = None         # near-silence began here (dead-line alarm)
@@ -488,7 +488,7 @@ class Processor:
         line.call = info
         self.counts["calls"] += 1
         line.recorder.mark(a.sample, "start", info)
-        line.dial_open, line.dial_last = a.direction == "outbound", None
+        line.dial = Dialling(open=a.direction == "outbound")
         if line.dsp is not None:
             # Scan the call from its off-hook edge: audio already seen goes in first.
             line.dsp.reset(a.sample)
@@ -496,6 +496,8 @@ class Processor:
                 for d in line.dsp.feed(self.ring.read(ln, a.sample, line.dsp_pos),
                                        a.sample):
                     self._digit(ln, info, *d)
+                self._mask_spans(ln, info)
+                self._mask_spans(ln, info)
             except (Overrun, ValueError):
                 log.warning("line %d: could not scan the start of the call for DTMF", ln)
         if not a.rollover and st.announcement is not None and (
@@ -575,22 +577,44 @@ class Processor:
                 continue
             for digit, d0, d1 in det.feed(x, upto - len(x)):
                 self._digit(ln, call, digit, d0, d1)
+            self._mask_spans(ln, call)
+            self._mask_spans(ln, call)
 
     def _digit(self, ln: int, call: CallInfo, digit: str, d0: int, d1: int) -> None:
-        """A DTMF digit on a call: dialled digits on an outbound call, then masking."""
-        line = self.line[ln]
-        last = line.dial_last
-        if call.direction == "outbound" and line.dial_open and \
-                d0 - call.offhook_sample < DIAL_MAX_S * self.rate and \
-                (last is None or d0 - last < DIAL_GAP_S * self.rate):
-            call.dialled_digits += digit
-            line.dial_last = d1
-        else:
-            line.dial_open = False
-        if self.dtmf_mask:
-            g = self.guard
-            call.masked_dtmf.append([d0, d1])
-            line.recorder.mark(max(0, d0 - g), "mask", (max(0, d0 - g), d1 + g))
+        """A DTMF digit on a call: part of the dialled number on an outbound call
+        (:mod:`recorder.calls.dialling`; any later digit is never stored), then masking."""
+        if call.direction == "outbound":
+            line = self.line[ln]
+            line.dial = dial_step(line.dial, digit, d0, d1, call.offhook_sample, self.rate)
+            call.dialled_digits = line.dial.digits
+        self._mask(ln, call, d0, d1)
+
+    def _mask_spans(self, ln: int, call: CallInfo) -> None:
+        """Spans the masking detector found (tones that may be digits, named or not)."""
+        take = getattr(self.line[ln].dsp, "take_spans", None)
+        for d0, d1 in take() if take else ():
+            self._mask(ln, call, d0, d1)
+
+    def _mask(self, ln: int, call: CallInfo, d0: int, d1: int) -> None:
+        if not self.dtmf_mask:
+            return
+        g = self.guard
+        merge_span(call.masked_dtmf, d0, d1)
+        self.line[ln].recorder.mark(max(0, d0 - g), "mask", (max(0, d0 - g), d1 + g))
+
+
+def merge_span(spans: list, a: int, b: int) -> None:
+    """Add ``[a, b)`` to a list of ``[start, end]`` spans kept sorted and disjoint (a
+    digit the recogniser names and the masker's span for it are one masked span)."""
+    i = bisect.bisect_left([s[0] for s in spans], a)
+    lo, hi = i, i
+    while lo > 0 and spans[lo - 1][1] >= a:
+        lo -= 1
+    while hi < len(spans) and spans[hi][0] <= b:
+        hi += 1
+    if lo < hi:
+        a, b = min(a, spans[lo][0]), max(b, spans[hi - 1][1])
+    spans[lo:hi] = [[a, b]]
 
 
 class DtmfStream:
@@ -602,14 +626,24 @@ class DtmfStream:
         self.det = None
 
     def reset(self, sample: int) -> None:
-        from recorder.calls.dsp.dtmf import DtmfDetector
         self.det, self.base = DtmfDetector(self.rate), sample
+        self.masker, self.spans = DtmfMasker(self.rate), []
 
     def feed(self, x: np.ndarray, first_sample: int) -> list[tuple[str, int, int]]:
+        """Digits the recogniser named; the masker's spans wait in :meth:`take_spans`."""
         if self.det is None or not len(x):
             return []
+        self.spans += [(self.base + a, self.base + b) for a, b in self.masker.feed(x)]
         return [(d, self.base + a, self.base + b) for d, a, b in self.det.feed(x)]
 
+    def take_spans(self) -> list[tuple[int, int]]:
+        """Mask spans (absolute samples) found since the last call."""
+        out, self.spans = self.spans, []
+        return out
+
     def settled_before(self) -> int | None:
-        """Absolute sample before which no digit can still be reported (None: no scan)."""
-        return None if self.det is None else self.base + self.det.settled_before()
+        """Absolute sample before which no digit or mask span can still be reported
+        (None: no scan)."""
+        if self.det is None:
+            return None
+        return self.base + min(self.det.settled_before(), self.masker.settled_before())

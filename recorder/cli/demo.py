@@ -144,11 +144,10 @@ def main(argv=None) -> int:
     from recorder import config
     from recorder.evidence import keys
     from recorder.evidence.export import export_calls
-    from recorder.evidence.verify import device_key_for
     from recorder.logsetup import setup_logging
     from recorder.privacy import mask_number
     from recorder.runtime import simulate
-    from recorder.storage.store import Store
+    from recorder.storage.store import Store, device_key_for
 
     setup_logging(quiet=True)
     out = Path(args.out)

@@ -65,15 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="pace at this many times real time (0 = as fast as possible)")
 
     sp = add("keygen", "create the practice key pair (private key 0600, public half .pub)")
-    sp.add_argument("--out", required=True, help="private key path, e.g. practice.key; the "
-                    "public key goes to practice.pub (NAME.key -> NAME.pub, else OUT.pub)")
+    sp.add_argument("--out", required=True, help="private key path; public key goes to OUT.pub")
+    sp.add_argument("--passphrase-file", help="read the passphrase that encrypts the private "
+                    "key from this file (first line); default: ask at the terminal")
 
     sp = add("export", "decrypt, verify and write calls as WAV + JSON")
     sp.add_argument("--data-dir", required=True)
     sp.add_argument("--key", required=True, help="practice private key")
+    sp.add_argument("--passphrase-file", help="the practice key's passphrase (first line); "
+                    "default: ask at the terminal")
     sp.add_argument("--out", required=True, help="output folder")
     sp.add_argument("--call", action="append", default=[], help="call id (repeatable)")
     sp.add_argument("--number", help="every call to or from this number (subject access)")
+    sp.add_argument("--identity-pub", help="the box's identity public key recorded at "
+                    "provisioning (default: the key pinned in the store)")
 
     sp = add("calls", "list recorded calls")
     sp.add_argument("--data-dir", required=True)
@@ -83,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("verify", "verify hashes, chains and signatures (no practice key needed)")
     sp.add_argument("--data-dir", required=True)
     sp.add_argument("--call", action="append", default=[])
+    sp.add_argument("--identity-pub", help="the box's identity public key recorded at "
+                    "provisioning (default: the key pinned in the store)")
 
     sp = add("identity", "print the box's identity public key and fingerprint")
     sp.add_argument("--data-dir", help="override device.data_dir")

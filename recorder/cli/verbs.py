@@ -51,8 +51,12 @@ def cmd_config(args) -> int:
 
 # -- keys and identity -------------------------------------------------------------------------
 def cmd_keygen(args) -> int:
-    priv, pub = keys.practice_keygen(args.out)
-    print(f"practice private key: {priv} (mode 0600: keep it off the box, and back it up)")
+    from recorder.evidence.practice_key import PBKDF2_ITERATIONS, get_passphrase
+    pw = get_passphrase(getattr(args, "passphrase_file", None), new=True)
+    priv, pub = keys.practice_keygen(args.out, passphrase=pw)
+    print(f"practice private key: {priv} (mode 0600, encrypted PKCS#8: PBKDF2-HMAC-SHA256 "
+          f"x{PBKDF2_ITERATIONS}, AES-256-CBC; keep it off the box, back it up, and keep "
+          "the passphrase apart from it)")
     print(f"practice public key:  {pub} (install this on the box)")
     return 0
 
@@ -200,33 +204,46 @@ def _dash(v) -> str:
 
 
 def cmd_verify(args) -> int:
-    from recorder.evidence.verify import device_key_for, verify_call
+    """Exit 0: every call verified; 1: any failed; 3: none failed but some are
+    unverifiable (no trusted identity key to match the signer to)."""
+    from recorder.evidence.verify import verify_call
+    from recorder.storage.store import trusted_for
     store = _store(args.data_dir)
-    key = device_key_for(args.data_dir)
-    if key is None:
-        print("WARNING: the box's identity key is unreadable; signatures are checked but "
-              "the signer cannot be matched to this box", file=sys.stderr)
-    failed = 0
+    trusted = trusted_for(args.data_dir, getattr(args, "identity_pub", None))
+    if trusted.key is None:
+        print(f"WARNING: no trusted identity key ({trusted.source}); signatures are "
+              "checked but cannot be matched to this box, so no call is verified: pass "
+              "--identity-pub FILE", file=sys.stderr)
+    else:
+        print(f"identity: {trusted.source}")
+    failed = unverifiable = 0
     rows = store.calls(ids=args.call or None)
     for row in rows:
-        v, _h = verify_call(store, row, key)
-        if v.status == "failed":
-            failed += 1
+        v, _h = verify_call(store, row, trusted.key)
+        failed += v.status == "failed"
+        unverifiable += v.status == "unverifiable"
         print(f"{row.id}: {v.status}: {v.detail}")
-    audit.record(args.data_dir, "verify", calls=len(rows), failed=failed)
-    print(f"{len(rows)} call(s) checked, {failed} failed")
-    return 1 if failed else 0
+    audit.record(args.data_dir, "verify", calls=len(rows), failed=failed,
+                 unverifiable=unverifiable)
+    print(f"{len(rows)} call(s) checked, {failed} failed, {unverifiable} unverifiable")
+    return 1 if failed else 3 if unverifiable else 0
 
 
 def cmd_export(args) -> int:
     from recorder.evidence.export import export_calls
-    from recorder.evidence.verify import device_key_for
+    from recorder.storage.store import trusted_for
     store = _store(args.data_dir)
-    priv = keys.load_practice_private(args.key)
+    trusted = trusted_for(args.data_dir, getattr(args, "identity_pub", None))
+    if trusted.key is None:
+        print(f"WARNING: no trusted identity key ({trusted.source}): calls are exported "
+              "as unverifiable; pass --identity-pub FILE", file=sys.stderr)
+    from recorder.evidence.keys import open_practice_private
+    priv = open_practice_private(args.key, getattr(args, "passphrase_file", None))
     done, failures = export_calls(store, priv, args.out, ids=args.call, number=args.number,
-                                  device_key=device_key_for(args.data_dir),
-                                  data_dir=args.data_dir)
+                                  device_key=trusted.key, data_dir=args.data_dir)
+    unverifiable = sum(d["status"] == "unverifiable" for d in done)
     for d in done:
         print(f"{d['call_id']}: {d['status']} ({d['duration_s']} s)")
-    print(f"exported {len(done)} call(s) to {args.out}; {failures} failed verification")
-    return 1 if failures else 0
+    print(f"exported {len(done)} call(s) to {args.out}; {failures} failed verification, "
+          f"{unverifiable} unverifiable")
+    return 1 if failures else 3 if unverifiable else 0

@@ -77,7 +77,7 @@ class Found:
 
 @dataclass
 class Verdict:
-    status: str                 # "verified" | "failed" | "in_progress"
+    status: str                 # "verified" | "failed" | "in_progress" | "unverifiable"
     problems: list[str] = field(default_factory=list)
 
     @property

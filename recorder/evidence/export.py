@@ -3,7 +3,9 @@
 Writes ``OUT/<call_id>.wav`` (16-bit PCM mono at the capture rate, paused spans as exact
 zeros of their true length) and ``OUT/<call_id>.json``. A call that fails verification
 is still exported as far as its authentic segments allow, with
-``integrity.status = "failed"`` and the precise problems in ``integrity.detail``.
+``integrity.status = "failed"`` and the precise problems in ``integrity.detail``. With
+no trusted identity key (:mod:`recorder.evidence.trust`) an otherwise intact call is
+``"unverifiable"``, never ``"verified"``.
 """
 
 from __future__ import annotations
@@ -146,6 +148,8 @@ def export_calls(store, private_key, out_dir, ids=None, number=None, device_key=
         if verdict.status == "failed":
             failures += 1
             log.error("call %s failed verification: %s", row.id, verdict.detail)
+        elif verdict.status == "unverifiable":
+            log.warning("call %s is unverifiable: %s", row.id, verdict.detail)
         done.append({"call_id": row.id, "status": verdict.status,
                      "duration_s": meta.get("duration_s")})
     if data_dir is not None:

@@ -10,15 +10,18 @@ either the old file or the new one, never half a key.
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import logging
 import os
+import sys
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
 from recorder.errors import KeyFileError
+from recorder.evidence.practice_key import encrypt_pkcs8, get_passphrase, is_encrypted
 from recorder.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
@@ -54,12 +57,17 @@ def _pem_public(key) -> bytes:
 
 # -- practice key (X25519, HPKE recipient) -------------------------------------------------
 
-def practice_keygen(out: str | os.PathLike) -> tuple[Path, Path]:
+def practice_keygen(out: str | os.PathLike, passphrase: bytes | None = None) -> \
+        tuple[Path, Path]:
     """Write a new practice X25519 private key to ``out`` (0600) and its public half.
 
     The public half is ``NAME.pub`` for ``out`` = ``NAME.key`` (``practice.key`` ->
     ``practice.pub``, the names the site file examples use), else ``out.pub``.
-    Refuses to overwrite an existing key: losing it loses every recording.
+
+    With ``passphrase`` the private key is encrypted PKCS#8 (PBES2, see
+    :mod:`recorder.evidence.practice_key`); ``linetap keygen`` always gives one. Without
+    it the key is unencrypted PEM (tests and simulations only). Refuses to overwrite an
+    existing key: losing it loses every recording.
     """
     out = Path(out)
     pub = out.with_suffix(".pub") if out.suffix == ".key" else out.with_name(out.name + ".pub")
@@ -67,7 +75,11 @@ def practice_keygen(out: str | os.PathLike) -> tuple[Path, Path]:
         if p.exists():
             raise KeyFileError(f"{p} already exists; refusing to overwrite a key")
     key = x25519.X25519PrivateKey.generate()
-    atomic_write(out, _pem_private(key), mode=0o600)
+    if passphrase is None:
+        pem = _pem_private(key)
+    else:
+        pem = encrypt_pkcs8(key, passphrase)
+    atomic_write(out, pem, mode=0o600)
     atomic_write(pub, _pem_public(key.public_key()), mode=0o644)
     return out, pub
 
@@ -95,14 +107,25 @@ def load_practice_public(path: str | os.PathLike) -> x25519.X25519PublicKey:
     return key
 
 
-def load_practice_private(path: str | os.PathLike) -> x25519.X25519PrivateKey:
-    """Load the practice private key written by :func:`practice_keygen`."""
+def load_practice_private(path: str | os.PathLike, passphrase: bytes | None = None) -> \
+        x25519.X25519PrivateKey:
+    """Load the practice private key written by :func:`practice_keygen` (``passphrase``
+    for an encrypted one; :func:`recorder.evidence.keys.open_practice_private`
+    asks for it)."""
     data = _read(path, "practice private key")
     try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
-        raise KeyFileError(f"practice key {path} is not an unencrypted PEM private key") \
-            from exc
+        key = serialization.load_pem_private_key(data, password=passphrase)
+    except TypeError as exc:
+        if passphrase is None:
+            raise KeyFileError(f"practice key {path} is encrypted: a passphrase is "
+                               "needed") from exc
+        raise KeyFileError(f"practice key {path} is not encrypted, but a passphrase "
+                           "was given") from exc
+    except ValueError as exc:
+        if passphrase is not None:
+            raise KeyFileError(f"practice key {path}: wrong passphrase, or not a PEM "
+                               "private key") from exc
+        raise KeyFileError(f"practice key {path} is not a PEM private key") from exc
     if not isinstance(key, x25519.X25519PrivateKey):
         raise KeyFileError(f"practice key {path} is not an X25519 private key")
     return key
@@ -172,3 +195,26 @@ def load_ed25519_public(path_or_bytes) -> ed25519.Ed25519PublicKey:
 def pem_public(key) -> bytes:
     """PEM SubjectPublicKeyInfo for an Ed25519 or X25519 public key."""
     return _pem_public(key)
+
+
+def open_practice_private(path: str | os.PathLike,
+                          passphrase_file: str | os.PathLike | None = None, *,
+                          prompt=getpass.getpass, isatty=None):
+    """Load the practice private key for ``export``, ``calls --number`` and the upstream
+    tools: an encrypted key asks for its passphrase (file or terminal); an unencrypted
+    key (written before keys were encrypted) still opens, with a warning on stderr."""
+    try:
+        pem = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise KeyFileError(f"practice private key not found: {path}") from None
+    except OSError as exc:
+        raise KeyFileError(f"practice private key unreadable: {path}: {exc.strerror}") \
+            from exc
+    if not is_encrypted(pem):
+        msg = (f"practice key {path} is not encrypted: anyone who copies the file can open "
+               "every recording; re-create it with 'linetap keygen' (passphrase) when you can")
+        log.warning("%s", msg)
+        print(f"WARNING: {msg}", file=sys.stderr)
+        return load_practice_private(path)
+    pw = get_passphrase(passphrase_file, prompt=prompt, isatty=isatty)
+    return load_practice_private(path, passphrase=pw)

@@ -52,13 +52,8 @@ def verify_call(store, row, device_key) -> tuple[Verdict, dict]:
     problems += evidence.diagnose(exp, found)
     if header and len(segs) != len(exp):
         problems.append(f"database lists {len(segs)} segment(s), manifest {len(exp)}")
+    if not problems and device_key is None:
+        # Intact and signed, but by a key only the manifest itself names.
+        from recorder.evidence.trust import UNVERIFIABLE
+        return Verdict("unverifiable", [UNVERIFIABLE]), header
     return Verdict("failed" if problems else "verified", problems), header
-
-
-def device_key_for(data_dir):
-    """The box's own identity public key (None if the identity key is unreadable)."""
-    from recorder.evidence.keys import KeyFileError, load_identity
-    try:
-        return load_identity(data_dir).public_key()
-    except KeyFileError:
-        return None

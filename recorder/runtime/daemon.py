@@ -38,7 +38,7 @@ from recorder.capture.ring import RingBuffer
 from recorder.capture.streams import CaptureLoop, PlaybackLoop
 from recorder.config import Config, device_id
 from recorder.errors import KeyFileError, LinetapError
-from recorder.evidence import audit, keys
+from recorder.evidence import audit, keys, trust
 from recorder.fsutil import atomic_write, remove_temp_files
 from recorder.runtime import alarms as alarm_rules
 from recorder.runtime import ledmode
@@ -130,9 +130,13 @@ class Daemon:
             raise LinetapError(f"refusing to record: {exc}. Restore the key from backup, "
                                "or re-provision the box (factory reset)") from exc
         if known is None:
-            self.store.set_meta("identity_fingerprint", fp)
+            trust.pin(self.store, self.identity.public_key())
             audit.record(self.data_dir, "identity_created", device=self.device,
                          fingerprint=fp)
+        elif self.store.get_meta(trust.PUB_KEY) is None:
+            # a store pinned before the public key was kept: the key matches the
+            # pinned fingerprint (checked above), so pin it now
+            trust.pin(self.store, self.identity.public_key())
         self.public_key = keys.load_practice_public(cfg.recording.public_key)
         self.timebase = self.hw.timebase(self.rate)
         self.resync_queued = False      # a Restamp is on its way to the writer

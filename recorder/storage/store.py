@@ -23,6 +23,7 @@ from types import SimpleNamespace
 import peewee as pw
 
 from recorder.errors import StoreError
+from recorder.evidence.trust import Trusted, trusted_identity
 from recorder.sqlfields import JSONField
 from recorder.timebase import iso
 
@@ -257,3 +258,21 @@ def disk_full(exc: BaseException | None) -> bool:
             return True
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return False
+
+
+def trusted_for(data_dir, identity_pub=None) -> Trusted:
+    """The identity key ``verify`` and ``export`` match the signers of the box in
+    ``data_dir`` to (:func:`recorder.evidence.trust.trusted_identity`): ``identity_pub``
+    (a file), else the key pinned in its store."""
+    store = Store(data_dir) if (Path(data_dir) / DB_FILE).exists() else None
+    try:
+        return trusted_identity(store, data_dir, identity_pub)
+    finally:
+        if store is not None:
+            store.close()
+
+
+def device_key_for(data_dir, identity_pub=None):
+    """The trusted identity public key of the box in ``data_dir``; None if there is none
+    (its calls are then ``unverifiable``)."""
+    return trusted_for(data_dir, identity_pub).key

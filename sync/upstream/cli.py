@@ -1,9 +1,9 @@
 """``linetap upstream``: the practice's view of the upstream store.
 
     linetap upstream --config U.toml calls [--site S] [--all] [--json]
-    linetap upstream --config U.toml calls --number N --key PRACTICE_KEY [--site S] [--json]
-    linetap upstream --config U.toml export --key PRACTICE_KEY --out DIR [--call ID]...
-    linetap upstream --config U.toml export --key PRACTICE_KEY --out DIR --number N
+    linetap upstream --config U.toml calls --number N --key PRACTICE_KEY [--passphrase-file F]
+    linetap upstream --config U.toml export --key PRACTICE_KEY [--passphrase-file F] --out DIR
+                                            [--call ID]... | --number N
     linetap upstream --config U.toml delete --call ID [--device D]
     linetap upstream --config U.toml hold --call ID (--on | --off) [--device D]
     linetap upstream --config U.toml expiring [--days N]
@@ -26,7 +26,8 @@ import json
 import sys
 import time
 
-from recorder.evidence import keys
+from recorder.evidence.keys import open_practice_private
+from recorder.evidence.trust import load_identity_pub
 from recorder.timebase import iso
 from sync.upstream import authorise, fleet
 from sync.upstream import config as upstream_config
@@ -64,10 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="include deleted (tombstones)")
     p.add_argument("--number", help="only calls to or from this number (needs --key)")
     p.add_argument("--key", help="practice private key (to open manifests for --number)")
+    p.add_argument("--passphrase-file", help="the practice key's passphrase (first line); "
+                   "default: ask at the terminal")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("export", help="decrypt, verify and write WAV + JSON")
     p.add_argument("--key", required=True, help="practice private key")
+    p.add_argument("--passphrase-file", help="the practice key's passphrase (first line); "
+                   "default: ask at the terminal")
     p.add_argument("--out", required=True)
+    p.add_argument("--identity-pub", help="the box's identity public key (PEM, raw or hex); "
+                   "default: the key registered for the device in the config")
     p.add_argument("--call", action="append", default=[])
     p.add_argument("--number", help="every call to or from this number (subject access)")
     p = sub.add_parser("delete", help="delete a call here and on the box")
@@ -126,7 +133,7 @@ def cli_main(argv: list[str]) -> int:
             print("calls --number needs --key PRACTICE_KEY: numbers are stored only "
                   "inside the sealed manifests", file=sys.stderr)
             return 2
-        priv = keys.load_practice_private(args.key)
+        priv = open_practice_private(args.key, args.passphrase_file)
         rows, unreadable = upstream_ops.search_number(open_objects(ucfg.objects), priv,
                                                       args.number, args.site)
         _print([_row(r) for r in rows], args.json)
@@ -194,7 +201,7 @@ def cli_main(argv: list[str]) -> int:
         return 0
     if args.cmd == "export":
         objects = open_objects(ucfg.objects)
-        priv = keys.load_practice_private(args.key)
+        priv = open_practice_private(args.key, args.passphrase_file)
         if args.number and args.call:
             print("export: give --call or --number, not both", file=sys.stderr)
             return 2
@@ -205,13 +212,16 @@ def cli_main(argv: list[str]) -> int:
         else:
             rows = [r for r in UCall.select().where(UCall.state == "live")
                     .order_by(UCall.start_time) if r.manifest_key]
-        failed = 0
+        ident = load_identity_pub(args.identity_pub) if args.identity_pub else None
+        failed = unverifiable = 0
         for r in rows:
-            d = upstream_ops.export_call(ucfg, objects, priv, args.out, r)
-            failed += d["status"] != "verified"
+            d = upstream_ops.export_call(ucfg, objects, priv, args.out, r, identity_key=ident)
+            failed += d["status"] == "failed"
+            unverifiable += d["status"] == "unverifiable"
             print(f"{d['call_id']}: {d['status']} ({d['duration_s']} s)")
-        print(f"exported {len(rows)} call(s) to {args.out}; {failed} failed verification")
-        return 1 if failed else 0
+        print(f"exported {len(rows)} call(s) to {args.out}; {failed} failed verification, "
+              f"{unverifiable} unverifiable")
+        return 1 if failed else 3 if unverifiable else 0
     if args.cmd == "delete":
         r = upstream_ops.user_delete(ucfg, open_objects(ucfg.objects), args.call, args.device)
         print(f"deleted {r.call} upstream; delete command queued for {r.device}")

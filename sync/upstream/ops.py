@@ -259,10 +259,14 @@ def search_number(objects, private_key, number: str, site: str | None = None
     return found, unreadable
 
 
-def export_call(ucfg, objects, private_key, out_dir, row: UCall) -> dict:
-    """Write ``<call>.wav`` and ``<call>.json`` exactly as ``linetap export`` on the box."""
+def export_call(ucfg, objects, private_key, out_dir, row: UCall, identity_key=None) -> dict:
+    """Write ``<call>.wav`` and ``<call>.json`` exactly as ``linetap export`` on the box.
+
+    The manifest's signer must be ``identity_key`` (``--identity-pub``) or else the key
+    registered for the device in the config; with neither, an intact call is
+    ``unverifiable``, never ``verified`` (the manifest's own signer proves nothing)."""
     site = ucfg.site_of(row.device)
-    dkey = site.devices.get(row.device) if site else None
+    dkey = identity_key or (site.devices.get(row.device) if site else None)
     if row.state != "live":
         raise StoreError(f"call {row.call} is {row.state}")
     if row.manifest_key is None:
@@ -280,6 +284,10 @@ def export_call(ucfg, objects, private_key, out_dir, row: UCall) -> dict:
     pcm, p2 = decode_segments(blobs, private_key, body.get("first_sample"),
                               body.get("codec", "flac"))
     v = evidence.Verdict("failed" if problems or p2 else "verified", problems + p2)
+    if v.status == "verified" and dkey is None:
+        from recorder.evidence.trust import UNVERIFIABLE
+        v = evidence.Verdict("unverifiable", [UNVERIFIABLE.replace(
+            "the store's pinned key", f"register device {row.device} in the config")])
     meta = export_json(body, None, v.status, v.detail)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

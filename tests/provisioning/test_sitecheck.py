@@ -118,9 +118,10 @@ def test_certificate_for_another_device(served, tmp_path, capsys):
 
 
 def test_keygen_names_match_the_site_file(tmp_path):
+    (tmp_path / "pass").write_text("a passphrase of some length\n")
     r = subprocess.run([sys.executable, "-m", "recorder.cli", "keygen", "--out",
-                        str(tmp_path / "practice.key")], capture_output=True, text=True,
-                       timeout=60)
+                        str(tmp_path / "practice.key"), "--passphrase-file",
+                        str(tmp_path / "pass")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "practice.key").exists() and (tmp_path / "practice.pub").exists()
     # The site file example names exactly this file for keys.practice_public.

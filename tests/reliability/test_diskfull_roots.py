@@ -107,8 +107,8 @@ def _when_line_passes(line, seconds: float, fn, stop: threading.Event):
 
 
 def _verify_all(data: Path) -> dict:
-    from recorder.evidence.verify import device_key_for, verify_call
-    from recorder.storage.store import Store
+    from recorder.evidence.verify import verify_call
+    from recorder.storage.store import Store, device_key_for
     s = Store(data)
     try:
         key = device_key_for(data)

@@ -60,8 +60,8 @@ def test_power_cut_during_recovery_leaves_a_verifiable_call(tmp_path, point):
     assert box.proc.wait(60) == -signal.SIGKILL
     box.spawn(_scenario(tmp_path / "c.json", "2026-11-25T11:00:00Z", 2.0, False), 0.0)
     assert box.proc.wait(60) == 0, box.log_tail()
-    from recorder.evidence.verify import device_key_for, verify_call
-    from recorder.storage.store import Store
+    from recorder.evidence.verify import verify_call
+    from recorder.storage.store import Store, device_key_for
     s = Store(box.data)
     rows = s.calls()
     assert rows

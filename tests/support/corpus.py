@@ -166,8 +166,13 @@ def music(seconds: float, rate: int, seed: int) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def build(minutes: float, rate: int, cache: Path, seed: int = 1) -> np.ndarray:
-    """About ``minutes`` of talk-off material at ``rate`` Hz (float32), cached in ``cache``."""
+def build(minutes: float, rate: int, cache: Path, seed: int = 1,
+          parts: list | None = None) -> np.ndarray:
+    """About ``minutes`` of talk-off material at ``rate`` Hz (float32), cached in ``cache``.
+
+    ``parts``: if a list is given, ``("speech" | "music", start, end)`` sample ranges of
+    the result are appended to it.
+    """
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
     n_chunks = max(1, int(round(minutes)))
@@ -182,12 +187,19 @@ def build(minutes: float, rate: int, cache: Path, seed: int = 1) -> np.ndarray:
         jobs.append((text, voice, wpm, pitch, rate, path))
     with ThreadPoolExecutor(max_workers=4) as pool:
         speech = list(pool.map(lambda job: _speak(*job), jobs))
-    parts = []
+    pieces, kinds = [], []
     for i, x in enumerate(speech):
         rms = float(np.sqrt(np.mean(x.astype(np.float64) ** 2))) or 1.0
         level = 10 ** (rng.uniform(-30.0, -10.0) / 20.0)
-        parts.append((x * (level / rms)).astype(np.float32))
+        pieces.append((x * (level / rms)).astype(np.float32))
+        kinds.append("speech")
         if i % 10 == 9:
-            parts.append(music(30.0, rate, seed * 1000 + i))
-    total = np.concatenate(parts)
+            pieces.append(music(30.0, rate, seed * 1000 + i))
+            kinds.append("music")
+    if parts is not None:
+        at = 0
+        for kind, piece in zip(kinds, pieces, strict=True):
+            parts.append((kind, at, at + piece.size))
+            at += piece.size
+    total = np.concatenate(pieces)
     return np.clip(total, -1.0, 1.0)

@@ -54,7 +54,7 @@ class Sim:
 
     def export(self, out=None, **kw):
         from recorder.evidence.export import export_calls
-        from recorder.evidence.verify import device_key_for
+        from recorder.storage.store import device_key_for
         out = out or self.tmp / "out"
         done, failures = export_calls(self.store(), keys.load_practice_private(self.priv),
                                       out, device_key=device_key_for(self.data),

@@ -11,7 +11,7 @@ import numpy as np
 
 from recorder.calls.jobs import CallInfo, CloseCall, OpenCall, WriteSegment
 from recorder.config import Config
-from recorder.evidence import keys
+from recorder.evidence import keys, trust
 from recorder.storage.store import Store
 from recorder.storage.writer import Writer
 from recorder.timebase import Timebase
@@ -27,6 +27,7 @@ def practice_keys(d: Path):
 def make_box(data_dir: Path, public_key, device="dev-a", retention_days=90.0) -> SimpleNamespace:
     store = Store(data_dir)
     ident = keys.ensure_identity(data_dir, first_start=True)
+    trust.pin(store, ident.public_key())      # as the daemon does at first start
     return SimpleNamespace(store=store, identity=ident, device=device, data_dir=data_dir,
                            public_key=public_key, retention_days=retention_days)
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import time
 
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
 from recorder.evidence.export import export_calls
-from recorder.evidence.verify import device_key_for
+from recorder.storage.store import device_key_for
 from sync.upstream import ops as upstream_ops
 from sync.upstream.objectstore import open_objects
 from sync.upstream.store import UCall, USegment, is_complete
@@ -58,6 +60,20 @@ def test_roundtrip_export_identical(tmp_path, broker, pki):
             b = (tmp_path / "ex_up" / f"{cid}.{ext}").read_bytes()
             assert a == b, f"{cid}.{ext} differs"
     assert '"status": "verified"' in (tmp_path / "ex_up" / f"{ids[0]}.json").read_text()
+    # Upstream never trusts the key a manifest names: a device missing from the registry
+    # is unverifiable; --identity-pub (identity_key) decides instead of the registry.
+    site = ucfg.site_of(box.device)
+    true_key = site.devices.pop(box.device)
+    try:
+        assert upstream_ops.export_call(ucfg, objects, priv, tmp_path / "ex_unreg",
+                                        rows[0])["status"] == "unverifiable"
+        assert upstream_ops.export_call(ucfg, objects, priv, tmp_path / "ex_pinned", rows[0],
+                                        identity_key=true_key)["status"] == "verified"
+        other = ed25519.Ed25519PrivateKey.generate().public_key()
+        assert upstream_ops.export_call(ucfg, objects, priv, tmp_path / "ex_other", rows[0],
+                                        identity_key=other)["status"] == "failed"
+    finally:
+        site.devices[box.device] = true_key
     # Synced copies are deleted on the box after keep_synced_days (0 here).
     from recorder.storage.retention.service import Retention
     r = Retention(box.store, box.data_dir, run.cfg.replace(retention__keep_synced_days=0.0),

@@ -438,10 +438,10 @@ class DtmfDetector:
         m = self.measure(runs)
         reason = judge(m, self.rate)
         if reason is not None:
+            # The symbol is not logged: a rejected candidate may be a card digit.
             logger.debug(
-                "DTMF candidate %s at %d rejected: %s (df %.3f/%.3f, lev %.1f/%.1f dBFS, "
+                "DTMF candidate at %d rejected: %s (df %.3f/%.3f, lev %.1f/%.1f dBFS, "
                 "dur %.1f ms, purity %.2f)",
-                m.digit,
                 int(m.start),
                 reason,
                 m.freq_error_lo,

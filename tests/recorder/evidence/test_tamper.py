@@ -11,7 +11,8 @@ import pytest
 
 from recorder import cli
 from recorder.evidence import audit
-from recorder.evidence.verify import device_key_for, verify_call
+from recorder.evidence.verify import verify_call
+from recorder.storage.store import device_key_for
 
 EVENTS = [
     {"at": 0.0, "line": 0, "type": "tone", "hz": 800, "duration": 200},

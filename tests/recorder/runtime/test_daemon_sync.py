@@ -8,9 +8,8 @@ from types import SimpleNamespace
 from hw import scenario as scen
 from recorder.evidence import keys
 from recorder.evidence.export import export_calls
-from recorder.evidence.verify import device_key_for
 from recorder.runtime import simulate
-from recorder.storage.store import Store
+from recorder.storage.store import Store, device_key_for
 from sync.upstream import ops as upstream_ops
 from sync.upstream.objectstore import open_objects
 from sync.upstream.store import UCall

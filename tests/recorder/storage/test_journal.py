@@ -12,11 +12,11 @@ import pytest
 
 from recorder.calls.jobs import CallInfo, CloseCall, JournalAppend, OpenCall, WriteSegment
 from recorder.errors import JournalError
-from recorder.evidence import keys
+from recorder.evidence import keys, trust
 from recorder.evidence.export import decode_segments
-from recorder.evidence.verify import device_key_for, verify_call
+from recorder.evidence.verify import verify_call
 from recorder.storage import journal, recovery
-from recorder.storage.store import Store
+from recorder.storage.store import Store, device_key_for
 from recorder.storage.writer import Writer
 from recorder.timebase import Timebase, iso
 
@@ -99,6 +99,7 @@ def _box(tmp_path, practice_keys):
     data = tmp_path / "data"
     store = Store(data)
     ident = keys.ensure_identity(data, first_start=True)
+    trust.pin(store, ident.public_key())      # as the daemon does at first start
     pub = keys.load_practice_public(practice_keys[1])
     w = Writer(store, device="dev-j", rate=RATE, codec_name="flac", aead="chacha20poly1305",
                public_key=pub, identity=ident, timebase=Timebase(RATE, time.time() - 600),

@@ -12,8 +12,8 @@ import time
 import pytest
 
 from recorder import fsutil
-from recorder.evidence.verify import device_key_for, verify_call
-from recorder.storage.store import Store
+from recorder.evidence.verify import verify_call
+from recorder.storage.store import Store, device_key_for
 
 
 def _scenario(path, duration, extra=()):
