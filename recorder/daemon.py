@@ -42,7 +42,7 @@ from recorder.ring import RingBuffer
 from recorder.service import LoopThread, ServiceThread, join_all
 from recorder.store import Store
 from recorder.timebase import Timebase, clock_synchronised
-from recorder.writer import Restamp, Writer, disk_full
+from recorder.writer import Restamp, SegmentShed, Writer, disk_full
 
 log = logging.getLogger(__name__)
 
@@ -139,9 +139,9 @@ class Daemon:
                              retention_s=cfg.retention.days * 86400)
         self.writer.on_disk_full = self._on_disk_full
         self.writer.make_room = self._make_room
-        self.writer.on_dropped = lambda job: audit.record(
-            self.data_dir, "segment_dropped", call=job.call_id, seq=job.seq,
-            reason="disk full")
+        self.writer.on_dropped = lambda job: self._audit_quietly(
+            "segment_dropped", call=job.call_id, seq=job.seq,
+            reason="writer queue full" if isinstance(job, SegmentShed) else "disk full")
         n = self._recover_making_room()
         if n:
             log.warning("recovered %d call(s) left open by a crash or power cut", n)
