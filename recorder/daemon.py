@@ -392,7 +392,11 @@ class Daemon:
                            "journal_records": self.writer.journal.records,
                            "journal_bytes": self.writer.journal.bytes,
                            "journal_syncs": self.writer.journal.syncs,
-                           "journal_skipped": self.writer.journal_skipped},
+                           "journal_skipped": self.writer.journal_skipped,
+                           # segments lost to a full disk: given up after retries, or
+                           # shed because the writer's queue was over its audio budget
+                           "dropped_segments": self.writer.dropped_segments,
+                           "shed_segments": self.writer.shed_segments},
                 "sync": getattr(self, "sync_status", lambda: None)()}
 
     def _alarm_inputs(self, st: dict) -> alarm_rules.Inputs:
