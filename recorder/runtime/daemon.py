@@ -33,6 +33,7 @@ from hw.gpio import Board
 from hw.pins import PinMap
 from recorder import __version__
 from recorder.calls.announce import Announcer, load_clip, tone_clip
+from recorder.calls.jobs import SegmentShed
 from recorder.calls.processor import DtmfStream, LineSettings, Processor
 from recorder.capture.ring import RingBuffer
 from recorder.capture.streams import CaptureLoop, PlaybackLoop
@@ -147,9 +148,9 @@ class Daemon:
                              retention_s=cfg.retention.days * 86400)
         self.writer.on_disk_full = self._on_disk_full
         self.writer.make_room = self._make_room
-        self.writer.on_dropped = lambda job: audit.record(
-            self.data_dir, "segment_dropped", call=job.call_id, seq=job.seq,
-            reason="disk full")
+        self.writer.on_dropped = lambda job: self._audit_quietly(
+            "segment_dropped", call=job.call_id, seq=job.seq,
+            reason="writer queue full" if isinstance(job, SegmentShed) else "disk full")
         if self._build_services is not None:
             self.services = self._build_services(ServiceContext(
                 cfg=cfg, store=self.store, data_dir=self.data_dir, device=self.device,
@@ -337,7 +338,11 @@ class Daemon:
                            "journal_records": self.writer.journal.records,
                            "journal_bytes": self.writer.journal.bytes,
                            "journal_syncs": self.writer.journal.syncs,
-                           "journal_skipped": self.writer.journal_skipped},
+                           "journal_skipped": self.writer.journal_skipped,
+                           # segments lost to a full disk: given up after retries, or
+                           # shed because the writer's queue was over its audio budget
+                           "dropped_segments": self.writer.dropped_segments,
+                           "shed_segments": self.writer.shed_segments},
                 "sync": self.services.sync_status() if self.services else None}
 
     def _alarm_inputs(self, st: dict) -> alarm_rules.Inputs:

@@ -254,7 +254,7 @@ class Writer:
                 if isinstance(job, WriteSegment) and attempt >= DISK_FULL_RETRIES:
                     self.stalled = False
                     self._drop(job.call_id, job.seq, int(job.first_sample), len(job.pcm))
-                    self.on_dropped(job)
+                    self._report_dropped(job)
                     return
                 self.stalled = True
             try:
@@ -264,8 +264,18 @@ class Writer:
             if self.abort.wait(delay):
                 # Shutdown gave up: run() drops the rest, and recovery finishes the call.
                 self.stalled = False
+                self.abandoned_jobs += 1
                 return
             delay = min(delay * 2, 5.0)
+
+    def _report_dropped(self, job) -> None:
+        """Tell the daemon (it audits it). Never raises: on the full disk that dropped
+        the segment, the audit write can fail too, and that must neither kill the writer
+        nor make the drop be counted twice by a retry."""
+        try:
+            self.on_dropped(job)
+        except Exception:
+            log.exception("call %s: dropped segment %d not reported", job.call_id, job.seq)
 
     def _drop(self, call_id: str, seq: int, first_sample: int, samples: int) -> None:
         """A segment that will never be stored: a gap in its call (the manifest lists
@@ -282,7 +292,7 @@ class Writer:
             self._segment(job)
         elif isinstance(job, SegmentShed):
             self._drop(job.call_id, job.seq, job.first_sample, job.samples)
-            self.on_dropped(job)
+            self._report_dropped(job)
         elif isinstance(job, JournalAppend):
             self._journal(job)
         elif isinstance(job, OpenCall):
