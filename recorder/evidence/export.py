@@ -10,6 +10,7 @@ no trusted identity key (:mod:`recorder.evidence.trust`) an otherwise intact cal
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from pathlib import Path
@@ -94,13 +95,15 @@ def export_json(body: dict, start_time: float | None, status: str, detail: str) 
 
 def write_call(out_dir: Path, call_id: str, pcm: np.ndarray | None, rate: int,
                meta: dict) -> None:
-    """Write ``<call_id>.wav`` (unless ``pcm`` is None) and ``<call_id>.json``."""
+    """Write ``<call_id>.wav`` (unless ``pcm`` is None) and ``<call_id>.json``, both mode
+    0600: they are a patient's call in clear, readable by the person who exported them
+    and nobody else on that machine. Written whole (temp, fsync, rename)."""
     if pcm is not None:
-        tmp = out_dir / f".{call_id}.wav.part"
-        sf.write(str(tmp), pcm, rate, format="WAV", subtype="PCM_16")
-        tmp.replace(out_dir / f"{call_id}.wav")
+        wav = io.BytesIO()
+        sf.write(wav, pcm, rate, format="WAV", subtype="PCM_16")
+        atomic_write(out_dir / f"{call_id}.wav", wav.getvalue(), mode=0o600)
     atomic_write(out_dir / f"{call_id}.json",
-                 (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode(), mode=0o640)
+                 (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode(), mode=0o600)
 
 
 def _blobs(store, row):

@@ -326,3 +326,18 @@ def test_audit_log_after_a_torn_last_line_and_through_a_small_window(tmp_path):
     got = audit.tail(tmp_path, nbytes=size - 10)          # cuts the first line
     assert [x["detail"].get("n") for x in got] == [1, 2, 3, 4, 5]
     assert audit.tail(tmp_path / "nowhere") == []
+
+
+def test_exported_files_are_private(sim):
+    """An export is a patient's call in clear: WAV and JSON are mode 0600 (issue 15)."""
+    import stat
+    sim.run([{"at": 0.0, "line": 0, "type": "tone", "hz": 800, "duration": 6},
+             {"at": 1.0, "line": 0, "type": "offhook"},
+             {"at": 4.0, "line": 0, "type": "onhook"}], duration=6)
+    out = sim.tmp / "private"
+    calls, failures = sim.export(out)
+    assert calls and failures == 0
+    files = sorted(out.iterdir())
+    assert {p.suffix for p in files} == {".wav", ".json"}
+    for p in files:
+        assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
