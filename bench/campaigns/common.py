@@ -300,6 +300,13 @@ def unacked(data: Path) -> int:
         s.close()
 
 
+def _segment_blobs(objects_path: str, device: str) -> list[str]:
+    """Every segment blob the upstream's object store holds for ``device`` (keys)."""
+    from sync.upstream.objectstore import open_objects
+    return [k for k, _t in open_objects(objects_path).walk(f"seg/{device}")
+            if not k.rsplit("/", 1)[-1].startswith(".")]
+
+
 def compare_upstream(rig: SyncRig, data: Path) -> dict:
     """Box segments and manifests vs upstream rows: lost, duplicated, mismatched."""
     from recorder.storage.store import Store
@@ -321,13 +328,25 @@ def compare_upstream(rig: SyncRig, data: Path) -> dict:
         if k in up_segs:
             dup += 1
         up_segs[k] = getattr(r, "sha256", None)
+    # The rows cannot hold a duplicate (a unique index forbids it), so count the object
+    # store's files too: two blobs for one (call, seq) is a segment stored twice.
+    blobs: dict = {}
+    for key in _segment_blobs(rig.upstream_raw()["objects"]["path"], rig.device):
+        call, _, name = key.rpartition("/")
+        seq = name.split(".", 1)[0]
+        if seq.isdigit():
+            blobs.setdefault((call.rpartition("/")[2], int(seq)), []).append(key)
+    dup += sum(len(v) - 1 for v in blobs.values())
+    lost_blobs = [k for k in up_segs if k not in blobs]
     lost = [k for k in box_segs if k not in up_segs]
     mism = [k for k, v in box_segs.items() if k in up_segs and up_segs[k] not in (None, v)]
     extra = [k for k in up_segs if k not in box_segs]
     up_calls = {r.call: r for r in UCall.select().where(UCall.device == rig.device)}
     man_lost = [c for c in box_mans if c not in up_calls or not up_calls[c].manifest_key]
     problems = Problem.select().where(Problem.device == rig.device).count()
+    lost += [k for k in lost_blobs if k in box_segs and k not in lost]   # row, no blob
     return {"box_segments": len(box_segs), "upstream_segments": len(up_segs),
+            "upstream_blobs": sum(len(v) for v in blobs.values()),
             "lost": lost, "duplicated": dup, "mismatched": mism, "extra_upstream": extra,
             "manifests": len(box_mans), "manifests_lost": man_lost, "problems": problems}
 

@@ -552,9 +552,16 @@ def mqtt_attacks(work: Path) -> dict:
                 out["failures"].append(f"rogue-CA client published to {topic}")
         # 2. another device's genuine certificate, forging acks and commands for dev-a
         ing = client(pki.ingest, "fuzz-observer")
-        ing.on_message = lambda _c, _u, m: reports.append(json.loads(m.payload))
+        delivered: list[str] = []       # what the broker passed on to a reader with rights
+
+        def on_message(_c, _u, m):
+            if m.topic.endswith("/report"):
+                reports.append(json.loads(m.payload))
+            else:
+                delivered.append(m.topic)
+        ing.on_message = on_message
         ing.connect("127.0.0.1", broker.port, 5)
-        ing.subscribe("linetap/+/dev-a/report", qos=1)
+        ing.subscribe([("linetap/+/dev-a/report", 1), ("linetap/+/dev-a/ack", 1)])
         ing.loop_start()
         other = client(pki.devices["dev-b"], "dev-b")
         other.connect("127.0.0.1", broker.port, 5)
@@ -566,10 +573,18 @@ def mqtt_attacks(work: Path) -> dict:
             other.publish(f"linetap/site1/dev-a/{topic}", payload, qos=1).wait_for_publish(5)
         time.sleep(2.0)
         applied = [e for e in audit.read(box.data_dir) if e.get("action") == "command_applied"]
+        # Passed only if the broker refused both: the forged ack never reached a
+        # subscriber that may read it (the ingest's certificate), and the forged command
+        # never reached the box (nothing applied, nothing reported).
         if applied or len(reports) != n_before:
             out["failures"].append("a command published with dev-b's certificate reached dev-a")
         else:
-            out["rejected"] += 2                # the ACL dropped both
+            out["rejected"] += 1
+        if delivered:
+            out["failures"].append(f"the broker delivered a forged {delivered[0]} from "
+                                   "dev-b's certificate")
+        else:
+            out["rejected"] += 1
         other.loop_stop()
         other.disconnect()
         # 3. forged (bad signature, other device, expired, unknown kind) and replayed
