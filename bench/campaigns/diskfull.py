@@ -18,7 +18,6 @@ with all its segments verifies.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench.campaigns import common
+from tests.support.disk import fill_to_last_byte
 
 
 class LogTrap(logging.Handler):
@@ -217,20 +217,7 @@ class Campaign:
 
     @staticmethod
     def _top_up(ballast: Path) -> None:
-        fd = os.open(ballast, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            block = b"\0" * 65536
-            while True:
-                try:
-                    os.write(fd, block)
-                except OSError as exc:
-                    if exc.errno != errno.ENOSPC:
-                        raise
-                    if len(block) == 1:
-                        break
-                    block = block[:len(block) // 2]
-        finally:
-            os.close(fd)
+        fill_to_last_byte(ballast)
 
     def unfill(self) -> None:
         (self.mnt / "ballast").unlink(missing_ok=True)

@@ -20,7 +20,6 @@ on a disk that stays full; ``test_diskfull_reserve.py`` tests the reserve itself
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import subprocess
@@ -31,6 +30,7 @@ import numpy as np
 import pytest
 
 from tests.reliability.campaign import need_root
+from tests.support.disk import fill_to_last_byte
 from tests.support.sim import tone, write_wav
 
 RATE = 8000
@@ -60,20 +60,7 @@ class Disk:
         return shutil.disk_usage(self.mnt).free
 
     def fill(self) -> None:
-        fd = os.open(self.ballast, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            block = b"\0" * 65536
-            while True:
-                try:
-                    os.write(fd, block)
-                except OSError as exc:
-                    if exc.errno != errno.ENOSPC:
-                        raise
-                    if len(block) == 1:
-                        break
-                    block = block[:len(block) // 2]
-        finally:
-            os.close(fd)
+        fill_to_last_byte(self.ballast)
 
     def unfill(self) -> None:
         self.ballast.unlink(missing_ok=True)
