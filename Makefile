@@ -9,11 +9,12 @@ STAMP := $(VENV)/.linetap-installed
 SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PKGS := python3 python3-venv python3-dev gcc libasound2-dev alsa-utils libsndfile1 \
 	mosquitto mosquitto-clients openssl postgresql device-tree-compiler shellcheck \
-	multimon-ng espeak-ng sox iproute2 systemd
+	multimon-ng espeak-ng sox iproute2 systemd \
+	nodejs npm chromium
 PYTEST_ARGS ?=
 QUICK ?=
 
-.PHONY: all demo test setup apt lint bench clean campaign-powercut campaign-diskfull \
+.PHONY: all demo portal test setup apt lint bench clean campaign-powercut campaign-diskfull \
 	campaign-network campaign-fuzz campaign-clock
 
 all: test
@@ -31,13 +32,25 @@ $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory apt
 	[ -x $(PY) ] || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e . pytest hypothesis ruff psycopg2-binary pytest-timeout
+	$(PY) -m pip install -q -e '.[portal]' pytest hypothesis ruff psycopg2-binary pytest-timeout \
+	  playwright
 	touch $@
 
-setup: apt $(STAMP)
+# The portal's browser libraries (HPKE), exactly as locked; served as ES modules.
+NODE_MODULES := sync/portal/node_modules/.package-lock.json
+$(NODE_MODULES): sync/portal/package-lock.json
+	@$(MAKE) --no-print-directory apt
+	npm ci --prefix sync/portal --no-audit --no-fund --loglevel=error
+
+setup: apt $(STAMP) $(NODE_MODULES)
 
 demo: setup
 	$(PY) -m recorder.demo --out demo-out
+
+# Serve the portal on the demo's upstream (run `make demo` first).
+portal: setup
+	@[ -f demo-out/upstream/upstream.toml ] || { echo "run 'make demo' first"; exit 2; }
+	$(PY) -m recorder.cli portal --config demo-out/upstream/upstream.toml --bind 127.0.0.1:8080
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider --timeout=600 $(PYTEST_ARGS)

@@ -30,6 +30,7 @@ DELEGATED = {
     "ingest": ("sync.ingest:cli_main", "run an upstream ingest worker"),
     "upstream": ("sync.upstream_cli:cli_main",
                  "upstream store: calls, export, delete, hold, expiring, problems, audit"),
+    "portal": ("sync.portal.cli:cli_main", "serve the practice portal; manage its users"),
 }
 
 
