@@ -146,6 +146,9 @@ def env(tmp_path_factory):
     e.users = add_users()
     e.enc_key = encrypted_copy(e.priv, tmp / "practice-enc.key", PASSPHRASE)
     e.server = Server(e.ucfg)
+    from sync.portal.security import RateLimit
+    # Every test signs in from 127.0.0.1: only the rate-limit test keeps the real limit.
+    e.server.app.state.limit = RateLimit(n=10000)
     e.url = e.server.url
     yield e
     e.server.stop()
