@@ -29,6 +29,8 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from recorder.errors import LinetapError
+from sync.portal.decisions import PDecision, PSite, site_settings
+from sync.portal.decisions import _tables as _decision_tables
 from sync.upstream_store import Base, db
 
 ROLES = ("manager", "staff", "auditor", "operator")
@@ -78,42 +80,13 @@ class PSession(Base):
         table_name = "portal_session"
 
 
-class PSite(Base):
-    """Per-practice portal settings."""
-
-    site = pw.CharField(primary_key=True)
-    require_totp = pw.BooleanField(default=False)
-    deletion = pw.CharField(default="auto")          # auto | approval
-    remind_days = pw.DoubleField(default=7.0)        # reminder this long before a deadline
-    escalate_days = pw.DoubleField(default=14.0)     # unapproved this long past: escalate
-
-    class Meta:
-        table_name = "portal_site"
-
-
-class PDecision(Base):
-    """A manager's appraisal of one call: ``keep`` (new deadline, reason) or
-    ``approve`` (may be deleted at its deadline under approval-only deletion)."""
-
-    device = pw.CharField()
-    call = pw.CharField()
-    site = pw.CharField(index=True)
-    kind = pw.CharField()                 # keep | approve
-    reason = pw.TextField()
-    until = pw.DoubleField(null=True)     # keep: the new deadline (epoch s)
-    user = pw.CharField()
-    time = pw.DoubleField(default=time.time)
-
-    class Meta:
-        table_name = "portal_decision"
-        indexes = ((("device", "call"), True),)
-
-
 MODELS = [PUser, PSession, PSite, PDecision]
+__all__ = ["PDecision", "PSite", "site_settings"]
 
 
 def init_tables() -> None:
     db.obj.create_tables(MODELS, safe=True)
+    _decision_tables()
 
 
 def can(role: str, perm: str) -> bool:
@@ -167,11 +140,6 @@ def reset(name: str, password: str | None = None, *, totp: bool | None = None) -
     PUser.update(**fields).where(PUser.id == u.id).execute()
     PSession.delete().where(PSession.user == u.id).execute()
     return get_user(name)
-
-
-def site_settings(site: str) -> PSite:
-    s, _ = PSite.get_or_create(site=site)
-    return s
 
 
 def totp_uri(u: PUser) -> str:

@@ -27,7 +27,7 @@ from recorder.keys import raw_public
 from recorder.timebase import iso, parse_iso
 from sync import upstream_ops
 from sync.objectstore import open_objects
-from sync.portal import accounts
+from sync.portal import accounts, decisions
 from sync.portal.accounts import PDecision
 from sync.portal.security import MASKED
 from sync.upstream_store import UAudit, UCall, USegment, audit
@@ -315,6 +315,7 @@ def keep(request, u, body):
                              & (PDecision.call == r.call)).execute()
     PDecision.create(device=r.device, call=r.call, site=u.site, kind="keep",
                      reason=reason[:500], until=until, user=u.name)
+    decisions.apply_keeps()
     audit("portal_keep", user=u.name, site=u.site, device=r.device, call=r.call,
           reason=reason[:500], until=iso(until))
     return JSONResponse({"ok": True})
