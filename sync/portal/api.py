@@ -9,6 +9,7 @@ the browser performs on opened data (search, play, download, export) are reporte
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import secrets
@@ -30,7 +31,7 @@ from sync.objectstore import open_objects
 from sync.portal import accounts, decisions
 from sync.portal.accounts import PDecision
 from sync.portal.security import MASKED
-from sync.upstream_store import UAudit, UCall, USegment, audit
+from sync.upstream_store import UAudit, UCall, USegment, audit, db
 
 MAX_PAGE = 5000              # manifests per bundle request
 EVENTS = {"search", "play", "download", "export", "subject_access_export", "bulk_export",
@@ -42,9 +43,10 @@ def error(status: int, detail: str) -> JSONResponse:
     return JSONResponse({"error": detail}, status_code=status)
 
 
-def guard(perm: str):
+def guard(perm: str, raw: bool = False):
     """Endpoint decorator: a live session (401), the role's permission (403) and, for
-    anything but GET, the session's CSRF token in ``X-CSRF-Token`` (403)."""
+    anything but GET, the session's CSRF token in ``X-CSRF-Token`` (403). The body is
+    parsed as a JSON object, or handed over as bytes with ``raw``."""
     def deco(fn):
         @functools.wraps(fn)
         async def wrapper(request: Request):
@@ -59,13 +61,16 @@ def guard(perm: str):
                 tok = request.headers.get("x-csrf-token", "")
                 if not tok or not secrets.compare_digest(tok, s.csrf):
                     return error(403, "missing or wrong CSRF token")
-                raw = await request.body()
-                try:
-                    body = json.loads(raw or b"{}")
-                except ValueError:
-                    return error(400, "body is not JSON")
-                if not isinstance(body, dict):
-                    return error(400, "body is not a JSON object")
+                data = await request.body()
+                if raw:
+                    body = data
+                else:
+                    try:
+                        body = json.loads(data or b"{}")
+                    except ValueError:
+                        return error(400, "body is not JSON")
+                    if not isinstance(body, dict):
+                        return error(400, "body is not a JSON object")
             try:
                 return await run_in_threadpool(fn, request, u, body)
             except HTTPException as exc:
@@ -128,9 +133,26 @@ def _time_arg(v: str | None, name: str) -> float | None:
         raise HTTPException(400, f"{name}: not an ISO 8601 date") from exc
 
 
+_EPOCH = dt.datetime(1970, 1, 1)
+
+
+def _iso_fast(t: float | None) -> str | None:
+    """:func:`recorder.timebase.iso` (ms, Z), without building an aware datetime."""
+    if t is None:
+        return None
+    return (_EPOCH + dt.timedelta(seconds=t)).isoformat(timespec="milliseconds") + "Z"
+
+
 @guard("list")
 def calls(request, u, _body):
-    q = UCall.select().where((UCall.site == u.site) & (UCall.state == "live"))
+    """The site's live calls, newest first: metadata only. Built from plain tuples (no
+    model objects): the list is the one request every page load makes."""
+    q = (UCall.select(UCall.device, UCall.call, UCall.start_time, UCall.deadline,
+                      UCall.legal_hold, UCall.manifest_key.is_null(False),
+                      (pw.fn.json_array_length(UCall.expected)
+                       if isinstance(UCall._meta.database.obj, pw.SqliteDatabase)
+                       else pw.fn.json_array_length(UCall.expected.cast("json"))).coerce(False))
+         .where((UCall.site == u.site) & (UCall.state == "live")))
     a = _time_arg(request.query_params.get("from"), "from")
     b = _time_arg(request.query_params.get("to"), "to")
     if a is not None:
@@ -139,9 +161,21 @@ def calls(request, u, _body):
         q = q.where(UCall.start_time < b + (86400 if "T" not in
                                             request.query_params["to"] else 0))
     counts, decs = _seg_counts(u.site), _decisions(u.site)
-    rows = [_summary(r, counts.get((r.device, r.call), 0), decs.get((r.device, r.call)))
-            for r in q.order_by(UCall.start_time.desc(), UCall.device, UCall.call)]
-    return JSONResponse({"site": u.site, "role": u.role, "calls": rows})
+    rows = []
+    sql, params = q.order_by(UCall.start_time.desc(), UCall.device, UCall.call).sql()
+    # A raw cursor: peewee's per-column converters were most of this request's time.
+    for dev, call, start, deadline, hold, has_man, exp in db.obj.execute_sql(sql, params):
+        have = counts.get((dev, call), 0)
+        dec = decs.get((dev, call))
+        row = {"device": dev, "call": call, "start": _iso_fast(start),
+               "deadline": _iso_fast(deadline), "hold": bool(hold), "segments": have,
+               "expected": exp, "complete": bool(has_man) and exp is not None and have >= exp}
+        if dec is not None:
+            row["decision"] = {"kind": dec.kind, "reason": dec.reason, "until": iso(dec.until),
+                               "user": dec.user, "time": iso(dec.time)}
+        rows.append(row)
+    return Response(json.dumps({"site": u.site, "role": u.role, "calls": rows},
+                               separators=(",", ":")), media_type="application/json")
 
 
 @guard("open")
@@ -173,6 +207,66 @@ def manifests(request, u, _body):
         n += 1
     return Response(b"".join(parts), media_type="application/octet-stream",
                     headers={"x-count": str(n)})
+
+
+def _bundle(objects, rows) -> tuple[bytes, int]:
+    parts, n = [], 0
+    for dev, call, key in rows:
+        try:
+            blob = objects.get(key)
+        except LinetapError:
+            continue
+        ident = f"{dev}/{call}".encode()
+        parts += [struct.pack(">H", len(ident)), ident, struct.pack(">I", len(blob)), blob]
+        n += 1
+    return b"".join(parts), n
+
+
+@guard("open")
+def manifests_select(request, u, body):
+    """The sealed manifests of the named calls (``{"calls": ["device/call", ...]}``),
+    for a browser whose sealed index already covers the rest."""
+    ids = body.get("calls")
+    if not isinstance(ids, list) or len(ids) > MAX_PAGE or \
+            not all(isinstance(i, str) and "/" in i for i in ids):
+        raise HTTPException(400, f"calls: a list of at most {MAX_PAGE} 'device/call' ids")
+    rows = []
+    for i in ids:
+        dev, call = i.split("/", 1)
+        r = (UCall.select(UCall.device, UCall.call, UCall.manifest_key)
+             .where((UCall.device == dev) & (UCall.call == call) & (UCall.site == u.site)
+                    & (UCall.state == "live") & UCall.manifest_key.is_null(False))
+             .tuples().first())
+        if r:
+            rows.append(r)
+    data, n = _bundle(_objects(request), rows)
+    return Response(data, media_type="application/octet-stream", headers={"x-count": str(n)})
+
+
+MAX_INDEX = 64 * 1024 * 1024      # bytes of one sealed index
+
+
+def _index_key(site: str) -> str:
+    return f"portal-index/{site}.bin"
+
+
+@guard("open")
+def index_get(request, u, _body):
+    """The site's sealed number index (opaque: only the practice key opens it)."""
+    objects = _objects(request)
+    key = _index_key(u.site)
+    if not objects.exists(key):
+        raise HTTPException(404, "no index yet")
+    return Response(objects.get(key), media_type="application/octet-stream")
+
+
+@guard("open", raw=True)
+def index_put(request, u, body):
+    if not 28 <= len(body) <= MAX_INDEX:
+        raise HTTPException(400, f"an index is 28..{MAX_INDEX} bytes")
+    _objects(request).put(_index_key(u.site), body)
+    audit("portal_index_stored", user=u.name, site=u.site, bytes=len(body))
+    return JSONResponse({"ok": True})
 
 
 @guard("open")
@@ -257,12 +351,10 @@ def event(request, u, body):
     num = _masked(body.get("number"))
     if num:
         detail["number"] = num
-    for k in ("from", "to", "status", "matches", "files", "verdict"):
+    for k in ("from", "to", "status", "matches", "files"):
         v = body.get(k)
         if isinstance(v, (str, int, float)) and not isinstance(v, bool):
-            if isinstance(v, str) and any(ch.isdigit() for ch in v) and k == "verdict":
-                v = v[:200]
-            detail[k] = v if not isinstance(v, str) else v[:200]
+            detail[k] = v[:200] if isinstance(v, str) else v
     audit("portal_" + action, **detail)
     return JSONResponse({"ok": True})
 
@@ -418,6 +510,9 @@ def routes() -> list[Route]:
     return [
         Route("/api/calls", calls),
         Route("/api/manifests", manifests),
+        Route("/api/manifests/select", manifests_select, methods=["POST"]),
+        Route("/api/index", index_get),
+        Route("/api/index", index_put, methods=["PUT"]),
         Route("/api/devices", devices),
         Route(c, call_detail),
         Route(c + "/manifest", manifest_blob),

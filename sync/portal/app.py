@@ -22,7 +22,6 @@ from starlette.templating import Jinja2Templates
 
 from sync.portal import accounts, api
 from sync.portal.security import RateLimit, SecurityHeaders
-from sync.upstream_ops import mask_number  # noqa: F401 - re-exported for templates
 from sync.upstream_store import audit, open_db
 
 log = logging.getLogger(__name__)

@@ -76,14 +76,13 @@ class PNotice(Base):
         indexes = ((("device", "call", "kind"), True),)
 
 
-_ready: set = set()
-
-
 def _tables() -> None:
-    key = id(db.obj)
-    if key not in _ready:
-        db.obj.create_tables([PSite, PDecision, PNotice], safe=True)
-        _ready.add(key)
+    """Create the tables once per open database (marked on the database object itself:
+    an id() could be reused by the next database a process opens)."""
+    d = db.obj
+    if not getattr(d, "_linetap_portal_tables", False):
+        d.create_tables([PSite, PDecision, PNotice], safe=True)
+        d._linetap_portal_tables = True
 
 
 def site_settings(site: str) -> PSite:

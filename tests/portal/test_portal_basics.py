@@ -95,3 +95,35 @@ def test_key_open_pbes2_encrypted(env, context):
     assert "wrong passphrase" in page.locator("#key-status").inner_text()
     open_key(page, env.enc_key, PASSPHRASE)
     assert "Key open" in page.locator("#key-status").inner_text()
+
+
+def test_sealed_index_is_reused_and_a_forged_one_ignored(env, context):
+    from sync.objectstore import open_objects
+    page = context.new_page()
+    sign_in(page, env.url, "staff")
+    wait_ready(page)
+    open_key(page, env.priv)
+    objects = open_objects(env.ucfg.objects)
+    blob = objects.get("portal-index/site1.bin")
+    assert N1.encode() not in blob and b"inbound" not in blob     # sealed
+    # A fresh tab: the index comes back from the server, no manifest is opened.
+    p2 = context.new_page()
+    p2.goto(env.url + "/")
+    wait_ready(p2)
+    open_key(p2, env.priv)
+    assert f"{len(env.ids_a)} from the sealed index, 0 manifests opened" in \
+        p2.locator("#key-status").inner_text()
+    p2.get_by_label("Number", exact=True).fill(N1)
+    p2.get_by_role("button", name="Search").click()
+    p2.locator("body[data-results='2']").wait_for()
+    # An altered index fails its tag: ignored, rebuilt from the manifests, stored again.
+    bad = bytearray(blob)
+    bad[40] ^= 1
+    objects.put("portal-index/site1.bin", bytes(bad))
+    p3 = context.new_page()
+    p3.goto(env.url + "/")
+    wait_ready(p3)
+    open_key(p3, env.priv)
+    assert f"0 from the sealed index, {len(env.ids_a)} manifests opened" in \
+        p3.locator("#key-status").inner_text()
+    assert objects.get("portal-index/site1.bin") != bytes(bad)

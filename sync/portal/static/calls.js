@@ -133,7 +133,7 @@ async function openKeyForm(ev) {
   }
   status("#key-status", "Key open; indexing calls…");
   await index.loadList();
-  await index.openAll(keyPair, (n, total) => status("#key-status", `Key open; indexed ${n} of ${total} calls…`));
+  await index.build(keyPair, index.site, (n, total) => status("#key-status", `Key open; indexed ${n} of ${total} calls…`));
   const s = ((performance.now() - t0) / 1000).toFixed(2);
   if (index.opened === 0 && index.rows.size > 0) {
     keyPair = null;
@@ -141,6 +141,7 @@ async function openKeyForm(ev) {
     return;
   }
   status("#key-status", `Key open in this browser. ${index.opened} calls indexed in ${s} s` +
+    ` (${index.fromCache} from the sealed index, ${index.fresh} manifests opened)` +
     (index.unreadable ? `; ${index.unreadable} did not open with this key.` : "."));
   document.body.dataset.keyOpen = "1";
   document.body.dataset.indexS = s;

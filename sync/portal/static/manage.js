@@ -56,8 +56,8 @@ function keep(c) {
     const reason = $("#keep-reason").value || $("#keep-other").value.trim();
     try {
       await post(`/api/call/${encodeURIComponent(c.device)}/${encodeURIComponent(c.call)}/keep`, { reason, until: $("#keep-until").value });
-      say("#queue-status", `Kept ${c.call}: ${reason}.`);
       await load();
+      say("#queue-status", `Kept ${c.call}: ${reason}.`);
     } catch (e) { say("#queue-status", `Not kept: ${e.message}`, true); }
   }, { once: true });
   d.showModal();
@@ -69,8 +69,8 @@ async function approve(ev) {
   if (!sel.length) { say("#queue-status", "Select the calls to approve.", true); return; }
   try {
     const j = await post("/api/approve", { reason: $("#approve-reason").value, calls: sel.map((c) => ({ device: c.device, call: c.call })) });
-    say("#queue-status", `${j.approved} call(s) approved for deletion at their deadline.`);
     await load();
+    say("#queue-status", `${j.approved} call(s) approved for deletion at their deadline.`);
   } catch (e) { say("#queue-status", `Not approved: ${e.message}`, true); }
 }
 
