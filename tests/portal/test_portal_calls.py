@@ -283,3 +283,29 @@ def test_audit_entries(env, context):
     users = {r.split("\t")[2] for r in t2.splitlines()[1:]}
     assert users <= {"other", ""}, users
     other.close()
+
+
+def test_bulk_export_is_split_into_zips_at_tablet_width(env, browser, cli_export):
+    ctx = browser.new_context(viewport={"width": 820, "height": 1180}, accept_downloads=True)
+    try:
+        page = _signed_in_with_key(ctx, env, "manager")
+        # One 30 s call's WAV is 480 KB: a 600 KB limit makes one ZIP per call.
+        page.locator("#bulk").evaluate("b => b.dataset.maxBytes = '600000'")
+        n = page.locator("#calls tbody tr").count()
+        got = _downloads(page, n, page.get_by_role("button", name="Export everything").click)
+        assert sorted(got) == [f"linetap-export-part-{k:03d}.zip" for k in range(1, n + 1)]
+        calls = set()
+        for data in got.values():
+            z = zipfile.ZipFile(io.BytesIO(data))
+            wavs = [x for x in z.namelist() if x.endswith(".wav")]
+            assert len(wavs) == 1 and "verification-report.txt" in z.namelist()
+            calls.add(wavs[0][:-4])
+            if wavs[0][:-4] in (env.ids_a[0], env.ids_a[2]):
+                assert z.read(wavs[0]) == (cli_export / wavs[0]).read_bytes()
+        assert calls == {page.locator("#calls tbody tr").nth(i).get_attribute("data-call")
+                         for i in range(n)}
+        a = UAudit.select().where(UAudit.action == "portal_bulk_export") \
+            .order_by(UAudit.seq.desc()).first()
+        assert a.detail["files"] == n
+    finally:
+        ctx.close()
