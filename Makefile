@@ -10,7 +10,7 @@ SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PKGS := python3 python3-venv python3-dev gcc libasound2-dev alsa-utils libsndfile1 \
 	mosquitto mosquitto-clients openssl postgresql device-tree-compiler shellcheck \
 	multimon-ng espeak-ng sox iproute2 systemd \
-	nodejs npm chromium
+	nodejs chromium
 PYTEST_ARGS ?=
 QUICK ?=
 
@@ -38,8 +38,12 @@ $(STAMP): pyproject.toml
 
 # The portal's browser libraries (HPKE), exactly as locked; served as ES modules.
 NODE_MODULES := sync/portal/node_modules/.package-lock.json
+# npm comes with some nodejs builds (NodeSource's) and is a Debian package of its own
+# with others: install it only when the command is missing.
 $(NODE_MODULES): sync/portal/package-lock.json
 	@$(MAKE) --no-print-directory apt
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends npm; }
 	npm ci --prefix sync/portal --no-audit --no-fund --loglevel=error
 
 setup: apt $(STAMP) $(NODE_MODULES)
@@ -64,6 +68,7 @@ bench: setup
 	$(PY) bench/evidence.py
 	$(PY) bench/dsp.py
 	[ ! -f bench/sync.py ] || $(PY) bench/sync.py
+	$(PY) bench/portal.py
 
 campaign-powercut campaign-diskfull campaign-network campaign-clock: setup
 	$(PY) bench/campaigns/$(subst campaign-,,$@).py $(if $(QUICK),--quick)

@@ -84,7 +84,8 @@ def synthetic(n: int, ident, pub, objects, rng) -> list[dict]:
                   "chain_head": chain_of(DEVICE, call, [bytes.fromhex(s["sha256"])
                                                         for s in segs]).hex()}
         inbound = k % 3 != 0
-        num = NUMBER if k % 997 == 0 else f"0163296{rng.integers(0, 10**4):04d}"
+        other = int(rng.integers(1000, 10**4))      # never 0999: NUMBER is searched for
+        num = NUMBER if k % 997 == 0 else f"0163296{other:04d}"
         body = {"call_id": call, "device": DEVICE, "line": k % 2,
                 "direction": "inbound" if inbound else "outbound", "start": iso(start),
                 "offhook": iso(start + 0.5), "end": iso(start + 180), "duration_s": 179.5,
