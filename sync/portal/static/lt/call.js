@@ -34,7 +34,7 @@ export async function verifyCall(device, call, keyPair, { fetchSegments = true }
     const expected = (header.segments || []).map((s) => ({ seq: s.seq, sha256: s.sha256, size: s.size }));
     problems.push(...await diagnose(expected, blobs));
   }
-  const body = await openManifest(mdata, keyPair);
+  const body = await openManifest(mdata, keyPair, true);
   return { detail, header, body, problems, status: problems.length ? "failed" : "verified", blobs };
 }
 

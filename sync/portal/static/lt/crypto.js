@@ -4,11 +4,30 @@
 // export made here carries the same integrity detail as `linetap export`.
 import { Aes128Gcm, CipherSuite, DhkemX25519HkdfSha256, HkdfSha256 } from "/vendor/@hpke/core/esm/mod.js";
 import { Chacha20Poly1305 } from "/vendor/@hpke/chacha20poly1305/esm/mod.js";
+import { hmac, sha256 as nobleSha256 } from "/vendor/@hpke/common/esm/mod.js";
 import { concat, dec, enc, hex, KIND_MANIFEST, KIND_SEGMENT, parseFile, parseRaw, unhex } from "./format.js";
 
 const INFO = enc.encode("linetap-v1");
 const KEY_INFO = enc.encode("linetap-v1 content-key");
 const suites = new Map();
+
+// @hpke/core's HKDF calls WebCrypto HMAC seven times per open (an importKey and a sign
+// each, every one a round trip to WebCrypto's thread): most of an open's time. The
+// same HKDF code runs on this stand-in, whose HMAC is the noble-hashes HMAC-SHA256
+// that @hpke/common ships; every other operation goes to WebCrypto unchanged.
+const JS_HMAC = {
+  async importKey(format, data, alg, extractable, usages) {
+    if (format === "raw" && alg && alg.name === "HMAC" && alg.hash === "SHA-256") {
+      return { jsHmacKey: new Uint8Array(data.slice(0)) };
+    }
+    return crypto.subtle.importKey(format, data, alg, extractable, usages);
+  },
+  async sign(alg, key, data) {
+    if (key && key.jsHmacKey) return hmac(nobleSha256, key.jsHmacKey, new Uint8Array(data)).slice().buffer;
+    return crypto.subtle.sign(alg, key, data);
+  },
+  deriveBits: (alg, key, bits) => crypto.subtle.deriveBits(alg, key, bits),
+};
 
 function suite(ids) {
   if (!ids || ids.kem !== 0x20 || ids.kdf !== 1 || (ids.aead !== 3 && ids.aead !== 1)) {
@@ -16,7 +35,11 @@ function suite(ids) {
   }
   if (!suites.has(ids.aead)) {
     const aead = ids.aead === 3 ? new Chacha20Poly1305() : new Aes128Gcm();
-    suites.set(ids.aead, { hpke: new CipherSuite({ kem: new DhkemX25519HkdfSha256(), kdf: new HkdfSha256(), aead }), aead });
+    const kem = new DhkemX25519HkdfSha256();
+    const kdf = new HkdfSha256();
+    kdf._api = JS_HMAC;          // _setup() keeps an _api already set
+    kem._kdf._api = JS_HMAC;
+    suites.set(ids.aead, { hpke: new CipherSuite({ kem, kdf, aead }), aead });
   }
   return suites.get(ids.aead);
 }
@@ -42,11 +65,14 @@ export async function openPayload(p, keyPair) {
   }
 }
 
-/** The sealed metadata of a manifest file (numbers kept as literals), or null. */
-export async function openManifest(bytes, keyPair) {
+/** The sealed metadata of a manifest file, or null. ``raw``: numbers kept as their
+ * literals (RawNumber), for an export that must match Python's bytes; otherwise the
+ * browser's own (much faster) JSON.parse. */
+export async function openManifest(bytes, keyPair, raw = false) {
   try {
     const p = parseFile(bytes);
-    return parseRaw(dec.decode(await openPayload(p, keyPair)));
+    const text = dec.decode(await openPayload(p, keyPair));
+    return raw ? parseRaw(text) : JSON.parse(text);
   } catch { return null; }
 }
 
