@@ -85,6 +85,7 @@ def test_approval_only_deletion_reminds_escalates_and_never_keeps_for_ever(env):
 
 
 def test_required_totp_refuses_a_user_without_one(env, context):
+    accounts.site_settings("site1")
     PSite.update(require_totp=True).where(PSite.site == "site1").execute()
     try:
         page = context.new_page()
