@@ -9,13 +9,15 @@ STAMP := $(VENV)/.linetap-installed
 SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PKGS := python3 python3-venv python3-dev gcc libasound2-dev alsa-utils libsndfile1 \
 	mosquitto mosquitto-clients openssl postgresql device-tree-compiler shellcheck \
-	multimon-ng espeak-ng sox iproute2 systemd
+	multimon-ng espeak-ng sox iproute2 systemd \
+	nodejs chromium
 PYTEST_ARGS ?=
 QUICK ?=
 N ?= 10
 
-.PHONY: all demo test test-fast lint-imports setup apt lint bench clean campaign-powercut \
-	campaign-diskfull campaign-network campaign-fuzz campaign-clock campaign-sweep
+.PHONY: all demo portal test test-fast lint-imports setup apt lint bench clean \
+	campaign-powercut campaign-diskfull campaign-network campaign-fuzz campaign-clock \
+	campaign-sweep
 
 all: test
 
@@ -32,14 +34,29 @@ $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory apt
 	[ -x $(PY) ] || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e . pytest hypothesis ruff psycopg2-binary pytest-timeout \
-	  import-linter aiosmtpd
+	$(PY) -m pip install -q -e '.[portal]' pytest hypothesis ruff psycopg2-binary \
+	  pytest-timeout import-linter aiosmtpd playwright
 	touch $@
 
-setup: apt $(STAMP)
+# The portal's browser libraries (HPKE), exactly as locked; served as ES modules.
+NODE_MODULES := sync/upstream/portal/node_modules/.package-lock.json
+# npm comes with some nodejs builds (NodeSource's) and is a Debian package of its own
+# with others: install it only when the command is missing.
+$(NODE_MODULES): sync/upstream/portal/package-lock.json
+	@$(MAKE) --no-print-directory apt
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends npm; }
+	npm ci --prefix sync/upstream/portal --no-audit --no-fund --loglevel=error
+
+setup: apt $(STAMP) $(NODE_MODULES)
 
 demo: setup
 	$(PY) -m recorder.cli.demo --out demo-out
+
+# Serve the portal on the demo's upstream (run `make demo` first).
+portal: setup
+	@[ -f demo-out/upstream/upstream.toml ] || { echo "run 'make demo' first"; exit 2; }
+	$(PY) -m recorder.cli portal --config demo-out/upstream/upstream.toml --bind 127.0.0.1:8080
 
 # lint-imports checks the one-way import rules in .importlinter before any test runs.
 test: setup lint-imports
@@ -62,6 +79,7 @@ bench: setup
 	$(PY) -m bench.evidence
 	$(PY) -m bench.dsp
 	$(PY) -m bench.sync
+	$(PY) -m bench.portal
 
 campaign-powercut campaign-diskfull campaign-network campaign-clock: setup
 	$(PY) -m bench.campaigns.$(subst campaign-,,$@) $(if $(QUICK),--quick)

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from recorder.cli import demo_upstream
+
 RATE = 8000
 
 LINES = {
@@ -189,6 +191,13 @@ def main(argv=None) -> int:
               f"{meta.get('integrity', {}).get('status', '-'):<9}")
     print(f"\nWAV and JSON for each call are in {out / 'export'}/ ; the box's encrypted "
           f"store is in {data}/")
+    print("4. syncing the box to the upstream (mosquitto, mutual TLS, one ingest worker)")
+    up = demo_upstream.run(out, data)
+    print(f"   {up['calls']} calls stored upstream; config {up['config']}")
+    print(f"\nNext: make portal   (then open http://127.0.0.1:8080/)\n"
+          f"   username: {up['manager']}   password: {up['password']}   "
+          f"(also in {up['password_file']})\n"
+          f"   practice key to open in the browser: {out / 'practice.key'}")
     return 1 if failures else 0
 
 

@@ -29,6 +29,7 @@ DELEGATED = {
     "ingest": ("sync.upstream.ingest:cli_main", "run an upstream ingest worker"),
     "upstream": ("sync.upstream.cli:cli_main",
                  "upstream store: calls, export, delete, hold, expiring, problems, audit"),
+    "portal": ("sync.upstream.portal.cli:cli_main", "serve the practice portal; manage its users"),
 }
 
 

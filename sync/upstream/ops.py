@@ -130,8 +130,12 @@ def expire(objects, now: float | None = None) -> int:
     for row in UCall.select().where(UCall.state == "deleting"):
         log.warning("call %s of %s: finishing a deletion cut short", row.call, row.device)
         n += delete_call(objects, row, row.delete_reason or "delete")
+    from sync.upstream.portal import decisions  # managers' appraisal (docs/portal.md)
+    decisions.remind(now)
     for row in UCall.select().where((UCall.state == "live") & (UCall.legal_hold == False)  # noqa: E712
                                     & (UCall.deadline <= now)):
+        if decisions.waiting(row, now):
+            continue
         try:
             n += delete_call(objects, row, "retention_expiry")
         except CommandRejected:
@@ -169,6 +173,8 @@ def refresh_deadlines(ucfg) -> None:
     for site in ucfg.sites.values():
         UCall.update(deadline=UCall.start_time + site.retention_days * 86400).where(
             (UCall.site == site.name) & UCall.start_time.is_null(False)).execute()
+    from sync.upstream.portal import decisions
+    decisions.apply_keeps()                 # a manager's keep moves the deadline
 
 
 def queue_command(ucfg, device: str, kind: str, **args) -> str:

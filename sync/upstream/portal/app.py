@@ -1,0 +1,180 @@
+"""The portal's Starlette application: pages, sign-in, sessions and static modules.
+
+Server-rendered Jinja2 pages; the JSON and blob endpoints are in :mod:`sync.upstream.portal.api`.
+The server never handles the practice key, audio or phone numbers: the pages carry
+sealed blobs to the browser, which opens them (see docs/portal.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from sync.upstream.portal import accounts, api
+from sync.upstream.portal.security import RateLimit, SecurityHeaders
+from sync.upstream.store import audit, open_db
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).parent
+COOKIE = "__Host-linetap"          # __Host-: Secure, path=/, no Domain: this origin only
+LOGIN_CSRF = "__Host-linetap-login"
+templates = Jinja2Templates(directory=str(HERE / "templates"))
+
+# Bare module names the vendored libraries import, and the file each one resolves to.
+# Browsers need URLs; rewriting the import lines at serve time replaces both an import
+# map (an inline script, which the CSP forbids) and a bundler.
+VENDOR = {"@hpke/core": "@hpke/core/esm/mod.js",
+          "@hpke/common": "@hpke/common/esm/mod.js",
+          "@hpke/chacha20poly1305": "@hpke/chacha20poly1305/esm/mod.js",
+          "fflate": "fflate/esm/browser.js"}
+_BARE = re.compile(r'''((?:from|import)\s*)"(@hpke/[a-z0-9-]+|fflate)"''')
+
+
+def node_modules() -> Path:
+    return HERE / "node_modules"
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "-"
+
+
+def current(request: Request):
+    """(session, user) for the request's cookie, or (None, None)."""
+    s = accounts.session_of(request.cookies.get(COOKIE))
+    return (s, s.user) if s else (None, None)
+
+
+def page(request: Request, name: str, **ctx) -> Response:
+    s, u = current(request)
+    if u is None:
+        return RedirectResponse("/login", status_code=303)
+    ctx.update(user=u, csrf=s.csrf, can=lambda p: accounts.can(u.role, p))
+    return templates.TemplateResponse(request, name, ctx)
+
+
+def login_form(request: Request, error: str = "", status: int = 200, name: str = ""):
+    token = request.cookies.get(LOGIN_CSRF) or secrets.token_urlsafe(24)
+    resp = templates.TemplateResponse(request, "login.html",
+                                      {"error": error, "login_csrf": token, "name": name},
+                                      status_code=status)
+    resp.set_cookie(LOGIN_CSRF, token, httponly=True, secure=True, samesite="strict",
+                    path="/", max_age=3600)
+    return resp
+
+
+async def login(request: Request):
+    if request.method == "GET":
+        return login_form(request)
+    form = await request.form()
+    sent = str(form.get("csrf", ""))
+    if not sent or not secrets.compare_digest(sent, request.cookies.get(LOGIN_CSRF, "")):
+        return login_form(request, "The form expired; please sign in again.", 400)
+    if not request.app.state.limit.hit(_client(request)):
+        return login_form(request, "Too many sign-in attempts from this address; wait a "
+                          "minute and try again.", 429)
+    name = str(form.get("username", "")).strip().lower()
+    res = accounts.authenticate(name, str(form.get("password", "")),
+                                str(form.get("code", "")))
+    if res.user is None:
+        audit("portal_signin_failed", user=name[:64], addr=_client(request))
+        return login_form(request, res.error, 401, name=name)
+    token, _s = accounts.new_session(res.user)
+    audit("portal_signin", user=res.user.name, site=res.user.site, role=res.user.role,
+          addr=_client(request))
+    resp = RedirectResponse("/", status_code=303)
+    resp.set_cookie(COOKIE, token, httponly=True, secure=True, samesite="strict", path="/")
+    resp.delete_cookie(LOGIN_CSRF, path="/", secure=True, httponly=True, samesite="strict")
+    return resp
+
+
+async def logout(request: Request):
+    s, u = current(request)
+    form = await request.form()
+    if s is not None and secrets.compare_digest(str(form.get("csrf", "")), s.csrf):
+        accounts.end_session(request.cookies.get(COOKIE))
+        audit("portal_signout", user=u.name, site=u.site)
+    resp = RedirectResponse("/login", status_code=303)
+    resp.delete_cookie(COOKIE, path="/", secure=True, httponly=True, samesite="strict")
+    return resp
+
+
+def calls_page(request: Request):
+    return page(request, "calls.html")
+
+
+def audit_page(request: Request):
+    s, u = current(request)
+    if u is not None and not accounts.can(u.role, "audit"):
+        raise HTTPException(403, "Your role cannot read the audit trail.")
+    if u is None:
+        return RedirectResponse("/login", status_code=303)
+    from sync.upstream.store import verify_audit
+    n, problems = verify_audit()
+    audit("portal_audit_read", user=u.name, site=u.site)
+    return page(request, "audit.html", entries=api.site_audit_rows(u, request.app.state.ucfg),
+                chain={"checked": n, "intact": not problems, "problems": problems[:20]})
+
+
+def manage_page(request: Request):
+    s, u = current(request)
+    if u is not None and not accounts.can(u.role, "manage"):
+        raise HTTPException(403, "Only a practice manager can manage retention.")
+    return page(request, "manage.html")
+
+
+def vendor(request: Request):
+    """A file of an npm package from the lockfile, import lines rewritten to URLs."""
+    rel = request.path_params["path"]
+    root = node_modules().resolve()
+    p = (root / rel).resolve()
+    if not rel.endswith(".js") or root not in p.parents or not p.is_file():
+        raise HTTPException(404)
+    text = p.read_text(encoding="utf-8")
+    # Unknown names (the libraries' doc comments mention other packages) stay as they are.
+    text = _BARE.sub(lambda m: f'{m.group(1)}"/vendor/{VENDOR[m.group(2)]}"'
+                     if m.group(2) in VENDOR else m.group(0), text)
+    return Response(text, media_type="text/javascript",
+                    headers={"cache-control": "public, max-age=3600"})
+
+
+async def http_error(request: Request, exc: HTTPException):
+    if request.url.path.startswith("/api/"):
+        return api.error(exc.status_code, exc.detail)
+    return PlainTextResponse(f"{exc.status_code}: {exc.detail}", status_code=exc.status_code)
+
+
+def create_app(ucfg) -> Starlette:
+    """The ASGI app for one upstream config (opens its database)."""
+    open_db(ucfg.db_url)
+    accounts.init_tables()
+    if not (node_modules() / VENDOR["@hpke/core"]).is_file():
+        from recorder.errors import ConfigError
+        raise ConfigError([f"browser libraries missing under {node_modules()}: run "
+                           "`make setup` (npm ci from sync/upstream/portal/package-lock.json)"],
+                          "portal")
+    routes = [
+        Route("/", calls_page),
+        Route("/login", login, methods=["GET", "POST"]),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/audit", audit_page),
+        Route("/manage", manage_page),
+        Route("/vendor/{path:path}", vendor),
+        Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
+        *api.routes(),
+    ]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    app.state.ucfg = ucfg
+    app.state.limit = RateLimit()
+    app.add_middleware(SecurityHeaders)
+    return app

@@ -1,0 +1,188 @@
+// The number index: built in this tab by opening every manifest the user may see,
+// kept in memory only (never in storage), gone when the tab closes or the key is closed.
+import { openManifest } from "./crypto.js";
+import { num } from "./format.js";
+
+const PAGE = 5000;          // manifests per bundle request (api.MAX_PAGE)
+const INDEX_INFO = new TextEncoder().encode("linetap-portal-index-v1");
+const csrf = () => document.querySelector('meta[name="csrf"]').content;
+
+// The sealed index: a key only the practice key's holder can derive (X25519 of the
+// practice private key with a fixed public point nobody holds the private half of,
+// through HKDF-SHA256), AES-256-GCM. The server stores it without being able to read
+// or forge it; the next key open reads it instead of opening every manifest again.
+async function indexKey(keyPair, site) {
+  const point = new Uint8Array(await crypto.subtle.digest("SHA-256", INDEX_INFO));
+  const pub = await crypto.subtle.importKey("raw", point, { name: "X25519" }, false, []);
+  const dh = await crypto.subtle.deriveBits({ name: "X25519", public: pub }, keyPair.privateKey, 256);
+  const ikm = await crypto.subtle.importKey("raw", dh, "HKDF", false, ["deriveKey"]);
+  return crypto.subtle.deriveKey({ name: "HKDF", hash: "SHA-256", salt: new TextEncoder().encode(site), info: INDEX_INFO },
+    ikm, { name: "AES-GCM", length: 256 }, false, ["encrypt", "decrypt"]);
+}
+
+function aad(site) { return new TextEncoder().encode(`linetap-portal-index-v1|${site}`); }
+const PARALLEL = 128;       // manifests opened at once (WebCrypto runs them off-thread)
+
+export function normNumber(s) {
+  return String(s || "").replace(/[\s().-]/g, "");
+}
+
+function* bundle(buf) {
+  const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  const td = new TextDecoder();
+  for (let o = 0; o < buf.length;) {
+    const il = dv.getUint16(o); o += 2;
+    const id = td.decode(buf.subarray(o, o + il)); o += il;
+    const bl = dv.getUint32(o); o += 4;
+    yield [id, buf.subarray(o, o + bl)];
+    o += bl;
+  }
+}
+
+async function pool(items, n, fn) {
+  let k = 0;
+  const run = async () => { while (k < items.length) { const i = k++; await fn(items[i]); } };
+  await Promise.all(Array.from({ length: Math.min(n, items.length) }, run));
+}
+
+export class CallIndex {
+  constructor() {
+    this.rows = new Map();         // "device/call" -> row
+    this.byNumber = new Map();     // normalised number -> Set of ids
+    this.unreadable = 0;
+    this.opened = 0;
+    this.entries = new Map();      // id -> [line, direction, duration_s, caller, dialled]
+  }
+
+  /** Load the call list (metadata only: what a role without the key also sees). */
+  async loadList() {
+    const r = await fetch("/api/calls", { credentials: "same-origin" });
+    const j = await r.json();
+    if (!r.ok) throw new Error(j.error || r.status);
+    this.site = j.site;
+    this.rows.clear();
+    for (const c of j.calls) this.rows.set(`${c.device}/${c.call}`, c);
+    return j;
+  }
+
+  _add(id, e) {
+    const row = this.rows.get(id);
+    if (!row) return;
+    [row.line, row.direction, row.duration_s, row.caller_number, row.dialled_digits] = e;
+    this.entries.set(id, e);
+    for (const n of [row.caller_number, row.dialled_digits]) {
+      const k = normNumber(n);
+      if (!k) continue;
+      if (!this.byNumber.has(k)) this.byNumber.set(k, new Set());
+      this.byNumber.get(k).add(id);
+    }
+  }
+
+  async _openBundle(buf, keyPair) {
+    const items = [...bundle(buf)];
+    await pool(items, PARALLEL, async ([id, blob]) => {
+      const body = await openManifest(blob, keyPair);
+      if (!body) { this.unreadable++; return; }
+      this.opened++;
+      this.fresh++;
+      this._add(id, [num(body.line), body.direction, num(body.duration_s), body.caller_number || "",
+        body.dialled_digits || ""]);
+    });
+    return items.length;
+  }
+
+  /** Index every call: from the sealed index where it covers a call, else by opening
+   * the call's manifest; then store the updated sealed index. */
+  async build(keyPair, site, onProgress) {
+    this.byNumber.clear();
+    this.entries = new Map();
+    this.unreadable = 0;
+    this.opened = 0;
+    this.fresh = 0;
+    this.fromCache = 0;
+    const key = await indexKey(keyPair, site);
+    const r = await fetch("/api/index", { credentials: "same-origin" });
+    if (r.ok) {
+      const b = new Uint8Array(await r.arrayBuffer());
+      try {
+        const plain = await crypto.subtle.decrypt({ name: "AES-GCM", iv: b.subarray(0, 12), additionalData: aad(site) }, key, b.subarray(12));
+        const j = JSON.parse(new TextDecoder().decode(plain));
+        for (const [id, e] of Object.entries(j.entries)) {
+          if (this.rows.has(id)) { this._add(id, e); this.fromCache++; this.opened++; }
+        }
+      } catch { this.cacheRejected = true; }   // altered, or another key's: rebuild
+    }
+    const missing = [...this.rows.keys()].filter((id) => !this.entries.has(id));
+    if (missing.length === this.rows.size) {
+      await this.openAll(keyPair, onProgress);
+    } else {
+      for (let k = 0; k < missing.length; k += PAGE) {
+        const res = await fetch("/api/manifests/select", { method: "POST", credentials: "same-origin",
+          headers: { "content-type": "application/json", "x-csrf-token": csrf() },
+          body: JSON.stringify({ calls: missing.slice(k, k + PAGE) }) });
+        if (!res.ok) throw new Error(`manifests: ${res.status}`);
+        await this._openBundle(new Uint8Array(await res.arrayBuffer()), keyPair);
+        if (onProgress) onProgress(this.opened, this.rows.size);
+      }
+    }
+    // Only a key that opened something stores: a wrong key must not wipe the index.
+    if (this.fresh) await this.store(key, site);
+  }
+
+  async store(key, site) {
+    const iv = crypto.getRandomValues(new Uint8Array(12));
+    const plain = new TextEncoder().encode(JSON.stringify({ v: 1, site, built: new Date().toISOString(), entries: Object.fromEntries(this.entries) }));
+    const ct = new Uint8Array(await crypto.subtle.encrypt({ name: "AES-GCM", iv, additionalData: aad(site) }, key, plain));
+    plain.fill(0);
+    const body = new Uint8Array(12 + ct.length);
+    body.set(iv); body.set(ct, 12);
+    await fetch("/api/index", { method: "PUT", credentials: "same-origin",
+      headers: { "content-type": "application/octet-stream", "x-csrf-token": csrf() }, body });
+  }
+
+  /** Open every manifest with the key and index numbers, line, direction, duration. */
+  async openAll(keyPair, onProgress) {
+    let next = null;
+    const get = (offset) => fetch(`/api/manifests?offset=${offset}&limit=${PAGE}`, { credentials: "same-origin" })
+      .then(async (r) => { if (!r.ok) throw new Error(`manifests: ${r.status}`); return new Uint8Array(await r.arrayBuffer()); });
+    next = get(0);
+    for (let offset = 0; ; offset += PAGE) {
+      const buf = await next;
+      const items = [...bundle(buf)];
+      next = items.length === PAGE ? get(offset + PAGE) : null;   // fetch while opening
+      await pool(items, PARALLEL, async ([id, blob]) => {
+        const body = await openManifest(blob, keyPair);
+        if (!body) { this.unreadable++; return; }
+        this.opened++;
+        this.fresh++;
+        this._add(id, [num(body.line), body.direction, num(body.duration_s), body.caller_number || "",
+          body.dialled_digits || ""]);
+      });
+      if (onProgress) onProgress(this.opened, this.rows.size);
+      if (!next) break;
+    }
+  }
+
+  /** Filter: number (exact, caller or dialled), from/to (YYYY-MM-DD, inclusive), line,
+   * direction. Newest first. */
+  search({ number, from, to, line, direction } = {}) {
+    let ids;
+    const k = normNumber(number);
+    if (k) ids = [...(this.byNumber.get(k) || [])];
+    else ids = [...this.rows.keys()];
+    const lo = from ? Date.parse(from + "T00:00:00Z") : -Infinity;
+    const hi = to ? Date.parse(to + "T00:00:00Z") + 86400000 : Infinity;
+    const out = [];
+    for (const id of ids) {
+      const r = this.rows.get(id);
+      if (!r) continue;
+      const t = Date.parse(r.start);
+      if (!(t >= lo && t < hi)) continue;
+      if (line !== undefined && line !== "" && String(r.line) !== String(line)) continue;
+      if (direction && r.direction !== direction) continue;
+      out.push(r);
+    }
+    out.sort((a, b) => (a.start < b.start ? 1 : a.start > b.start ? -1 : 0));
+    return out;
+  }
+}

@@ -1,0 +1,96 @@
+"""Retention review: the appraisal queue, keep with a reason and a new deadline, batch
+approval, approval-only deletion with reminder and escalation, and every decision
+audited. Run last in its module: it expires calls."""
+
+from __future__ import annotations
+
+import time
+
+from recorder.timebase import parse_iso
+from sync.upstream import ops as upstream_ops
+from sync.upstream.objectstore import open_objects
+from sync.upstream.portal import accounts
+from sync.upstream.portal.decisions import PDecision, PNotice, PSite
+from sync.upstream.store import UAudit, UCall
+from tests.sync.upstream.portal.conftest import sign_in
+
+
+def _last(action):
+    return UAudit.select().where(UAudit.action == action).order_by(UAudit.seq.desc()).first()
+
+
+def test_keep_approve_and_settings_in_the_ui(env, context):
+    page = context.new_page()
+    sign_in(page, env.url, "manager")
+    page.get_by_role("link", name="Retention").click()
+    page.locator("body[data-ready='1']").wait_for()
+    page.get_by_label("Expiring within (days)").fill("100")
+    page.get_by_role("button", name="Show").click()
+    page.locator(f"body[data-queue='{len(env.ids_a)}']").wait_for()
+    # Keep one as part of the care record, until 2030.
+    page.locator(f"#queue tr[data-call='{env.ids_a[0]}']").get_by_role("button",
+                                                                          name="Keep").click()
+    page.get_by_label("Reason to keep").select_option("part of the care record")
+    page.get_by_label("New deadline").fill("2030-01-31")
+    page.get_by_role("button", name="Keep call").click()
+    page.locator("#queue-status", has_text=f"Kept {env.ids_a[0]}").wait_for()
+    # Its new deadline takes it out of the queue.
+    page.locator(f"body[data-queue='{len(env.ids_a) - 1}']").wait_for()
+    row = UCall.get(UCall.call == env.ids_a[0])
+    assert row.deadline == parse_iso("2030-01-31T00:00:00Z")
+    a = _last("portal_keep")
+    assert a.detail["reason"] == "part of the care record" and a.detail["user"] == "manager"
+    # The workers' deadline refresh keeps the kept deadline.
+    upstream_ops.refresh_deadlines(env.ucfg)
+    assert UCall.get(UCall.call == env.ids_a[0]).deadline == parse_iso("2030-01-31T00:00:00Z")
+    # Approve a batch.
+    for c in env.ids_a[1:3]:
+        page.get_by_label(f"Select {c}").check()
+    page.get_by_role("button", name="Approve selected for deletion").click()
+    page.locator("#queue-status", has_text="approved").wait_for()
+    assert "2 call(s) approved" in page.locator("#queue-status").inner_text()
+    assert {d.call for d in PDecision.select().where(PDecision.kind == "approve")} == \
+        set(env.ids_a[1:3])
+    assert _last("portal_approve").detail["calls"] == [f"dev-a/{c}" for c in env.ids_a[1:3]]
+    # Approval-only deletion.
+    page.get_by_label("Deletion at the deadline").select_option("approval")
+    page.get_by_label("Reminder (days before)").fill("3")
+    page.get_by_label("Deleted anyway (days after, unapproved)").fill("10")
+    page.get_by_role("button", name="Save settings").click()
+    page.locator("#settings-status", has_text="Settings saved").wait_for()
+    s = PSite.get(PSite.site == "site1")
+    assert (s.deletion, s.remind_days, s.escalate_days) == ("approval", 3.0, 10.0)
+    assert _last("portal_settings").detail["deletion"] == "approval"
+
+
+def test_approval_only_deletion_reminds_escalates_and_never_keeps_for_ever(env):
+    objects = open_objects(env.ucfg.objects)
+    now = time.time()
+    approved, waiting = env.ids_a[1], env.ids_a[3]
+    UCall.update(deadline=now - 3600).where(UCall.call.in_([approved, waiting])).execute()
+    upstream_ops.expire(objects, now)
+    # The approved call goes; the unapproved one waits, escalated once.
+    assert UCall.get(UCall.call == approved).state == "deleted"
+    assert UCall.get(UCall.call == waiting).state == "live"
+    assert PNotice.get((PNotice.call == waiting) & (PNotice.kind == "escalation"))
+    assert _last("retention_escalation").detail["call"] == waiting
+    upstream_ops.expire(objects, now + 60)
+    assert PNotice.select().where(PNotice.call == waiting).count() >= 1
+    assert UAudit.select().where(UAudit.action == "retention_escalation").count() == 1
+    # Ten days past the deadline, unapproved, it is deleted anyway, and says why.
+    upstream_ops.expire(objects, now + 10 * 86400)
+    assert UCall.get(UCall.call == waiting).state == "deleted"
+    assert _last("retention_unapproved_deleted").detail["call"] == waiting
+
+
+def test_required_totp_refuses_a_user_without_one(env, context):
+    accounts.site_settings("site1")
+    PSite.update(require_totp=True).where(PSite.site == "site1").execute()
+    try:
+        page = context.new_page()
+        sign_in(page, env.url, "auditor")
+        assert "/login" in page.url
+        assert "requires a one-time code" in page.get_by_role("alert").inner_text()
+    finally:
+        PSite.update(require_totp=False).where(PSite.site == "site1").execute()
+        accounts.reset("auditor")
