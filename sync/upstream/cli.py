@@ -110,6 +110,9 @@ def _print(rows, as_json) -> None:
 
 
 def cli_main(argv: list[str]) -> int:
+    from sync.upstream import setup as upstream_setup
+    if upstream_setup.handles(argv):     # init, enrol, pin, revoke, check, serve
+        return upstream_setup.cli_main(argv)
     args = build_parser().parse_args(argv)
     ucfg = upstream_config.load(args.config)
     open_db(ucfg.db_url)
