@@ -65,6 +65,7 @@ def practice_keygen(out: str | os.PathLike) -> tuple[Path, Path]:
         if p.exists():
             raise KeyFileError(f"{p} already exists; refusing to overwrite a key")
     key = x25519.X25519PrivateKey.generate()
+    out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, _pem_private(key), mode=0o600)
     atomic_write(pub, _pem_public(key.public_key()), mode=0o644)
     return out, pub

@@ -107,7 +107,7 @@ class Ingest:
         whole, member_of = _whole_files(msgs, order)
         res: dict[int, object] = {}
         try:
-            with db.atomic():
+            with db.atomic(**_write_lock()):
                 for n, i in enumerate(order):
                     if i in member_of:
                         continue               # joined into a later chunk of its file
@@ -437,6 +437,15 @@ _SQL = {
 }
 
 
+def _write_lock() -> dict:
+    """SQLite: take the write lock when the batch starts (``BEGIN IMMEDIATE``). A
+    deferred transaction reads first and then fails at once with "database is locked"
+    when another worker committed in between (the busy timeout does not apply to that
+    upgrade), so with two workers on one SQLite file segments were refused and waited
+    for the box's ack timeout."""
+    return {"lock_type": "IMMEDIATE"} if isinstance(db.obj, pw.SqliteDatabase) else {}
+
+
 def _sql(name: str) -> str:
     """A hot-path statement in the open database's parameter style (``?`` or ``%s``)."""
     return _SQL[name].format(p=db.obj.param)
@@ -558,6 +567,9 @@ class Worker:
         g, p = self.ucfg.share_group, self.ucfg.topic_prefix
         return [f"$share/{g}/{p}/+/+/{k}" for k in ("seg/#", "man/#", "report", "health")]
 
+    def presence_topic(self) -> str:
+        return f"{self.ucfg.topic_prefix}/_ingest/{self.client_id}/status"
+
     def start(self) -> None:
         u = self.ucfg
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
@@ -570,6 +582,10 @@ class Worker:
         c.on_connect, c.on_message = self._on_connect, self._on_message
         c.on_disconnect = lambda *a: self.connected.clear()
         c.on_socket_open = protocol.tcp_nodelay
+        # A retained "online" under <prefix>/_ingest/<client id>/status while connected,
+        # cleared by the will or by close(): `linetap upstream check` counts the workers
+        # that are really subscribed, not just a broker that answers.
+        c.will_set(self.presence_topic(), b"", qos=1, retain=True)
         # No persistent session for a worker: a dead worker's session would stay in the
         # shared group and keep being handed messages (mosquitto queues for offline
         # members). What was in flight is resent by the box after its ack timeout.
@@ -585,6 +601,7 @@ class Worker:
             log.warning("broker refused ingest connection: %s", reason_code)
             return
         client.subscribe([(f, 1) for f in self.filters()])
+        client.publish(self.presence_topic(), b"online", qos=1, retain=True)
         self.connected.set()
         log.info("ingest %s connected", self.client_id)
 
@@ -669,6 +686,12 @@ class Worker:
         if self.handler.is_alive():
             self.handler.join(10)
         if self.client is not None:
+            if self.connected.is_set():
+                try:
+                    self.client.publish(self.presence_topic(), b"", qos=1,
+                                        retain=True).wait_for_publish(2.0)
+                except (RuntimeError, ValueError):
+                    log.debug("presence not cleared", exc_info=True)
             self.client.disconnect()
             self.client.loop_stop()
             self.client = None

@@ -457,8 +457,11 @@ def _identity_hex(ref: str) -> str:
         if not p.exists():
             raise SetupError(f"--identity-pub {ref!r}: neither 64 hex digits nor a file")
         raw = p.read_bytes()
-        if re.fullmatch(rb"\s*[0-9a-fA-F]{64}\s*", raw):
-            raw = bytes.fromhex(raw.decode().strip())
+        # 64 hex digits alone, or the saved output of `linetap identity`.
+        m = re.fullmatch(rb"\s*([0-9a-fA-F]{64})\s*", raw) or \
+            re.search(rb"^public key:\s*([0-9a-fA-F]{64})\s*$", raw, re.M)
+        if m:
+            raw = bytes.fromhex(m.group(1).decode())
     key = keys.load_ed25519_public(raw)
     return keys.raw_public(key).hex()
 
@@ -673,8 +676,9 @@ def _readable_by(path: Path, user: str) -> str | None:
             f"by {user} (chgrp {grp.getgrgid(pw.pw_gid).gr_name} {path})")
 
 
-def check(config: str, *, timeout_s: float = 10.0, out=None) -> int:
-    """Verify the set-up end to end; print one line per check; 0 if all pass, else 1."""
+def check(config: str, *, timeout_s: float = 10.0, wait_s: float = 0.0, out=None) -> int:
+    """Verify the set-up end to end; print one line per check; 0 if all pass, else 1.
+    ``wait_s``: keep trying the broker this long (s) first (it may be starting)."""
     out = out or sys.stdout
     from sync.upstream import config as upstream_config
     results: list[tuple[bool, str, str]] = []
@@ -761,7 +765,12 @@ def check(config: str, *, timeout_s: float = 10.0, out=None) -> int:
     except OSError as exc:
         res(False, "object store", f"{ucfg.objects}: {exc.strerror or exc}")
     # Broker: connect with the ingest certificate, publish and receive on an allowed topic.
-    ok, detail = broker_round_trip(ucfg, timeout_s)
+    give_up = time.monotonic() + wait_s
+    while True:
+        ok, detail = broker_round_trip(ucfg, timeout_s)
+        if ok or time.monotonic() >= give_up:
+            break
+        time.sleep(0.5)
     res(ok, f"broker {ucfg.host}:{ucfg.port}", detail)
     bad = sum(1 for ok, _, _ in results if not ok)
     print(f"{len(results) - bad} passed, {bad} failed", file=out)
@@ -777,6 +786,7 @@ def broker_round_trip(ucfg, timeout_s: float = 10.0) -> tuple[bool, str]:
     topic = f"{ucfg.topic_prefix}/_check/{uuid.uuid4().hex}"
     token = uuid.uuid4().bytes
     got, conn = threading.Event(), {"rc": None}
+    workers: set[str] = set()
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"check-{uuid.uuid4().hex[:8]}",
                     protocol=mqtt.MQTTv5)
     try:
@@ -788,14 +798,17 @@ def broker_round_trip(ucfg, timeout_s: float = 10.0) -> tuple[bool, str]:
     def on_connect(client, userdata, flags, rc, props):
         conn["rc"] = rc
         if not rc.is_failure:
-            client.subscribe(topic, qos=1)
+            # Retained worker presence first: it arrives before our own message does.
+            client.subscribe([(f"{ucfg.topic_prefix}/_ingest/+/status", 1), (topic, 1)])
 
     def on_subscribe(client, userdata, mid, rcs, props):
         client.publish(topic, token, qos=1)
 
     def on_message(client, userdata, msg):
-        if msg.payload == token:
+        if msg.topic == topic and msg.payload == token:
             got.set()
+        elif msg.topic.endswith("/status") and msg.payload == b"online":
+            workers.add(msg.topic.split("/")[-2])
 
     c.on_connect, c.on_subscribe, c.on_message = on_connect, on_subscribe, on_message
     try:
@@ -815,7 +828,12 @@ def broker_round_trip(ucfg, timeout_s: float = 10.0) -> tuple[bool, str]:
             return False, (f"connected, but a QoS 1 message to {topic} did not come back "
                            f"within {timeout_s:g} s (ACL: does 'user {INGEST_CN}' have "
                            f"readwrite {ucfg.topic_prefix}/#?)")
-        return True, "TLS with the ingest certificate, publish and subscribe round trip"
+        if not workers:
+            return False, ("TLS with the ingest certificate and a round trip work, but no "
+                           "ingest worker is connected (linetap ingest / serve / "
+                           "linetap-ingest@N.service)")
+        return True, ("TLS with the ingest certificate, publish and subscribe round trip; "
+                      f"{len(workers)} ingest worker(s) connected")
     finally:
         c.loop_stop()
         c.disconnect()
@@ -927,7 +945,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("revoke", help="revoke a device (CRL and upstream.toml)")
     p.add_argument("--device", required=True)
     p = sub.add_parser("check", help="verify the set-up end to end")
-    p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds for the broker round trip (default 10)")
+    p.add_argument("--wait", type=float, default=0.0,
+                   help="keep trying the broker this many seconds (it may be starting)")
     p = sub.add_parser("serve", help="run broker and ingest workers in the foreground")
     p.add_argument("--workers", type=int, default=2)
     return ap
@@ -953,7 +974,7 @@ def cli_main(argv: list[str]) -> int:
     elif args.cmd == "revoke":
         revoke(args.config, args.device)
     elif args.cmd == "check":
-        return check(args.config, timeout_s=args.timeout)
+        return check(args.config, timeout_s=args.timeout, wait_s=args.wait)
     elif args.cmd == "serve":
         return serve(args.config, args.workers)
     return 0

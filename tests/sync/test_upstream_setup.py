@@ -164,7 +164,7 @@ def test_units_verify(up, tmp_path):
 
 def test_check_passes_end_to_end_and_fails_when_the_broker_is_down(served, capsys):
     cfg = str(served.lay.config)
-    rc = setup.check(cfg, timeout_s=10)
+    rc = setup.check(cfg, timeout_s=10, wait_s=30)
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "OK   broker localhost" in out and "round trip" in out
