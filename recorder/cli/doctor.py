@@ -212,6 +212,16 @@ def check_broker(cfg: rconfig.Config, now: dt.datetime, *,
     if _spki(cert.public_key()) != _spki(key.public_key()):
         return Result("broker", FAIL, f"{s.cert} does not match {s.key}",
                       "get a new CSR and certificate (`linetap provision apply`)")
+    from cryptography.x509.oid import NameOID
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    cn, device = (cns[0].value if cns else ""), rconfig.device_id(cfg)
+    if cn != device:
+        # The broker's user name is the CN and its ACL only lets a device publish under
+        # its own id: the TLS connection below would succeed and every upload vanish.
+        return Result("broker", FAIL, f"device certificate CN '{cn}' is not the device id "
+                      f"'{device}': the broker would drop every upload",
+                      f"enrol the box as '{device}' (`linetap upstream enrol --device "
+                      f"{device}`) or set device.id = \"{cn}\"")
     if cert.not_valid_after_utc <= now:
         return Result("broker", FAIL, f"device certificate expired "
                       f"{cert.not_valid_after_utc:%Y-%m-%d}", "renew it with a new CSR")
