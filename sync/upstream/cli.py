@@ -92,6 +92,13 @@ def _problem(p: Problem) -> dict:
             "sha256": p.sha256, "key": p.key, "detail": p.detail, "time": iso(p.created)}
 
 
+def _unsearched(unreadable: int, found: int) -> str:
+    return (f"INCOMPLETE SEARCH: {unreadable} manifest(s) did not open with this key, so "
+            f"their calls were not searched ({found} match(es) among the rest). Is it the "
+            "practice key for these calls? If the upstream holds other practices' calls, "
+            "limit the search with --site")
+
+
 def _dump(obj) -> None:
     json.dump(obj, sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
@@ -126,7 +133,10 @@ def cli_main(argv: list[str]) -> int:
                                                       args.number, args.site)
         _print([_row(r) for r in rows], args.json)
         if unreadable:
-            print(f"{unreadable} manifest(s) did not open with this key", file=sys.stderr)
+            # Never "0 matches" when part of the store was not searched: for a subject
+            # access request that would read as "no calls for this person".
+            print(_unsearched(unreadable, len(rows)), file=sys.stderr)
+            return 1
         return 0
     if args.cmd == "calls":
         q = UCall.select().order_by(UCall.start_time)
@@ -180,7 +190,11 @@ def cli_main(argv: list[str]) -> int:
             print("export: give --call or --number, not both", file=sys.stderr)
             return 2
         if args.number:
-            rows, _unreadable = upstream_ops.search_number(objects, priv, args.number)
+            rows, unreadable = upstream_ops.search_number(objects, priv, args.number)
+            if unreadable:
+                print(_unsearched(unreadable, len(rows)) + "; nothing exported",
+                      file=sys.stderr)
+                return 1
         elif args.call:
             rows = [upstream_ops.find_call(c) for c in args.call]
         else:
