@@ -28,6 +28,7 @@ from recorder.evidence import keys
 from recorder.timebase import iso
 from sync.upstream import config as upstream_config
 from sync.upstream import ops as upstream_ops
+from sync.upstream import tracking
 from sync.upstream.objectstore import open_objects
 from sync.upstream.store import (
     Problem,
@@ -41,7 +42,8 @@ from sync.upstream.store import (
 )
 
 
-def _row(r: UCall) -> dict:
+def _row(r: UCall, holds: dict | None = None) -> dict:
+    hold_cmd = (holds or {}).get((r.device, r.call))
     have = USegment.select().where((USegment.device == r.device)
                                    & (USegment.call == r.call)).count()
     exp = len(expected_seqs(r)) if r.expected is not None else None
@@ -49,7 +51,10 @@ def _row(r: UCall) -> dict:
             "start": iso(r.start_time), "deadline": iso(r.deadline),
             "legal_hold": r.legal_hold, "segments": have, "expected": exp,
             "complete": is_complete(r) if r.state == "live" else False,
-            "delete_reason": r.delete_reason}
+            "delete_reason": r.delete_reason,
+            "hold_command": None if hold_cmd is None else
+            {k: hold_cmd[k] for k in ("state", "reason", "nonce")},
+            "hold_label": tracking.hold_label(r.legal_hold, hold_cmd)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("expiring", help="calls whose deadline falls within N days")
     p.add_argument("--days", type=float, default=7.0)
     p.add_argument("--json", action="store_true")
-    p = sub.add_parser("problems", help="conflicts and rejected manifests kept aside")
+    p = sub.add_parser("problems", help="open problems: conflicts, rejected manifests, "
+                       "commands the box refused")
+    p.add_argument("--all", action="store_true", help="include resolved problems")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("audit", help="the upstream audit trail (hash-chained)")
     p.add_argument("--verify", action="store_true", help="check the chain; exit 1 if broken")
@@ -113,13 +120,16 @@ def _print(rows, as_json) -> None:
         print(f"{r['site']:<12} {r['device']:<16} {r['call_id']:<34} {r['state']:<7} "
               f"{r['start'] or '-':<24} segs {r['segments']}/{r['expected'] or '?'} "
               f"{'complete' if r['complete'] else 'partial':<8} deadline {r['deadline']}"
-              f"{'  HOLD' if r['legal_hold'] else ''}")
+              f"{r['hold_label']}")
 
 
 def cli_main(argv: list[str]) -> int:
     from sync.upstream import setup as upstream_setup
     if upstream_setup.handles(argv):     # init, enrol, pin, revoke, check, serve
         return upstream_setup.cli_main(argv)
+    from sync.upstream import tracking
+    if tracking.handles(argv):           # commands, retry, resolve
+        return tracking.cli_main(argv)
     args = build_parser().parse_args(argv)
     ucfg = upstream_config.load(args.config)
     open_db(ucfg.db_url)
@@ -144,18 +154,28 @@ def cli_main(argv: list[str]) -> int:
             q = q.where(UCall.site == args.site)
         if not args.all:
             q = q.where(UCall.state == "live")
-        _print([_row(r) for r in q], args.json)
+        holds = tracking.hold_states()
+        _print([_row(r, holds) for r in q], args.json)
         return 0
     if args.cmd == "problems":
-        rows = [_problem(p) for p in Problem.select().order_by(Problem.created, Problem.id)]
+        rows = tracking.problems(include_resolved=args.all)
         if args.json:
             _dump(rows)
         else:
             for r in rows:
-                what = "manifest" if r["seq"] is None else f"segment {r['seq']}"
-                print(f"{r['time']}  {r['kind']:<9} {r['device']:<16} {r['call_id']} "
-                      f"{what} {r['sha256'][:12]}  {r['detail']}")
-            print(f"{len(rows)} problem(s)")
+                if r["kind"].startswith("command_"):
+                    what = f"command {r['nonce'][:12]}"
+                else:
+                    what = (f"#{r['id']} " + ("manifest" if r["seq"] is None
+                                              else f"segment {r['seq']}")
+                            + f" {r['sha256'][:12]}")
+                state = f"  [resolved {r['resolved']}: {r['resolution'] or ''}]" \
+                    if r["resolved"] else ""
+                print(f"{r['time']}  {r['kind']:<16} {r['device']:<16} {r['call_id']} "
+                      f"{what}  {r['detail']}{state}")
+            print(f"{len(rows)} {'problem(s)' if args.all else 'open problem(s)'}"
+                  + ("" if args.all else " (--all shows resolved ones; `retry --command` "
+                     "re-signs a refused command; `resolve` closes one with a note)"))
         return 0
     if args.cmd == "audit":
         if args.verify:

@@ -47,6 +47,7 @@ from recorder.timebase import parse_iso
 from sync import protocol
 from sync.upstream import config as upstream_config
 from sync.upstream import ops as upstream_ops
+from sync.upstream import tracking
 from sync.upstream.objectstore import open_objects
 from sync.upstream.store import (
     Command,
@@ -334,7 +335,8 @@ class Ingest:
         header, problems = evidence.check_manifest(blob, t.call, t.device,
                                                    site.devices[t.device])
         if problems:
-            return self._manifest_refused(t, ch, "rejected", "; ".join(problems))
+            return self._manifest_refused(t, ch, "rejected", tracking.explain_rejection(
+                problems, t.device, site.name, site.devices[t.device]))
         okey = f"man/{t.device}/{t.call}.{ch.sha256}.ltm"
         if row is not None and row.manifest_sha256 is not None:
             return self._manifest_resigned(t, site, ch, row, header, blob, okey)
@@ -342,6 +344,7 @@ class Ingest:
         with db.atomic():
             self._touch_call(t, site, _epoch(header.get("created")), manifest_key=okey,
                              manifest_sha256=ch.sha256, expected=header.get("segments", []))
+            tracking.manifest_accepted(t.device, t.call)
         self.stored += 1
         self._writes += 1
         return self._ack_topic(t), protocol.ack_payload(mans=[(t.call, ch.sha256)])
@@ -409,6 +412,7 @@ class Ingest:
             return
         Command.update(status=status, result=reason).where(
             (Command.nonce == nonce) & (Command.device == t.device)).execute()
+        tracking.on_report(nonce, status)
         log.log(logging.WARNING if status == "rejected" else logging.INFO,
                 "box %s %s command %s: %s", t.device, status, nonce[:8], reason)
 
@@ -418,6 +422,8 @@ class Ingest:
         except ValueError:
             return
         now = time.time()
+        prev = Health.get_or_none(Health.device == t.device)
+        tracking.box_back(t.device, prev.time if prev else None, now)
         # ON CONFLICT ... DO UPDATE works on SQLite and PostgreSQL alike (REPLACE does not).
         Health.insert(device=t.device, site=t.site, body=body, time=now).on_conflict(
             conflict_target=[Health.device],
