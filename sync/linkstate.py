@@ -14,6 +14,7 @@ import ssl
 import time
 from dataclasses import dataclass, field
 
+import paho.mqtt.client as mqtt
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
@@ -136,3 +137,17 @@ class LinkWatch:
             return None
         now = time.monotonic() if now is None else now
         return now - max(self.unanswered_since, self.connected_since)
+
+
+class Client(mqtt.Client):
+    """paho's client, keeping the exception of the last failed connection attempt
+    (paho calls ``on_connect_fail`` without it, and logs it only at debug level)."""
+
+    last_error: BaseException | None = None
+
+    def reconnect(self):
+        try:
+            return super().reconnect()
+        except OSError as exc:
+            self.last_error = exc
+            raise

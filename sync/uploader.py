@@ -187,7 +187,7 @@ class Uploader:
         # Refused here, loudly, rather than connecting and having every upload dropped
         # by the broker's ACL (its user name is the certificate CN).
         linkstate.check_certificate_cn(sc.cert, self.device)
-        c = _Client(CallbackAPIVersion.VERSION2, client_id=self.device,
+        c = linkstate.Client(CallbackAPIVersion.VERSION2, client_id=self.device,
                     protocol=mqtt.MQTTv5)
         c.tls_set(ca_certs=sc.ca, certfile=sc.cert, keyfile=sc.key,
                   tls_version=ssl.PROTOCOL_TLS_CLIENT)
@@ -530,17 +530,3 @@ class Uploader:
                 "store": self.store.summary()}
         self.client.publish(f"{self.base}/health", json.dumps(body, default=str).encode(),
                             qos=1)
-
-
-class _Client(mqtt.Client):
-    """paho's client, keeping the exception of the last failed connection attempt
-    (paho calls ``on_connect_fail`` without it)."""
-
-    last_error: BaseException | None = None
-
-    def reconnect(self):
-        try:
-            return super().reconnect()
-        except OSError as exc:
-            self.last_error = exc
-            raise

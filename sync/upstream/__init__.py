@@ -7,8 +7,9 @@ retention, holds, deletions and exports; :mod:`.cli` is ``linetap upstream``;
 :mod:`.setup` and :mod:`.pki` stand an upstream up (``init``, ``check``, ``serve``) and
 enrol, pin and revoke boxes.
 
-May import: ``sync.protocol``, ``sync.signed_commands`` and the shared format and
-evidence code (``recorder.evidence``, ``recorder.errors``, ``recorder.fsutil``,
-``recorder.timebase``, ``recorder.privacy``). Never the box's daemon, capture, calls or
-storage.
+May import: ``sync.protocol``, ``sync.signed_commands``, ``sync.linkstate`` and the
+shared format and evidence code (``recorder.evidence``, ``recorder.errors``,
+``recorder.fsutil``, ``recorder.timebase``, ``recorder.privacy``); :mod:`.setup` also
+``provisioning.sitefile``, to check the site files it writes with the provisioning
+path's own checker. Never the box's daemon, capture, calls or storage.
 """

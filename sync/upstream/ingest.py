@@ -44,7 +44,7 @@ from recorder.evidence import chain as evidence
 from recorder.evidence import segfile
 from recorder.fsutil import crash_point
 from recorder.timebase import parse_iso
-from sync import protocol
+from sync import linkstate, protocol
 from sync.upstream import config as upstream_config
 from sync.upstream import ops as upstream_ops
 from sync.upstream import tracking
@@ -578,15 +578,16 @@ class Worker:
 
     def start(self) -> None:
         u = self.ucfg
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                        protocol=mqtt.MQTTv5, manual_ack=True)
+        c = linkstate.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                             protocol=mqtt.MQTTv5, manual_ack=True)
         if u.ca:
             c.tls_set(ca_certs=u.ca, certfile=u.cert or None, keyfile=u.key or None,
                       tls_version=ssl.PROTOCOL_TLS_CLIENT)
         c.reconnect_delay_set(*self.reconnect_s)
         c.max_inflight_messages_set(100)
         c.on_connect, c.on_message = self._on_connect, self._on_message
-        c.on_disconnect = lambda *a: self.connected.clear()
+        c.on_disconnect = self._on_disconnect
+        c.on_connect_fail = self._on_connect_fail
         c.on_socket_open = protocol.tcp_nodelay
         # A retained "online" under <prefix>/_ingest/<client id>/status while connected,
         # cleared by the will or by close(): `linetap upstream check` counts the workers
@@ -610,6 +611,21 @@ class Worker:
         client.publish(self.presence_topic(), b"online", qos=1, retain=True)
         self.connected.set()
         log.info("ingest %s connected", self.client_id)
+
+    def _on_connect_fail(self, client, userdata):
+        # Logged at once, with the cause: an unreachable broker used to be silent.
+        exc = getattr(client, "last_error", None)
+        log.warning("ingest %s cannot connect to broker %s:%d: %s; retrying (backoff "
+                    "%g-%g s)", self.client_id, self.ucfg.host, self.ucfg.port,
+                    linkstate.describe_error(exc, self.ucfg.host, self.ucfg.port)
+                    if exc is not None else "connection failed", *self.reconnect_s)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        was = self.connected.is_set()
+        self.connected.clear()
+        if was and not self.stop.is_set():
+            log.warning("ingest %s lost the broker: %s; reconnecting", self.client_id,
+                        reason_code)
 
     def _on_message(self, client, userdata, msg):
         # paho's thread only queues; the handler thread batches (group commit).

@@ -167,3 +167,27 @@ def test_status_says_when_the_daemon_is_not_running(tmp_path, capsys):
     assert "sync: online" not in out
     assert main(["status", "--data-dir", str(tmp_path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["running"] is False
+
+
+def test_ingest_says_at_once_when_the_broker_is_unreachable(tmp_path, pki, caplog):
+    from sync.upstream.config import from_dict
+    from sync.upstream.ingest import Worker
+    from sync.upstream.store import open_db
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ucfg = from_dict({"database": {"url": f"sqlite:///{tmp_path / 'u.db'}"},
+                      "objects": {"path": str(tmp_path / "objects")},
+                      "broker": {"host": "127.0.0.1", "port": port, "ca": str(pki.ca),
+                                 "cert": pki.ingest.cert, "key": pki.ingest.key}})
+    open_db(ucfg.db_url)
+    caplog.set_level(logging.WARNING, logger="sync.upstream.ingest")
+    w = Worker(ucfg, reconnect_s=(0.05, 0.2))
+    w.start()
+    try:
+        wait_for(lambda: any("cannot connect" in r.getMessage() for r in caplog.records),
+                 30, "the ingest's warning")
+        msg = next(r.getMessage() for r in caplog.records if "cannot connect" in r.getMessage())
+        assert "connection refused" in msg and f"127.0.0.1:{port}" in msg
+    finally:
+        w.close()
