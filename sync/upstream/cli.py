@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--on", action="store_true")
     g.add_argument("--off", action="store_true")
     p = sub.add_parser("expiring", help="calls whose deadline falls within N days")
-    p.add_argument("--days", type=float, default=7.0)
+    p.add_argument("--days", type=float, default=7.0, help="window in days (default 7)")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("problems", help="open problems: conflicts, rejected manifests, "
                        "commands the box refused")
@@ -201,7 +201,10 @@ def cli_main(argv: list[str]) -> int:
         end = time.time() + args.days * 86400
         q = UCall.select().where((UCall.state == "live") & (UCall.deadline <= end)) \
             .order_by(UCall.deadline)
-        _print([_row(r) for r in q], args.json)
+        rows = [_row(r) for r in q]
+        _print(rows, args.json)
+        if not args.json:
+            print(f"{len(rows)} call(s) expire within {args.days:g} day(s)")
         return 0
     if args.cmd == "export":
         objects = open_objects(ucfg.objects)

@@ -97,7 +97,13 @@ def connect(lay, cert, key, port) -> str:
     def on_connect(client, userdata, flags, rc, props):
         out["rc"] = str(rc)
         done.set()
-    c.on_connect = on_connect
+
+    def on_disconnect(client, userdata, flags, rc, props):
+        # TLS 1.3: the broker's refusal of the client certificate arrives after the
+        # client's side of the handshake, as the connection closing before CONNACK.
+        out.setdefault("rc", f"refused: closed before CONNACK ({rc})")
+        done.set()
+    c.on_connect, c.on_disconnect = on_connect, on_disconnect
     try:
         c.connect("localhost", port, keepalive=10)
     except (ssl.SSLError, OSError) as exc:
@@ -252,3 +258,9 @@ def test_revoked_and_reenrolled_certificates_are_refused_by_broker_and_ingest(se
     ing = Ingest(upstream_config.load(cfg))
     assert ing.handle("linetap/s1/lt-r/health", b"{}") is None and ing.dropped == 1
     assert "revoked" in (lay.pki / "enrolment.json").read_text()
+
+
+def test_expiring_says_how_many_even_when_none(up, capsys):
+    from sync.upstream.cli import cli_main
+    assert cli_main(["--config", str(up.config), "expiring"]) == 0
+    assert "0 call(s) expire within 7 day(s)" in capsys.readouterr().out
