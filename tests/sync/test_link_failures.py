@@ -191,3 +191,38 @@ def test_ingest_says_at_once_when_the_broker_is_unreachable(tmp_path, pki, caplo
         assert "connection refused" in msg and f"127.0.0.1:{port}" in msg
     finally:
         w.close()
+
+
+def test_until_synced_fails_naming_the_backlog_and_the_link(tmp_path, pki, capsys):
+    import json
+
+    from recorder.cli.main import main
+    from recorder.evidence import keys
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _priv, pub = keys.practice_keygen(tmp_path / "p.key")
+    dev = pki.devices["dev-a"]
+    (tmp_path / "box.toml").write_text(f"""
+[device]
+id = "dev-a"
+site = "site1"
+[sync]
+enabled = true
+host = "127.0.0.1"
+port = {port}
+ca = "{pki.ca}"
+cert = "{dev.cert}"
+key = "{dev.key}"
+""")
+    (tmp_path / "s.json").write_text(json.dumps(
+        {"rate": 8000, "start": "2026-12-01T09:00:00Z", "duration": 14.0, "lines": 1,
+         "events": [{"at": 1.0, "line": 0, "type": "offhook"},
+                    {"at": 12.0, "line": 0, "type": "onhook"}]}))
+    rc = main(["simulate", str(tmp_path / "s.json"), "--config", str(tmp_path / "box.toml"),
+               "--data-dir", str(tmp_path / "box"), "--public-key", str(pub),
+               "--until-synced", "2"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "not synced after 2 s" in err and "segment(s)" in err
+    assert "connection refused" in err
