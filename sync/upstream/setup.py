@@ -850,16 +850,26 @@ def serve(config: str, workers: int = 2, out=None) -> int:
     if not 1 <= workers <= 64:
         raise SetupError(f"--workers {workers}: must be 1..64")
     stop, restart = threading.Event(), threading.Event()
+    procs: list = []
+
+    def on_hup(*_):
+        restart.set()
+        # The old broker goes at once, so a `check` right after `kill -HUP` cannot pass
+        # against it (and its retained worker presence goes with it).
+        for name, p in procs:
+            if name == "mosquitto":
+                p.terminate()
+
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: restart.set())
+    signal.signal(signal.SIGHUP, on_hup)
     rc = 0
     while not stop.is_set():
-        procs = _start_all(lay, config, workers, out)
         restart.clear()
+        procs[:] = _start_all(lay, config, workers, out)
         while not (stop.is_set() or restart.is_set()):
             dead = [(n, p) for n, p in procs if p.poll() is not None]
-            if dead:
+            if dead and not restart.is_set():
                 for n, p in dead:
                     print(f"linetap upstream serve: {n} exited with status {p.returncode}",
                           file=out)

@@ -70,8 +70,10 @@ class Serve:
         raise AssertionError("serve did not start: " + text)
 
     def restart(self):
+        before = (self.lay.root / "serve.log").read_text(errors="replace").count(
+            "running (pid")
         self.p.send_signal(signal.SIGHUP)
-        self.wait_ready(after=1)
+        self.wait_ready(after=before)
 
     def stop(self):
         self.p.send_signal(signal.SIGTERM)
