@@ -91,20 +91,28 @@ def from_dict(raw: dict, source: str = "upstream config", base: Path | None = No
               ) -> UpstreamConfig:
     problems: list[str] = []
     cfg = UpstreamConfig()
+    good: dict = {"sites": raw.get("sites") or {}}
     for sec, body in raw.items():
         if sec == "sites":
             continue
         if sec not in SECTIONS:
             problems.append(f"unknown section [{sec}]{_hint(sec, [*SECTIONS, 'sites'])}")
             continue
+        if not isinstance(body, dict):
+            problems.append(f"[{sec}] must be a table")
+            continue
+        good[sec] = {}
         for k, v in body.items():
             tp = SECTIONS[sec].get(k)
             if tp is None:
                 problems.append(f"[{sec}] unknown key '{k}'{_hint(k, SECTIONS[sec])}")
             elif not isinstance(v, tp) or isinstance(v, bool):
                 problems.append(f"{sec}.{k}: wrong type {type(v).__name__}")
-    if problems:
-        raise ConfigError(problems, source)
+            else:
+                good[sec][k] = v
+    # Carry on with the well-typed values, so every problem in every section (sites
+    # included) is reported at once, not only the first section's.
+    raw = good
     g = raw.get
     db, ob, br, cm = g("database", {}), g("objects", {}), g("broker", {}), g("commands", {})
     cfg.db_url = db.get("url", cfg.db_url)

@@ -269,3 +269,16 @@ def test_expiring_says_how_many_even_when_none(up, capsys):
     from sync.upstream.cli import cli_main
     assert cli_main(["--config", str(up.config), "expiring"]) == 0
     assert "0 call(s) expire within 7 day(s)" in capsys.readouterr().out
+
+
+def test_upstream_config_reports_every_problem_in_every_section():
+    from recorder.errors import ConfigError
+    with pytest.raises(ConfigError) as ei:
+        upstream_config.from_dict({
+            "databse": {}, "broker": {"port": "8883"},
+            "sites": {"s": {"retention_days": 99999, "devices": {"d": "nothex"}}}})
+    text = "\n".join(ei.value.problems)
+    for part in ("unknown section [databse] (did you mean 'database'?)",
+                 "broker.port: wrong type str", "sites.s.retention_days",
+                 "sites.s.devices.d"):
+        assert part in text
