@@ -49,6 +49,10 @@ SESSION_EXPIRY_S = 7 * 86400     # broker keeps our session (and queued acks) th
 SEND_CAP = 5
 TICK_S = 0.25                    # uploader tick when nothing wakes it (seconds)
 REFRESH_S = 1.0                  # candidate cache lifetime (seconds)
+# A manifest version the upstream rejected is offered again after this long (seconds):
+# the usual cause is on the upstream's side (a wrong identity pinned), and once that is
+# fixed the rejection must clear without anyone restarting the box.
+REJECTED_RETRY_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,7 @@ class Uploader:
         # Manifests the upstream rejected, by call -> the sha256 it rejected: only that
         # version is held back, so a re-signed manifest goes out again.
         self.rejected_mans: dict[str, str] = {}
+        self._rejected_at: dict[str, float] = {}     # call -> monotonic time of rejection
         self.link = "offline"
         self.link_detail = ""
         self.connected = threading.Event()
@@ -351,7 +356,8 @@ class Uploader:
                 C.select(C.id, C.manifest, C.manifest_sha256)
                 .where(C.manifest.is_null(False) & (C.manifest_acked == False)  # noqa: E712
                        & (C.state != "deleted")).order_by(C.created).limit(limit)
-                if self.rejected_mans.get(c.id) != c.manifest_sha256]
+                if self.rejected_mans.get(c.id) != c.manifest_sha256
+                or self._retry_rejected(c.id)]
         base_q = S.select(S.call, S.seq, S.sha256, S.path).where(S.acked == False)  # noqa: E712
         oldest = [Item(s.call_id, s.seq, s.sha256, s.path)
                   for s in base_q.order_by(S.id).limit(limit)]
@@ -447,9 +453,20 @@ class Uploader:
             # case the new one is held until the next restart or re-sign).
             row = C.get_or_none(C.id == call)
             self.rejected_mans[call] = row.manifest_sha256 if row is not None else ""
+            self._rejected_at[call] = time.monotonic()
             self._forget((call, None))
             log.error("upstream rejected the manifest of %s: %s", call, reason)
             self._alarm("sync_rejected", call=call, reason=reason)
+
+    def _retry_rejected(self, call: str) -> bool:
+        """Offer a rejected manifest version again once ``REJECTED_RETRY_S`` has passed
+        (the upstream answers again: accepted now, or rejected and held another while)."""
+        t = self._rejected_at.get(call)
+        if t is None or time.monotonic() - t < REJECTED_RETRY_S:
+            return False
+        self.rejected_mans.pop(call, None)
+        self._rejected_at.pop(call, None)
+        return True
 
     def _alarm(self, name, **detail) -> None:
         if self.alarms is not None:

@@ -142,3 +142,40 @@ def test_rejected_manifest_resolves_when_a_valid_one_arrives(tmp_path):
     tracking.manifest_accepted("d", "c")
     assert tracking.problems() == []
     assert tracking.problems(include_resolved=True)[0]["resolution"].startswith("a valid")
+
+
+def test_wrong_pinned_identity_resolves_after_the_fix_without_a_box_restart(
+        tmp_path, broker, pki, capsys):
+    from types import SimpleNamespace
+
+    from recorder.evidence import keys as ekeys
+    from sync import uploader as upl
+    _priv, pub, _pp, _ = practice_keys(tmp_path)
+    box = make_box(tmp_path / "box", pub)
+    ids = write_calls(box, n_calls=1, segs=1)
+    wrong = SimpleNamespace(device=box.device, identity=ekeys.ensure_identity(
+        tmp_path / "other", first_start=True))
+    raw = upstream_raw(tmp_path / "up", broker, pki, [wrong])
+    conf = tmp_path / "upstream.toml"
+    conf.write_text(to_toml(raw))
+    worker = InProcWorker(upstream_config.from_dict(raw))
+    run = Running(box, broker, pki)
+    try:
+        wait_for(lambda: ids[0] in run.up.rejected_mans, what="the rejection")
+        rc, out = _cli(capsys, conf, "problems")
+        assert "1 open problem(s)" in out and "linetap upstream pin --device dev-a" in out
+        worker.close()
+        raw = upstream_raw(tmp_path / "up", broker, pki, [box])         # the fix
+        conf.write_text(to_toml(raw))
+        worker = InProcWorker(upstream_config.from_dict(raw))
+        # The box offers the rejected version again once REJECTED_RETRY_S has passed.
+        run.up._rejected_at[ids[0]] -= upl.REJECTED_RETRY_S
+        run.up._cand = None
+        wait_for(lambda: unacked(box.store) == 0, what="the manifest accepted")
+        rc, out = _cli(capsys, conf, "problems")
+        assert "0 open problem(s)" in out
+        rc, out = _cli(capsys, conf, "problems", "--all")
+        assert "a valid manifest for this call was accepted" in out
+    finally:
+        run.close()
+        worker.close()
