@@ -719,14 +719,23 @@ class Worker:
             self.client = None
 
 
-def run_worker(ucfg, stop: threading.Event, *, interval_s: float = 1.0) -> Worker:
-    """Run a worker until ``stop`` is set (the body of ``linetap ingest``)."""
+def run_worker(ucfg, stop: threading.Event, *, interval_s: float = 1.0,
+               config_path: str | None = None) -> Worker:
+    """Run a worker until ``stop`` is set (the body of ``linetap ingest``). With
+    ``config_path``, sites and devices follow the file as it changes."""
     open_db(ucfg.db_url)
     w = Worker(ucfg)
     w.start()
+    watch = upstream_config.ConfigWatch(config_path, ucfg) if config_path else None
     next_tick = 0.0
     try:
         while not stop.wait(interval_s):
+            new = watch.changed() if watch is not None else None
+            if new is not None:
+                with w._lock:
+                    w.ucfg = w.ingest.ucfg = ucfg = new
+                log.info("ingest %s: %s reloaded (%d device(s))", w.client_id,
+                         config_path, sum(len(s.devices) for s in new.sites.values()))
             if time.monotonic() >= next_tick:
                 next_tick = time.monotonic() + ucfg.retention_interval_s
                 try:
@@ -753,7 +762,7 @@ def cli_main(argv: list[str]) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    run_worker(ucfg, stop)
+    run_worker(ucfg, stop, config_path=args.config)
     return 0
 
 

@@ -31,8 +31,9 @@ what an attacker with a stolen certificate would send.
 (mosquitto's ``crlfile``: the TLS handshake fails) and removes the device from
 ``upstream.toml`` (the ingest drops anything still queued). Re-enrolment issues a new
 certificate and revokes the previous one. The broker and workers read these files at
-start: restart them (``systemctl restart linetap-upstream.target``, or SIGHUP to
-``serve``).
+start, and new connections are checked against the CRL after a reload (SIGHUP): restart
+the broker to cut a connection a revoked box still has. The ingest workers re-read
+``upstream.toml`` when it changes (within a second).
 """
 
 from __future__ import annotations
@@ -633,7 +634,7 @@ def pin(config: str, device: str, identity: str, out=None) -> None:
     _rewrite_sites(lay, reg, {})
     fp = keys.fingerprint(bytes.fromhex(new))
     _audit(lay, "identity_pinned", device=device, site=d["site"], identity=fp)
-    print(f"pinned {device}: identity {fp}; restart the ingest workers to accept it",
+    print(f"pinned {device}: identity {fp}; the ingest workers pick it up within a second",
           file=out)
 
 
@@ -655,8 +656,9 @@ def revoke(config: str, device: str, out=None) -> None:
     _rewrite_sites(lay, reg, {})
     _audit(lay, "device_revoked", device=device, site=d["site"], serial=d["serial"])
     print(f"revoked {device}: certificate {d['serial']} is in {lay.crl.name} and the device "
-          f"is out of upstream.toml; restart the broker and ingest workers "
-          f"(systemctl restart linetap-upstream.target, or SIGHUP to serve)", file=out)
+          f"is out of upstream.toml (the ingest workers drop it within a second); restart "
+          f"the broker so it reads the CRL and cuts a connection the box still has: "
+          f"systemctl restart linetap-upstream-broker (or SIGHUP to serve)", file=out)
 
 
 # -- check -------------------------------------------------------------------------------

@@ -208,7 +208,10 @@ def test_enrol_pins_identity_and_writes_a_valid_site_file(up, tmp_path, capsys):
     assert set(site.keys) == {"practice_public", "command_key", "broker_ca"}
     ident = keys.ensure_identity(tmp_path / "box", first_start=True)
     raw = keys.raw_public(ident.public_key())
+    watch = upstream_config.ConfigWatch(cfg, upstream_config.load(cfg))
+    assert watch.changed() is None
     setup.pin(cfg, "lt-a", raw.hex())
+    assert "lt-a" in watch.changed().sites["surgery-1"].devices      # workers follow
     u = upstream_config.load(cfg)
     assert keys.raw_public(u.sites["surgery-1"].devices["lt-a"]) == raw
     open_db(u.db_url)
