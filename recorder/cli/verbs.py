@@ -138,8 +138,8 @@ def cmd_status(args) -> int:
     print(f"device {st.get('device', config.device_id(cfg))}, version "
           f"{st.get('version', '?')}")
     if not st["running"]:
-        print(f"  recorder NOT RUNNING ({st.get('why')}); what follows is from "
-              f"{st.get('stale_since') or 'nothing'}, not live")
+        print(f"  recorder NOT RUNNING: what follows is from "
+              f"{st.get('stale_since') or 'nothing'}, not live ({st.get('why')})")
     for ln in st.get("lines", []):
         print(f"  line {ln['line']}: {ln['state']:<8} hook {ln['hook']:<3} level "
               f"{ln['level_dbfs']:>6} dBFS{'  PAUSED' if ln.get('paused') else ''}")
