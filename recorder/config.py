@@ -158,6 +158,13 @@ class SyncConfig:
     chunk_bytes: int = _f(131072, "Largest MQTT payload (bytes).", range=(1024, 131072))
     health_interval_s: float = _f(60.0, "Health message interval (seconds).",
                                   range=(5.0, 3600.0))
+    unreachable_alarm_s: float = _f(120.0, "Raise broker_unreachable once the broker link "
+                                    "has been down this long (seconds).",
+                                    range=(10.0, 86400.0))
+    ack_alarm_s: float = _f(120.0, "Raise sync_unacknowledged when uploads the broker "
+                            "accepted get no ingest ack for this long while connected "
+                            "(seconds; the ACL dropping them, or no ingest worker).",
+                            range=(10.0, 86400.0))
 
 
 @dataclass(frozen=True)

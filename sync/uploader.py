@@ -38,7 +38,7 @@ from recorder.errors import CommandRejected, KeyFileError, ProtocolError
 from recorder.evidence import audit
 from recorder.threads import ServiceThread
 from recorder.timebase import clock_synchronised
-from sync import protocol
+from sync import linkstate, protocol
 from sync import signed_commands as commands
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,10 @@ SESSION_EXPIRY_S = 7 * 86400     # broker keeps our session (and queued acks) th
 SEND_CAP = 5
 TICK_S = 0.25                    # uploader tick when nothing wakes it (seconds)
 REFRESH_S = 1.0                  # candidate cache lifetime (seconds)
+# A manifest version the upstream rejected is offered again after this long (seconds):
+# the usual cause is on the upstream's side (a wrong identity pinned), and once that is
+# fixed the rejection must clear without anyone restarting the box.
+REJECTED_RETRY_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,7 @@ class Uploader:
         # Manifests the upstream rejected, by call -> the sha256 it rejected: only that
         # version is held back, so a re-signed manifest goes out again.
         self.rejected_mans: dict[str, str] = {}
+        self._rejected_at: dict[str, float] = {}     # call -> monotonic time of rejection
         self.link = "offline"
         self.link_detail = ""
         self.connected = threading.Event()
@@ -174,6 +179,8 @@ class Uploader:
         self._relaxed = False
         self._next_health = 0.0
         self.sent = self.acked = self.resent = 0
+        self.watch = linkstate.LinkWatch(*reconnect_s)
+        self._socket_error = ""          # paho's last socket error text (TLS alerts)
         self.command_key = self._load_command_key()
         self.client: mqtt.Client | None = None
 
@@ -188,8 +195,11 @@ class Uploader:
     # -- MQTT -------------------------------------------------------------------------------
     def start(self) -> None:
         sc = self.sc
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.device,
-                        protocol=mqtt.MQTTv5)
+        # Refused here, loudly, rather than connecting and having every upload dropped
+        # by the broker's ACL (its user name is the certificate CN).
+        linkstate.check_certificate_cn(sc.cert, self.device)
+        c = linkstate.Client(CallbackAPIVersion.VERSION2, client_id=self.device,
+                    protocol=mqtt.MQTTv5)
         c.tls_set(ca_certs=sc.ca, certfile=sc.cert, keyfile=sc.key,
                   tls_version=ssl.PROTOCOL_TLS_CLIENT)
         if sc.password:
@@ -199,6 +209,7 @@ class Uploader:
         c.max_inflight_messages_set(max(20, 4 * sc.window))
         c.max_queued_messages_set(0)
         c.on_connect, c.on_disconnect = self._on_connect, self._on_disconnect
+        c.on_connect_fail, c.on_log = self._on_connect_fail, self._on_log
         c.on_message = self._on_message
         c.on_socket_open = protocol.tcp_nodelay
         props = Properties(PacketTypes.CONNECT)
@@ -208,11 +219,30 @@ class Uploader:
         c.loop_start()
         self.client = c
 
+    def _failed(self, why: str) -> None:
+        delay = self.watch.failed(why)
+        self.link_detail = why
+        log.warning("broker %s:%d: %s; attempt %d failed, next in %.3g s", self.sc.host,
+                    self.sc.port, why, self.watch.attempts, delay)
+
+    def _on_connect_fail(self, client, userdata):
+        exc = getattr(client, "last_error", None)
+        self.link = "offline"
+        self._failed(linkstate.describe_error(exc, self.sc.host, self.sc.port)
+                     if exc is not None else "connection failed")
+
+    def _on_log(self, client, userdata, level, buf):
+        if level == mqtt.MQTT_LOG_ERR:
+            # e.g. "failed to receive on socket: [SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED]":
+            # a TLS 1.3 alert arrives after the handshake, as a read error.
+            self._socket_error = buf
+
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         if reason_code.is_failure:
-            self.link, self.link_detail = "refused", str(reason_code)
-            log.warning("broker refused the connection: %s", reason_code)
+            self.link = "refused"
+            self._failed(linkstate.describe_refusal(reason_code))
             return
+        self.watch.connected()
         client.subscribe([(f"{self.base}/ack", 1), (f"{self.base}/cmd", 1)])
         client.publish(f"{self.base}/status", b"online", qos=1, retain=True)
         self.link, self.link_detail = LINK_ONLINE, ""
@@ -222,9 +252,26 @@ class Uploader:
         log.info("connected to broker %s:%d", self.sc.host, self.sc.port)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        was_up = self.connected.is_set()
         self.connected.clear()
         self.link, self.link_detail = "offline", str(reason_code)
-        log.info("disconnected from broker: %s", reason_code)
+        if self.client is None:                # close(): our own disconnect
+            log.info("disconnected from broker: %s", reason_code)
+            return
+        err, self._socket_error = self._socket_error, ""
+        if "alert" in err.lower() or "ssl" in err.lower():
+            why = "TLS alert from the broker: " + err.split(": ", 1)[-1] + \
+                " (is this box's certificate revoked or from another CA?)"
+        elif reason_code.is_failure:
+            why = linkstate.describe_refusal(reason_code)
+        else:
+            why = f"connection lost ({reason_code}{': ' + err if err else ''})"
+        if was_up:
+            log.warning("broker %s:%d: %s; reconnecting", self.sc.host, self.sc.port, why)
+            self.watch.failed(why)
+            self.link_detail = why
+        else:
+            self._failed(why)
 
     def _on_message(self, client, userdata, msg):
         self.inbox.put((msg.topic, bytes(msg.payload)))
@@ -271,6 +318,7 @@ class Uploader:
             if infos is not None and all(i.is_published() for i in infos):
                 del self._infos[k]
                 self._delivered[k] = now
+                self.watch.delivered(now)
             if overdue(t, self._delivered.get(k), now, self.ack_timeout_s):
                 self._forget(k)
                 self.resent += 1
@@ -314,7 +362,8 @@ class Uploader:
                 C.select(C.id, C.manifest, C.manifest_sha256)
                 .where(C.manifest.is_null(False) & (C.manifest_acked == False)  # noqa: E712
                        & (C.state != "deleted")).order_by(C.created).limit(limit)
-                if self.rejected_mans.get(c.id) != c.manifest_sha256]
+                if self.rejected_mans.get(c.id) != c.manifest_sha256
+                or self._retry_rejected(c.id)]
         base_q = S.select(S.call, S.seq, S.sha256, S.path).where(S.acked == False)  # noqa: E712
         oldest = [Item(s.call_id, s.seq, s.sha256, s.path)
                   for s in base_q.order_by(S.id).limit(limit)]
@@ -372,6 +421,7 @@ class Uploader:
             except ProtocolError as exc:
                 log.warning("ignored message on %s: %s", topic, exc)
         if any(acks.values()):
+            self.watch.acked()
             # One transaction (one fsync) for every ack that arrived since the last tick.
             self._apply_ack(acks)
 
@@ -409,9 +459,20 @@ class Uploader:
             # case the new one is held until the next restart or re-sign).
             row = C.get_or_none(C.id == call)
             self.rejected_mans[call] = row.manifest_sha256 if row is not None else ""
+            self._rejected_at[call] = time.monotonic()
             self._forget((call, None))
             log.error("upstream rejected the manifest of %s: %s", call, reason)
             self._alarm("sync_rejected", call=call, reason=reason)
+
+    def _retry_rejected(self, call: str) -> bool:
+        """Offer a rejected manifest version again once ``REJECTED_RETRY_S`` has passed
+        (the upstream answers again: accepted now, or rejected and held another while)."""
+        t = self._rejected_at.get(call)
+        if t is None or time.monotonic() - t < REJECTED_RETRY_S:
+            return False
+        self.rejected_mans.pop(call, None)
+        self._rejected_at.pop(call, None)
+        return True
 
     def _alarm(self, name, **detail) -> None:
         if self.alarms is not None:
@@ -483,7 +544,11 @@ class Uploader:
                 "oldest_age_s": round(self.clock() - oldest.created, 1) if oldest else None,
                 "inflight": len(self.inflight), "sent": self.sent, "acked": self.acked,
                 "resent": self.resent,
-                "parked": len(self.parked) + len(self.rejected_mans)}
+                "parked": len(self.parked) + len(self.rejected_mans),
+                "attempts": self.watch.attempts, "last_error": self.watch.last_error,
+                "next_retry_s": self.watch.next_retry_s,
+                "unanswered_s": None if (u := self.watch.unanswered_s()) is None
+                else round(u, 1)}
 
     def _free_bytes(self) -> int:
         """Free space as retention sees it (its probe is injectable), else the disk's."""

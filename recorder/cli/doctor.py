@@ -193,6 +193,16 @@ def check_broker(cfg: rconfig.Config, now: dt.datetime, *,
     if _spki(cert.public_key()) != _spki(key.public_key()):
         return Result("broker", FAIL, f"{s.cert} does not match {s.key}",
                       "get a new CSR and certificate (`linetap provision apply`)")
+    from cryptography.x509.oid import NameOID
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    cn, device = (cns[0].value if cns else ""), rconfig.device_id(cfg)
+    if cn != device:
+        # The broker's user name is the CN and its ACL only lets a device publish under
+        # its own id: the TLS connection below would succeed and every upload vanish.
+        return Result("broker", FAIL, f"device certificate CN '{cn}' is not the device id "
+                      f"'{device}': the broker would drop every upload",
+                      f"enrol the box as '{device}' (`linetap upstream enrol --device "
+                      f"{device}`) or set device.id = \"{cn}\"")
     if cert.not_valid_after_utc <= now:
         return Result("broker", FAIL, f"device certificate expired "
                       f"{cert.not_valid_after_utc:%Y-%m-%d}", "renew it with a new CSR")
@@ -244,14 +254,22 @@ def _load_cert_and_key(cert_path: str, key_path: str, ca_path: str):
 
 def check_disk(cfg: rconfig.Config, data_dir: str | Path,
                usage: Callable = shutil.disk_usage) -> Result:
-    """Free space on the data partition against retention.min_free_mb."""
+    """Free space on the data partition against retention.min_free_mb. A data folder
+    not made yet (a fresh set-up: the recorder makes it at its first start) is measured
+    at its nearest existing parent, which is where it will live."""
+    probe, note = Path(data_dir), ""
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if probe != Path(data_dir):
+        note = f" (not created yet; measured at {probe})"
     try:
-        du = usage(data_dir)
+        du = usage(probe)
     except OSError as exc:
         return Result("disk", FAIL, f"{data_dir}: {exc.strerror or exc}",
                       "is the data partition mounted?")
     free_mb, need = du.free / 1e6, cfg.retention.min_free_mb
-    text = f"{data_dir}: {free_mb:.0f} MB free of {du.total / 1e6:.0f} MB (min {need:.0f} MB)"
+    text = (f"{data_dir}: {free_mb:.0f} MB free of {du.total / 1e6:.0f} MB (min "
+            f"{need:.0f} MB){note}")
     if free_mb < need:
         return Result("disk", FAIL, text, "retention is evicting: check sync is uploading, "
                       "or use a larger card")

@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--realtime", action="store_true", help="pace the line in real time")
     sp.add_argument("--speed", type=float, default=0.0,
                     help="pace at this many times real time (0 = as fast as possible)")
+    sp.add_argument("--until-synced", nargs="?", type=float, const=300.0, default=None,
+                    metavar="TIMEOUT", help="then wait until the upstream has acked the "
+                    "whole backlog (at most TIMEOUT s, default 300); exit 2 if not")
 
     sp = add("keygen", "create the practice key pair (private key 0600, public half .pub)")
     sp.add_argument("--out", required=True, help="private key path; public key goes to OUT.pub")

@@ -95,11 +95,14 @@ def cmd_simulate(args) -> int:
         raise ConfigError([f"practice public key {cfg.recording.public_key} not found: "
                            "pass --public-key K.pub (from 'linetap keygen')"])
     speed = 1.0 if args.realtime else args.speed
-    res = simulate.run(sc, cfg, speed=speed)
+    res = simulate.run(sc, cfg, speed=speed, until_synced_s=args.until_synced)
     st = res.status
     print(f"simulated {sc.duration:.1f} s on {sc.lines} line(s): {st['counts']['calls']} "
           f"call(s), {st['counts']['missed']} missed, {st['writer']['segments']} segment(s), "
           f"overruns {st['overruns']['consumer']}")
+    if res.synced is not None:
+        print(f"synced: every segment and manifest acked upstream "
+              f"({res.synced['acked']} ack(s) this run, waited {res.synced['seconds']} s)")
     return 0
 
 
@@ -129,13 +132,7 @@ def cmd_run(args) -> int:
 
 def cmd_status(args) -> int:
     cfg = _cfg(args)
-    path = Path(cfg.device.data_dir) / STATUS_FILE
-    try:
-        st = json.loads(path.read_text())
-    except FileNotFoundError:
-        st = {"running": False}
-    except ValueError:
-        st = {"running": False, "error": "status file unreadable"}
+    st = _live_status(Path(cfg.device.data_dir))
     from recorder.storage.store import Store
     if (Path(cfg.device.data_dir) / DB_FILE).exists():
         st["store"] = Store(cfg.device.data_dir).summary()
@@ -144,6 +141,9 @@ def cmd_status(args) -> int:
         return 0
     print(f"device {st.get('device', config.device_id(cfg))}, version "
           f"{st.get('version', '?')}")
+    if not st["running"]:
+        print(f"  recorder NOT RUNNING: what follows is from "
+              f"{st.get('stale_since') or 'nothing'}, not live ({st.get('why')})")
     for ln in st.get("lines", []):
         print(f"  line {ln['line']}: {ln['state']:<8} hook {ln['hook']:<3} level "
               f"{ln['level_dbfs']:>6} dBFS{'  PAUSED' if ln.get('paused') else ''}")
@@ -156,8 +156,38 @@ def cmd_status(args) -> int:
           f"{s.get('unsynced_segments', 0)} (oldest {s.get('oldest_unsynced') or '-'})")
     sync = st.get("sync") or {}
     if sync:
-        print(f"  sync: {sync.get('link', '?')}, backlog {sync.get('backlog', '?')}")
+        link = sync.get("link", "?") if st["running"] else "unknown (recorder not running)"
+        print(f"  sync: {link}, backlog {sync.get('backlog', '?')}")
+        if st["running"] and sync.get("attempts"):
+            print(f"    {sync['attempts']} failed attempt(s), next in "
+                  f"{sync.get('next_retry_s') or '?'} s: {sync.get('last_error')}")
+        elif st["running"] and sync.get("detail") and sync.get("link") != "online":
+            print(f"    {sync['detail']}")
     return 0
+
+
+def _live_status(data_dir: Path) -> dict:
+    """The running recorder's status over its control socket, with ``running`` True;
+    else the last status file, marked ``running`` False with why and its time (a file
+    alone used to show "online" long after the daemon had exited)."""
+    from recorder.errors import ProtocolError
+    from recorder.runtime import control_client
+    try:
+        st = control_client.request(control_client.socket_path(data_dir),
+                                    {"cmd": "status"}, timeout_s=3.0)
+        st.pop("ok", None)
+        return {**st, "running": True}
+    except (control_client.RecorderNotRunning, ProtocolError, OSError) as exc:
+        why = str(exc)
+    path = data_dir / STATUS_FILE
+    try:
+        st = json.loads(path.read_text())
+        stale = iso(path.stat().st_mtime)
+    except FileNotFoundError:
+        st, stale = {}, None
+    except ValueError:
+        st, stale = {"error": "status file unreadable"}, None
+    return {**st, "running": False, "why": why, "stale_since": stale}
 
 
 # -- calls, export, verify -----------------------------------------------------------------------

@@ -114,6 +114,22 @@ def _blobs(store, row):
             continue
 
 
+def _key_opens_any(store, rows, private_key) -> bool:
+    """False only if calls with segments were chosen and the key opens the first
+    segment of none of them (a wrong key must be an error, not a folder of silence)."""
+    tried = False
+    for row in rows:
+        for _seq, data in _blobs(store, row):
+            tried = True
+            try:
+                segfile.open_payload(segfile.parse(data, signed=False), private_key)
+                return True
+            except (SegmentFormatError, ValueError):
+                pass
+            break
+    return not tried
+
+
 def export_calls(store, private_key, out_dir, ids=None, number=None, device_key=None,
                  data_dir=None) -> tuple[list[dict], int]:
     """Export the chosen calls (all with audio by default). Returns (summaries, failures)."""
@@ -126,6 +142,10 @@ def export_calls(store, private_key, out_dir, ids=None, number=None, device_key=
         if missing:
             from recorder.errors import StoreError
             raise StoreError(f"no such call(s): {', '.join(sorted(missing))}")
+    if not _key_opens_any(store, rows, private_key):
+        from recorder.errors import KeyFileError
+        raise KeyFileError(f"the practice key opens none of the {len(rows)} call(s) chosen: "
+                           "wrong key? Nothing was exported")
     done, failures = [], 0
     for row in rows:
         if row.state == "missed" and not ids and not number:
@@ -138,6 +158,8 @@ def export_calls(store, private_key, out_dir, ids=None, number=None, device_key=
         if problems:
             verdict.status = "failed"
             verdict.problems += problems
+            if pcm is not None and pcm.size == 0:
+                pcm = None     # nothing opened: no empty WAV that passes for a silent call
         mdata = None
         if row.manifest:
             try:

@@ -75,6 +75,7 @@ def practice_keygen(out: str | os.PathLike, passphrase: bytes | None = None) -> 
         if p.exists():
             raise KeyFileError(f"{p} already exists; refusing to overwrite a key")
     key = x25519.X25519PrivateKey.generate()
+    out.parent.mkdir(parents=True, exist_ok=True)
     if passphrase is None:
         pem = _pem_private(key)
     else:

@@ -26,6 +26,7 @@ BLINK_CODES: dict[str, int] = {
     "sync_config": 4,
     "sync_rejected": 4,
     "sync_conflict": 4,
+    "sync_unacknowledged": 4,
     "stuck_offhook": 5,
     "dead_line": 5,
     "clock_unsynchronised": 6,
@@ -61,7 +62,10 @@ class Alarms:
 
 @dataclass(frozen=True)
 class Thresholds:
-    broker_down_s: float = 300.0      # link down this long -> broker_unreachable
+    broker_down_s: float = 120.0      # link down this long -> broker_unreachable
+    #                                   (sync.unreachable_alarm_s)
+    ack_silence_s: float = 120.0      # broker took uploads, no ingest ack this long while
+    #                                   connected -> sync_unacknowledged (sync.ack_alarm_s)
     backlog_age_s: float = 3600.0     # oldest unsynced segment older -> sync_backlog_age
     dead_line_s: float = 600.0        # near-silence this long -> dead_line
     clip_window_s: float = 60.0       # clipping seen within this window -> clipping
@@ -78,6 +82,7 @@ class Inputs:
     sync_on: bool = False
     link_down_s: float | None = None     # how long the broker link has been down
     oldest_unsynced_age_s: float | None = None
+    unanswered_s: float | None = None    # broker-accepted uploads without an ingest ack
     silent_s: tuple = ()                 # per line: seconds of unbroken near-silence
     clip_age_s: tuple = ()               # per line: seconds since the last clip, or None
     stuck_lines: tuple = ()              # lines whose call passed max_call_s
@@ -93,10 +98,18 @@ def evaluate(i: Inputs, t: Thresholds = Thresholds()) -> dict[str, dict | None]:
         {"detail": "system clock not NTP-synchronised; call times may be wrong"},
         "broker_unreachable": None,
         "sync_backlog_age": None,
+        "sync_unacknowledged": None,
     }
     if i.sync_on:
         if i.link_down_s is not None and i.link_down_s >= t.broker_down_s:
             out["broker_unreachable"] = {"seconds": round(i.link_down_s)}
+        if i.unanswered_s is not None and i.unanswered_s >= t.ack_silence_s:
+            out["sync_unacknowledged"] = {
+                "seconds": round(i.unanswered_s),
+                "detail": "the broker accepted uploads but no ingest ack came back: the "
+                          "broker's ACL is dropping them (certificate CN not the device id, "
+                          "or device.site not the site it is enrolled at) or no ingest "
+                          "worker is running"}
         age = i.oldest_unsynced_age_s
         if age is not None and age >= t.backlog_age_s:
             out["sync_backlog_age"] = {"oldest_s": round(age)}

@@ -361,6 +361,7 @@ class Daemon:
             sync_on=link is not None,
             link_down_s=None if self._link_down_since is None else now - self._link_down_since,
             oldest_unsynced_age_s=sync.get("oldest_age_s"),
+            unanswered_s=sync.get("unanswered_s"),
             silent_s=tuple(0.0 if ln.silent_since is None
                            else (line_now - ln.silent_since) / self.rate for ln in p.line),
             clip_age_s=tuple(None if ln.last_clip is None
@@ -403,7 +404,9 @@ class Daemon:
     def _house_tick(self) -> None:
         self._check_clock()
         st = self.status()
-        for name, detail in alarm_rules.evaluate(self._alarm_inputs(st)).items():
+        limits = alarm_rules.Thresholds(broker_down_s=self.cfg.sync.unreachable_alarm_s,
+                                        ack_silence_s=self.cfg.sync.ack_alarm_s)
+        for name, detail in alarm_rules.evaluate(self._alarm_inputs(st), limits).items():
             self.alarms.set(name, detail is not None, **(detail or {}))
         st["alarms"] = self.alarms.snapshot()
         atomic_write(self.data_dir / STATUS_FILE, json.dumps(st, default=str).encode(),

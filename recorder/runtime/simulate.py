@@ -29,6 +29,7 @@ from hw.pins import PinMap
 from hw.simdisk import SimDisk
 from hw.simline import SimulatedLine
 from recorder.config import Config
+from recorder.errors import LinetapError
 from recorder.runtime.assembly import build_services
 from recorder.runtime.daemon import Daemon
 from recorder.runtime.hardware import Hardware, Reader
@@ -122,6 +123,45 @@ class SimResult:
     daemon: Daemon
     line: SimulatedLine
     status: dict
+    synced: dict | None = None       # with until_synced_s: what was acked, and when
+
+
+class NotSynced(LinetapError, TimeoutError):
+    """``--until-synced``: the backlog was not acked in time (the message says why)."""
+
+
+def unsynced(daemon: Daemon) -> tuple[int, int]:
+    """(segments, manifests) the upstream has not acked yet."""
+    m = daemon.store.m
+    segs = m.Segment.select().where(m.Segment.acked == False).count()  # noqa: E712
+    mans = m.Call.select().where(m.Call.manifest.is_null(False)
+                                 & (m.Call.manifest_acked == False)   # noqa: E712
+                                 & (m.Call.state != "deleted")).count()
+    return segs, mans
+
+
+def wait_synced(daemon: Daemon, timeout_s: float, poll_s: float = 0.2) -> dict:
+    """Wait until every segment and manifest is acked upstream (``timeout_s`` seconds
+    at most); :class:`NotSynced` naming the backlog and the link state if not."""
+    if daemon.services is None or daemon.services.sync_status() is None:
+        raise NotSynced("--until-synced: sync is not enabled ([sync] enabled = true, "
+                        "host, ca, cert, key)")
+    t0 = time.monotonic()
+    # The line has ended but the writer may still be storing the last call: what is not
+    # in the store yet would look synced.
+    if not daemon.writer.drain(timeout_s):
+        raise NotSynced(f"the writer did not finish within {timeout_s:g} s")
+    while True:
+        segs, mans = unsynced(daemon)
+        if segs == 0 and mans == 0:
+            return {"seconds": round(time.monotonic() - t0, 1),
+                    **daemon.services.sync_status()}
+        if time.monotonic() - t0 >= timeout_s:
+            st = daemon.services.sync_status() or {}
+            raise NotSynced(f"not synced after {timeout_s:g} s: {segs} segment(s) and "
+                            f"{mans} manifest(s) not acked; link {st.get('link')}"
+                            f"{' (' + st['detail'] + ')' if st.get('detail') else ''}")
+        time.sleep(poll_s)
 
 
 def sim_config(cfg: Config, sc: scen.Scenario, data_dir: str, public_key: str | None = None,
@@ -140,8 +180,12 @@ def sim_config(cfg: Config, sc: scen.Scenario, data_dir: str, public_key: str | 
 
 def run(sc: scen.Scenario, cfg: Config, *, speed: float = 0.0, keep_playback: bool = False,
         before_start=None, free_bytes: Callable[[], int] | None = None,
-        services=build_services) -> SimResult:
+        services=build_services, until_synced_s: float | None = None) -> SimResult:
     """Run ``sc`` through the daemon configured by ``cfg`` (see :func:`sim_config`).
+
+    ``until_synced_s``: after the scenario, keep the daemon running until the upstream
+    has acked every segment and manifest, for at most this many seconds
+    (:func:`wait_synced`).
 
     ``free_bytes`` replaces the virtual disk's free-space probe (bytes); ``services``
     the service builder (None runs without retention and sync)."""
@@ -171,12 +215,15 @@ def run(sc: scen.Scenario, cfg: Config, *, speed: float = 0.0, keep_playback: bo
             while not daemon.wait(0.5):
                 if daemon.stop.is_set():
                     break
+            synced = None
+            if until_synced_s is not None:
+                synced = wait_synced(daemon, until_synced_s)
             status = daemon.status()
         finally:
             line.stop()
             daemon.shutdown()
         line.join(10)
-        return SimResult(daemon, line, status)
+        return SimResult(daemon, line, status, synced)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -29,7 +29,7 @@ import time
 from recorder.evidence.keys import open_practice_private
 from recorder.evidence.trust import load_identity_pub
 from recorder.timebase import iso
-from sync.upstream import authorise, fleet
+from sync.upstream import authorise, fleet, tracking
 from sync.upstream import config as upstream_config
 from sync.upstream import ops as upstream_ops
 from sync.upstream.objectstore import open_objects
@@ -45,7 +45,8 @@ from sync.upstream.store import (
 )
 
 
-def _row(r: UCall) -> dict:
+def _row(r: UCall, holds: dict | None = None) -> dict:
+    hold_cmd = (holds or {}).get((r.device, r.call))
     have = USegment.select().where((USegment.device == r.device)
                                    & (USegment.call == r.call)).count()
     exp = len(expected_seqs(r)) if r.expected is not None else None
@@ -53,7 +54,10 @@ def _row(r: UCall) -> dict:
             "start": iso(r.start_time), "deadline": iso(r.deadline),
             "legal_hold": r.legal_hold, "segments": have, "expected": exp,
             "complete": is_complete(r) if r.state == "live" else False,
-            "delete_reason": r.delete_reason}
+            "delete_reason": r.delete_reason,
+            "hold_command": None if hold_cmd is None else
+            {k: hold_cmd[k] for k in ("state", "reason", "nonce")},
+            "hold_label": tracking.hold_label(r.legal_hold, hold_cmd)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,9 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--on", action="store_true")
     g.add_argument("--off", action="store_true")
     p = sub.add_parser("expiring", help="calls whose deadline falls within N days")
-    p.add_argument("--days", type=float, default=7.0)
+    p.add_argument("--days", type=float, default=7.0, help="window in days (default 7)")
     p.add_argument("--json", action="store_true")
-    p = sub.add_parser("problems", help="conflicts and rejected manifests kept aside")
+    p = sub.add_parser("problems", help="open problems: conflicts, rejected manifests, "
+                       "commands the box refused")
+    p.add_argument("--all", action="store_true", help="include resolved problems")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("fleet", help="every box: version, last seen, disk, backlog, alerts")
     p.add_argument("--json", action="store_true")
@@ -103,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _problem(p: Problem) -> dict:
     return {"kind": p.kind, "device": p.device, "call_id": p.call, "seq": p.seq,
             "sha256": p.sha256, "key": p.key, "detail": p.detail, "time": iso(p.created)}
+
+
+def _unsearched(unreadable: int, found: int) -> str:
+    return (f"INCOMPLETE SEARCH: {unreadable} manifest(s) did not open with this key, so "
+            f"their calls were not searched ({found} match(es) among the rest). Is it the "
+            "practice key for these calls? If the upstream holds other practices' calls, "
+            "limit the search with --site")
 
 
 def _dump(obj) -> None:
@@ -119,10 +132,16 @@ def _print(rows, as_json) -> None:
         print(f"{r['site']:<12} {r['device']:<16} {r['call_id']:<34} {r['state']:<7} "
               f"{r['start'] or '-':<24} segs {r['segments']}/{r['expected'] or '?'} "
               f"{'complete' if r['complete'] else 'partial':<8} deadline {r['deadline']}"
-              f"{'  HOLD' if r['legal_hold'] else ''}")
+              f"{r['hold_label']}")
 
 
 def cli_main(argv: list[str]) -> int:
+    from sync.upstream import setup as upstream_setup
+    if upstream_setup.handles(argv):     # init, enrol, pin, revoke, check, serve
+        return upstream_setup.cli_main(argv)
+    from sync.upstream import tracking
+    if tracking.handles(argv):           # commands, retry, resolve
+        return tracking.cli_main(argv)
     args = build_parser().parse_args(argv)
     ucfg = upstream_config.load(args.config)
     open_db(ucfg.db_url)
@@ -138,7 +157,10 @@ def cli_main(argv: list[str]) -> int:
                                                       args.number, args.site)
         _print([_row(r) for r in rows], args.json)
         if unreadable:
-            print(f"{unreadable} manifest(s) did not open with this key", file=sys.stderr)
+            # Never "0 matches" when part of the store was not searched: for a subject
+            # access request that would read as "no calls for this person".
+            print(_unsearched(unreadable, len(rows)), file=sys.stderr)
+            return 1
         return 0
     if args.cmd == "calls":
         q = UCall.select().order_by(UCall.start_time)
@@ -146,18 +168,28 @@ def cli_main(argv: list[str]) -> int:
             q = q.where(UCall.site == args.site)
         if not args.all:
             q = q.where(UCall.state == "live")
-        _print([_row(r) for r in q], args.json)
+        holds = tracking.hold_states()
+        _print([_row(r, holds) for r in q], args.json)
         return 0
     if args.cmd == "problems":
-        rows = [_problem(p) for p in Problem.select().order_by(Problem.created, Problem.id)]
+        rows = tracking.problems(include_resolved=args.all)
         if args.json:
             _dump(rows)
         else:
             for r in rows:
-                what = "manifest" if r["seq"] is None else f"segment {r['seq']}"
-                print(f"{r['time']}  {r['kind']:<9} {r['device']:<16} {r['call_id']} "
-                      f"{what} {r['sha256'][:12]}  {r['detail']}")
-            print(f"{len(rows)} problem(s)")
+                if r["kind"].startswith("command_"):
+                    what = f"command {r['nonce'][:12]}"
+                else:
+                    what = (f"#{r['id']} " + ("manifest" if r["seq"] is None
+                                              else f"segment {r['seq']}")
+                            + f" {r['sha256'][:12]}")
+                state = f"  [resolved {r['resolved']}: {r['resolution'] or ''}]" \
+                    if r["resolved"] else ""
+                print(f"{r['time']}  {r['kind']:<16} {r['device']:<16} {r['call_id']} "
+                      f"{what}  {r['detail']}{state}")
+            print(f"{len(rows)} {'problem(s)' if args.all else 'open problem(s)'}"
+                  + ("" if args.all else " (--all shows resolved ones; `retry --command` "
+                     "re-signs a refused command; `resolve` closes one with a note)"))
         return 0
     if args.cmd == "audit":
         if args.verify:
@@ -197,7 +229,10 @@ def cli_main(argv: list[str]) -> int:
         end = time.time() + args.days * 86400
         q = UCall.select().where((UCall.state == "live") & (UCall.deadline <= end)) \
             .order_by(UCall.deadline)
-        _print([_row(r) for r in q], args.json)
+        rows = [_row(r) for r in q]
+        _print(rows, args.json)
+        if not args.json:
+            print(f"{len(rows)} call(s) expire within {args.days:g} day(s)")
         return 0
     if args.cmd == "export":
         objects = open_objects(ucfg.objects)
@@ -206,7 +241,11 @@ def cli_main(argv: list[str]) -> int:
             print("export: give --call or --number, not both", file=sys.stderr)
             return 2
         if args.number:
-            rows, _unreadable = upstream_ops.search_number(objects, priv, args.number)
+            rows, unreadable = upstream_ops.search_number(objects, priv, args.number)
+            if unreadable:
+                print(_unsearched(unreadable, len(rows)) + "; nothing exported",
+                      file=sys.stderr)
+                return 1
         elif args.call:
             rows = [upstream_ops.find_call(c) for c in args.call]
         else:

@@ -110,20 +110,28 @@ def from_dict(raw: dict, source: str = "upstream config", base: Path | None = No
               ) -> UpstreamConfig:
     problems: list[str] = []
     cfg = UpstreamConfig()
+    good: dict = {"sites": raw.get("sites") or {}}
     for sec, body in raw.items():
         if sec == "sites":
             continue
         if sec not in SECTIONS:
             problems.append(f"unknown section [{sec}]{_hint(sec, [*SECTIONS, 'sites'])}")
             continue
+        if not isinstance(body, dict):
+            problems.append(f"[{sec}] must be a table")
+            continue
+        good[sec] = {}
         for k, v in body.items():
             tp = SECTIONS[sec].get(k)
             if tp is None:
                 problems.append(f"[{sec}] unknown key '{k}'{_hint(k, SECTIONS[sec])}")
             elif not isinstance(v, tp) or (isinstance(v, bool) and tp is not bool):
                 problems.append(f"{sec}.{k}: wrong type {type(v).__name__}")
-    if problems:
-        raise ConfigError(problems, source)
+            else:
+                good[sec][k] = v
+    # Carry on with the well-typed values, so every problem in every section (sites
+    # included) is reported at once, not only the first section's.
+    raw = good
     g = raw.get
     db, ob, br, cm = g("database", {}), g("objects", {}), g("broker", {}), g("commands", {})
     cfg.db_url = db.get("url", cfg.db_url)
@@ -183,3 +191,45 @@ def load(path: str) -> UpstreamConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"not valid TOML: {exc}"], str(p)) from exc
     return from_dict(raw, str(p), p.parent)
+
+
+class ConfigWatch:
+    """Re-reads the upstream config when its file changes (``enrol``, ``pin`` and
+    ``revoke`` rewrite it), so the workers follow the registered devices without a
+    restart. Database, objects and broker settings still need one (they are in use)."""
+
+    def __init__(self, path: str, current: UpstreamConfig):
+        self.path, self.current = Path(path), current
+        self._stamp = self._stat()
+
+    def _stat(self):
+        try:
+            st = self.path.stat()
+            return st.st_mtime_ns, st.st_size
+        except OSError:
+            return None
+
+    def changed(self) -> UpstreamConfig | None:
+        """The new config if the file changed and loads, else None (a config that does
+        not load is logged and the old one kept: a worker must not die of a typo)."""
+        import logging
+        stamp = self._stat()
+        if stamp is None or stamp == self._stamp:
+            return None
+        self._stamp = stamp
+        try:
+            new = load(str(self.path))
+        except ConfigError as exc:
+            logging.getLogger(__name__).error("%s changed but does not load; keeping the "
+                                              "previous config: %s", self.path, exc)
+            return None
+        old = self.current
+        for k in ("db_url", "objects", "host", "port", "ca", "cert", "key", "topic_prefix",
+                  "share_group"):
+            if getattr(old, k) != getattr(new, k):
+                logging.getLogger(__name__).warning(
+                    "%s: %s changed; restart the workers for that to take effect",
+                    self.path, k)
+                setattr(new, k, getattr(old, k))
+        self.current = new
+        return new

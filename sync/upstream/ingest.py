@@ -44,13 +44,14 @@ from recorder.evidence import chain as evidence
 from recorder.evidence import segfile
 from recorder.fsutil import crash_point
 from recorder.timebase import parse_iso
-from sync import protocol
+from sync import linkstate, protocol
 from sync.upstream import config as upstream_config
-from sync.upstream import fleet
+from sync.upstream import fleet, tracking
 from sync.upstream import ops as upstream_ops
 from sync.upstream.objectstore import open_objects
 from sync.upstream.store import (
     Command,
+    Health,
     ManifestHistory,
     Problem,
     UCall,
@@ -61,8 +62,6 @@ from sync.upstream.store import (
 
 log = logging.getLogger(__name__)
 
-# Fault injection for tests: die (as kill -9 would) after this many durable writes,
-# before the ack is published. Unset in production.
 BATCH = 64                # messages per database transaction
 CHUNK_WAIT_S = 0.005      # how long a batch waits for the next chunk of its last file
 # A call in these states takes no more uploads: late copies are acked, never stored.
@@ -107,7 +106,7 @@ class Ingest:
         whole, member_of = _whole_files(msgs, order)
         res: dict[int, object] = {}
         try:
-            with db.atomic():
+            with db.atomic(**_write_lock()):
                 for n, i in enumerate(order):
                     if i in member_of:
                         continue               # joined into a later chunk of its file
@@ -334,7 +333,8 @@ class Ingest:
         header, problems = evidence.check_manifest(blob, t.call, t.device,
                                                    site.devices[t.device])
         if problems:
-            return self._manifest_refused(t, ch, "rejected", "; ".join(problems))
+            return self._manifest_refused(t, ch, "rejected", tracking.explain_rejection(
+                problems, t.device, site.name, site.devices[t.device]))
         okey = f"man/{t.device}/{t.call}.{ch.sha256}.ltm"
         if row is not None and row.manifest_sha256 is not None:
             return self._manifest_resigned(t, site, ch, row, header, blob, okey)
@@ -342,6 +342,7 @@ class Ingest:
         with db.atomic():
             self._touch_call(t, site, _epoch(header.get("created")), manifest_key=okey,
                              manifest_sha256=ch.sha256, expected=header.get("segments", []))
+            tracking.manifest_accepted(t.device, t.call)
         self.stored += 1
         self._writes += 1
         return self._ack_topic(t), protocol.ack_payload(mans=[(t.call, ch.sha256)])
@@ -415,6 +416,7 @@ class Ingest:
             return
         Command.update(status=status, result=reason).where(
             (Command.nonce == nonce) & (Command.device == t.device)).execute()
+        tracking.on_report(nonce, status)
         log.log(logging.WARNING if status == "rejected" else logging.INFO,
                 "box %s %s command %s: %s", t.device, status, nonce[:8], reason)
 
@@ -426,7 +428,10 @@ class Ingest:
         if not isinstance(body, dict):
             log.warning("health from %s is not a JSON object: ignored", t.device)
             return
-        fleet.record_health(t.device, t.site, body, time.time())
+        now = time.time()
+        prev = Health.get_or_none(Health.device == t.device)
+        tracking.box_back(t.device, prev.time if prev else None, now)
+        fleet.record_health(t.device, t.site, body, now)
 
 
 _SQL = {
@@ -440,6 +445,15 @@ _SQL = {
     "seg_put": 'INSERT INTO usegment (device, "call", seq, sha256, size, "key", created) '
                "VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}) ON CONFLICT DO NOTHING",
 }
+
+
+def _write_lock() -> dict:
+    """SQLite: take the write lock when the batch starts (``BEGIN IMMEDIATE``). A
+    deferred transaction reads first and then fails at once with "database is locked"
+    when another worker committed in between (the busy timeout does not apply to that
+    upgrade), so with two workers on one SQLite file segments were refused and waited
+    for the box's ack timeout."""
+    return {"lock_type": "IMMEDIATE"} if isinstance(db.obj, pw.SqliteDatabase) else {}
 
 
 def _sql(name: str) -> str:
@@ -564,18 +578,26 @@ class Worker:
         g, p = self.ucfg.share_group, self.ucfg.topic_prefix
         return [f"$share/{g}/{p}/+/+/{k}" for k in ("seg/#", "man/#", "report", "health")]
 
+    def presence_topic(self) -> str:
+        return f"{self.ucfg.topic_prefix}/_ingest/{self.client_id}/status"
+
     def start(self) -> None:
         u = self.ucfg
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                        protocol=mqtt.MQTTv5, manual_ack=True)
+        c = linkstate.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                             protocol=mqtt.MQTTv5, manual_ack=True)
         if u.ca:
             c.tls_set(ca_certs=u.ca, certfile=u.cert or None, keyfile=u.key or None,
                       tls_version=ssl.PROTOCOL_TLS_CLIENT)
         c.reconnect_delay_set(*self.reconnect_s)
         c.max_inflight_messages_set(100)
         c.on_connect, c.on_message = self._on_connect, self._on_message
-        c.on_disconnect = lambda *a: self.connected.clear()
+        c.on_disconnect = self._on_disconnect
+        c.on_connect_fail = self._on_connect_fail
         c.on_socket_open = protocol.tcp_nodelay
+        # A retained "online" under <prefix>/_ingest/<client id>/status while connected,
+        # cleared by the will or by close(): `linetap upstream check` counts the workers
+        # that are really subscribed, not just a broker that answers.
+        c.will_set(self.presence_topic(), b"", qos=1, retain=True)
         # No persistent session for a worker: a dead worker's session would stay in the
         # shared group and keep being handed messages (mosquitto queues for offline
         # members). What was in flight is resent by the box after its ack timeout.
@@ -591,8 +613,24 @@ class Worker:
             log.warning("broker refused ingest connection: %s", reason_code)
             return
         client.subscribe([(f, 1) for f in self.filters()])
+        client.publish(self.presence_topic(), b"online", qos=1, retain=True)
         self.connected.set()
         log.info("ingest %s connected", self.client_id)
+
+    def _on_connect_fail(self, client, userdata):
+        # Logged at once, with the cause: an unreachable broker used to be silent.
+        exc = getattr(client, "last_error", None)
+        log.warning("ingest %s cannot connect to broker %s:%d: %s; retrying (backoff "
+                    "%g-%g s)", self.client_id, self.ucfg.host, self.ucfg.port,
+                    linkstate.describe_error(exc, self.ucfg.host, self.ucfg.port)
+                    if exc is not None else "connection failed", *self.reconnect_s)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        was = self.connected.is_set()
+        self.connected.clear()
+        if was and not self.stop.is_set():
+            log.warning("ingest %s lost the broker: %s; reconnecting", self.client_id,
+                        reason_code)
 
     def _on_message(self, client, userdata, msg):
         # paho's thread only queues; the handler thread batches (group commit).
@@ -681,19 +719,34 @@ class Worker:
         if self.handler.is_alive():
             self.handler.join(10)
         if self.client is not None:
+            if self.connected.is_set():
+                try:
+                    self.client.publish(self.presence_topic(), b"", qos=1,
+                                        retain=True).wait_for_publish(2.0)
+                except (RuntimeError, ValueError):
+                    log.debug("presence not cleared", exc_info=True)
             self.client.disconnect()
             self.client.loop_stop()
             self.client = None
 
 
-def run_worker(ucfg, stop: threading.Event, *, interval_s: float = 1.0) -> Worker:
-    """Run a worker until ``stop`` is set (the body of ``linetap ingest``)."""
+def run_worker(ucfg, stop: threading.Event, *, interval_s: float = 1.0,
+               config_path: str | None = None) -> Worker:
+    """Run a worker until ``stop`` is set (the body of ``linetap ingest``). With
+    ``config_path``, sites and devices follow the file as it changes."""
     open_db(ucfg.db_url)
     w = Worker(ucfg)
     w.start()
+    watch = upstream_config.ConfigWatch(config_path, ucfg) if config_path else None
     next_tick = 0.0
     try:
         while not stop.wait(interval_s):
+            new = watch.changed() if watch is not None else None
+            if new is not None:
+                with w._lock:
+                    w.ucfg = w.ingest.ucfg = ucfg = new
+                log.info("ingest %s: %s reloaded (%d device(s))", w.client_id,
+                         config_path, sum(len(s.devices) for s in new.sites.values()))
             if time.monotonic() >= next_tick:
                 next_tick = time.monotonic() + ucfg.retention_interval_s
                 try:
@@ -720,7 +773,7 @@ def cli_main(argv: list[str]) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    run_worker(ucfg, stop)
+    run_worker(ucfg, stop, config_path=args.config)
     return 0
 
 

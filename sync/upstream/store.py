@@ -79,6 +79,8 @@ class Problem(Base):
     key = pw.CharField(null=True)
     detail = pw.TextField(default="")
     created = pw.DoubleField(default=time.time)
+    resolved_time = pw.DoubleField(null=True)    # open while None (sync.upstream.tracking)
+    resolution = pw.TextField(null=True)
 
     class Meta:
         table_name = "problem"
@@ -113,6 +115,8 @@ class Command(Base):
     result = pw.TextField(null=True)
     sent_time = pw.DoubleField(null=True)
     created = pw.DoubleField(default=time.time)
+    resolved_time = pw.DoubleField(null=True)    # a refusal or expiry dealt with
+    retried_as = pw.CharField(null=True)         # nonce of the command that retried it
 
     class Meta:
         table_name = "command"
@@ -235,6 +239,8 @@ def open_db(url: str) -> pw.Database:
         try:
             with d.atomic():
                 _migrate_uaudit(d)
+                from sync.upstream import tracking
+                tracking.migrate(d)
                 d.create_tables(MODELS, safe=True)
             break
         except (pw.IntegrityError, pw.ProgrammingError, pw.OperationalError):

@@ -183,7 +183,8 @@ def pki(tmp_path):
     csr = tlscert.make_csr(dev_key, "lt-test")
     (tmp_path / "dev.pem").write_bytes(tlscert.sign_csr(csr, ca_cert, ca_key, days=90,
                                                         now=NOW))
-    cfg = cfg_with(sync__enabled=True, sync__host="localhost", sync__port=8883,
+    cfg = cfg_with(device__id="lt-test", sync__enabled=True, sync__host="localhost",
+                   sync__port=8883,
                    sync__ca=str(tmp_path / "ca.pem"), sync__cert=str(tmp_path / "dev.pem"),
                    sync__key=str(tmp_path / "dev.key"))
     return cfg, ca_cert, ca_key, tmp_path
@@ -213,6 +214,8 @@ def test_broker_table(pki):
     (tmp / "bad.pem").write_text("nope")
     r = doctor.check_broker(cfg.replace(sync__cert=str(tmp / "bad.pem")), NOW, connect=ok)
     assert r.status == FAIL and "not a PEM certificate" in r.detail
+    r = doctor.check_broker(cfg.replace(device__id="lt-other"), NOW, connect=ok)
+    assert r.status == FAIL and "CN 'lt-test' is not the device id 'lt-other'" in r.detail
 
 
 def test_real_tls_probe_against_loopback_broker(pki):

@@ -17,7 +17,7 @@ T = al.Thresholds()
     ("capture stalled", al.Inputs(capture_age_s=6.0), {"capture_stalled"}),
     ("capture merely slow", al.Inputs(capture_age_s=4.0), set()),
     ("clock", al.Inputs(clock_synchronised=False), {"clock_unsynchronised"}),
-    ("link down briefly", al.Inputs(sync_on=True, link_down_s=299), set()),
+    ("link down briefly", al.Inputs(sync_on=True, link_down_s=119), set()),
     ("broker unreachable", al.Inputs(sync_on=True, link_down_s=300), {"broker_unreachable"}),
     ("sync off: no sync alarms", al.Inputs(sync_on=False, link_down_s=9999,
                                            oldest_unsynced_age_s=1e6), set()),

@@ -75,7 +75,7 @@ def test_problems_and_audit_chain(upstream, capsys):
         [("conflict", ids[0], 0), ("rejected", sid, None)])
     assert any("different device" in r["detail"] for r in rows)
     rc, out = _cli(u, capsys, "problems")
-    assert "2 problem(s)" in out and "segment 0" in out and "manifest" in out
+    assert "2 open problem(s)" in out and "segment 0" in out and "manifest" in out
     # Audited acts form one chain, also with several writers at once.
     upstream_ops.delete_call(ing.objects, UCall.get(UCall.call == ids[1]), "upstream_delete")
 

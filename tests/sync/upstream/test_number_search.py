@@ -73,12 +73,21 @@ def test_search_and_export_by_number(tmp_path, broker, pki, postgres, capsys):
     # --number without the key is refused with a reason.
     assert cli_main(["--config", str(conf), "calls", "--number", N1]) == 2
     assert "sealed" in capsys.readouterr().err
-    # Another practice's key opens nothing, so it finds nothing (and says so).
+    # Another practice's key opens nothing: an error, never "no matches".
     other, _ = practice_keygen(tmp_path / "other.key")
     assert search(N1) and cli_main(["--config", str(conf), "calls", "--number", N1,
-                                    "--key", str(other)]) == 0
+                                    "--key", str(other)]) == 1
     out = capsys.readouterr()
-    assert out.out.strip() == "" and "6 manifest(s) did not open" in out.err
+    assert out.out.strip() == "" and "INCOMPLETE SEARCH: 6 manifest(s) did not open" in out.err
+    assert cli_main(["--config", str(conf), "export", "--key", str(other), "--out",
+                     str(tmp_path / "wrong_ex"), "--number", N1]) == 1
+    assert "nothing exported" in capsys.readouterr().err
+    assert not (tmp_path / "wrong_ex").exists()
+    # The box's own export with the wrong key: an error, and no WAV of silence.
+    assert cli.main(["export", "--data-dir", str(a.data_dir), "--key", str(other),
+                     "--out", str(tmp_path / "wrong_box")]) == 2
+    assert "opens none of the 4 call(s)" in capsys.readouterr().err
+    assert not list((tmp_path / "wrong_box").glob("*.wav"))
     # The search is audited, with the number masked.
     det = [u.detail for u in UAudit.select() if u.action == "search_number"]
     assert det and all(N1 not in json.dumps(d) for d in det)
