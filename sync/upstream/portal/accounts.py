@@ -12,7 +12,7 @@ Roles (per site = practice):
 manager    everything: calls, play, export, delete, hold, retention, users, audit
 staff      search, play, download and export
 auditor    the audit trail and the call list, no playback or download
-operator   reserved for the fleet view (no practice pages)
+operator   the fleet view: every box and its alerts (docs/fleet.md), never a call
 =========  ===========================================================
 """
 
@@ -39,6 +39,7 @@ PERMS = {
     "open": {"manager", "staff"},          # sealed blobs: play, download, export, search
     "audit": {"manager", "auditor"},
     "manage": {"manager"},                  # delete, hold, retention, users, settings
+    "fleet": {"operator"},                  # every box's health and alerts, never calls
 }
 MAX_FAILURES = 5              # failed sign-ins in a row before the account locks
 LOCK_S = 15 * 60              # how long a lock lasts (s)

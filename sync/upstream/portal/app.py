@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+import time
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -20,6 +21,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from sync.upstream import fleet
 from sync.upstream.portal import accounts, api
 from sync.upstream.portal.security import RateLimit, SecurityHeaders
 from sync.upstream.store import audit, open_db
@@ -110,7 +112,25 @@ async def logout(request: Request):
 
 
 def calls_page(request: Request):
+    _s, u = current(request)
+    if u is not None and not accounts.can(u.role, "list"):
+        return RedirectResponse("/fleet" if accounts.can(u.role, "fleet") else "/login",
+                                status_code=303)
     return page(request, "calls.html")
+
+
+def fleet_page(request: Request):
+    """The operator's view: every box's last report and open alerts (no call, no
+    number: the rows come from health reports, :mod:`sync.upstream.fleet`)."""
+    s, u = current(request)
+    if u is None:
+        return RedirectResponse("/login", status_code=303)
+    if not accounts.can(u.role, "fleet"):
+        raise HTTPException(403, "Only an operator sees the fleet.")
+    ucfg = request.app.state.ucfg
+    audit("portal_fleet_read", user=u.name)
+    return page(request, "fleet.html", rows=fleet.table(time.time(), ucfg.enrolled()),
+                alerts=fleet.open_alerts())
 
 
 def audit_page(request: Request):
@@ -169,6 +189,7 @@ def create_app(ucfg) -> Starlette:
         Route("/logout", logout, methods=["POST"]),
         Route("/audit", audit_page),
         Route("/manage", manage_page),
+        Route("/fleet", fleet_page),
         Route("/vendor/{path:path}", vendor),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
         *api.routes(),
