@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml
 	[ -x $(PY) ] || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e . pytest hypothesis ruff psycopg2-binary pytest-timeout \
-	  import-linter
+	  import-linter boto3 'moto[server]>=5'
 	touch $@
 
 setup: apt $(STAMP)

@@ -119,7 +119,7 @@ def cli_main(argv: list[str]) -> int:
                   "inside the sealed manifests", file=sys.stderr)
             return 2
         priv = keys.load_practice_private(args.key)
-        rows, unreadable = upstream_ops.search_number(open_objects(ucfg.objects), priv,
+        rows, unreadable = upstream_ops.search_number(open_objects(ucfg), priv,
                                                       args.number, args.site)
         _print([_row(r) for r in rows], args.json)
         if unreadable:
@@ -171,7 +171,7 @@ def cli_main(argv: list[str]) -> int:
         _print([_row(r) for r in q], args.json)
         return 0
     if args.cmd == "export":
-        objects = open_objects(ucfg.objects)
+        objects = open_objects(ucfg)
         priv = keys.load_practice_private(args.key)
         if args.number and args.call:
             print("export: give --call or --number, not both", file=sys.stderr)
@@ -191,7 +191,7 @@ def cli_main(argv: list[str]) -> int:
         print(f"exported {len(rows)} call(s) to {args.out}; {failed} failed verification")
         return 1 if failed else 0
     if args.cmd == "delete":
-        r = upstream_ops.user_delete(ucfg, open_objects(ucfg.objects), args.call, args.device)
+        r = upstream_ops.user_delete(ucfg, open_objects(ucfg), args.call, args.device)
         print(f"deleted {r.call} upstream; delete command queued for {r.device}")
         return 0
     if args.cmd == "hold":

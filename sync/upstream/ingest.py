@@ -77,7 +77,7 @@ class Ingest:
 
     def __init__(self, ucfg, objects=None):
         self.ucfg = ucfg
-        self.objects = objects or open_objects(ucfg.objects)
+        self.objects = objects or open_objects(ucfg)
         self.stored = self.duplicates = self.conflicts = self.dropped = 0
         self._writes = 0
         self._writes_hooked = 0     # writes already counted by the crash hook

@@ -1,4 +1,5 @@
-"""Blob storage for the upstream: a filesystem object store, with an S3-ready interface.
+"""Blob storage for the upstream: a filesystem object store (the default) and, behind the
+same interface, S3 (:mod:`sync.upstream.s3store`).
 
 Keys are ``/``-separated relative names (``seg/<device>/<call>/<seq>.<sha256>``). A
 ``put`` returns only once the bytes are durable (temp + fsync + rename + fsync dir),
@@ -16,7 +17,8 @@ from recorder.fsutil import atomic_write, fsync_dir
 
 
 class ObjectStore(Protocol):
-    """What the ingest needs from a blob store (an S3 adapter implements the same)."""
+    """What the ingest needs from a blob store (:class:`FsObjectStore`,
+    :class:`sync.upstream.s3store.S3ObjectStore`)."""
 
     def put(self, key: str, data: bytes, *, durable: bool = True,
             dirs: set | None = None) -> None: ...
@@ -26,6 +28,7 @@ class ObjectStore(Protocol):
     def delete(self, key: str) -> None: ...
     def list(self, prefix: str) -> list[str]: ...
     def walk(self, prefix: str) -> list[tuple[str, float]]: ...
+    def set_hold(self, key: str, on: bool) -> bool: ...
 
 
 class FsObjectStore:
@@ -99,7 +102,10 @@ class FsObjectStore:
             return []
         return sorted(f"{prefix.rstrip('/')}/{p.name}" for p in d.iterdir()
                       if p.is_file() and not p.name.startswith("."))
-
+    def set_hold(self, key: str, on: bool) -> bool:
+        """A filesystem has no per-object legal hold: the database's flag is the hold
+        (:func:`sync.upstream.ops.delete_call` refuses a held call). Returns False."""
+        return False
 
     def walk(self, prefix: str) -> list[tuple[str, float]]:
         """Every object under the folder ``prefix``, at any depth, with its modification
@@ -117,11 +123,18 @@ class FsObjectStore:
         return sorted(out)
 
 
-def open_objects(location: str) -> ObjectStore:
-    """An object store from a path (or ``file://`` URL). ``s3://`` is not built yet."""
+def open_objects(location) -> ObjectStore:
+    """An object store from a path, a ``file://`` URL or an ``s3://bucket/prefix``
+    location, or from an :class:`~sync.upstream.config.UpstreamConfig` (its
+    ``objects`` path with its ``s3_*`` settings)."""
+    s3: dict = {}
+    if not isinstance(location, str):
+        location, s3 = location.objects, location.s3
     if location.startswith("s3://"):
-        raise ConfigError([f"objects.path {location}: the S3 adapter is not implemented; "
-                           "use a filesystem path"])
+        from sync.upstream.s3store import S3ObjectStore, S3Options
+        return S3ObjectStore(location, S3Options(**s3))
+    if s3:
+        raise ConfigError([f"objects.path {location}: s3_* settings need an s3:// path"])
     if location.startswith("file://"):
         location = location[len("file://"):]
     return FsObjectStore(location)
