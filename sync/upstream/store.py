@@ -181,6 +181,9 @@ def open_db(url: str) -> pw.Database:
             if attempt == 2:
                 raise
             time.sleep(0.2)
+    if isinstance(d, pw.PostgresqlDatabase):
+        from sync.upstream import pgschema
+        pgschema.upgrade(d)            # bigint ids, indexes for volume (pgschema.py)
     return d
 
 
