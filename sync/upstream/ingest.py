@@ -47,7 +47,7 @@ from recorder.timebase import parse_iso
 from sync import protocol
 from sync.upstream import config as upstream_config
 from sync.upstream import ops as upstream_ops
-from sync.upstream.objectstore import open_objects
+from sync.upstream.objectstore import TEMP_MAX_AGE_S, open_objects
 from sync.upstream.store import (
     Command,
     Health,
@@ -644,6 +644,7 @@ class Worker:
             upstream_ops.refresh_deadlines(self.ucfg)
             upstream_ops.expire(self.ingest.objects)
             upstream_ops.clean_partials(self.ingest.objects, self.ucfg.partial_max_age_s)
+            self.ingest.objects.clean_temp(TEMP_MAX_AGE_S)
             if self.ucfg.command_key:
                 upstream_ops.queue_retention(self.ucfg)
             if self.connected.is_set():

@@ -189,6 +189,10 @@ class S3ObjectStore:
         return sorted((self._rel(o["Key"]), o["LastModified"].timestamp())
                       for o in self._listing(folder, False))
 
+    def clean_temp(self, max_age_s: float, now: float | None = None) -> int:
+        """Nothing to do: an S3 PUT is whole or absent, it leaves no temp file."""
+        return 0
+
     # -- legal hold -----------------------------------------------------------------------------
     def set_hold(self, key: str, on: bool) -> bool:
         """Put (or lift) S3 Object Lock legal hold on every version of ``key``. Returns

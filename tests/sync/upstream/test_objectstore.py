@@ -4,6 +4,7 @@ hold mapped onto Object Lock, buckets without it, and the [objects] settings."""
 
 from __future__ import annotations
 
+import os
 import time
 from types import SimpleNamespace
 
@@ -72,6 +73,23 @@ def test_contract(store):
     assert not store.exists("seg/d/c/00000.aa")
     assert "seg/d/c/00000.aa" not in _copies(store, "seg/d/c")
     assert store.list("seg/d/c") == ["seg/d/c/00001.bb"]
+
+
+def test_temp_files_of_a_dead_writer_are_cleaned(store, tmp_path):
+    """A writer killed mid-put leaves a temp file under ``tmp/`` (filesystem), never
+    beside the objects; clean_temp removes the ones older than the age given."""
+    store.put("seg/d/c/00000.aa", b"one")
+    if isinstance(store, S3ObjectStore):
+        assert store.clean_temp(0) == 0 and store.exists("seg/d/c/00000.aa")
+        return
+    assert store.walk("tmp") == []                        # the put left nothing behind
+    old, fresh = store.root / "tmp" / "123.1.0", store.root / "tmp" / "123.1.1"
+    old.write_bytes(b"half"), fresh.write_bytes(b"half")
+    t = time.time() - 7200
+    os.utime(old, (t, t))
+    assert store.clean_temp(3600) == 1
+    assert [k for k, _m in store.walk("tmp")] == ["tmp/123.1.1"]
+    assert store.walk("seg") == [("seg/d/c/00000.aa", store.walk("seg")[0][1])]
 
 
 def test_s3_versions_and_legal_hold(s3server):
