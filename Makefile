@@ -13,7 +13,7 @@ APT_PKGS := python3 python3-venv python3-dev gcc libasound2-dev alsa-utils libsn
 PYTEST_ARGS ?=
 QUICK ?=
 
-.PHONY: all demo test test-fast lint-imports setup apt lint bench clean campaign-powercut \
+.PHONY: all demo test test-fast lint-imports setup apt lint bench bench-fleet bench-uplink bench-pgvolume clean campaign-powercut \
 	campaign-diskfull campaign-network campaign-fuzz campaign-clock
 
 all: test
@@ -61,6 +61,17 @@ bench: setup
 	$(PY) -m bench.evidence
 	$(PY) -m bench.dsp
 	$(PY) -m bench.sync
+
+# The upstream at fleet scale (issue 19); run by hand, each takes minutes. bench-uplink
+# needs root (network namespace, tc).
+bench-fleet: setup
+	$(PY) -m bench.fleet $(FLEET_ARGS)
+
+bench-uplink: setup
+	$(PY) -m bench.uplink
+
+bench-pgvolume: setup
+	$(PY) -m bench.pgvolume
 
 campaign-powercut campaign-diskfull campaign-network campaign-clock: setup
 	$(PY) -m bench.campaigns.$(subst campaign-,,$@) $(if $(QUICK),--quick)
