@@ -617,8 +617,17 @@ class Worker:
                 with self._lock:
                     results = self.ingest.handle_batch([(t, p) for t, p, _m, _q in msgs])
             except Exception:
-                # Database down or similar: no acks, no PUBACKs; the box resends.
+                # Database or object store down: no acks, so the box resends after its
+                # ack timeout (its outbox is the durable queue). The broker PUBACKs are
+                # still released: held back, each would keep one of this worker's
+                # in-flight slots until it reconnects (MQTT v5 redelivers only on a new
+                # connection), and after max_inflight_messages failed messages the
+                # broker would send this worker nothing more.
                 log.exception("batch of %d message(s) failed", len(msgs))
+                client = self.client
+                if client is not None:
+                    for _t, _p, mid, qos in msgs:
+                        client.ack(mid, qos)
                 continue
             client = self.client
             if client is None:

@@ -88,3 +88,34 @@ def test_three_workers_one_killed_mid_stream(tmp_path, broker, pki, postgres):
     assert len(stored_objects(ucfg, "man")) == calls
     assert UCall.select().count() == calls and all(is_complete(r) for r in UCall.select())
     assert Problem.select().count() == 0
+
+
+@pytest.mark.slow
+def test_failed_batches_do_not_starve_a_worker(tmp_path, broker, pki):
+    """The object store fails for the first 150 writes (more messages than the broker's
+    100 in-flight slots per client): those batches are not acked, the box resends, and
+    once the store is back the same worker drains everything. Before the fix the
+    failed messages were never PUBACKed and the broker stopped sending to the worker."""
+    from tests.support.syncbox import InProcWorker, upstream_cfg
+    _priv, pub, *_ = practice_keys(tmp_path)
+    box = make_box(tmp_path / "box", pub)
+    write_calls(box, n_calls=40, segs=4, seg_s=1.0)
+    ucfg = upstream_cfg(tmp_path / "up", broker, pki, [box])
+    worker = InProcWorker(ucfg)
+    real, fails = worker.w.ingest.objects.put, {"n": 0}
+
+    def flaky(*a, **k):
+        if fails["n"] < 150:
+            fails["n"] += 1
+            raise OSError("object store unavailable")
+        return real(*a, **k)
+
+    worker.w.ingest.objects.put = flaky
+    run = Running(box, broker, pki, window=64, ack_timeout_s=2.0)
+    try:
+        wait_for(lambda: unacked(box.store) == 0, timeout=120, what="drain after failures")
+    finally:
+        run.close()
+        worker.close()
+    assert fails["n"] == 150
+    assert USegment.select().count() == 160 and len(stored_objects(ucfg, "seg")) == 160
