@@ -2,7 +2,9 @@
 
 Answers: *what does the operator run, and what does the practice see there?*
 :mod:`.ingest` receives segments over MQTT and acks only after a durable write;
-:mod:`.store` (peewee) and :mod:`.objectstore` hold rows and blobs; :mod:`.ops` applies
+:mod:`.store` (peewee; :mod:`.pgschema` migrates PostgreSQL for volume) and
+:mod:`.objectstore` (filesystem, or S3 through :mod:`.s3store`) hold rows and blobs;
+:mod:`.ops` applies
 retention, holds, deletions and exports; :mod:`.cli` is ``linetap upstream``.
 
 May import: ``sync.protocol``, ``sync.signed_commands`` and the shared format and
