@@ -15,9 +15,9 @@ PYTEST_ARGS ?=
 QUICK ?=
 N ?= 10
 
-.PHONY: all demo portal test test-fast lint-imports setup apt lint bench clean \
-	campaign-powercut campaign-diskfull campaign-network campaign-fuzz campaign-clock \
-	campaign-sweep
+.PHONY: all demo portal test test-fast lint-imports setup apt lint bench bench-fleet \
+	bench-uplink bench-pgvolume clean campaign-powercut campaign-diskfull campaign-network \
+	campaign-fuzz campaign-clock campaign-sweep
 
 all: test
 
@@ -34,8 +34,8 @@ $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory apt
 	[ -x $(PY) ] || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[portal]' pytest hypothesis ruff psycopg2-binary \
-	  pytest-timeout import-linter aiosmtpd playwright
+	$(PY) -m pip install -q -e '.[portal,s3]' pytest hypothesis ruff psycopg2-binary \
+	  pytest-timeout import-linter aiosmtpd playwright 'moto[server]>=5'
 	touch $@
 
 # The portal's browser libraries (HPKE), exactly as locked; served as ES modules.
@@ -80,6 +80,17 @@ bench: setup
 	$(PY) -m bench.dsp
 	$(PY) -m bench.sync
 	$(PY) -m bench.portal
+
+# The upstream at fleet scale (issue 19); run by hand, each takes minutes. bench-uplink
+# needs root (network namespace, tc).
+bench-fleet: setup
+	$(PY) -m bench.fleet $(FLEET_ARGS)
+
+bench-uplink: setup
+	$(PY) -m bench.uplink
+
+bench-pgvolume: setup
+	$(PY) -m bench.pgvolume
 
 campaign-powercut campaign-diskfull campaign-network campaign-clock: setup
 	$(PY) -m bench.campaigns.$(subst campaign-,,$@) $(if $(QUICK),--quick)

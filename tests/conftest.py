@@ -54,6 +54,18 @@ def broker(tmp_path, pki):
 
 
 @pytest.fixture(scope="session")
+def s3server(tmp_path_factory):
+    """moto's S3 server on a free loopback port (tests/support/s3.py)."""
+    pytest.importorskip("boto3")
+    pytest.importorskip("moto.server")
+    from tests.support.s3 import MotoServer
+    srv = MotoServer(tmp_path_factory.mktemp("s3"))
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
 def postgres():
     if not (PG_BIN / "initdb").exists():
         pytest.skip(f"PostgreSQL binaries not found in {PG_BIN}")

@@ -182,7 +182,8 @@ UPSTREAM_ALLOWED = {
     "recorder", "recorder.evidence", "recorder.errors", "recorder.fsutil",
     "recorder.timebase", "recorder.config", "recorder.privacy", "recorder.logsetup",
     "recorder.sqlfields", "recorder.threads",
-    "sync", "sync.protocol", "sync.signed_commands", "sync.authz", "sync.upstream", "hw",
+    "sync", "sync.protocol", "sync.signed_commands", "sync.authz", "sync.linkstate",
+    "sync.upstream", "hw",
     "hw.errors", "recorder.configtxn",
 }
 

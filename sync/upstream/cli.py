@@ -153,7 +153,7 @@ def cli_main(argv: list[str]) -> int:
                   "inside the sealed manifests", file=sys.stderr)
             return 2
         priv = open_practice_private(args.key, args.passphrase_file)
-        rows, unreadable = upstream_ops.search_number(open_objects(ucfg.objects), priv,
+        rows, unreadable = upstream_ops.search_number(open_objects(ucfg), priv,
                                                       args.number, args.site)
         _print([_row(r) for r in rows], args.json)
         if unreadable:
@@ -235,7 +235,7 @@ def cli_main(argv: list[str]) -> int:
             print(f"{len(rows)} call(s) expire within {args.days:g} day(s)")
         return 0
     if args.cmd == "export":
-        objects = open_objects(ucfg.objects)
+        objects = open_objects(ucfg)
         priv = open_practice_private(args.key, args.passphrase_file)
         if args.number and args.call:
             print("export: give --call or --number, not both", file=sys.stderr)
@@ -262,7 +262,7 @@ def cli_main(argv: list[str]) -> int:
               f"{unverifiable} unverifiable")
         return 1 if failed else 3 if unverifiable else 0
     if args.cmd == "delete":
-        r = upstream_ops.user_delete(ucfg, open_objects(ucfg.objects), args.call, args.device)
+        r = upstream_ops.user_delete(ucfg, open_objects(ucfg), args.call, args.device)
         print(f"deleted {r.call} upstream; delete command queued for {r.device}")
         return 0
     if args.cmd == "hold":

@@ -8,6 +8,8 @@ Example (see docs/sync.md)::
     [objects]
     path = "/var/lib/linetap-upstream/objects"
     partial_max_age_days = 7        # abandoned partial chunk uploads are removed after this
+    # or, on S3 (sync/upstream/s3store.py): path = "s3://bucket/prefix" and, optionally,
+    # s3_endpoint, s3_region, s3_access_key_id, s3_secret_access_key_file, s3_addressing
 
     [broker]
     host = "broker.example"
@@ -52,7 +54,9 @@ from sync.upstream.fleet import ALERT_KEYS, FLEET_KEYS, FleetSettings, settings_
 
 SECTIONS = {
     "database": {"url": str},
-    "objects": {"path": str, "partial_max_age_days": (int, float)},
+    "objects": {"path": str, "partial_max_age_days": (int, float), "s3_endpoint": str,
+                "s3_region": str, "s3_access_key_id": str, "s3_secret_access_key_file": str,
+                "s3_addressing": str},
     "broker": {"host": str, "port": int, "ca": str, "cert": str, "key": str,
                "topic_prefix": str, "share_group": str, "client_id": str},
     "commands": {"key": str, "lifetime_days": (int, float), "resend_s": (int, float)},
@@ -75,6 +79,7 @@ class UpstreamConfig:
     db_url: str = "sqlite:///linetap-upstream.db"
     objects: str = "objects"
     partial_max_age_s: float = 7 * 86400
+    s3: dict = field(default_factory=dict)    # S3Options fields, for an s3:// objects path
     host: str = "localhost"
     port: int = 8883
     ca: str = ""
@@ -140,6 +145,14 @@ def from_dict(raw: dict, source: str = "upstream config", base: Path | None = No
     if not 0.001 <= age <= 365:
         problems.append("objects.partial_max_age_days must be a number in 0.001..365")
     cfg.partial_max_age_s = float(age) * 86400
+    cfg.s3 = {k[3:]: v for k, v in ob.items() if k.startswith("s3_")}
+    if cfg.s3 and not cfg.objects.startswith("s3://"):
+        problems.append("objects.s3_* settings are only for an s3:// objects.path")
+    if cfg.s3.get("addressing", "path") not in ("path", "virtual"):
+        problems.append("objects.s3_addressing must be \"path\" or \"virtual\"")
+    sk = cfg.s3.get("secret_access_key_file")
+    if sk and base is not None and not Path(sk).is_absolute():
+        cfg.s3["secret_access_key_file"] = str(base / sk)
     for k in ("host", "port", "ca", "cert", "key", "topic_prefix", "share_group", "client_id"):
         if k in br:
             setattr(cfg, k, br[k])

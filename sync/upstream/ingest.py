@@ -48,7 +48,7 @@ from sync import linkstate, protocol
 from sync.upstream import config as upstream_config
 from sync.upstream import fleet, tracking
 from sync.upstream import ops as upstream_ops
-from sync.upstream.objectstore import open_objects
+from sync.upstream.objectstore import TEMP_MAX_AGE_S, open_objects
 from sync.upstream.store import (
     Command,
     Health,
@@ -76,7 +76,7 @@ class Ingest:
 
     def __init__(self, ucfg, objects=None):
         self.ucfg = ucfg
-        self.objects = objects or open_objects(ucfg.objects)
+        self.objects = objects or open_objects(ucfg)
         self.stored = self.duplicates = self.conflicts = self.dropped = 0
         self._writes = 0
         self._writes_hooked = 0     # writes already counted by the crash hook
@@ -352,8 +352,14 @@ class Ingest:
         if blob is not None:
             key = f"conflict/man/{t.device}/{t.call}.{ch.sha256}.ltm"
             self._put(key, blob)
-        Problem.insert(kind=kind, device=t.device, call=t.call, seq=None, sha256=ch.sha256,
-                       key=key, detail=detail).on_conflict_ignore().execute()
+        # One problem per refused manifest version: the box offers it again (after an
+        # hour, or after a failed batch), and a NULL seq never meets the unique index.
+        seen = Problem.select().where(
+            (Problem.kind == kind) & (Problem.device == t.device) & (Problem.call == t.call)
+            & Problem.seq.is_null() & (Problem.sha256 == ch.sha256)).exists()
+        if not seen:
+            Problem.insert(kind=kind, device=t.device, call=t.call, seq=None,
+                           sha256=ch.sha256, key=key, detail=detail).execute()
         log.error("ALARM manifest_%s: %s/%s: %s", kind, t.device, t.call, detail)
         return self._ack_topic(t), protocol.ack_payload(rejected=[(t.call, detail)])
 
@@ -661,8 +667,17 @@ class Worker:
                 with self._lock:
                     results = self.ingest.handle_batch([(t, p) for t, p, _m, _q in msgs])
             except Exception:
-                # Database down or similar: no acks, no PUBACKs; the box resends.
+                # Database or object store down: no acks, so the box resends after its
+                # ack timeout (its outbox is the durable queue). The broker PUBACKs are
+                # still released: held back, each would keep one of this worker's
+                # in-flight slots until it reconnects (MQTT v5 redelivers only on a new
+                # connection), and after max_inflight_messages failed messages the
+                # broker would send this worker nothing more.
                 log.exception("batch of %d message(s) failed", len(msgs))
+                client = self.client
+                if client is not None:
+                    for _t, _p, mid, qos in msgs:
+                        client.ack(mid, qos)
                 continue
             client = self.client
             if client is None:
@@ -694,6 +709,7 @@ class Worker:
             upstream_ops.refresh_deadlines(self.ucfg)
             upstream_ops.expire(self.ingest.objects)
             upstream_ops.clean_partials(self.ingest.objects, self.ucfg.partial_max_age_s)
+            self.ingest.objects.clean_temp(TEMP_MAX_AGE_S)
             if self.ucfg.command_key:
                 upstream_ops.queue_retention(self.ucfg)
             if self.connected.is_set():

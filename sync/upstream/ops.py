@@ -17,6 +17,7 @@ from recorder.evidence import chain as evidence
 from recorder.evidence.export import decode_segments, export_json, open_manifest, write_call
 from recorder.privacy import mask_number
 from sync import signed_commands as commands
+from sync.upstream.portal import decisions
 from sync.upstream.store import (
     Command,
     DeviceState,
@@ -122,24 +123,45 @@ def delete_call(objects, row: UCall, reason: str) -> bool:
     return bool(done)
 
 
-def expire(objects, now: float | None = None) -> int:
+EXPIRE_BATCH = 500        # calls read per query by expire()
+
+
+def expire(objects, now: float | None = None, batch: int = EXPIRE_BATCH) -> int:
     """Finish every deletion a crash interrupted (state ``deleting``), then delete every
-    live call past its deadline and not on hold."""
+    live call past its deadline and not on hold.
+
+    In bounded batches: ``batch`` calls are read per query (oldest deadline first, by
+    the partial indexes of :mod:`sync.upstream.pgschema`), and each call is deleted in
+    its own short transaction (its segment rows, a few hundred at most), so no lock is
+    held across a whole day's expiry and the ingest keeps writing meanwhile."""
     now = time.time() if now is None else now
-    n = 0
-    for row in UCall.select().where(UCall.state == "deleting"):
-        log.warning("call %s of %s: finishing a deletion cut short", row.call, row.device)
-        n += delete_call(objects, row, row.delete_reason or "delete")
-    from sync.upstream.portal import decisions  # managers' appraisal (docs/portal.md)
-    decisions.remind(now)
-    for row in UCall.select().where((UCall.state == "live") & (UCall.legal_hold == False)  # noqa: E712
-                                    & (UCall.deadline <= now)):
-        if decisions.waiting(row, now):
-            continue
-        try:
-            n += delete_call(objects, row, "retention_expiry")
-        except CommandRejected:
-            continue
+    n, refused = 0, set()
+    while True:
+        # A finished call leaves the predicate, so each query reads the next batch.
+        rows = list(UCall.select().where(UCall.state == "deleting")
+                    .order_by(UCall.id).limit(batch))
+        for row in rows:
+            log.warning("call %s of %s: finishing a deletion cut short", row.call, row.device)
+            n += delete_call(objects, row, row.delete_reason or "delete")
+        if len(rows) < batch:
+            break
+    decisions.remind(now)                   # managers' appraisal (docs/portal.md)
+    while True:
+        rows = list(UCall.select().where(
+            (UCall.state == "live") & (UCall.legal_hold == False)  # noqa: E712
+            & (UCall.deadline <= now) & UCall.id.not_in(refused or [0]))
+            .order_by(UCall.deadline).limit(batch))
+        for row in rows:
+            if decisions.waiting(row, now):
+                refused.add(row.id)     # awaiting a manager's approval: not read again
+                continue
+            try:
+                n += delete_call(objects, row, "retention_expiry")
+            except CommandRejected:
+                refused.add(row.id)     # put on hold meanwhile: not read again
+                continue
+        if len(rows) < batch:
+            break
     return n
 
 
@@ -168,12 +190,24 @@ def clean_partials(objects, max_age_s: float, now: float | None = None) -> int:
     return len(gone)
 
 
+_deadlines_done: dict = {}   # (database, site) -> retention days last applied
+
+
 def refresh_deadlines(ucfg) -> None:
-    """Deadline = start + the site's retention (which may have changed in the config)."""
+    """Deadline = start + the site's retention (which may have changed in the config).
+
+    The ingest sets each call's deadline as it stores it, so this only has work when a
+    site's retention changed: it runs once per site and value in a process, and writes
+    only the rows whose deadline differs (never all of a site's calls every tick)."""
     for site in ucfg.sites.values():
-        UCall.update(deadline=UCall.start_time + site.retention_days * 86400).where(
-            (UCall.site == site.name) & UCall.start_time.is_null(False)).execute()
-    from sync.upstream.portal import decisions
+        k = (id(db.obj), db.obj.database, site.name)
+        if _deadlines_done.get(k) == site.retention_days:
+            continue
+        want = UCall.start_time + site.retention_days * 86400
+        UCall.update(deadline=want).where(
+            (UCall.site == site.name) & UCall.start_time.is_null(False)
+            & (UCall.deadline.is_null() | (UCall.deadline != want))).execute()
+        _deadlines_done[k] = site.retention_days
     decisions.apply_keeps()                 # a manager's keep moves the deadline
 
 
@@ -216,13 +250,42 @@ def user_delete(ucfg, objects, call: str, device: str | None = None) -> UCall:
     return row
 
 
-def user_hold(ucfg, call: str, on: bool, device: str | None = None) -> UCall:
+def call_keys(row: UCall) -> list[str]:
+    """Every object key a stored call owns (segments, manifest, replaced manifests)."""
+    keys = [s.key for s in USegment.select(USegment.key).where(
+        (USegment.device == row.device) & (USegment.call == row.call))]
+    if row.manifest_key:
+        keys.append(row.manifest_key)
+    keys += [h.key for h in ManifestHistory.select(ManifestHistory.key).where(
+        (ManifestHistory.device == row.device) & (ManifestHistory.call == row.call))]
+    return keys
+
+
+def hold_objects(objects, row: UCall, on: bool) -> int:
+    """Mirror a call's legal hold onto its objects where the store supports it (S3
+    Object Lock); returns how many objects were set (0 on the filesystem)."""
+    return sum(bool(objects.set_hold(k, on)) for k in call_keys(row))
+
+
+def user_hold(ucfg, call: str, on: bool, device: str | None = None, objects=None) -> UCall:
+    """Put a call on legal hold (or lift it): the database row, the objects (S3 Object
+    Lock, when the bucket has it; ``objects`` defaults to the configured store) and the
+    box, by signed command."""
     row = find_call(call, device)
     if row.state != "live":
         # A deletion already under way (or done) is not stopped by a hold: refuse it
         # rather than record a hold the next tick would ignore.
         raise CommandRejected(f"call {row.call} is {row.state}")
+    if objects is None:
+        from sync.upstream.objectstore import open_objects
+        objects = open_objects(ucfg)
+    # Lifting: the objects first, then the row (a crash between leaves the row held, so
+    # retention never meets a locked object). Placing: the row first, for the same reason.
+    if not on:
+        hold_objects(objects, row, False)
     UCall.update(legal_hold=on).where(UCall.id == row.id).execute()
+    if on:
+        hold_objects(objects, row, True)
     audit("legal_hold", device=row.device, call=row.call, on=on)
     queue_command(ucfg, row.device, "hold", call=row.call, on=on)
     return row

@@ -239,8 +239,7 @@ def open_db(url: str) -> pw.Database:
         try:
             with d.atomic():
                 _migrate_uaudit(d)
-                from sync.upstream import tracking
-                tracking.migrate(d)
+                _migrate_tracking(d)
                 d.create_tables(MODELS, safe=True)
             break
         except (pw.IntegrityError, pw.ProgrammingError, pw.OperationalError):
@@ -248,6 +247,9 @@ def open_db(url: str) -> pw.Database:
             if attempt == 2:
                 raise
             time.sleep(0.2)
+    if isinstance(d, pw.PostgresqlDatabase):
+        from sync.upstream import pgschema
+        pgschema.upgrade(d)            # bigint ids, indexes for volume (pgschema.py)
     return d
 
 
@@ -256,6 +258,31 @@ def open_db(url: str) -> pw.Database:
 def _entry_hash(seq: int, t: float, action: str, detail, prev: str) -> str:
     return hashlib.sha256(canonical({"seq": seq, "time": t, "action": action,
                                       "detail": detail, "prev": prev})).hexdigest()
+
+
+TRACKING_COLUMNS = {
+    "problem": (("resolved_time", pw.DoubleField(null=True)),
+                ("resolution", pw.TextField(null=True))),
+    "command": (("resolved_time", pw.DoubleField(null=True)),
+                ("retried_as", pw.CharField(null=True))),
+}
+
+
+def _migrate_tracking(d) -> None:
+    """Add the resolution columns to ``problem`` and ``command`` tables made before them
+    (:mod:`sync.upstream.tracking` reads them; ``open_db`` calls this inside its
+    transaction, before ``create_tables``)."""
+    from playhouse.migrate import SchemaMigrator
+    from playhouse.migrate import migrate as run
+    m = SchemaMigrator.from_database(d)
+    for table, cols in TRACKING_COLUMNS.items():
+        if not d.table_exists(table):
+            continue
+        have = {c.name for c in d.get_columns(table)}
+        ops = [m.add_column(table, name, f) for name, f in cols if name not in have]
+        if ops:
+            run(*ops)
+            log.warning("%s: added %s", table, ", ".join(n for n, _ in cols if n not in have))
 
 
 def _migrate_uaudit(d) -> None:

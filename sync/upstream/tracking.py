@@ -38,7 +38,9 @@ from recorder.errors import LinetapError
 from recorder.evidence import keys
 from recorder.timebase import iso
 from sync import signed_commands
-from sync.upstream.store import Command, Problem, audit, db
+from sync.upstream import config as upstream_config
+from sync.upstream.ops import queue_command
+from sync.upstream.store import Command, Problem, audit, db, open_db
 
 log = logging.getLogger(__name__)
 
@@ -51,30 +53,6 @@ class TrackingError(LinetapError, ValueError):
 
 
 # -- schema ----------------------------------------------------------------------------
-
-NEW_COLUMNS = {
-    "problem": (("resolved_time", pw.DoubleField(null=True)),
-                ("resolution", pw.TextField(null=True))),
-    "command": (("resolved_time", pw.DoubleField(null=True)),
-                ("retried_as", pw.CharField(null=True))),
-}
-
-
-def migrate(d) -> None:
-    """Add the resolution columns to ``problem`` and ``command`` tables made before them
-    (``open_db`` calls this inside its transaction, before ``create_tables``)."""
-    from playhouse.migrate import SchemaMigrator
-    from playhouse.migrate import migrate as run
-    m = SchemaMigrator.from_database(d)
-    for table, cols in NEW_COLUMNS.items():
-        if not d.table_exists(table):
-            continue
-        have = {c.name for c in d.get_columns(table)}
-        ops = [m.add_column(table, name, f) for name, f in cols if name not in have]
-        if ops:
-            run(*ops)
-            log.warning("%s: added %s", table, ", ".join(n for n, _ in cols if n not in have))
-
 
 # -- commands ----------------------------------------------------------------------------
 
@@ -146,7 +124,6 @@ def find_command(prefix: str) -> Command:
 def retry(ucfg, prefix: str) -> str:
     """Sign the same command again (a new nonce, the current key) and queue it; the old
     one is kept, marked ``retried_as``, and resolved when the new one is applied."""
-    from sync.upstream.ops import queue_command
     old = find_command(prefix)
     st = state_of(old)
     if st not in ("refused", "expired"):
@@ -280,8 +257,6 @@ def handles(argv: list[str]) -> bool:
 
 
 def cli_main(argv: list[str]) -> int:
-    from sync.upstream import config as upstream_config
-    from sync.upstream.store import open_db
     ap = argparse.ArgumentParser(prog="linetap upstream")
     ap.add_argument("--config", required=True)
     sub = ap.add_subparsers(dest="cmd", required=True)

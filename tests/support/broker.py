@@ -188,7 +188,15 @@ class Postgres:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def new_db(self, name: str) -> str:
+        """A new database named ``name`` (``name_2``, ``name_3``... when a parametrised
+        test asks for the same name again); returns its URL."""
         import psycopg2
+        used = self.__dict__.setdefault("_used", set())
+        base, n = name, 1
+        while name in used:
+            n += 1
+            name = f"{base}_{n}"
+        used.add(name)
         conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres",
                                 dbname="postgres")
         conn.autocommit = True

@@ -87,13 +87,36 @@ def box_cfg(data_dir, **sync) -> Config:
 
 
 # -- upstream and uploader plumbing ---------------------------------------------------------------
+# The object store upstream_raw() configures: None = a folder under the test's tmp path;
+# else a function tmp -> the [objects] section (set by the ``objects_backend`` fixture
+# in tests/sync/upstream/conftest.py, which runs the same tests on fs and on S3).
+OBJECTS_SECTION = None
+
+
+def stored_objects(ucfg, prefix: str) -> list[str]:
+    """Every object stored under ``prefix``, once per stored copy: on a versioned S3
+    bucket each version counts (a re-upload that added one would be a second copy), on
+    the filesystem each file (temp files included)."""
+    from sync.upstream.objectstore import open_objects
+    o = open_objects(ucfg)
+    if getattr(o, "versioned", False):
+        out = []
+        pages = o.client.get_paginator("list_object_versions").paginate(
+            Bucket=o.bucket, Prefix=o.prefix + prefix.rstrip("/") + "/")
+        for page in pages:
+            out += [v["Key"] for v in page.get("Versions", [])]
+        return sorted(out)
+    return [k for k, _m in o.walk(prefix)]
+
+
 def upstream_raw(tmp: Path, broker, pki, boxes, *, db_url=None, retention_days=90.0,
                  command_key=None) -> dict:
     """Upstream config data registering each box's identity key under site ``site1``."""
     from recorder.evidence.keys import raw_public
     devices = {b.device: raw_public(b.identity.public_key()).hex() for b in boxes}
     raw = {"database": {"url": db_url or f"sqlite:///{tmp / 'upstream.db'}"},
-           "objects": {"path": str(tmp / "objects")},
+           "objects": (OBJECTS_SECTION(tmp) if OBJECTS_SECTION else
+                       {"path": str(tmp / "objects")}),
            "broker": {"host": "127.0.0.1", "port": broker.port, "ca": str(pki.ca),
                       "cert": pki.ingest.cert, "key": pki.ingest.key},
            "commands": {"resend_s": 1},

@@ -51,7 +51,7 @@ def test_roundtrip_export_identical(tmp_path, broker, pki):
     assert len(rows) == 4 and all(is_complete(r) for r in rows)
     # Exports match byte for byte.
     export_calls(box.store, priv, tmp_path / "ex_box", device_key=device_key_for(box.data_dir))
-    objects = open_objects(ucfg.objects)
+    objects = open_objects(ucfg)
     for r in rows:
         upstream_ops.export_call(ucfg, objects, priv, tmp_path / "ex_up", r)
     for cid in ids:

@@ -30,7 +30,7 @@ from sync.upstream import ops as upstream_ops
 from sync.upstream.objectstore import open_objects
 from sync.upstream.portal import accounts, decisions
 from sync.upstream.portal.accounts import PDecision
-from sync.upstream.portal.security import MASKED
+from sync.upstream.portal.security import MASKED, current
 from sync.upstream.store import UAudit, UCall, USegment, audit, db
 
 MAX_PAGE = 5000              # manifests per bundle request
@@ -50,7 +50,6 @@ def guard(perm: str, raw: bool = False):
     def deco(fn):
         @functools.wraps(fn)
         async def wrapper(request: Request):
-            from sync.upstream.portal.app import current
             s, u = await run_in_threadpool(current, request)
             if u is None:
                 return error(401, "not signed in")
@@ -88,7 +87,7 @@ def guard(perm: str, raw: bool = False):
 def _objects(request):
     st = request.app.state
     if getattr(st, "objects", None) is None:
-        st.objects = open_objects(st.ucfg.objects)
+        st.objects = open_objects(st.ucfg)
     return st.objects
 
 

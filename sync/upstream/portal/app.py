@@ -23,13 +23,12 @@ from starlette.templating import Jinja2Templates
 
 from sync.upstream import fleet
 from sync.upstream.portal import accounts, api
-from sync.upstream.portal.security import RateLimit, SecurityHeaders
+from sync.upstream.portal.security import COOKIE, RateLimit, SecurityHeaders, current
 from sync.upstream.store import audit, open_db
 
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
-COOKIE = "__Host-linetap"          # __Host-: Secure, path=/, no Domain: this origin only
 LOGIN_CSRF = "__Host-linetap-login"
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 
@@ -49,12 +48,6 @@ def node_modules() -> Path:
 
 def _client(request: Request) -> str:
     return request.client.host if request.client else "-"
-
-
-def current(request: Request):
-    """(session, user) for the request's cookie, or (None, None)."""
-    s = accounts.session_of(request.cookies.get(COOKIE))
-    return (s, s.user) if s else (None, None)
 
 
 def page(request: Request, name: str, **ctx) -> Response:

@@ -8,6 +8,8 @@ import threading
 import time
 from collections import deque
 
+from sync.upstream.portal import accounts
+
 # No inline script or style anywhere; the browser's own crypto runs from 'self' only.
 # 'wasm-unsafe-eval' is not needed (the HPKE library is plain JS + WebCrypto).
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -73,3 +75,12 @@ class RateLimit:
                 for k in [k for k, v in self._ev.items() if not v]:
                     del self._ev[k]
             return True
+
+
+COOKIE = "__Host-linetap"          # __Host-: Secure, path=/, no Domain: this origin only
+
+
+def current(request):
+    """(session, user) for the request's session cookie, or (None, None)."""
+    s = accounts.session_of(request.cookies.get(COOKIE))
+    return (s, s.user) if s else (None, None)

@@ -64,7 +64,7 @@ def test_simulated_run_syncs(tmp_path, broker, pki):
     finally:
         worker.close()
     export_calls(store, priv, tmp_path / "ex_box", device_key=device_key_for(data))
-    objects = open_objects(ucfg.objects)
+    objects = open_objects(ucfg)
     for r in UCall.select():
         upstream_ops.export_call(ucfg, objects, priv, tmp_path / "ex_up", r)
     for c in calls:

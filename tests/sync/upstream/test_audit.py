@@ -22,7 +22,7 @@ NOBROKER = SimpleNamespace(port=1)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def upstream(request, tmp_path, pki):
+def upstream(request, tmp_path, pki, objects_backend):
     _priv, pub, *_ = practice_keys(tmp_path)
     box = make_box(tmp_path / "box", pub)
     url = None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from recorder.evidence import audit
 from sync import signed_commands as commands
 from sync.upstream import ops as upstream_ops
@@ -30,6 +32,7 @@ def _actions(box, action):
     return [e["detail"] for e in audit.read(box.data_dir) if e["action"] == action]
 
 
+@pytest.mark.usefixtures("objects_backend")
 def test_commands_hold_delete_retention_and_rejections(tmp_path, broker, pki):
     priv, pub, _pubpath, privpath = practice_keys(tmp_path)
     box = make_box(tmp_path / "box", pub)
@@ -89,7 +92,7 @@ def test_commands_hold_delete_retention_and_rejections(tmp_path, broker, pki):
     got = r.tick()
     assert got == []      # ids[0] and ids[2] are on hold, ids[1] already deleted
     UCall.update(legal_hold=False).where(UCall.call == ids[2]).execute()
-    objects = open_objects(ucfg.objects)
+    objects = open_objects(ucfg)
     assert upstream_ops.expire(objects, now=time.time() + 11 * 86400) == 1
     assert UCall.get(UCall.call == ids[2]).state == "deleted"
     assert UCall.get(UCall.call == ids[0]).state == "live"       # held upstream too

@@ -8,6 +8,8 @@ import random
 import subprocess
 import sys
 
+import pytest
+
 from sync import protocol
 from sync.upstream.ingest import Ingest
 from sync.upstream.store import Problem, UCall, USegment, is_complete, open_db
@@ -16,6 +18,7 @@ from tests.support.syncbox import (
     Running,
     make_box,
     practice_keys,
+    stored_objects,
     to_toml,
     unacked,
     upstream_cfg,
@@ -32,12 +35,12 @@ def _acked(store) -> int:
 
 
 def _stored_once(ucfg, total):
-    from pathlib import Path
     assert USegment.select().count() == total
-    files = [p for p in (Path(ucfg.objects) / "seg").rglob("*") if p.is_file()]
+    files = stored_objects(ucfg, "seg")
     assert len(files) == total, "a segment was stored twice"
 
 
+@pytest.mark.usefixtures("objects_backend")
 def test_broker_restarts_mid_transfer(tmp_path, broker, pki):
     _priv, pub, *_ = practice_keys(tmp_path)
     box = make_box(tmp_path / "box", pub)
@@ -84,6 +87,7 @@ def _offline_ingest(tmp_path, pki, n_calls, command_key=None):
     return box, ucfg, Ingest(ucfg), _items(box)
 
 
+@pytest.mark.usefixtures("objects_backend")
 def test_duplicated_and_reordered_deliveries(tmp_path, pki):
     box, ucfg, ing, items = _offline_ingest(tmp_path, pki, 3)
     rng = random.Random(7)
@@ -162,6 +166,7 @@ def upstream_box_cfg(box):
     return box_cfg(box.data_dir, device=box.device)
 
 
+@pytest.mark.usefixtures("objects_backend")
 def test_worker_killed_before_ack(tmp_path, broker, pki):
     _priv, pub, *_ = practice_keys(tmp_path)
     box = make_box(tmp_path / "box", pub)
@@ -195,6 +200,7 @@ def test_worker_killed_before_ack(tmp_path, broker, pki):
     assert all(is_complete(r) for r in UCall.select())
 
 
+@pytest.mark.usefixtures("objects_backend")
 def test_offline_then_broker_appears(tmp_path, broker, pki):
     """The box starts with the broker down (days offline in miniature), keeps
     recording into its outbox, and drains when the broker comes back."""
@@ -220,15 +226,12 @@ def test_offline_then_broker_appears(tmp_path, broker, pki):
     _stored_once(ucfg, 8)
 
 
+@pytest.mark.usefixtures("objects_backend")
 def test_an_upstream_deletion_cut_short_is_finished_by_the_next_tick(tmp_path, pki):
     """The upstream crashes between a call's blobs and its rows (here: the object store
     fails after the first blob). The call is left ``deleting``, never ``live`` naming
     blobs that are gone; the ingest refuses late copies of it, and the next retention
     pass finishes the deletion, audited once and marked resumed."""
-    from pathlib import Path
-
-    import pytest
-
     from sync.upstream import ops as upstream_ops
     from sync.upstream.store import UAudit
     box, ucfg, ing, items = _offline_ingest(tmp_path, pki, 2)
@@ -257,14 +260,15 @@ def test_an_upstream_deletion_cut_short_is_finished_by_the_next_tick(tmp_path, p
     row = UCall.get(UCall.call == cid)
     assert row.state == "deleted" and row.delete_reason == "upstream_delete"
     assert USegment.select().where(USegment.call == cid).count() == 0
-    left = [p for p in (Path(ucfg.objects) / "seg").rglob("*") if p.is_file()]
-    assert len(left) == 3 and all(cid not in str(p) for p in left)
+    left = stored_objects(ucfg, "seg")
+    assert len(left) == 3 and all(cid not in k for k in left)
     entries = [a.detail for a in UAudit.select() if a.detail.get("call") == cid]
     assert len(entries) == 1 and entries[0]["resumed"] is True
     assert UCall.get(UCall.call == keep).state == "live"
     assert upstream_ops.expire(ing.objects) == 0
 
 
+@pytest.mark.usefixtures("objects_backend")
 def test_a_deleting_call_takes_no_hold_no_export_and_is_audited_once(tmp_path, pki):
     """While a call is 'deleting' (a deletion cut short), a legal hold is refused (the
     next tick would ignore it), export is refused, and two workers finishing it audit
@@ -294,6 +298,7 @@ def test_a_deleting_call_takes_no_hold_no_export_and_is_audited_once(tmp_path, p
     assert len(entries) == 1 and entries[0].action == "retention_expiry"
 
 
+@pytest.mark.usefixtures("objects_backend")
 def test_a_practice_deletion_queues_the_box_command_before_it_deletes(tmp_path, pki):
     """A crash inside the upstream deletion must not leave the box keeping the call:
     the signed delete command is queued first, and expire() finishes upstream."""

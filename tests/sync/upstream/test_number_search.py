@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from recorder import cli
 from recorder.evidence.keys import practice_keygen
 from sync.upstream import config as upstream_config
 from sync.upstream.cli import cli_main
+from sync.upstream.objectstore import open_objects
 from sync.upstream.store import UAudit, UCall
 from tests.support.syncbox import (
     InProcWorker,
@@ -30,6 +33,7 @@ from tests.support.syncbox import (
 N1, N2, N3 = "01632960111", "01632960222", "01632960333"
 
 
+@pytest.mark.usefixtures("objects_backend")
 def test_search_and_export_by_number(tmp_path, broker, pki, postgres, capsys):
     _priv, pub, _pubpath, privpath = practice_keys(tmp_path)
     a = make_box(tmp_path / "a", pub, device="dev-a")
@@ -55,9 +59,11 @@ def test_search_and_export_by_number(tmp_path, broker, pki, postgres, capsys):
     # Nothing upstream holds the number in clear: not the database, not the objects.
     for r in UCall.select():
         assert N1 not in json.dumps(r.__data__, default=str)
-    for p in (tmp_path / "up" / "objects").rglob("*"):
-        if p.is_file():
-            assert N1.encode() not in p.read_bytes()
+    objects = open_objects(upstream_config.from_dict(raw))
+    keys = [k for top in ("seg", "man", "partial") for k, _m in objects.walk(top)]
+    assert len(keys) == 10 + 6           # segments and manifests, nothing else
+    for k in keys:
+        assert N1.encode() not in objects.get(k)
 
     def search(number, *extra):
         capsys.readouterr()

@@ -101,6 +101,7 @@ def test_supersedes_table(old, new, ok):
     assert (supersedes(old, new) is None) == ok
 
 
+@pytest.mark.usefixtures("objects_backend")
 def test_resigned_manifest_ingest(tmp_path, pki):
     _priv, pub, *_ = practice_keys(tmp_path)
     box = make_box(tmp_path / "box", pub)
@@ -156,6 +157,7 @@ def test_resigned_manifest_ingest(tmp_path, pki):
     assert USegment.select().count() == 0
 
 
+@pytest.mark.usefixtures("objects_backend")
 def test_resigned_manifest_over_mqtt(tmp_path, broker, pki, postgres):
     """Box re-signs an already-acked manifest: it is sent again, accepted upstream (on
     PostgreSQL), and nothing is parked or alarmed on the box."""

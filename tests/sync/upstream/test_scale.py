@@ -3,7 +3,7 @@ backlog of two boxes: nothing lost, nothing stored twice."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import pytest
 
 from sync.upstream.store import Problem, UCall, USegment, is_complete
 from tests.support.syncbox import (
@@ -11,6 +11,7 @@ from tests.support.syncbox import (
     Running,
     make_box,
     practice_keys,
+    stored_objects,
     unacked,
     upstream_cfg,
     wait_for,
@@ -18,6 +19,7 @@ from tests.support.syncbox import (
 )
 
 
+@pytest.mark.usefixtures("objects_backend")
 def test_two_workers_postgres(tmp_path, broker, pki, postgres):
     _priv, pub, *_ = practice_keys(tmp_path)
     boxes = [make_box(tmp_path / d, pub, device=d) for d in ("dev-a", "dev-b")]
@@ -39,8 +41,7 @@ def test_two_workers_postgres(tmp_path, broker, pki, postgres):
         w1.close()
         w2.close()
     assert USegment.select().count() == total
-    files = [p for p in (Path(ucfg.objects) / "seg").rglob("*") if p.is_file()]
-    assert len(files) == total
+    assert len(stored_objects(ucfg, "seg")) == total
     assert UCall.select().count() == 10 and all(is_complete(r) for r in UCall.select())
     assert Problem.select().count() == 0
     # The shared subscription spread the work.
