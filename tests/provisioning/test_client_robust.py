@@ -19,6 +19,7 @@ from provisioning.dispatcher import start_recorder_unit
 from provisioning.presence import Presence
 from tests.provisioning.provhelpers import box_config, reply
 from tests.provisioning.test_pty import ns, write_site
+from tests.support.syncbox import wait_for
 
 
 def test_frame_lost_behind_a_half_sent_one_is_resent(served):
@@ -73,15 +74,20 @@ def test_agent_answers_hello_while_it_watches_the_button(tmp_path, cable):
     data.mkdir()
     (etc / "linetap.toml").write_text(box_config(etc, data))
     env = dict(os.environ, GPIOZERO_PIN_FACTORY="mock")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "recorder.cli", "provision-agent", "--", "--port",
-         cable.box_path, "--config", str(etc / "linetap.toml"), "--data-dir", str(data),
-         "--presence-window-s", "120"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    # The agent's log goes to a file, not a pipe nobody reads once it is serving: a full
+    # pipe would block the agent in a write, and a stuck agent left behind reopens its
+    # port by name, which the next test's pty may reuse.
+    log_path = tmp_path / "agent.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "recorder.cli", "provision-agent", "--", "--port",
+             cable.box_path, "--config", str(etc / "linetap.toml"), "--data-dir", str(data),
+             "--presence-window-s", "120"],
+            stdout=log_file, stderr=subprocess.STDOUT, env=env)
     try:
-        for line in proc.stdout:
-            if "serving on" in line:
-                break
+        wait_for(lambda: "serving on" in log_path.read_text(errors="replace")
+                 or proc.poll() is not None, what="the agent serving")
+        assert proc.poll() is None, log_path.read_text(errors="replace")[-2000:]
         import serial
         with serial.Serial(cable.laptop_path, 115200, timeout=0.2) as ser:
             hello = client.Link(ser, timeout_s=20).call("hello")
@@ -89,7 +95,12 @@ def test_agent_answers_hello_while_it_watches_the_button(tmp_path, cable):
             json.dumps(hello["provisioning_mode"])
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=20)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()             # never leave an agent behind on a reusable pty
+            proc.wait(timeout=10)
+            raise
 
 
 def test_options_anywhere_on_the_command_line():
