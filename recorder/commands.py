@@ -119,7 +119,9 @@ def cmd_run(args) -> int:
 
 def cmd_status(args) -> int:
     cfg = _cfg(args)
-    path = Path(cfg.device.data_dir) / "run" / "status.json"
+    from recorder.runpaths import status_candidates
+    path = next((p for p in status_candidates(Path(cfg.device.data_dir)) if p.exists()),
+                Path(cfg.device.data_dir) / "run" / "status.json")
     try:
         st = json.loads(path.read_text())
     except FileNotFoundError:

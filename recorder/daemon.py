@@ -38,6 +38,7 @@ from recorder.errors import KeyFileError, LinetapError
 from recorder.fsutil import atomic_write, remove_temp_files
 from recorder.recovery import recover
 from recorder.ring import RingBuffer
+from recorder.runpaths import status_path
 from recorder.service import LoopThread, ServiceThread, join_all
 from recorder.store import Store
 from recorder.timebase import Timebase, clock_synchronised
@@ -45,7 +46,7 @@ from recorder.writer import Restamp, Writer, disk_full
 
 log = logging.getLogger(__name__)
 
-STATUS_FILE = "run/status.json"
+STATUS_FILE = "run/status.json"     # without systemd; see recorder.runpaths
 WATCHDOG_AUDIO_S = 5.0     # no audio for this long and systemd's watchdog is not fed
 RECOVERY_TRIES = 12        # about 40 s of making room before start-up gives up
 
@@ -110,7 +111,7 @@ class Daemon:
             self.alarms.set("identity_key", True, detail=str(exc))
             # The daemon will not run, so leave the alarm where `linetap status` and
             # the provisioning agent look for it.
-            atomic_write(self.data_dir / STATUS_FILE, json.dumps(
+            atomic_write(status_path(self.data_dir), json.dumps(
                 {"running": False, "device": self.device, "version": __version__,
                  "alarms": self.alarms.snapshot()}).encode(), mode=0o644, sync=False)
             raise LinetapError(f"refusing to record: {exc}. Restore the key from backup, "
@@ -416,7 +417,7 @@ class Daemon:
         for name, detail in alarm_rules.evaluate(self._alarm_inputs(st)).items():
             self.alarms.set(name, detail is not None, **(detail or {}))
         st["alarms"] = self.alarms.snapshot()
-        atomic_write(self.data_dir / STATUS_FILE, json.dumps(st, default=str).encode(),
+        atomic_write(status_path(self.data_dir), json.dumps(st, default=str).encode(),
                      mode=0o644, sync=False)
         if self.notifier and watchdog_ok(self.capture_alive(),
                                          time.monotonic() - self.last_capture):

@@ -140,7 +140,7 @@ def make_pin_factory(name: str):
     from importlib.metadata import entry_points
 
     eps = {ep.name: ep for ep in entry_points(group="gpiozero_pin_factories")}
-    names = [name] if name else ["lgpio", "rpigpio", "pigpio", "native"]
+    names = [name] if name else ["lgpio"]      # the only factory the units allow
     errors = []
     for n in names:
         ep = eps.get(n)
@@ -170,7 +170,7 @@ def check_pins(cfg: rconfig.Config, model_path: Path = MODEL_PATH,
         name, f = factory(cfg.pins.factory)
     except Exception as exc:  # noqa: BLE001 - report whatever the backend said
         return Result("pins", FAIL, f"{model}: no GPIO pin factory: {exc}",
-                      "install lgpio (Pi 5) or RPi.GPIO (`pip install linetap[pi]`) and check "
+                      "install lgpio (`pip install linetap[pi]`) and check "
                       "that the linetap user is in the gpio group")
     close = getattr(f, "close", None)
     if close:
