@@ -83,13 +83,14 @@ log "downloading the locked files for $ARCH"
 "${pipdl[@]}" --only-binary=:all: --python-version 3.11 --implementation cp "${plat[@]}" \
     -r "$B/w/binary.lock"
 "${pipdl[@]}" --only-binary=:all: -r "$B/w/tools.lock"
-"${pipdl[@]}" --no-binary=:all: --no-build-isolation -r "$B/w/sdist.lock" 2>/dev/null \
-    || "${pipdl[@]}" --no-binary=:all: -r "$B/w/sdist.lock"
+"${pipdl[@]}" --no-binary=pyalsaaudio,peewee -r "$B/w/sdist.lock"
 
 # The build tools, then every locked package: wheels as published, sdists built here
 # against the builder's headers, and Linetap's own wheel.
 in_chroot "$B" sh -euc '
     export PIP_NO_INDEX=1 PIP_FIND_LINKS=/w/dl PIP_DISABLE_PIP_VERSION_CHECK=1
+    # peewee: pure Python (its optional SQLite UDF extension needs Cython; we use none).
+    export NO_SQLITE=1
     python3 -m venv /w/venv
     /w/venv/bin/pip install -q --require-hashes -r /w/tools.lock
     /w/venv/bin/pip wheel -q --require-hashes --no-build-isolation -r /w/wheels.lock -w /w/out

@@ -196,7 +196,7 @@ done
 # lives on it, bound over /var/lib/systemd/timesync: after a power cut the clock starts
 # from the last NTP sync or USB clock set, not from the image's build date.
 put_block "$R/etc/fstab" <<'EOF'
-LABEL=LTDATA  /var/lib/linetap  ext4   defaults,noatime,nodev,nosuid,noexec,commit=5,nofail,x-systemd.device-timeout=10s,x-systemd.growfs  0  2
+LABEL=LTDATA  /var/lib/linetap  ext4   defaults,noatime,nodev,nosuid,noexec,commit=5,nofail,x-systemd.device-timeout=30s,x-systemd.growfs  0  2
 /var/lib/linetap/timesync  /var/lib/systemd/timesync  none  bind,nofail,x-systemd.requires-mounts-for=/var/lib/linetap  0  0
 tmpfs         /tmp              tmpfs  nosuid,nodev,mode=1777,size=64m  0  0
 tmpfs         /var/tmp          tmpfs  nosuid,nodev,mode=1777,size=16m  0  0
