@@ -161,8 +161,11 @@ if [ "$(id -u)" = 0 ]; then
     ts_uid="$(awk -F: '$1 == "systemd-timesync" { print $3 ":" $4 }' "${ROOT_DIR:-/nonexistent}/etc/passwd" 2>/dev/null || true)"
     [ -z "$ts_uid" ] || chown "$ts_uid" "$work/data/timesync"
 fi
-mke2fs -q -F -t ext4 -L LTDATA -E root_owner="$(stat -c %u:%g "$work/data")" -d "$work/data" \
-    "$work/data.ext4" "${DATA_MIB}M"
+# Inode tables and journal written now, not by ext4lazyinit in the box's first hours:
+# no background writes to the card while the box is idle.
+mke2fs -q -F -t ext4 -L LTDATA \
+    -E root_owner="$(stat -c %u:%g "$work/data")",lazy_itable_init=0,lazy_journal_init=0 \
+    -d "$work/data" "$work/data.ext4" "${DATA_MIB}M"
 
 # --- the disk ---------------------------------------------------------------------------
 total=$(( 1 + AUTOBOOT_MIB + 2 * BOOT_MIB + 2 * ROOT_MIB + DATA_MIB + 1 ))

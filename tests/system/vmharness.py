@@ -98,15 +98,20 @@ class Disk:
         size_mib = parts["linetap-data"]["size"] // 2048
         ext = self.work / "data.ext4"
         subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "LTDATA",
-                        "-E", f"root_owner={LINETAP_UID}:{LINETAP_UID}", "-d", str(data),
+                        "-E", f"root_owner={LINETAP_UID}:{LINETAP_UID},lazy_itable_init=0,"
+                        "lazy_journal_init=0", "-d", str(data),
                         str(ext), f"{size_mib}M"], check=True)
         write_part(self.path, parts["linetap-data"], ext)
         ext.unlink()
 
     def extract_data(self, dest: Path) -> Path:
         """Copy the data partition's files out (after the VM stopped or was killed)."""
+        # Re-read the table: systemd-repart grew the data partition at first boot.
+        self.parts = {p["name"]: p for p in sfdisk_parts(self.path)}
         ext = read_part(self.path, self.parts["linetap-data"], self.work / "data-out.ext4")
-        subprocess.run(["e2fsck", "-fy", str(ext)], capture_output=True)   # journal replay
+        fsck = subprocess.run(["e2fsck", "-fy", str(ext)], capture_output=True, text=True)
+        if fsck.returncode > 1:                  # 0 clean, 1 fixed (a power cut's journal)
+            raise RuntimeError(f"data partition damaged: {fsck.stdout[-2000:]}")
         dest.mkdir(parents=True, exist_ok=True)
         subprocess.run(["debugfs", "-R", f"rdump / {dest}", str(ext)], capture_output=True,
                        check=True)
@@ -189,8 +194,16 @@ class VM:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"qemu exited: {self.proc.stderr.read().decode()}")
             time.sleep(0.05)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(str(self.sock_path))
+        while True:      # the socket file appears a moment before QEMU listens on it
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                self.sock.connect(str(self.sock_path))
+                break
+            except (ConnectionRefusedError, FileNotFoundError):
+                self.sock.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         return t0
 
     def sh(self, cmd: str, timeout: float = 60.0, check: bool = True) -> str:
@@ -237,6 +250,10 @@ class VM:
             try:
                 if "ready" in self.sh("echo ready", timeout=5):
                     return
+            except RuntimeError:
+                # Line noise from before the shell read the port (a stray "1"): the
+                # shell answered, so the next try is clean.
+                continue
             except (TimeoutError, ConnectionError):
                 self._buf = b""
                 if self.proc.poll() is not None:
