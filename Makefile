@@ -17,7 +17,7 @@ N ?= 10
 
 .PHONY: all demo portal test test-fast lint-imports setup apt lint bench bench-fleet \
 	bench-uplink bench-pgvolume clean campaign-powercut campaign-diskfull campaign-network \
-	campaign-fuzz campaign-clock campaign-sweep
+	campaign-fuzz campaign-clock campaign-sweep image system-test
 
 all: test
 
@@ -106,6 +106,22 @@ campaign-fuzz: setup
 	@$(PY) -c 'import atheris' 2>/dev/null || $(PY) -m pip install -q atheris || \
 	  echo "atheris could not be installed: hypothesis only"
 	$(PY) -m bench.campaigns.fuzz $(if $(QUICK),--quick)
+
+# The box image from Debian packages alone (firmware/build-image.sh; needs root):
+# arm64 for the Pi, or with QUICK=1 the same root for amd64 (the KVM test VM).
+# Cached under build/image/ARCH: a rerun reuses the debootstrap and the wheel set.
+IMAGE_ARCH := $(if $(QUICK),amd64,arm64)
+IMAGE_PKGS := debootstrap fdisk e2fsprogs dosfstools mtools qemu-utils \
+	$(if $(QUICK),qemu-system-x86,qemu-system-arm qemu-user-static binfmt-support)
+image: setup
+	@$(MAKE) --no-print-directory apt APT_PKGS="$(IMAGE_PKGS)"
+	LINETAP_HOST_PIP="$(abspath $(PY)) -m pip" firmware/build-image.sh --arch $(IMAGE_ARCH)
+
+# Boot the image under QEMU with systemd, gpio-sim and snd-aloop (tests/system/test_boot.py).
+# QUICK=1: amd64 under KVM (minutes); otherwise arm64 -M virt under TCG (slow).
+system-test: image
+	LINETAP_SYSTEM_TEST=1 LINETAP_SYSTEM_ARCH=$(IMAGE_ARCH) $(PY) -m pytest -q -s \
+	  -p no:cacheprovider --timeout=3600 tests/system/test_boot.py
 
 clean:
 	rm -rf demo-out build .pytest_cache

@@ -8,6 +8,10 @@
 #
 # Usage: install.sh --root DIR --src DIR [--boot-dir DIR] [--python PY] [--no-venv]
 #                   [--link-src] [--pip-wheel-dir DIR] [--pip-args "ARGS"]
+#   --pip-wheel-dir DIR  install from that wheel set only (no index). If DIR holds
+#               requirements.txt (written by firmware/build-wheels.sh: every wheel with
+#               its sha256), pip installs exactly that, --require-hashes, and Linetap's
+#               own wheel from it; nothing is compiled on the box.
 #   --link-src  put /opt/linetap/src on the venv's path and write the console scripts
 #               instead of building a wheel (offline, no setuptools/wheel needed);
 #               dependencies then come only from --pip-wheel-dir, if given.
@@ -77,7 +81,8 @@ log "installing source into /opt/linetap/src"
 mkdir -p "$OPT"
 rm -rf "$OPT/src.new"
 mkdir -p "$OPT/src.new"
-tar -C "$SRC" --exclude=.git --exclude=.venv --exclude='*.egg-info' \
+# Not ./build: image builds (firmware/build-image.sh) keep roots and caches there.
+tar -C "$SRC" --exclude=.git --exclude=.venv --exclude=./build --exclude='*.egg-info' \
     --exclude=__pycache__ --exclude=.pytest_cache --exclude=.ruff_cache --exclude=.hypothesis \
     -cf - . | tar -C "$OPT/src.new" -xf -
 rm -rf "$OPT/src"
@@ -93,7 +98,11 @@ if [ "$MAKE_VENV" = 1 ]; then
     # PIP_ARGS is a deliberate word list (e.g. "--no-deps --no-build-isolation").
     # shellcheck disable=SC2206
     extra=($PIP_ARGS)
-    if [ "$LINK_SRC" = 0 ]; then
+    if [ "$LINK_SRC" = 0 ] && [ -n "$WHEEL_DIR" ] && [ -f "$WHEEL_DIR/requirements.txt" ]; then
+        log "installing the hash-locked wheel set $(basename "$WHEEL_DIR")"
+        "$OPT/venv/bin/python" -m pip install "${pip_opts[@]}" "${extra[@]}" \
+            --only-binary=:all: --require-hashes -r "$WHEEL_DIR/requirements.txt"
+    elif [ "$LINK_SRC" = 0 ]; then
         "$OPT/venv/bin/python" -m pip install "${pip_opts[@]}" "${extra[@]}" "$OPT/src[pi]"
     else
         if [ -n "$WHEEL_DIR" ]; then
@@ -153,6 +162,14 @@ enable_unit() {
 }
 enable_unit linetap-recorder.service multi-user.target
 enable_unit linetap-provision-agent.service dev-ttyGS0.device
+# Masked, whether or not the image has them: swap would page the audio ring and keys to
+# the card in plaintext; fake-hwclock cannot save on a read-only root (the clock is kept
+# by timesyncd's clock file on the data partition instead); time-wait-sync would hold
+# time-sync.target, and so the recorder, until NTP answers.
+for unit in dphys-swapfile.service fake-hwclock.service fake-hwclock-save.service \
+        systemd-time-wait-sync.service swap.target; do
+    ln -sfn /dev/null "$R/etc/systemd/system/$unit"
+done
 
 (cd "$SRC/firmware/rootfs" && find . -type f) | while read -r f; do
     install -D -m 0644 "$SRC/firmware/rootfs/$f" "$R/${f#./}"
@@ -168,14 +185,21 @@ fi
 # --- 4. read-only root: fstab -------------------------------------------------------
 log "laying out the read-only root in /etc/fstab"
 touch "$R/etc/fstab"
-# Mount / read-only (the kernel command line says ro too).
-sed -i -E '/^[^#[:space:]]+[[:space:]]+\/[[:space:]]/ { /(^|[[:space:],])ro([[:space:],]|$)/! s/^([^[:space:]]+[[:space:]]+\/[[:space:]]+[^[:space:]]+[[:space:]]+)([^[:space:]]+)/\1\2,ro/ }' "$R/etc/fstab"
+# Mount / and /boot/firmware read-only (the kernel command line says ro for / too).
+for mnt in '\/' '\/boot\/firmware'; do
+    sed -i -E "/^[^#[:space:]]+[[:space:]]+${mnt}[[:space:]]/ { /(^|[[:space:],])ro([[:space:],]|\$)/! s/^([^[:space:]]+[[:space:]]+${mnt}[[:space:]]+[^[:space:]]+[[:space:]]+)([^[:space:]]+)/\1\2,ro/ }" "$R/etc/fstab"
+done
+# The data partition is nofail: a damaged data file system must not drop the box into
+# emergency mode (the recorder, which RequiresMountsFor it, fails visibly instead, and
+# the provisioning agent can still be reached to reformat it). timesyncd's clock file
+# lives on it, bound over /var/lib/systemd/timesync: after a power cut the clock starts
+# from the last NTP sync or USB clock set, not from the image's build date.
 put_block "$R/etc/fstab" <<'EOF'
-LABEL=LTDATA  /var/lib/linetap  ext4   defaults,noatime,nodev,nosuid,noexec,commit=5,x-systemd.growfs  0  2
+LABEL=LTDATA  /var/lib/linetap  ext4   defaults,noatime,nodev,nosuid,noexec,commit=5,nofail,x-systemd.device-timeout=30s,x-systemd.growfs  0  2
+/var/lib/linetap/timesync  /var/lib/systemd/timesync  none  bind,nofail,x-systemd.requires-mounts-for=/var/lib/linetap  0  0
 tmpfs         /tmp              tmpfs  nosuid,nodev,mode=1777,size=64m  0  0
 tmpfs         /var/tmp          tmpfs  nosuid,nodev,mode=1777,size=16m  0  0
 tmpfs         /var/log          tmpfs  nosuid,nodev,noexec,mode=0755,size=32m  0  0
-tmpfs         /var/lib/systemd/timesync  tmpfs  nosuid,nodev,noexec,mode=0755,size=1m  0  0
 EOF
 
 # --- 5. boot partition: config.txt, cmdline.txt, overlay -----------------------------
@@ -183,6 +207,8 @@ log "installing boot fragments into ${BOOT#"$R"}"
 install -d "$BOOT/overlays"
 sed '/^# --- linetap/d; /^# --- end linetap/d' "$SRC/firmware/boot/config.txt" \
     | put_block "$BOOT/config.txt"
+# The image's own KMS line keeps HDMI audio unless told noaudio.
+sed -i -E '/^dtoverlay=vc4-kms-v3d/ { /noaudio/! s/$/,noaudio/ }' "$BOOT/config.txt"
 if command -v dtc > /dev/null 2>&1; then
     dtc -@ -q -I dts -O dtb -o "$BOOT/overlays/linetap-line.dtbo" \
         "$SRC/firmware/overlay/linetap-line-overlay.dts"

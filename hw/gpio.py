@@ -5,8 +5,10 @@ Every input edge becomes an :class:`Edge` stamped with the sample clock and hand
 ``bounce_time`` runs on the wall clock): the call state machine debounces on the sample
 clock, and ring pulses are counted in a window rather than debounced.
 
-The pin factory is injected: gpiozero picks RPi.GPIO (lgpio on a Pi 5) on a Pi, and
-the simulator passes a ``MockFactory`` whose pins it drives like a wire.
+The pin factory is injected: lgpio (the kernel's GPIO character device) on a box, on
+every Pi model, and the simulator passes a ``MockFactory`` whose pins it drives like a
+wire. RPi.GPIO is not used: its edge detection writes ``/sys/class/gpio``, read-only
+under the unit's ``ProtectKernelTunables``, and it does not run on a Pi 5.
 """
 
 from __future__ import annotations
@@ -31,23 +33,15 @@ class Edge(NamedTuple):
 
 
 def make_factory(name: str = ""):
-    """A gpiozero pin factory by name ('mock', 'rpigpio', 'lgpio', '' = gpiozero default)."""
+    """A gpiozero pin factory by name: 'lgpio' (or '' : the box's default) or 'mock'."""
     if name == "mock":
         from gpiozero.pins.mock import MockFactory
         return MockFactory()
-    if name == "rpigpio":
-        from gpiozero.pins.rpigpio import RPiGPIOFactory
-        return RPiGPIOFactory()
-    if name == "lgpio":
+    if name in ("", "lgpio"):
         from gpiozero.pins.lgpio import LGPIOFactory
         return LGPIOFactory()
-    if name:
-        raise ValueError(f"pins.factory = {name!r} is not a pin factory Linetap uses "
-                         "('lgpio', 'rpigpio', 'mock', or empty)")
-    from gpiozero import Device
-    if Device.pin_factory is None:
-        Device._set_pin_factory(Device._default_pin_factory())
-    return Device.pin_factory
+    raise ValueError(f"pins.factory = {name!r} is not supported: use 'lgpio' (or leave it "
+                     "empty); RPi.GPIO and the others cannot run under the unit's sandbox")
 
 
 class Board:

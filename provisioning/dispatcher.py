@@ -103,6 +103,22 @@ def start_recorder_unit(unit: str = "linetap-recorder.service", run=subprocess.r
 
 def _set_clock_real(epoch_s: float) -> None:
     time.clock_settime(time.CLOCK_REALTIME, epoch_s)
+    _mark_clock_set()
+
+
+def _mark_clock_set(runtime_dir: str | None = None) -> None:
+    """Tell the recorder the clock was set by hand this boot (it then counts as
+    synchronised: ``recorder.timebase.USB_CLOCK_SET``). Written to the agent's
+    ``RuntimeDirectory`` (RAM, kept after the agent stops), so it never outlives a power
+    cut; outside systemd there is no such folder and nothing is written."""
+    folder = runtime_dir if runtime_dir is not None else \
+        os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    if not folder:
+        return
+    try:
+        atomic_write(Path(folder) / "clock-set", b"usb\n", mode=0o644, sync=False)
+    except OSError as exc:
+        log.warning("clock set, but the marker for the recorder was not written: %s", exc)
 
 
 @dataclass

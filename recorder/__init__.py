@@ -5,7 +5,7 @@ The rooms are sub-packages, each answering one question (see its ``__init__``):
 ``runtime`` and ``cli``. The modules at this top level are the shared basics every room
 may use and that import no room: ``config``, ``configtxn`` (atomic multi-file apply),
 ``errors``, ``fsutil``, ``logsetup``,
-``privacy``, ``sqlfields``, ``threads`` (the one shape of a service thread) and
+``privacy``, ``runpaths`` (where volatile files go), ``sqlfields``, ``threads`` (the one shape of a service thread) and
 ``timebase``.
 """
 

@@ -128,8 +128,8 @@ class LineConfig:
 
 @dataclass(frozen=True)
 class PinsConfig:
-    factory: str = _f("", "gpiozero pin factory; empty = gpiozero's choice (RPi.GPIO, lgpio "
-                      "on a Pi 5). The simulator always uses 'mock'.")
+    factory: str = _f("", "gpiozero pin factory: 'lgpio' (empty means lgpio; RPi.GPIO is "
+                      "not supported). The simulator always uses 'mock'.")
     hook: list[int] = _f(None, "BCM pin of each line's hook opto.",
                          factory=lambda: list(PINS.hook))
     ring: list[int] = _f(None, "BCM pin of each line's ring opto.",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 
 class Timebase:
@@ -43,16 +44,33 @@ class Timebase:
 
 
 TIME_ERROR = 5    # adjtimex(): the kernel's clock is not synchronised (STA_UNSYNC)
+# systemd-timesyncd creates this when it has synchronised the clock (systemd >= 249);
+# it is in /run, so it is gone after a reboot until the next sync.
+TIMESYNCD_SYNCED = Path("/run/systemd/timesync/synchronized")
+# The provisioning agent creates this after setting the clock from the engineer's laptop
+# (set_clock over USB): the clock is right for this boot, though no NTP server said so.
+USB_CLOCK_SET = Path("/run/linetap-agent/clock-set")
 
 
-def clock_synchronised(adjtimex=None) -> bool:
-    """True when the kernel says the system clock is NTP-synchronised.
+def clock_synchronised(adjtimex=None, markers=(TIMESYNCD_SYNCED, USB_CLOCK_SET)) -> bool:
+    """True when the system clock is known good: timesyncd has synchronised it, the
+    provisioning agent has set it over USB this boot, or the kernel says it is
+    NTP-synchronised.
 
-    This is what ``timedatectl`` reports as NTPSynchronized: ``adjtimex`` (read-only,
-    modes 0) returns TIME_ERROR while the clock is unsynchronised, whichever NTP client
-    runs. A Pi without an RTC boots with fake-hwclock's last saved time, which looks
-    plausible but is not synchronised, so the year alone proves nothing.
+    The marker files come first because the recorder's unit denies ``adjtimex``
+    altogether (``ProtectClock=yes`` filters the whole @clock group, read-only calls
+    too), so there the kernel check always fails and would mark every call
+    unsynchronised. ``adjtimex`` (modes 0, read only) remains for other NTP clients
+    (chrony, ntpd) outside the sandbox: it returns TIME_ERROR while unsynchronised. A Pi
+    without an RTC boots with the last saved time, which looks plausible but is not
+    synchronised, so the year alone proves nothing.
     """
+    for marker in markers:
+        try:
+            if Path(marker).exists():
+                return True
+        except OSError:
+            pass
     if adjtimex is None:
         adjtimex = _adjtimex
     try:

@@ -181,7 +181,7 @@ def test_no_import_cycle_in_the_product():
 UPSTREAM_ALLOWED = {
     "recorder", "recorder.evidence", "recorder.errors", "recorder.fsutil",
     "recorder.timebase", "recorder.config", "recorder.privacy", "recorder.logsetup",
-    "recorder.sqlfields", "recorder.threads",
+    "recorder.sqlfields", "recorder.threads", "recorder.runpaths",
     "sync", "sync.protocol", "sync.signed_commands", "sync.authz", "sync.linkstate",
     "sync.upstream", "hw",
     "hw.errors", "recorder.configtxn",

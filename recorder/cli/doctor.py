@@ -152,7 +152,7 @@ def check_pins(cfg: rconfig.Config, model_path: Path = MODEL_PATH,
         name, f = factory(cfg.pins.factory)
     except Exception as exc:  # noqa: BLE001 - report whatever the backend said
         return Result("pins", FAIL, f"{model}: no GPIO pin factory: {exc}",
-                      "install lgpio (Pi 5) or RPi.GPIO (`pip install linetap[pi]`) and check "
+                      "install lgpio (`pip install linetap[pi]`) and check "
                       "that the linetap user is in the gpio group")
     close = getattr(f, "close", None)
     if close:

@@ -13,6 +13,7 @@ from recorder import config
 from recorder.errors import ConfigError
 from recorder.evidence import audit, keys
 from recorder.privacy import mask_number
+from recorder.runpaths import status_candidates
 from recorder.runtime.daemon import STATUS_FILE
 from recorder.storage.store import DB_FILE
 from recorder.timebase import iso
@@ -179,7 +180,7 @@ def _live_status(data_dir: Path) -> dict:
         return {**st, "running": True}
     except (control_client.RecorderNotRunning, ProtocolError, OSError) as exc:
         why = str(exc)
-    path = data_dir / STATUS_FILE
+    path = next((p for p in status_candidates(data_dir) if p.exists()), data_dir / STATUS_FILE)
     try:
         st = json.loads(path.read_text())
         stale = iso(path.stat().st_mtime)

@@ -41,6 +41,7 @@ from recorder.config import Config, device_id
 from recorder.errors import KeyFileError, LinetapError
 from recorder.evidence import audit, keys, trust
 from recorder.fsutil import atomic_write, remove_temp_files
+from recorder.runpaths import status_path
 from recorder.runtime import alarms as alarm_rules
 from recorder.runtime import ledmode
 from recorder.runtime.alarms import Alarms
@@ -57,7 +58,7 @@ from recorder.threads import LoopThread, ServiceThread, join_all
 
 log = logging.getLogger(__name__)
 
-STATUS_FILE = "run/status.json"
+STATUS_FILE = "run/status.json"     # without systemd; see recorder.runpaths
 PROCESS_LAG_PERIODS = 2    # the call processor trails capture by this many periods
 WATCHDOG_AUDIO_S = 5.0     # no audio for this long and systemd's watchdog is not fed
 RECOVERY_TRIES = 12        # about 40 s of making room before start-up gives up
@@ -125,7 +126,7 @@ class Daemon:
             self.alarms.set("identity_key", True, detail=str(exc))
             # The daemon will not run, so leave the alarm where `linetap status` and
             # the provisioning agent look for it.
-            atomic_write(self.data_dir / STATUS_FILE, json.dumps(
+            atomic_write(status_path(self.data_dir), json.dumps(
                 {"running": False, "device": self.device, "version": __version__,
                  "alarms": self.alarms.snapshot()}).encode(), mode=0o644, sync=False)
             raise LinetapError(f"refusing to record: {exc}. Restore the key from backup, "
@@ -409,7 +410,7 @@ class Daemon:
         for name, detail in alarm_rules.evaluate(self._alarm_inputs(st), limits).items():
             self.alarms.set(name, detail is not None, **(detail or {}))
         st["alarms"] = self.alarms.snapshot()
-        atomic_write(self.data_dir / STATUS_FILE, json.dumps(st, default=str).encode(),
+        atomic_write(status_path(self.data_dir), json.dumps(st, default=str).encode(),
                      mode=0o644, sync=False)
         if self.notifier and watchdog_ok(self.capture_alive(),
                                          self.capture.age_s()):

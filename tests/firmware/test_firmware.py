@@ -19,7 +19,8 @@ FW = REPO / "firmware"
 DTS = FW / "overlay" / "linetap-line-overlay.dts"
 SCRIPTS = [FW / "install.sh", FW / "add-data-partition.sh",
            FW / "pi-gen" / "stage-linetap" / "prerun.sh",
-           FW / "pi-gen" / "stage-linetap" / "00-install-linetap" / "01-run.sh"]
+           FW / "pi-gen" / "stage-linetap" / "00-install-linetap" / "01-run.sh",
+           FW / "pi-gen" / "stage-linetap" / "00-install-linetap" / "02-run-chroot.sh"]
 
 
 def need(tool: str) -> str:
@@ -93,7 +94,8 @@ def make_root(tmp_path) -> Path:
     (root / "boot" / "firmware" / "cmdline.txt").write_text(
         "console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 "
         "fsck.repair=yes rootwait rw\n")
-    (root / "boot" / "firmware" / "config.txt").write_text("[all]\narm_64bit=1\n")
+    (root / "boot" / "firmware" / "config.txt").write_text(
+        "[all]\narm_64bit=1\ndtoverlay=vc4-kms-v3d\n")
     return root
 
 
@@ -152,6 +154,14 @@ def test_install_units_enabled(installed):
     sd = installed / "etc" / "systemd" / "system"
     for unit in ("linetap-recorder.service", "linetap-provision-agent.service"):
         assert (sd / unit).read_text() == (REPO / "systemd" / unit).read_text()
+    assert (sd / "multi-user.target.wants" / "linetap-recorder.service").is_symlink()
+    # Swap, fake-hwclock and the NTP wait are masked whatever the base image holds.
+    for unit in ("dphys-swapfile.service", "fake-hwclock.service", "swap.target",
+                 "systemd-time-wait-sync.service"):
+        assert os.readlink(sd / unit) == "/dev/null", unit
+    assert (installed / "etc/systemd/system.conf.d/linetap-watchdog.conf").is_file()
+    assert (installed / "usr/lib/udev/rules.d/60-linetap-gpio.rules").is_file()
+    assert (installed / "usr/lib/repart.d/50-linetap-data.conf").is_file()
     link = sd / "multi-user.target.wants" / "linetap-recorder.service"
     assert os.readlink(link) == "/etc/systemd/system/linetap-recorder.service"
     link = sd / "dev-ttyGS0.device.wants" / "linetap-provision-agent.service"
@@ -170,16 +180,26 @@ def test_install_read_only_root(installed):
     assert root_line.split()[3] == "defaults,noatime,ro"
     mounts = {ln.split()[1]: ln.split() for ln in fstab.splitlines()
               if ln.strip() and not ln.startswith("#")}
+    assert mounts["/boot/firmware"][3] == "defaults,ro"
     assert mounts["/var/lib/linetap"][0] == "LABEL=LTDATA"
     assert mounts["/var/lib/linetap"][2] == "ext4"
+    data_opts = mounts["/var/lib/linetap"][3].split(",")
+    assert "nofail" in data_opts and "x-systemd.growfs" in data_opts
     for tmpfs in ("/tmp", "/var/tmp", "/var/log"):
         assert mounts[tmpfs][2] == "tmpfs"
+    # timesyncd's clock file is on the data partition, not in RAM.
+    ts = mounts["/var/lib/systemd/timesync"]
+    assert ts[0] == "/var/lib/linetap/timesync" and "bind" in ts[3].split(",")
     cmdline = (installed / "boot/firmware/cmdline.txt").read_text()
     assert cmdline.count("\n") == 1
     args = cmdline.split()
     assert "ro" in args and "rw" not in args and "modules-load=dwc2,g_serial" in args
     config = (installed / "boot/firmware/config.txt").read_text()
     assert config.startswith("[all]\narm_64bit=1\n")
+    # The image's KMS overlay loses its HDMI audio card, once.
+    assert "dtoverlay=vc4-kms-v3d,noaudio\n" in config
+    kms = [ln for ln in config.splitlines() if ln.startswith("dtoverlay=vc4-kms-v3d")]
+    assert kms == ["dtoverlay=vc4-kms-v3d,noaudio"]
     assert "dtoverlay=linetap-line" in config
     dtbo = installed / "boot/firmware/overlays/linetap-line.dtbo"
     assert dtbo.read_bytes()[:4] == b"\xd0\x0d\xfe\xed"
@@ -220,6 +240,7 @@ def test_installed_units_verify(installed, tmp_path):
     stub = root / "opt/linetap/venv/bin/linetap"
     stub.parent.mkdir(parents=True)
     shutil.copy(installed / "opt/linetap/venv/bin/linetap", stub)
+    shutil.copytree(installed / "opt/linetap/src/firmware", root / "opt/linetap/src/firmware")
     for unit in ("linetap-recorder.service", "linetap-provision-agent.service"):
         r = subprocess.run(["systemd-analyze", "verify", f"--root={root}",
                             f"/etc/systemd/system/{unit}"], capture_output=True, text=True,

@@ -150,7 +150,7 @@ def test_pin_factory_by_name():
     name, f = doctor.make_pin_factory("mock")
     assert name == "MockFactory"
     f.close()
-    with pytest.raises(ValueError, match="'nope' is not a pin factory"):
+    with pytest.raises(ValueError, match="'nope' is not supported"):
         doctor.make_pin_factory("nope")
 
 
