@@ -4,9 +4,8 @@ The rooms are sub-packages, each answering one question (see its ``__init__``):
 ``capture``, ``calls`` (with ``dsp``), ``storage`` (with ``retention``), ``evidence``,
 ``runtime`` and ``cli``. The modules at this top level are the shared basics every room
 may use and that import no room: ``config``, ``configtxn`` (atomic multi-file apply),
-``errors``, ``fsutil``, ``logsetup``,
-``privacy``, ``runpaths`` (where volatile files go), ``sqlfields``, ``threads`` (the one shape of a service thread) and
-``timebase``.
+``errors``, ``fsutil``, ``logsetup``, ``privacy``, ``runpaths`` (where volatile files
+go), ``sqlfields``, ``threads`` (the one shape of a service thread) and ``timebase``.
 """
 
 __version__ = "0.1.0"
