@@ -70,11 +70,14 @@ from sync.upstream.templates import (
     HARDENING,
     INGEST_UNIT,
     MOSQ_CONF,
+    PORTAL_UNIT,
     SYSUSERS,
     TARGET,
 )
 
 log = logging.getLogger(__name__)
+
+PORTAL_BIND = "127.0.0.1:8080"     # the portal's unit listens here; a TLS proxy fronts it
 
 VERBS = ("init", "enrol", "pin", "revoke", "check", "serve")
 MARKER = "# --- sites and devices: written by `linetap upstream enrol/pin/revoke` ---"
@@ -251,6 +254,9 @@ def _write_units(lay: Layout, *, workers: int, broker_user: str, ingest_user: st
             caps=caps, hardening=hard),
         "linetap-ingest@.service": INGEST_UNIT.format(
             workers=workers, linetap=_linetap_exe(), config=lay.config, user=ingest_user,
+            root=lay.root, data=lay.data, hardening=hard),
+        "linetap-portal.service": PORTAL_UNIT.format(
+            linetap=_linetap_exe(), config=lay.config, bind=PORTAL_BIND, user=ingest_user,
             root=lay.root, data=lay.data, hardening=hard),
         "linetap-upstream.target": TARGET.format(
             workers=workers,

@@ -131,12 +131,37 @@ Environment=PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 WantedBy=linetap-upstream.target
 """
 
+PORTAL_UNIT = """\
+# Written by `linetap upstream init`. The practice portal (docs/portal.md) on loopback:
+# put a TLS reverse proxy in front of it; it reads the store the workers write.
+[Unit]
+Description=Linetap practice portal
+After=network-online.target
+Wants=network-online.target
+PartOf=linetap-upstream.target
+
+[Service]
+Type=simple
+ExecStart={linetap} portal --config {config} --bind {bind}
+User={user}
+Group={user}
+Restart=on-failure
+RestartSec=2
+ReadOnlyPaths={root}
+ReadWritePaths={data}
+CapabilityBoundingSet=
+Environment=PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+{hardening}
+[Install]
+WantedBy=linetap-upstream.target
+"""
+
 TARGET = """\
 # Written by `linetap upstream init`. `systemctl enable --now linetap-upstream.target`
-# starts the broker and {workers} ingest workers.
+# starts the broker, {workers} ingest workers and the practice portal.
 [Unit]
-Description=Linetap upstream (broker and ingest workers)
-Wants=linetap-upstream-broker.service {instances}
+Description=Linetap upstream (broker, ingest workers, portal)
+Wants=linetap-upstream-broker.service {instances} linetap-portal.service
 After=network-online.target
 
 [Install]
