@@ -307,9 +307,16 @@ def test_read_only_with_broken_config(box, cmd):
         assert r["code"] == protocol.E_CONFIG
 
 
-def test_pem_never_contains_private_material(box):
+def test_csr_carries_the_public_key_and_no_private_material(box):
+    """The CSR that crosses the cable is signed by the box's new TLS key and carries its
+    public half; neither the PEM nor the decoded DER holds the private scalar."""
+    from cryptography import x509
     r = call(box.d, "tls_csr")
     key = serialization.load_pem_private_key(
         (box.data / "keys" / "device-tls.key").read_bytes(), None)
-    raw = key.private_numbers().private_value.to_bytes(32, "big").hex()
-    assert raw not in r["csr"]
+    csr = x509.load_pem_x509_csr(r["csr"].encode())
+    assert csr.is_signature_valid
+    assert csr.public_key().public_numbers() == key.public_key().public_numbers()
+    raw = key.private_numbers().private_value.to_bytes(32, "big")
+    assert raw not in csr.public_bytes(serialization.Encoding.DER)
+    assert "PRIVATE" not in r["csr"]
