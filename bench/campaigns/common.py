@@ -30,7 +30,6 @@ from tests.support.simbox import Box, new_box  # noqa: F401  (the campaigns call
 from tests.support.syncbox import to_toml
 
 ROOT = Path(__file__).resolve().parents[2]
-PLAINTEXT_MAGIC = (b"RIFF", b"fLaC", b"OggS")
 DEVICE = "lt-campaign01"
 SITE = "site1"
 
@@ -142,20 +141,6 @@ def stale_temp_files(data: Path, live_pid: int | None = None) -> list[Path]:
         if live_pid is not None and f".{live_pid}.tmp" in p.name:
             continue
         out.append(p)
-    return out
-
-
-def plaintext_files(data: Path) -> list[Path]:
-    """Files under ``data`` that start like plaintext audio (WAV, FLAC, Ogg)."""
-    out = []
-    for p in data.rglob("*"):
-        try:
-            if p.is_file():
-                with open(p, "rb") as f:
-                    if f.read(4) in PLAINTEXT_MAGIC:
-                        out.append(p)
-        except OSError:
-            continue
     return out
 
 

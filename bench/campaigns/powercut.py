@@ -42,6 +42,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench.campaigns import common
+from tests.support.plaintext import plaintext_files
 
 RATE = 8000
 SEGMENT_S = 10.0
@@ -305,7 +306,7 @@ class Campaign:
         if stale:
             self.violations.append(f"{tag}: temp files survived: "
                                    f"{[str(p.relative_to(data)) for p in stale[:5]]}")
-        plain = common.plaintext_files(data)
+        plain = plaintext_files(data)
         if plain:
             self.violations.append(f"{tag}: plaintext audio files: "
                                    f"{[str(p.relative_to(data)) for p in plain[:5]]}")
