@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import threading
 import time
@@ -168,6 +169,11 @@ def cli_main(argv: list[str]) -> int:
         log.error("apply recovery failed: %s (doctor and status report it)", exc)
     notifier = SdNotifier()
     stop = threading.Event()
+    # SIGTERM (systemd) and SIGINT end the serving loop through ``stop``: the loop checks
+    # it between short reads, so the agent stops within a read timeout, wherever it is,
+    # and still closes the presence window and tells systemd.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
 
     def check_presence():
         # Runs beside the serving loop, so `hello` is answered while the box waits for
