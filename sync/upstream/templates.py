@@ -106,18 +106,12 @@ AmbientCapabilities={caps}
 WantedBy=linetap-upstream.target
 """
 
-INGEST_UNIT = """\
-# Written by `linetap upstream init`. One ingest worker; the target starts {workers}
-# (linetap-ingest@1 .. @{workers}), which share the broker's subscription.
-[Unit]
-Description=Linetap upstream ingest worker %i
-After=network-online.target linetap-upstream-broker.service
-Wants=network-online.target
-PartOf=linetap-upstream.target
-
+# The [Service] and [Install] of every Python service the upstream runs (ingest workers,
+# the portal): the upstream's own user, read-only but for its data, hardened.
+PYTHON_SERVICE = """\
 [Service]
 Type=simple
-ExecStart={linetap} ingest --config {config}
+ExecStart={linetap} {command} --config {config}{args}
 User={user}
 Group={user}
 Restart=on-failure
@@ -130,6 +124,17 @@ Environment=PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 [Install]
 WantedBy=linetap-upstream.target
 """
+
+INGEST_UNIT = """\
+# Written by `linetap upstream init`. One ingest worker; the target starts {workers}
+# (linetap-ingest@1 .. @{workers}), which share the broker's subscription.
+[Unit]
+Description=Linetap upstream ingest worker %i
+After=network-online.target linetap-upstream-broker.service
+Wants=network-online.target
+PartOf=linetap-upstream.target
+
+""" + PYTHON_SERVICE.replace("{command}", "ingest").replace("{args}", "")
 
 PORTAL_UNIT = """\
 # Written by `linetap upstream init`. The practice portal (docs/portal.md) on loopback:
@@ -140,21 +145,7 @@ After=network-online.target
 Wants=network-online.target
 PartOf=linetap-upstream.target
 
-[Service]
-Type=simple
-ExecStart={linetap} portal --config {config} --bind {bind}
-User={user}
-Group={user}
-Restart=on-failure
-RestartSec=2
-ReadOnlyPaths={root}
-ReadWritePaths={data}
-CapabilityBoundingSet=
-Environment=PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
-{hardening}
-[Install]
-WantedBy=linetap-upstream.target
-"""
+""" + PYTHON_SERVICE.replace("{command}", "portal").replace("{args}", " --bind {bind}")
 
 TARGET = """\
 # Written by `linetap upstream init`. `systemctl enable --now linetap-upstream.target`
