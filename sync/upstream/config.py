@@ -106,6 +106,21 @@ class UpstreamConfig:
         return None
 
 
+def first_verb(argv: list[str]) -> str | None:
+    """The verb of a ``linetap upstream`` command line: the first word after the global
+    options (``--config FILE``), or None."""
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--config":
+            skip = True
+        elif not a.startswith("-"):
+            return a
+    return None
+
+
 def _hint(k, choices) -> str:
     m = difflib.get_close_matches(k, list(choices), n=1)
     return f" (did you mean '{m[0]}'?)" if m else ""

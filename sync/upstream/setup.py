@@ -63,6 +63,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from recorder.errors import ConfigError, KeyFileError, LinetapError
 from recorder.evidence import keys
 from recorder.fsutil import atomic_write
+from sync.upstream import config as upstream_config
 from sync.upstream import pki
 from sync.upstream.templates import (
     ACL,
@@ -311,7 +312,7 @@ def _rewrite_sites(lay: Layout, reg: dict, retention: dict[str, float]) -> None:
                    f"\n[sites.{_toml_str(site)}]\nretention_days = {days}\ndevices = {{}}\n")
     new = "\n".join(out) + "\n"
     atomic_write(lay.config, new.encode(), mode=lay.config.stat().st_mode & 0o777)
-    from sync.upstream import config as upstream_config
+
     upstream_config.load(str(lay.config))     # what we wrote must load
 
 
@@ -335,7 +336,7 @@ def _identity_hex(ref: str) -> str:
 
 
 def _audit(lay: Layout, action: str, **detail) -> None:
-    from sync.upstream import config as upstream_config
+
     from sync.upstream.store import audit, open_db
     open_db(upstream_config.load(str(lay.config)).db_url)
     audit(action, **detail)
@@ -364,7 +365,7 @@ def enrol(config: str, site: str, device: str, *, identity: str | None = None,
         raise SetupError(f"--site {site!r}: letters, digits, '.', '_', '-' only")
     if retention_days is not None and not 0.01 <= retention_days <= 3650:
         raise SetupError(f"--retention-days {retention_days}: must be 0.01..3650")
-    from sync.upstream import config as upstream_config
+
     ucfg = upstream_config.load(str(lay.config))
     reg = _load_registry(lay)
     old = reg["devices"].get(device)
@@ -547,7 +548,7 @@ def check(config: str, *, timeout_s: float = 10.0, wait_s: float = 0.0, out=None
     """Verify the set-up end to end; print one line per check; 0 if all pass, else 1.
     ``wait_s``: keep trying the broker this long (s) first (it may be starting)."""
     out = out or sys.stdout
-    from sync.upstream import config as upstream_config
+
     results: list[tuple[bool, str, str]] = []
 
     def res(ok, what, detail=""):
@@ -755,7 +756,7 @@ def serve(config: str, workers: int = 2, out=None) -> int:
 
 
 def _start_all(lay: Layout, config: str, workers: int, out) -> list:
-    from sync.upstream import config as upstream_config
+
     ucfg = upstream_config.load(config)
     broker = subprocess.Popen([MOSQUITTO, "-c", str(lay.mosq_conf)])
     import socket
@@ -781,16 +782,7 @@ def _start_all(lay: Layout, config: str, workers: int, out) -> list:
 
 def handles(argv: list[str]) -> bool:
     """True if the first word after the options is one of :data:`VERBS`."""
-    skip = False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a == "--config":
-            skip = True
-        elif not a.startswith("-"):
-            return a in VERBS
-    return False
+    return upstream_config.first_verb(argv) in VERBS
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -244,16 +244,7 @@ def explain_rejection(problems_: list[str], device: str, site, pinned) -> str:
 # -- command line -----------------------------------------------------------------------
 
 def handles(argv: list[str]) -> bool:
-    skip = False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a == "--config":
-            skip = True
-        elif not a.startswith("-"):
-            return a in VERBS
-    return False
+    return upstream_config.first_verb(argv) in VERBS
 
 
 def cli_main(argv: list[str]) -> int:
