@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 MODEL_PATH = Path("/proc/device-tree/model")
 TIMESYNC_FLAG = Path("/run/systemd/timesync/synchronized")
+SWAPS_PATH = Path("/proc/swaps")
 CERT_WARN_DAYS = 30
 MIN_YEAR = 2024
 
@@ -317,12 +318,42 @@ def check_staged(config_path: str | Path | None) -> Result:
                   "re-run `linetap provision apply` (it discards them first)")
 
 
+def read_swaps(path: Path = SWAPS_PATH) -> str | None:
+    """The kernel's table of active swap areas, or None when it cannot be read."""
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def check_swap(swaps: str | None) -> Result:
+    """Swap on a disk or card would page the audio ring buffers (plaintext, seconds of
+    every call) and the sealing path's keys out to storage that outlives the power. The
+    image has none (``firmware/``); this confirms it. ``swaps`` is ``/proc/swaps``:
+    a header line, then one line per active area. zram swap is compressed RAM, gone
+    at power-off, so it is allowed."""
+    if swaps is None:
+        return Result("swap", WARN, "cannot read /proc/swaps",
+                      "check by hand: `swapon --show` must list nothing but zram")
+    areas = [line.split()[0] for line in swaps.splitlines()[1:] if line.strip()]
+    disk = [a for a in areas if not a.startswith("/dev/zram")]
+    if disk:
+        return Result("swap", FAIL, "swap on storage: " + ", ".join(disk) + " (plaintext "
+                      "audio and keys in memory can be written to it)",
+                      "`sudo swapoff -a` and `sudo systemctl mask dphys-swapfile.service "
+                      "swap.target` (firmware/install.sh does both), then reboot")
+    if areas:
+        return Result("swap", OK, f"only zram swap ({', '.join(areas)}): memory, not storage")
+    return Result("swap", OK, "no swap: audio and keys in memory never reach storage")
+
+
 # -- running it all ------------------------------------------------------------------------
 
 def run_checks(config_path: str | None, data_dir: str | None, *,
                now: dt.datetime | None = None, probes: dict | None = None) -> list[Result]:
     """Every check in order. ``probes`` overrides the hardware probes by name
-    (``open_capture``, ``factory``, ``connect``, ``usage``, ``synced``, ``model_path``)."""
+    (``open_capture``, ``factory``, ``connect``, ``usage``, ``synced``, ``model_path``,
+    ``swaps``: the text of ``/proc/swaps``)."""
     p = probes or {}
     now = now or dt.datetime.now(dt.UTC)
     res, cfg = check_config(config_path)
@@ -341,6 +372,7 @@ def run_checks(config_path: str | None, data_dir: str | None, *,
     out.append(check_broker(cfg, now, **({"connect": p["connect"]} if "connect" in p else {})))
     out.append(check_disk(cfg, ddir, **({"usage": p["usage"]} if "usage" in p else {})))
     out.append(check_clock(now, p["synced"] if "synced" in p else ntp_synchronised()))
+    out.append(check_swap(p["swaps"] if "swaps" in p else read_swaps()))
     out.append(check_staged(config_path))
     return out
 

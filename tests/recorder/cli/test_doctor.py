@@ -277,6 +277,32 @@ def test_ntp_flag(tmp_path):
     assert doctor.ntp_synchronised(flag) is True
 
 
+@pytest.mark.parametrize("lines,expect", [
+    ([], OK),
+    (["/dev/zram0  partition  102396  0  100"], OK),
+    (["/var/swap  file  102396  0  -2"], FAIL),                 # Raspberry Pi OS's default
+    (["/dev/zram0  partition  1024  0  100", "/dev/mmcblk0p3  partition  1024  0  -2"], FAIL),
+])
+def test_swap(lines, expect):
+    r = doctor.check_swap(NO_SWAP + "".join(line + "\n" for line in lines))
+    assert r.status == expect, r
+    if expect == FAIL:
+        assert lines[-1].split()[0] in r.detail and "swapoff" in r.fix
+
+
+def test_swap_unreadable(tmp_path):
+    assert doctor.read_swaps(tmp_path / "absent") is None
+    assert doctor.check_swap(None).status == WARN
+
+
+def test_run_checks_fails_on_swap(tmp_path):
+    cfgp, _data = _box(tmp_path)
+    probes = dict(PROBES, swaps=NO_SWAP + "/var/swap file 102396 0 -2\n")
+    res = {r.name: r.status for r in doctor.run_checks(str(cfgp), None, now=NOW,
+                                                       probes=probes)}
+    assert res["swap"] == FAIL
+
+
 def _box(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -288,14 +314,16 @@ def _box(tmp_path):
     return cfgp, data
 
 
-PROBES = {"usage": lambda _p: Usage(10**10, 0, 5 * 10**9), "synced": True}
+NO_SWAP = "Filename\tType\tSize\tUsed\tPriority\n"
+PROBES = {"usage": lambda _p: Usage(10**10, 0, 5 * 10**9), "synced": True,
+          "swaps": NO_SWAP}
 
 
 def test_run_checks_all_ok(tmp_path):
     cfgp, data = _box(tmp_path)
     results = doctor.run_checks(str(cfgp), None, now=NOW, probes=PROBES)
     assert [r.name for r in results] == ["config", "practice", "identity", "cmdkey", "alsa",
-                                         "pins", "broker", "disk", "clock", "staged"]
+                                         "pins", "broker", "disk", "clock", "swap", "staged"]
     assert all(r.status == OK for r in results), [r.line() for r in results]
 
 
@@ -304,7 +332,7 @@ def test_run_checks_broken_config_still_checks_the_rest(tmp_path):
     cfgp.write_text("[nope]\n")
     results = doctor.run_checks(str(cfgp), str(tmp_path), now=NOW, probes=PROBES)
     assert results[0].status == FAIL
-    assert len(results) == 10
+    assert len(results) == 11
 
 
 def test_cli_exit_status(tmp_path, capsys, monkeypatch):
@@ -315,7 +343,7 @@ def test_cli_exit_status(tmp_path, capsys, monkeypatch):
     assert doctor.cli_main(["--config", str(cfgp)]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].startswith("OK    config")
-    assert "10 checks: 0 FAIL, 0 WARN" in out
+    assert "11 checks: 0 FAIL, 0 WARN" in out
     Path(tmp_path / "practice.pub").unlink()
     assert doctor.cli_main(["--config", str(cfgp)]) == 1
     out = capsys.readouterr().out
