@@ -28,19 +28,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from provisioning import tlscert
 from recorder.errors import LinetapError
+from sync.upstream.templates import ACL
 
 SITE = "oakfield"
-ACL = """\
-user ingest
-topic readwrite linetap/#
-pattern write linetap/+/%u/seg/#
-pattern write linetap/+/%u/man/#
-pattern write linetap/+/%u/status
-pattern write linetap/+/%u/health
-pattern write linetap/+/%u/report
-pattern read linetap/+/%u/ack
-pattern read linetap/+/%u/cmd
-"""
 
 
 class DemoError(LinetapError, RuntimeError):
@@ -97,7 +87,7 @@ def _start_broker(d: Path, port: int, ca: str, cert: str, key: str) -> subproces
     exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(exe).exists():
         raise DemoError("mosquitto is not installed (make setup installs it)")
-    (d / "acl").write_text(ACL)
+    (d / "acl").write_text(ACL.format(ingest="ingest", prefix="linetap"))
     user = "user root\n" if os.geteuid() == 0 else ""
     (d / "mosquitto.conf").write_text(
         f"{user}persistence false\nlog_dest file {d}/mosquitto.log\nallow_anonymous false\n"

@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from sync.upstream.templates import ACL
+
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 DEVICES = ("dev-a", "dev-b", "dev-c")
@@ -86,21 +88,6 @@ class PKI:
         return self.client(cn + "-rogue", ca_key=other, ca_name=_name("rogue-ca"))
 
 
-ACL = """\
-# The ingest service reads every device's uploads and writes acks and commands.
-user ingest
-topic readwrite linetap/#
-
-# Every device (username = certificate CN) only in its own subtree, and only the
-# direction each topic flows in.
-pattern write linetap/+/%u/seg/#
-pattern write linetap/+/%u/man/#
-pattern write linetap/+/%u/status
-pattern write linetap/+/%u/health
-pattern write linetap/+/%u/report
-pattern read linetap/+/%u/ack
-pattern read linetap/+/%u/cmd
-"""
 
 
 class Broker:
@@ -110,7 +97,7 @@ class Broker:
     def __init__(self, d: Path, pki: PKI):
         self.dir, self.pki, self.port = d, pki, free_port()
         self.proc = None
-        (d / "acl").write_text(ACL)
+        (d / "acl").write_text(ACL.format(ingest="ingest", prefix="linetap"))
         (d / "mosquitto.conf").write_text(f"""\
 user root
 persistence false
