@@ -45,7 +45,8 @@ from recorder.errors import CommandRejected
 from recorder.evidence.segfile import canonical
 
 KINDS = {"delete": {"call": str}, "hold": {"call": str, "on": bool},
-         "retention": {"days": (int, float)}}
+         "retention": {"days": (int, float)},
+         "update": {"url": str, "size": int, "sha256": str, "version": str}}
 MAX_LIFETIME_S = 30 * 86400      # a command valid for longer than this is refused
 DEFAULT_LIFETIME_S = 7 * 86400
 MAX_SKEW_S = 300.0               # ``issued`` may lead the box's clock by at most this

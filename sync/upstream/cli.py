@@ -9,6 +9,8 @@
     linetap upstream --config U.toml expiring [--days N]
     linetap upstream --config U.toml problems [--json]
     linetap upstream --config U.toml audit [--verify] [--json]
+    linetap upstream --config U.toml update offer|status|pause|resume|serve ...
+        (staged RAUC rollouts: sync/upstream/updates.py, docs/updates.md)
     linetap upstream --config U.toml authorise --device D --op OP [--ttl 1h]
         (an engineer's provisioning token: sync/upstream/authorise.py)
 
@@ -142,6 +144,9 @@ def cli_main(argv: list[str]) -> int:
     from sync.upstream import tracking
     if tracking.handles(argv):           # commands, retry, resolve
         return tracking.cli_main(argv)
+    from sync.upstream import update_cli
+    if update_cli.handles(argv):         # update offer|status|pause|resume|serve
+        return update_cli.cli_main(argv)
     args = build_parser().parse_args(argv)
     ucfg = upstream_config.load(args.config)
     open_db(ucfg.db_url)

@@ -36,6 +36,11 @@ Example (see docs/sync.md)::
     smtp_to = ["it@surgery.example"]
     webhook = "https://hooks.example/linetap"
 
+    [updates]                        # staged RAUC rollouts (docs/updates.md)
+    url = "https://updates.example:8443"   # what boxes fetch bundles from
+    canary_share = 0.1
+    max_failure_rate = 0.1
+
     [sites.surgery-1]
     retention_days = 90
     devices = { "lt-0a1b2c3d4e5f" = "9f2c...64 hex digits", "lt-abc" = "/etc/lt-abc.pub" }
@@ -50,6 +55,7 @@ from pathlib import Path
 
 from recorder.errors import ConfigError, KeyFileError
 from recorder.evidence.keys import load_ed25519_public
+from sync.upstream import updates
 from sync.upstream.fleet import ALERT_KEYS, FLEET_KEYS, FleetSettings, settings_from
 
 SECTIONS = {
@@ -63,6 +69,7 @@ SECTIONS = {
     "retention": {"interval_s": (int, float)},
     "fleet": FLEET_KEYS,
     "alerts": ALERT_KEYS,
+    "updates": updates.UPDATE_KEYS,
 }
 SITE_KEYS = {"retention_days": (int, float), "devices": dict}
 
@@ -94,6 +101,7 @@ class UpstreamConfig:
     retention_interval_s: float = 60.0
     sites: dict[str, Site] = field(default_factory=dict)
     fleet: FleetSettings = field(default_factory=FleetSettings)
+    updates: updates.UpdateSettings = field(default_factory=updates.UpdateSettings)
 
     def enrolled(self) -> dict[str, str]:
         """Every device in the config -> its site."""
@@ -177,6 +185,10 @@ def from_dict(raw: dict, source: str = "upstream config", base: Path | None = No
     cfg.retention_interval_s = float(g("retention", {}).get("interval_s", 60))
     try:
         cfg.fleet = settings_from(g("fleet", {}), g("alerts", {}))
+    except ConfigError as exc:
+        problems += exc.problems
+    try:
+        cfg.updates = updates.settings_from(g("updates", {}), base)
     except ConfigError as exc:
         problems += exc.problems
     seen: dict[str, str] = {}

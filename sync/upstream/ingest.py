@@ -46,7 +46,7 @@ from recorder.fsutil import crash_point
 from recorder.timebase import parse_iso
 from sync import linkstate, protocol
 from sync.upstream import config as upstream_config
-from sync.upstream import fleet, tracking
+from sync.upstream import fleet, tracking, updates
 from sync.upstream import ops as upstream_ops
 from sync.upstream.objectstore import TEMP_MAX_AGE_S, open_objects
 from sync.upstream.store import (
@@ -406,6 +406,10 @@ class Ingest:
             nonce, status = r.get("nonce"), r.get("status")
         except (ValueError, AttributeError):
             return
+        if r.get("kind") == "update":
+            # A stage of an offered update (docs/updates.md, "Stage reports").
+            updates.on_stage(t.device, r)
+            return
         if r.get("kind") == "notice":
             # A box announcing an act before it happens (factory reset): keep it in
             # the upstream audit trail, whatever the box does next.
@@ -712,6 +716,11 @@ class Worker:
             self.ingest.objects.clean_temp(TEMP_MAX_AGE_S)
             if self.ucfg.command_key:
                 upstream_ops.queue_retention(self.ucfg)
+                try:
+                    updates.tick(self.ucfg)
+                except Exception:
+                    # A rollout must never stop retention or command delivery.
+                    log.exception("update rollouts failed")
             if self.connected.is_set():
                 self.send_commands()
 

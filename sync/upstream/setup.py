@@ -74,6 +74,7 @@ from sync.upstream.templates import (
     PORTAL_UNIT,
     SYSUSERS,
     TARGET,
+    UPDATES_UNIT,
 )
 
 log = logging.getLogger(__name__)
@@ -259,6 +260,9 @@ def _write_units(lay: Layout, *, workers: int, broker_user: str, ingest_user: st
         "linetap-portal.service": PORTAL_UNIT.format(
             linetap=_linetap_exe(), config=lay.config, bind=PORTAL_BIND, user=ingest_user,
             root=lay.root, data=lay.data, hardening=hard),
+        "linetap-updates.service": UPDATES_UNIT.format(
+            linetap=_linetap_exe(), config=lay.config, user=ingest_user, root=lay.root,
+            data=lay.data, hardening=hard),
         "linetap-upstream.target": TARGET.format(
             workers=workers,
             instances=" ".join(f"linetap-ingest@{i}.service" for i in range(1, workers + 1))),

@@ -213,8 +213,49 @@ class UAudit(Base):
         table_name = "uaudit"
 
 
+class Rollout(Base):
+    """One staged offer of a RAUC bundle (sync/upstream/updates.py). ``state``: active |
+    paused | done; ``phase``: canary | rest, since ``phase_since`` (epoch s);
+    ``base_good``/``base_failed``: rollout-wide counts accepted at the last resume."""
+
+    sha256 = pw.CharField(index=True)
+    size = pw.BigIntegerField()
+    version = pw.CharField()
+    url = pw.CharField()
+    state = pw.CharField(default="active", index=True)
+    phase = pw.CharField(default="canary")
+    phase_since = pw.DoubleField()
+    canary_share = pw.DoubleField()
+    max_failure_rate = pw.DoubleField()
+    reason = pw.TextField(default="")
+    base_good = pw.IntegerField(default=0)
+    base_failed = pw.IntegerField(default=0)
+    created = pw.DoubleField(default=time.time)
+
+    class Meta:
+        table_name = "rollout"
+
+
+class RolloutTarget(Base):
+    """One device of a rollout: its phase, the ``update`` command's nonce once offered,
+    and the last stage its box reported (updates.BOX_STAGES)."""
+
+    rollout = pw.IntegerField()
+    device = pw.CharField(index=True)
+    phase = pw.CharField()                      # canary | rest
+    nonce = pw.CharField(null=True, index=True)
+    stage = pw.CharField(null=True)             # None until offered
+    reason = pw.TextField(default="")
+    bytes = pw.BigIntegerField(null=True)
+    updated = pw.DoubleField()
+
+    class Meta:
+        table_name = "rollout_target"
+        indexes = ((("rollout", "device"), True),)
+
+
 MODELS = [UCall, USegment, Problem, ManifestHistory, Command, Health, DeviceState, UAudit,
-          HealthHistory, AlarmSeen, FleetAlert, Lease]
+          HealthHistory, AlarmSeen, FleetAlert, Lease, Rollout, RolloutTarget]
 
 
 def open_db(url: str) -> pw.Database:

@@ -147,12 +147,25 @@ PartOf=linetap-upstream.target
 
 """ + PYTHON_SERVICE.replace("{command}", "portal").replace("{args}", " --bind {bind}")
 
+UPDATES_UNIT = """\
+# Written by `linetap upstream init`. Serves RAUC bundles to boxes over HTTPS with mutual
+# TLS (device certificates, CRL checked); `linetap upstream update offer` fills its folder.
+[Unit]
+Description=Linetap update bundles (HTTPS, mutual TLS)
+After=network-online.target
+Wants=network-online.target
+PartOf=linetap-upstream.target
+
+""" + PYTHON_SERVICE.replace("{command}", "upstream").replace(
+    "--config {config}{args}", "--config {config} update serve")
+
 TARGET = """\
 # Written by `linetap upstream init`. `systemctl enable --now linetap-upstream.target`
-# starts the broker, {workers} ingest workers and the practice portal.
+# starts the broker, {workers} ingest workers, the practice portal and the bundle server.
 [Unit]
-Description=Linetap upstream (broker, ingest workers, portal)
+Description=Linetap upstream (broker, ingest workers, portal, update bundles)
 Wants=linetap-upstream-broker.service {instances} linetap-portal.service
+Wants=linetap-updates.service
 After=network-online.target
 
 [Install]

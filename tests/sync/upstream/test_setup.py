@@ -156,7 +156,8 @@ def test_units_verify(up, tmp_path):
         shutil.copy(f, d / f.name)
     shutil.copy(d / "linetap-ingest@.service", d / "linetap-ingest@1.service")
     for unit in ("linetap-upstream-broker.service", "linetap-ingest@1.service",
-                 "linetap-portal.service", "linetap-upstream.target"):
+                 "linetap-portal.service", "linetap-updates.service",
+                 "linetap-upstream.target"):
         r = subprocess.run(["systemd-analyze", "verify", str(d / unit)],
                            capture_output=True, text=True, timeout=120)
         ours = [ln for ln in (r.stdout + r.stderr).splitlines() if "linetap" in ln]
@@ -167,8 +168,9 @@ def test_units_verify(up, tmp_path):
         assert line in text
     import re
     assert "portal --config" in (d / "linetap-portal.service").read_text()
+    assert "update serve" in (d / "linetap-updates.service").read_text()
     for unit in ("linetap-upstream-broker.service", "linetap-ingest@1.service",
-                 "linetap-portal.service"):
+                 "linetap-portal.service", "linetap-updates.service"):
         r = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager",
                             str(d / unit)], capture_output=True, text=True)
         m = re.search(r"Overall exposure level for \S+: ([0-9.]+)", r.stdout + r.stderr)
