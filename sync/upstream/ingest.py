@@ -112,6 +112,8 @@ class Ingest:
                         continue               # joined into a later chunk of its file
                     topic, payload = msgs[i]
                     self._whole = whole.get(i)
+                    one = (self.stored, self.duplicates, self.conflicts, self.dropped,
+                           self._writes)
                     try:
                         with _Savepoint(n):
                             res[i] = self.handle(topic, payload)
@@ -119,7 +121,11 @@ class Ingest:
                         res[i] = exc
                     except pw.DatabaseError as exc:
                         # This message's savepoint is rolled back; the rest commit. No
-                        # ack for it: the box resends.
+                        # ack for it: the box resends. Its counts go with it (two workers
+                        # racing on one segment: the loser's insert fails after it
+                        # counted the segment as stored).
+                        (self.stored, self.duplicates, self.conflicts, self.dropped,
+                         self._writes) = one
                         log.warning("message on %s not stored: %s", topic, exc)
                         res[i] = exc
                     finally:
@@ -340,8 +346,23 @@ class Ingest:
             return self._manifest_resigned(t, site, ch, row, header, blob, okey)
         self._put(okey, blob)
         with db.atomic():
-            self._touch_call(t, site, _epoch(header.get("created")), manifest_key=okey,
-                             manifest_sha256=ch.sha256, expected=header.get("segments", []))
+            self._touch_call(t, site, _epoch(header.get("created")))
+            # Conditional: two workers may each hold a copy of one manifest (a box's
+            # resend after its ack timeout goes to any member of the shared group).
+            # PostgreSQL makes the second UPDATE wait for the first to commit and then
+            # find the column set, so only one stores; the other acks a duplicate.
+            won = UCall.update(manifest_key=okey, manifest_sha256=ch.sha256,
+                               expected=header.get("segments", [])).where(
+                (UCall.device == t.device) & (UCall.call == t.call)
+                & UCall.manifest_sha256.is_null()).execute()
+            if not won:
+                if UCall.get(UCall.device == t.device, UCall.call == t.call) \
+                        .manifest_sha256 == ch.sha256:
+                    self.duplicates += 1
+                    return self._ack_topic(t), protocol.ack_payload(mans=[(t.call,
+                                                                           ch.sha256)])
+                row = UCall.get(UCall.device == t.device, UCall.call == t.call)
+                return self._manifest_resigned(t, site, ch, row, header, blob, okey)
             tracking.manifest_accepted(t.device, t.call)
         self.stored += 1
         self._writes += 1

@@ -68,3 +68,42 @@ def test_health_upsert_postgres(tmp_path, pki, postgres):
         assert res == [None]
     assert Health.select().count() == 1
     assert Health.get().body == {"backlog": 2}
+
+
+def test_one_manifest_at_two_workers_at_once_is_stored_once_postgres(tmp_path, pki, postgres):
+    """A box's resend after its ack timeout can reach a second worker while the first
+    still holds the first copy. Both must ack it, and only one may count it stored (the
+    conditional update; before it, both did)."""
+    import threading
+    from types import SimpleNamespace
+
+    from sync import protocol
+    from sync.upstream.ingest import Ingest
+    from sync.upstream.store import open_db
+    _priv, pub, *_ = practice_keys(tmp_path)
+    box = make_box(tmp_path / "box", pub)
+    write_calls(box, n_calls=12, segs=1)
+    ucfg = upstream_cfg(tmp_path / "up", SimpleNamespace(port=1), pki, [box],
+                        db_url=postgres.new_db("manrace"))
+    open_db(ucfg.db_url)
+    a, b = Ingest(ucfg), Ingest(ucfg)
+    st = box.store
+    for c in st.calls():
+        t = protocol.man_topic("linetap", "site1", box.device, c.id)
+        (p,) = protocol.split(st.abs(c.manifest).read_bytes())
+        gate, out = threading.Barrier(2), {}
+
+        def run(ing, name, t=t, p=p, gate=gate, out=out):
+            gate.wait()
+            out[name] = ing.handle_batch([(t, p)])[0]
+        th = [threading.Thread(target=run, args=(i, n)) for i, n in ((a, "a"), (b, "b"))]
+        for x in th:
+            x.start()
+        for x in th:
+            x.join(30)
+        for r in out.values():
+            assert r is not None and not isinstance(r, Exception)
+            assert protocol.parse_ack(r[1])["mans"]
+    assert a.stored + b.stored == 12
+    assert a.duplicates + b.duplicates == 12
+    assert all(r.manifest_sha256 for r in UCall.select()) and UCall.select().count() == 12
