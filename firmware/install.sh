@@ -169,6 +169,7 @@ enable_unit linetap-mark-good.service multi-user.target
 # development CA that `make bundle` made.
 install -D -m 0644 "$SRC/firmware/rauc/system.conf" "$R/etc/rauc/system.conf"
 install -D -m 0755 "$SRC/firmware/rauc/tryboot-backend" "$R/usr/lib/linetap/rauc-tryboot-backend"
+install -D -m 0755 "$SRC/firmware/rauc/post-install" "$R/usr/lib/linetap/rauc-post-install"
 install -m 0644 "$SRC/firmware/rauc/rauc.service" "$R/etc/systemd/system/rauc.service"
 install -D -m 0644 "$SRC/firmware/rauc/de.pengutronix.rauc.conf" \
     "$R/etc/dbus-1/system.d/de.pengutronix.rauc.conf"

@@ -62,6 +62,17 @@ def parse_status(text: str) -> Slots:
     return Slots(raw.get("booted") or None, primary, good)
 
 
+def why_failed(stdout: str, stderr: str) -> str:
+    """The reason in a failed ``rauc`` run's output (pure): the install's ``LastError``
+    if it printed one, else the last line that is not an info message."""
+    lines = [ln.strip() for ln in (stdout + "\n" + stderr).splitlines()
+             if ln.strip() and "rauc-Message" not in ln]
+    for ln in lines:
+        if ln.startswith("LastError:"):
+            return ln.split(":", 1)[1].strip()
+    return lines[-1] if lines else "no output"
+
+
 class Rauc:
     """Runs ``rauc`` (``binary``) with ``conf`` (a system.conf path; None = RAUC's
     default, /etc/rauc/system.conf) and the environment ``env`` (None = inherited)."""
@@ -81,10 +92,9 @@ class Rauc:
             raise UpdateError(f"rauc {args[0]} did not finish within {timeout_s:.0f} s",
                               retry=True) from exc
         if r.returncode != 0:
-            lines = [ln for ln in (r.stderr + r.stdout).splitlines()
-                     if ln.strip() and "rauc-Message" not in ln]
-            raise UpdateError(f"rauc {args[0]} failed: "
-                              f"{lines[-1].strip() if lines else f'exit {r.returncode}'}")
+            raise UpdateError(f"rauc {args[0]} failed: {why_failed(r.stdout, r.stderr)}"
+                              if (r.stdout + r.stderr).strip()
+                              else f"rauc {args[0]} failed: exit {r.returncode}")
         return r.stdout
 
     def install(self, bundle: Path) -> None:

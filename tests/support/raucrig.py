@@ -69,29 +69,57 @@ def why_rauc_cannot_run() -> str | None:
 
 
 def make_bundle(out: Path, keys: Path, *, version: str, fmt: str = "verity",
-                rootfs: Path | None = None) -> Path:
+                rootfs: Path | None = None, boot: Path | None = None) -> Path:
     args = [str(FW / "make-bundle.sh"), "--out", str(out), "--keys", str(keys),
             "--version", version, "--format", fmt]
     if rootfs is not None:
         args += ["--rootfs", str(rootfs)]
+    if boot is not None:
+        args += ["--boot", str(boot)]
     subprocess.run(args, check=True, capture_output=True, timeout=300)
     return out
 
 
+# What firmware/make-ab-image.sh writes into slot A: the images of a bundle made from
+# slot A's partitions carry these, whichever slot they are installed into.
+FSTAB_A = ("PARTLABEL=linetap-root-a  /               ext4  defaults,noatime,ro  0  1\n"
+           "PARTLABEL=linetap-boot-a  /boot/firmware  vfat  defaults,ro,nofail   0  2\n"
+           "tmpfs  /tmp  tmpfs  defaults,nosuid,nodev  0  0\n")
+CMDLINE_A = "console=serial0,115200 root=PARTLABEL=linetap-root-a ro rootwait\n"
+
+
 def root_image(path: Path, text: str) -> Path:
-    """A small ext4 root file system whose /etc/linetap-release says ``text``."""
+    """A small ext4 root file system of slot A whose /etc/linetap-release says ``text``."""
     tree = path.with_suffix(".d")
     (tree / "etc").mkdir(parents=True)
     (tree / "etc" / "linetap-release").write_text(text + "\n")
+    (tree / "etc" / "fstab").write_text(FSTAB_A)
+    (tree / "etc" / "linetap-slot").write_text("a\n")
     (tree / "etc" / "filler").write_bytes(os.urandom(65536))    # > one squashfs block
     subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-d", str(tree), str(path), "8M"],
                    check=True, capture_output=True)
     return path
 
 
-def release_of(slot_image: Path) -> str:
-    """/etc/linetap-release inside an ext4 slot image ('' if it has none)."""
-    r = subprocess.run(["debugfs", "-R", "cat /etc/linetap-release", str(slot_image)],
+def boot_image(path: Path) -> Path:
+    """A boot partition image (vfat) of slot A: its cmdline.txt names root A."""
+    subprocess.run(["mkfs.vfat", "-C", str(path), "4096"], check=True, capture_output=True)
+    cmdline = path.with_suffix(".cmdline")
+    cmdline.write_text(CMDLINE_A)
+    subprocess.run(["mcopy", "-i", str(path), str(cmdline), "::/cmdline.txt"], check=True)
+    return path
+
+
+def release_of(slot_image: Path, name: str = "/etc/linetap-release") -> str:
+    """A file inside an ext4 slot image ('' if it has none)."""
+    r = subprocess.run(["debugfs", "-R", f"cat {name}", str(slot_image)],
+                       capture_output=True, text=True)
+    return r.stdout.strip()
+
+
+def cmdline_of(boot_image: Path) -> str:
+    """cmdline.txt of a boot slot image ('' if it has none)."""
+    r = subprocess.run(["mtype", "-i", str(boot_image), "::/cmdline.txt"],
                        capture_output=True, text=True)
     return r.stdout.strip()
 
@@ -143,6 +171,7 @@ class RaucRig:
                  "/dev/disk/by-partlabel/linetap-boot-a": self.slots["boot-a"],
                  "/dev/disk/by-partlabel/linetap-boot-b": self.slots["boot-b"],
                  "/usr/lib/linetap/rauc-tryboot-backend": FW / "tryboot-backend",
+                 "/usr/lib/linetap/rauc-post-install": FW / "post-install",
                  "/var/lib/linetap/rauc/status.raucs": d / "status.raucs",
                  "/run/rauc": d / "mnt",
                  "/etc/rauc/keyring.pem": keyring}

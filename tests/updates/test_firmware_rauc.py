@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.raucrig import FW
 
-SCRIPTS = [FW / "tryboot-backend", FW / "make-bundle.sh"]
+SCRIPTS = [FW / "tryboot-backend", FW / "make-bundle.sh", FW / "post-install"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)

@@ -21,7 +21,7 @@ import pytest
 from recorder.errors import UpdateError
 from recorder.runtime import healthgate
 from sync.update import stages
-from tests.support.raucrig import FW, RaucRig, release_of, why_rauc_cannot_run
+from tests.support.raucrig import FW, RaucRig, cmdline_of, release_of, why_rauc_cannot_run
 
 pytestmark = pytest.mark.skipif(why_rauc_cannot_run() is not None,
                                 reason=f"rauc cannot run here: {why_rauc_cannot_run()}")
@@ -86,6 +86,7 @@ def installed(made, tmp_path):
                   formats="plain verity").start()
     try:
         a_before = hashlib.sha256(rig.slots["root-a"].read_bytes()).hexdigest()
+        rig.boot_a_before = hashlib.sha256(rig.slots["boot-a"].read_bytes()).hexdigest()
         assert rig.rauc.slots().booted == "A"
         rig.rauc.install(made["plain"])
         rig.a_before = a_before
@@ -99,6 +100,15 @@ def test_install_writes_slot_b_and_leaves_a_untouched(installed):
     assert release_of(rig.slots["root-b"]) == "linetap 2.0"
     assert release_of(rig.slots["root-a"]) == "linetap 1.0"
     assert hashlib.sha256(rig.slots["root-a"].read_bytes()).hexdigest() == rig.a_before
+    assert hashlib.sha256(rig.slots["boot-a"].read_bytes()).hexdigest() == rig.boot_a_before
+    # Images made from slot A's partitions now name slot B's (the post-install handler).
+    assert cmdline_of(rig.slots["boot-b"]) == \
+        "console=serial0,115200 ro rootwait root=PARTLABEL=linetap-root-b rauc.slot=B"
+    fstab = release_of(rig.slots["root-b"], "/etc/fstab").splitlines()
+    assert fstab[0].split()[:2] == ["PARTLABEL=linetap-root-b", "/"]
+    assert fstab[1].split()[:2] == ["PARTLABEL=linetap-boot-b", "/boot/firmware"]
+    assert fstab[2].startswith("tmpfs  /tmp")                 # other mounts kept
+    assert release_of(rig.slots["root-b"], "/etc/linetap-slot") == "b"
     # Armed for one trial boot: B boots next, but the firmware's default is still A.
     assert rig.firmware.tryboot_flag()
     assert rig.firmware.autoboot() == {"all": 2, "tryboot": 3}
