@@ -177,3 +177,25 @@ def test_a_slot_that_hangs_falls_back_to_the_old_one(installed, tmp_path):
                             boot_id="boot-1")
     stage, reason = stages.settle(st, rig.rauc.slots().booted, "boot-3", None)
     assert stage == "failed" and "came back up in slot A" in reason
+
+
+def test_the_update_cli_shows_the_slots_and_a_gate_on_the_default_slot_stays(
+        installed, tmp_path, monkeypatch, capsys):
+    """``linetap update status`` and ``linetap update gate`` against the rig's RAUC: on
+    the committed slot a failing gate logs and reboots nothing."""
+    import json
+
+    from recorder.cli.main import main
+    rig = installed
+    for k in ("PATH", "DBUS_SYSTEM_BUS_ADDRESS", "LINETAP_AUTOBOOT_DEV", "LINETAP_FDT",
+              "LINETAP_TEST_REBOOT_FLAGS"):
+        monkeypatch.setenv(k, rig.env[k])
+    common = ["update", "--data-dir", str(tmp_path / "data"), "--rauc-conf", str(rig.conf)]
+    assert main([*common, "status"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["slots"]["booted"] == "A" and out["slots"]["primary"] == "B"
+    assert out["update"] is None
+    assert main([*common, "gate", "--deadline", "0"]) == 0      # no recorder: unhealthy
+    assert "health gate: unhealthy" in capsys.readouterr().out
+    assert rig.firmware.autoboot() == {"all": 2, "tryboot": 3}
+    assert rig.firmware.tryboot_flag()                             # B still armed
