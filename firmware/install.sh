@@ -171,6 +171,7 @@ install -D -m 0644 "$SRC/firmware/rauc/system.conf" "$R/etc/rauc/system.conf"
 install -D -m 0755 "$SRC/firmware/rauc/tryboot-backend" "$R/usr/lib/linetap/rauc-tryboot-backend"
 install -D -m 0755 "$SRC/firmware/rauc/post-install" "$R/usr/lib/linetap/rauc-post-install"
 install -m 0644 "$SRC/firmware/rauc/rauc.service" "$R/etc/systemd/system/rauc.service"
+enable_unit rauc.service multi-user.target
 install -D -m 0644 "$SRC/firmware/rauc/de.pengutronix.rauc.conf" \
     "$R/etc/dbus-1/system.d/de.pengutronix.rauc.conf"
 keyring="${LINETAP_RAUC_KEYRING:-$SRC/build/bundle/keys/ca.cert.pem}"

@@ -34,6 +34,7 @@ from sync.update.rauc import Rauc
 log = logging.getLogger(__name__)
 
 TICK_S = 1.0
+SLOTS_RETRY_S = 30.0           # RAUC did not answer: ask which slot runs again after this
 RETRY_S = (10.0, 600.0)        # a dropped download is retried after 10 s, doubling to 10 min
 PROGRESS_STEP = 0.1            # report download progress every tenth of the bundle
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
@@ -81,6 +82,7 @@ class Updater:
         self.state = stages.load(folder)
         self.slot: str | None = None
         self._settled = False
+        self._slots_retry_at = 0.0
         self._countdown: float | None = None
         self._retry_at = 0.0
         self._retry_s = RETRY_S[0]
@@ -133,12 +135,15 @@ class Updater:
             self._wait_and_reboot()
 
     def _settle(self) -> None:
-        """At the first tick: which slot runs, and what this boot made of an update."""
+        """Which slot runs (asked until RAUC answers: its service may start after us)."""
+        if self.monotonic() < self._slots_retry_at:
+            return
         try:
             self.slot = self.rauc.slots().booted
+            self._settled = True
         except UpdateError as exc:
-            log.warning("slot unknown: %s", exc)
-        self._settled = True
+            log.warning("slot unknown (asking again in %.0f s): %s", SLOTS_RETRY_S, exc)
+            self._slots_retry_at = self.monotonic() + SLOTS_RETRY_S
 
     def _judge(self) -> None:
         """What this boot, and the health gate, made of an armed update."""

@@ -175,6 +175,7 @@ def test_install_units_enabled(installed):
         (REPO / "firmware/rauc/system.conf").read_text()
     assert os.access(installed / "usr/lib/linetap/rauc-tryboot-backend", os.X_OK)
     assert (sd / "rauc.service").is_file()
+    assert (sd / "multi-user.target.wants" / "rauc.service").is_symlink()
     assert (installed / "etc/dbus-1/system.d/de.pengutronix.rauc.conf").is_file()
     assert "Storage=volatile" in \
         (installed / "etc/systemd/journald.conf.d/linetap.conf").read_text()

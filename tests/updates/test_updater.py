@@ -193,3 +193,22 @@ def test_the_uploader_routes_update_commands(tmp_path, made, world):
     lone._command(env2)
     entries = [e for e in audit.read(box.data_dir) if e.get("action") == "command_rejected"]
     assert entries and "updates are not enabled" in entries[-1]["detail"]["reason"]
+
+
+def test_the_slot_is_asked_again_until_rauc_answers(made, tmp_path):
+    """At boot the recorder may start before RAUC's service: the updater asks again."""
+    rig = RaucRig(tmp_path / "rig", made["keys"] / "ca.cert.pem", made["root1"])
+    box = Box()
+    up = box.updater(tmp_path / "data" / "update", rig, None, reboot=pytest.fail)
+    try:
+        up.tick()                              # no D-Bus, no service yet
+        assert up.health() == {"slot": None, "update": None}
+        rig.start()
+        box.t += 10.0
+        up.tick()                              # not asked again this soon
+        assert up.health()["slot"] is None
+        box.t += 30.0
+        up.tick()
+        assert up.health()["slot"] == "A"
+    finally:
+        rig.close()
