@@ -10,14 +10,15 @@ SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PKGS := python3 python3-venv python3-dev gcc libasound2-dev alsa-utils libsndfile1 \
 	mosquitto mosquitto-clients openssl postgresql device-tree-compiler shellcheck \
 	multimon-ng espeak-ng sox iproute2 systemd \
-	nodejs chromium
+	nodejs chromium \
+	rauc squashfs-tools dbus dosfstools mtools e2fsprogs
 PYTEST_ARGS ?=
 QUICK ?=
 N ?= 10
 
 .PHONY: all demo portal test test-fast lint-imports setup apt lint bench bench-fleet \
 	bench-uplink bench-pgvolume clean campaign-powercut campaign-diskfull campaign-network \
-	campaign-fuzz campaign-clock campaign-sweep image system-test
+	campaign-fuzz campaign-clock campaign-sweep image system-test bundle
 
 all: test
 
@@ -116,6 +117,18 @@ IMAGE_PKGS := debootstrap fdisk e2fsprogs dosfstools mtools qemu-utils \
 image: setup
 	@$(MAKE) --no-print-directory apt APT_PKGS="$(IMAGE_PKGS)"
 	LINETAP_HOST_PIP="$(abspath $(PY)) -m pip" firmware/build-image.sh --arch $(IMAGE_ARCH)
+
+# A signed RAUC bundle (verity format) from a root file system image, with a development
+# CA and signing certificate made beside it on first use (docs/updates.md):
+# build/bundle/linetap-VERSION.raucb and build/bundle/keys/. ROOTFS=IMG.ext4 (default: a
+# small demo root), BOOT=IMG.vfat (optional), BUNDLE_VERSION (default: the package's).
+BUNDLE_PKGS := rauc squashfs-tools openssl e2fsprogs
+BUNDLE_VERSION ?= $(shell sed -n 's/^version *= *"\(.*\)"/\1/p' pyproject.toml | head -n 1)
+bundle:
+	@$(MAKE) --no-print-directory apt APT_PKGS="$(BUNDLE_PKGS)"
+	firmware/rauc/make-bundle.sh --out build/bundle/linetap-$(BUNDLE_VERSION).raucb \
+	  --keys build/bundle/keys --version $(BUNDLE_VERSION) \
+	  $(if $(ROOTFS),--rootfs $(ROOTFS)) $(if $(BOOT),--boot $(BOOT))
 
 # Boot the image under QEMU with systemd, gpio-sim and snd-aloop (tests/system/test_boot.py).
 # QUICK=1: amd64 under KVM (minutes); otherwise arm64 -M virt under TCG (slow).

@@ -54,7 +54,7 @@ OUT="$(cd "$OUT" && pwd)"
 # python3-venv brings ensurepip (the venv's pip); dtc compiles the overlay at install.
 PKGS="systemd,systemd-sysv,systemd-timesyncd,udev,dbus,libpam-systemd,polkitd,kmod,initramfs-tools,\
 e2fsprogs,dosfstools,python3,python3-venv,libasound2,libsndfile1,alsa-utils,gpiod,\
-device-tree-compiler,ca-certificates,procps,${KERNEL_PKGS// /,}"
+device-tree-compiler,ca-certificates,procps,rauc,mtools,${KERNEL_PKGS// /,}"
 COMPONENTS=main
 [ "$ARCH" = arm64 ] && COMPONENTS=main,non-free-firmware   # raspi-firmware lives there
 

@@ -162,6 +162,24 @@ enable_unit() {
 }
 enable_unit linetap-recorder.service multi-user.target
 enable_unit linetap-provision-agent.service dev-ttyGS0.device
+enable_unit linetap-mark-good.service multi-user.target
+
+# RAUC (docs/updates.md): its config, the tryboot backend, its service and D-Bus policy,
+# and the keyring: LINETAP_RAUC_KEYRING (the release CA's certificate), else the
+# development CA that `make bundle` made.
+install -D -m 0644 "$SRC/firmware/rauc/system.conf" "$R/etc/rauc/system.conf"
+install -D -m 0755 "$SRC/firmware/rauc/tryboot-backend" "$R/usr/lib/linetap/rauc-tryboot-backend"
+install -D -m 0755 "$SRC/firmware/rauc/post-install" "$R/usr/lib/linetap/rauc-post-install"
+install -m 0644 "$SRC/firmware/rauc/rauc.service" "$R/etc/systemd/system/rauc.service"
+enable_unit rauc.service multi-user.target
+install -D -m 0644 "$SRC/firmware/rauc/de.pengutronix.rauc.conf" \
+    "$R/etc/dbus-1/system.d/de.pengutronix.rauc.conf"
+keyring="${LINETAP_RAUC_KEYRING:-$SRC/build/bundle/keys/ca.cert.pem}"
+if [ -f "$keyring" ]; then
+    install -D -m 0644 "$keyring" "$R/etc/rauc/keyring.pem"
+else
+    log "WARNING: no RAUC keyring ($keyring): this image will refuse every update bundle"
+fi
 # Masked, whether or not the image has them: swap would page the audio ring and keys to
 # the card in plaintext; fake-hwclock cannot save on a read-only root (the clock is kept
 # by timesyncd's clock file on the data partition instead); time-wait-sync would hold

@@ -8,9 +8,10 @@
 #   p6 linetap-data      ext4   DATA     LABEL=LTDATA, /var/lib/linetap; last, so
 #                                        systemd-repart grows it to fill the card
 # Both slots are fixed here, once: each boot slot's cmdline.txt says
-# root=PARTLABEL=linetap-root-X, each root's fstab mounts its own boot slot, read-only,
-# by PARTLABEL. Labels never change (unlike pi-gen's MBR disk id, which its firstboot
-# rewrites in the active slot only), so nothing needs fixing at first boot; pi-gen's
+# root=PARTLABEL=linetap-root-X rauc.slot=X (how RAUC knows the booted slot), each
+# root's fstab mounts its own boot slot, read-only, by PARTLABEL. Labels never change
+# (unlike pi-gen's MBR disk id, which its firstboot rewrites in the active slot only),
+# so nothing needs fixing at first boot; pi-gen's
 # firstboot/init_resize is taken off the command line, and only the data partition grows.
 #
 # Usage: make-ab-image.sh --out IMG (--root-dir DIR --boot-dir DIR | --from-pigen IMG)
@@ -112,7 +113,7 @@ slot_cmdline() {  # the boot slot's kernel command line, pointed at its own root
     line="$(mtype -i "$work/boot.fat" ::/cmdline.txt 2>/dev/null | head -n 1 | tr -d '\r')" || line=""
     # Drop pi-gen's root=, its first-boot resizer/partuuid fixer, and rw; add ours.
     line="$(printf '%s\n' "$line" | sed -E 's/(^| )(root|init)=[^ ]*//g; s/(^| )rw( |$)/\1\2/g; s/(^| )ro( |$)/\1\2/g; s/  +/ /g; s/^ //; s/ $//')"
-    printf '%s\n' "${line:+$line }root=PARTLABEL=linetap-root-$slot ro"
+    printf '%s\n' "${line:+$line }root=PARTLABEL=linetap-root-$slot ro rauc.slot=${slot^^}"
 }
 
 slot_fstab() {  # the root slot's fstab: its own root and boot slot by label, read-only

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from hw.pins import DEFAULT as PINS
 from recorder.errors import ConfigError
+from recorder.maintenance import parse_window
 
 DEFAULT_PATH = Path(os.environ.get("LINETAP_CONFIG", "/etc/linetap/linetap.toml"))
 MAX_LINES = 4
@@ -185,6 +186,19 @@ class RetentionConfig:
 
 
 @dataclass(frozen=True)
+class UpdateConfig:
+    window: str = _f("", "Maintenance window in which the box may reboot into an update, "
+                     "local time 'HH:MM-HH:MM' (may span midnight, e.g. '22:00-05:00'); "
+                     "empty = any time. It reboots only when every line is idle as well "
+                     "(docs/updates.md).")
+    countdown_s: float = _f(60.0, "Idle time before the reboot; a call that starts "
+                            "during it cancels the reboot (seconds).", range=(5.0, 3600.0))
+    gate_deadline_s: float = _f(600.0, "After booting an update, the health gate must pass "
+                                "within this long or the box boots the old slot again "
+                                "(seconds).", range=(60.0, 7200.0))
+
+
+@dataclass(frozen=True)
 class Config:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
@@ -196,6 +210,7 @@ class Config:
     pins: PinsConfig = field(default_factory=PinsConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    update: UpdateConfig = field(default_factory=UpdateConfig)
 
     def line_config(self, index: int) -> LineConfig:
         """The overrides for line ``index`` (0-based), or defaults if none are given."""
@@ -290,7 +305,12 @@ def _build_section(cls, raw, where, problems):
 
 
 def _cross_checks(cfg: Config, problems: list[str]) -> None:
-    """Rules that span keys: pin counts, duplicate pins, line indexes."""
+    """Rules that span keys: pin counts, duplicate pins, line indexes; the maintenance
+    window's form."""
+    try:
+        parse_window(cfg.update.window)
+    except ConfigError as exc:
+        problems.append(f"update.window: {exc.problems[0]}")
     n = cfg.audio.lines
     for name in ("hook", "ring", "rec_led"):
         pins = getattr(cfg.pins, name)

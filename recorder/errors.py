@@ -10,7 +10,7 @@ from hw.errors import HardwareError, LinetapError, ScenarioError
 
 __all__ = ["LinetapError", "ScenarioError", "HardwareError", "ConfigError", "KeyFileError",
            "SegmentFormatError", "JournalError", "IntegrityError", "StoreError",
-           "ProtocolError", "CommandRejected"]
+           "ProtocolError", "CommandRejected", "UpdateError"]
 
 
 class ConfigError(LinetapError, ValueError):
@@ -51,3 +51,12 @@ class ProtocolError(LinetapError, ValueError):
 
 class CommandRejected(LinetapError, PermissionError):
     """A signed upstream command was rejected (bad signature, expired, replayed, wrong device)."""
+
+
+class UpdateError(LinetapError, RuntimeError):
+    """An update cannot go on: the bundle's download, size or hash, ``rauc`` or the slots.
+    ``retry`` is true when trying again later may succeed (a dropped connection)."""
+
+    def __init__(self, message: str, *, retry: bool = False):
+        super().__init__(message)
+        self.retry = retry

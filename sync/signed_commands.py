@@ -1,12 +1,15 @@
-"""Signed commands from the upstream to one box (delete, legal hold, retention).
+"""Signed commands from the upstream to one box (delete, legal hold, retention, update).
 
 Envelope (JSON)::
 
     {"body": "<canonical JSON of the command>", "sig": "<hex Ed25519 signature of body>"}
 
-The body names ``kind`` (``delete`` | ``hold`` | ``retention``), ``device``, ``nonce``
-(128-bit hex), ``issued`` and ``expires`` (epoch seconds), and the kind's arguments:
-``call`` for delete; ``call`` and ``on`` for hold; ``days`` for retention.
+The body names ``kind`` (``delete`` | ``hold`` | ``retention`` | ``update``), ``device``,
+``nonce`` (128-bit hex), ``issued`` and ``expires`` (epoch seconds), and the kind's
+arguments: ``call`` for delete; ``call`` and ``on`` for hold; ``days`` for retention;
+``url`` (an https URL of the RAUC bundle), ``size`` (bytes, 1 to
+:data:`MAX_BUNDLE_BYTES`), ``sha256`` (64 lower-case hex digits) and ``version`` for
+update (checked by :func:`update_problem`; docs/updates.md).
 
 The box accepts a command only if the signature verifies with the upstream command key
 it trusts, the device is its own, its times pass :func:`judge_time`, and the nonce has
@@ -47,6 +50,12 @@ from recorder.evidence.segfile import canonical
 KINDS = {"delete": {"call": str}, "hold": {"call": str, "on": bool},
          "retention": {"days": (int, float)},
          "update": {"url": str, "size": int, "sha256": str, "version": str}}
+# An update bundle holds a root file system (1.5 GiB slot) and a boot partition (256 MiB):
+# anything larger cannot fit a slot and is refused before a byte is downloaded.
+MAX_BUNDLE_BYTES = 2 * 2**30
+MAX_URL_CHARS = 2048
+_HEX = frozenset("0123456789abcdef")
+_VERSION_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.+~_-")
 MAX_LIFETIME_S = 30 * 86400      # a command valid for longer than this is refused
 DEFAULT_LIFETIME_S = 7 * 86400
 MAX_SKEW_S = 300.0               # ``issued`` may lead the box's clock by at most this
@@ -88,6 +97,27 @@ def judge_time(issued: float, expires: float, clock: BoxClock) -> str | None:
     if not clock.synchronised and expires <= now + UNSYNC_MARGIN_S:
         return ("command expires within the margin allowed while the box's clock is "
                 f"not synchronised ({UNSYNC_MARGIN_S:.0f} s)")
+    return None
+
+
+def update_problem(body: dict) -> str | None:
+    """What is wrong with an ``update`` command's arguments, or None (pure; the types
+    are already checked). The URL must be https with a host (the box fetches it with its
+    device certificate, never in clear); the size 1..``MAX_BUNDLE_BYTES``; the hash 64
+    lower-case hex digits; the version 1..64 characters of ``[A-Za-z0-9.+~_-]``."""
+    url, size, digest, version = body["url"], body["size"], body["sha256"], body["version"]
+    if len(url) > MAX_URL_CHARS or any(c.isspace() or not c.isprintable() for c in url):
+        return "update: url is too long or holds spaces or control characters"
+    scheme, sep, rest = url.partition("://")
+    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    if scheme.lower() != "https" or not sep or not host or host.startswith(":"):
+        return f"update: url must be https://HOST/... (got scheme {scheme[:16]!r})"
+    if not 0 < size <= MAX_BUNDLE_BYTES:
+        return f"update: size {size} out of range 1..{MAX_BUNDLE_BYTES} bytes"
+    if len(digest) != 64 or not set(digest) <= _HEX:
+        return "update: sha256 must be 64 lower-case hex digits"
+    if not 0 < len(version) <= 64 or not set(version) <= _VERSION_CHARS:
+        return "update: version must be 1..64 characters of A-Z a-z 0-9 . + ~ _ -"
     return None
 
 
@@ -167,6 +197,8 @@ def verify(envelope: bytes, key: ed25519.Ed25519PublicKey | None, device: str,
             raise CommandRejected(f"{kind}: argument {name!r} missing or wrong type")
     if kind == "retention" and not 0.01 <= float(body["days"]) <= 3650:
         raise CommandRejected("retention days out of range")
+    if kind == "update" and (problem := update_problem(body)) is not None:
+        raise CommandRejected(problem)
     return body
 
 

@@ -140,14 +140,17 @@ class Uploader:
     ``retention`` (a :class:`~recorder.storage.retention.service.Retention`) applies
     upstream commands;
     ``ack_timeout_s`` is how long an item the broker has PUBACKed waits for the upstream's
-    ack before it is sent again (see :func:`overdue`).
+    ack before it is sent again (see :func:`overdue`);
+    ``updater`` (a :class:`~sync.update.service.Updater`, or None when updates are off)
+    takes ``update`` commands and adds the slot and update state to health messages.
     """
 
     def __init__(self, store, cfg, *, device: str, data_dir, status: Callable | None = None,
                  alarms=None, retention=None, ack_timeout_s: float = 60.0,
                  reconnect_s: tuple[float, float] = (1.0, 60.0), clock=time.time,
-                 clock_synced: Callable[[], bool] | None = None):
+                 clock_synced: Callable[[], bool] | None = None, updater=None):
         self.store, self.cfg, self.sc = store, cfg, cfg.sync
+        self.updater = updater
         self.device, self.site = device, cfg.device.site or "default"
         self.data_dir = data_dir
         self.status_fn, self.alarms, self.retention = status, alarms, retention
@@ -494,9 +497,14 @@ class Uploader:
                                    synchronised=self.clock_synced(),
                                    floor=commands.time_floor(self.store))
             commands.check_nonce(self.store, body)
-            if self.retention is None:
+            if body["kind"] == "update":
+                if self.updater is None:
+                    raise CommandRejected("updates are not enabled on this box")
+                result = self.updater.offer(body)
+            elif self.retention is None:
                 raise CommandRejected("retention service not running")
-            result = self.retention.apply(body)
+            else:
+                result = self.retention.apply(body)
             audit.record(self.data_dir, "command_applied", kind=body["kind"],
                          nonce=body["nonce"], result=result)
             self._report({"nonce": body["nonce"], "kind": body["kind"], "status": "applied",
@@ -516,6 +524,14 @@ class Uploader:
     def _report(self, obj: dict) -> None:
         if self.client is not None:
             self.client.publish(f"{self.base}/report", json.dumps(obj).encode(), qos=1)
+
+    def report_update(self, obj: dict) -> bool:
+        """Publish an update stage report (QoS 1) if the link is up; whether it went out
+        (the updater reports the stage again later otherwise)."""
+        if self.client is None or self.link != LINK_ONLINE:
+            return False
+        self.client.publish(f"{self.base}/report", json.dumps(obj).encode(), qos=1)
+        return True
 
     def announce(self, event: str, detail: dict, timeout_s: float = 10.0) -> dict:
         """Publish ``{"kind": "notice", "event": ..., **detail}`` on ``report`` (QoS 1) and
@@ -569,6 +585,8 @@ class Uploader:
                 "lines": [{"line": ln["line"], "state": ln["state"]}
                           for ln in st.get("lines", [])],
                 "overruns": st.get("overruns"), "alarms": sorted(st.get("alarms") or {}),
-                "store": self.store.summary()}
+                "store": self.store.summary(),
+                **(self.updater.health() if self.updater is not None
+                   else {"slot": None, "update": None})}
         self.client.publish(f"{self.base}/health", json.dumps(body, default=str).encode(),
                             qos=1)

@@ -184,7 +184,7 @@ UPSTREAM_ALLOWED = {
     "recorder.sqlfields", "recorder.threads", "recorder.runpaths",
     "sync", "sync.protocol", "sync.signed_commands", "sync.authz", "sync.linkstate",
     "sync.upstream", "hw",
-    "hw.errors", "recorder.configtxn",
+    "hw.errors", "recorder.configtxn", "recorder.maintenance",
 }
 
 

@@ -30,6 +30,8 @@ DELEGATED = {
     "upstream": ("sync.upstream.cli:cli_main",
                  "upstream store: calls, export, delete, hold, expiring, problems, audit"),
     "portal": ("sync.upstream.portal.cli:cli_main", "serve the practice portal; manage its users"),
+    "update": ("recorder.cli.update:cli_main",
+               "this box's A/B updates: the health gate after an update, the slot state"),
 }
 
 

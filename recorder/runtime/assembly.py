@@ -4,8 +4,8 @@
 daemon calls it once its store is open, with a
 :class:`~recorder.runtime.service_api.ServiceContext` naming exactly what the services
 may use, and gets a :class:`Services` back: retention (always; the
-daemon also asks it to make room on a full disk) and the uploader (when
-``sync.enabled``). Nothing here sets anything on the daemon, and this is the only
+daemon also asks it to make room on a full disk), and the uploader and the updater
+(when ``sync.enabled``). Nothing here sets anything on the daemon, and this is the only
 module of the daemon's side that imports ``sync`` (and only when sync is on).
 """
 
@@ -32,6 +32,7 @@ class Services:
                                                 alarms=ctx.alarms, free_bytes=ctx.free_bytes,
                                                 clock=ctx.now, reserve=ctx.reserve)
         self.uploader = None            # a sync.uploader.Uploader once started
+        self.updater = None             # a sync.update.service.Updater, with sync
         self._sync_problem: str | None = None
 
     def start(self) -> list[threading.Thread]:
@@ -46,10 +47,21 @@ class Services:
         # Imported only when sync is on: paho and the TLS stack cost a box that records
         # without sync 3.4 MB of its 60 MB budget (docs/benchmarks.md, peak RSS). Not a
         # circle being dodged: tests/test_architecture.py sees this import too.
+        from sync.update.download import tls_context
+        from sync.update.service import TICK_S, Updater
         from sync.uploader import Uploader, UploaderThread
+        sc, uc = ctx.cfg.sync, ctx.cfg.update
         try:
+            # Updates come over the same link (signed commands) and are fetched with
+            # the same device certificate, so they run exactly when sync does.
+            self.updater = Updater(ctx.data_dir / "update", status=ctx.status,
+                                   report=self._report_update,
+                                   tls=lambda: tls_context(sc.ca, sc.cert, sc.key),
+                                   window=uc.window, countdown_s=uc.countdown_s,
+                                   stop=ctx.stop)
             up = Uploader(ctx.store, ctx.cfg, device=ctx.device, data_dir=ctx.data_dir,
-                          status=ctx.status, alarms=ctx.alarms, retention=self.retention)
+                          status=ctx.status, alarms=ctx.alarms, retention=self.retention,
+                          updater=self.updater)
             up.start()
         except (OSError, ValueError) as exc:
             # Recording must never depend on sync: a bad certificate path or TLS file
@@ -62,7 +74,14 @@ class Services:
         t_up = UploaderThread(up, ctx.stop)
         t_up.start()
         threads.append(t_up)
+        t_update = ServiceThread("updater", TICK_S, self.updater.tick, ctx.stop)
+        t_update.start()
+        threads.append(t_update)
         return threads
+
+    def _report_update(self, obj: dict) -> bool:
+        """An update stage report, through the uploader once it runs."""
+        return self.uploader is not None and self.uploader.report_update(obj)
 
     def sync_status(self) -> dict | None:
         """The uploader's link and backlog for ``status``; None when sync is off."""

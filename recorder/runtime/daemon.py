@@ -327,6 +327,8 @@ class Daemon:
                           "clipped_blocks": line.clipped})
         overruns = sum(line.recorder.overruns for line in p.line)
         return {"version": __version__, "device": self.device, "time": time.time(),
+                # what the systemd watchdog is fed on (the update's health gate reads it)
+                "watchdog_fed": watchdog_ok(self.capture_alive(), self.capture.age_s()),
                 "captured_s": round(self.ring.written / self.rate, 3),
                 "processed_s": round(p.pos / self.rate, 3),
                 "lines": lines, "alarms": self.alarms.snapshot(),

@@ -168,6 +168,15 @@ def test_install_units_enabled(installed):
     assert os.readlink(link) == "/etc/systemd/system/linetap-provision-agent.service"
     assert (installed / "etc/polkit-1/rules.d/50-linetap.rules").is_file()
     assert (installed / "usr/lib/tmpfiles.d/linetap.conf").is_file()
+    # RAUC (docs/updates.md): the health gate runs at every boot; config, backend, service.
+    link = sd / "multi-user.target.wants" / "linetap-mark-good.service"
+    assert os.readlink(link) == "/etc/systemd/system/linetap-mark-good.service"
+    assert (installed / "etc/rauc/system.conf").read_text() == \
+        (REPO / "firmware/rauc/system.conf").read_text()
+    assert os.access(installed / "usr/lib/linetap/rauc-tryboot-backend", os.X_OK)
+    assert (sd / "rauc.service").is_file()
+    assert (sd / "multi-user.target.wants" / "rauc.service").is_symlink()
+    assert (installed / "etc/dbus-1/system.d/de.pengutronix.rauc.conf").is_file()
     assert "Storage=volatile" in \
         (installed / "etc/systemd/journald.conf.d/linetap.conf").read_text()
     assert os.readlink(installed / "etc" / "linetap") == "/var/lib/linetap/config"

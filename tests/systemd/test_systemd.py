@@ -54,7 +54,8 @@ def verify(root: Path, unit: str) -> subprocess.CompletedProcess:
 
 
 def test_units_exist():
-    assert UNITS == ["linetap-provision-agent.service", "linetap-recorder.service"]
+    assert UNITS == ["linetap-mark-good.service", "linetap-provision-agent.service",
+                     "linetap-recorder.service"]
 
 
 @pytest.mark.parametrize("unit", UNITS)
