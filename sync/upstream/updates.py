@@ -52,6 +52,7 @@ from pathlib import Path
 from recorder.errors import ConfigError, LinetapError
 from recorder.fsutil import TEMP_SUFFIX, crash_point, fsync_dir
 from recorder.timebase import iso
+from sync import signed_commands
 from sync.upstream import ops
 from sync.upstream.store import Command, Health, Rollout, RolloutTarget, audit, db
 
@@ -59,8 +60,6 @@ log = logging.getLogger(__name__)
 
 VERBS = ("update",)
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,63}$")
-MAX_BUNDLE_BYTES = 4 << 30            # a root file system image; the box refuses more too
 COPY_CHUNK = 1 << 20
 
 # What a box reports on its ``report`` topic, in the order an install goes through them
@@ -251,8 +250,10 @@ def store_bundle(src: Path, folder: Path) -> tuple[str, int]:
         size = src.stat().st_size
     except OSError as exc:
         raise UpdateError(f"bundle {src}: {exc.strerror}") from None
-    if not 0 < size <= MAX_BUNDLE_BYTES:
-        raise UpdateError(f"bundle {src}: {size} bytes (must be 1..{MAX_BUNDLE_BYTES})")
+    if not 0 < size <= signed_commands.MAX_BUNDLE_BYTES:
+        # The box refuses more (it cannot fit a slot): refuse it here, before any offer.
+        raise UpdateError(f"bundle {src}: {size} bytes (must be 1.."
+                          f"{signed_commands.MAX_BUNDLE_BYTES})")
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".incoming.{os.getpid()}{TEMP_SUFFIX}"
     h = hashlib.sha256()
@@ -301,8 +302,11 @@ def offer(ucfg, bundle: Path, version: str, *, sites=(), devices=(),
     if not ucfg.command_key:
         raise UpdateError("no [commands] key in the config: updates are offered by signed "
                           "command")
-    if not VERSION_RE.match(version):
-        raise UpdateError(f"--version {version!r}: 1-64 of letters, digits and . _ + ~ -")
+    # The box's own rule for the command's arguments, checked before anything is stored.
+    bad = signed_commands.update_problem({"url": f"{base_url(ucfg)}/bundles/{'0' * 64}.raucb",
+                                          "size": 1, "sha256": "0" * 64, "version": version})
+    if bad is not None:
+        raise UpdateError(bad.removeprefix("update: "))
     s = ucfg.updates
     share = s.canary_share if canary_share is None else canary_share
     rate = s.max_failure_rate if max_failure_rate is None else max_failure_rate

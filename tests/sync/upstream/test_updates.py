@@ -256,7 +256,7 @@ def test_a_refused_command_counts_as_failed_and_an_expired_one_as_silent(up):
 
 def test_offer_refuses_what_it_cannot_do_and_skips_current_boxes(up, tmp_path):
     ucfg, _pub, bundle, _ = up
-    with pytest.raises(UpdateError, match="--version"):
+    with pytest.raises(UpdateError, match="version must be"):
         updates.offer(ucfg, bundle, "1.2 beta")
     with pytest.raises(UpdateError, match="no such site"):
         updates.offer(ucfg, bundle, "1.2", sites=["nowhere"])
