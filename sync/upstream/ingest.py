@@ -427,8 +427,10 @@ class Ingest:
             nonce, status = r.get("nonce"), r.get("status")
         except (ValueError, AttributeError):
             return
-        if r.get("kind") == "update":
-            # A stage of an offered update (docs/updates.md, "Stage reports").
+        if r.get("kind") == "update" and "stage" in r:
+            # A stage of an offered update (docs/updates.md, "Stage reports"). The
+            # update command's own applied/rejected report has a "status" instead and
+            # goes on below, like any command's.
             updates.on_stage(t.device, r)
             return
         if r.get("kind") == "notice":

@@ -173,7 +173,7 @@ class Running:
     """An uploader on its own service thread, as the daemon runs it."""
 
     def __init__(self, box, broker, pki, *, window=16, ack_timeout_s=3.0, command_pub=None,
-                 free_bytes=None, alarms=None):
+                 free_bytes=None, alarms=None, updater=None):
         import threading
 
         from recorder.storage.retention.service import Retention
@@ -187,7 +187,8 @@ class Running:
                                    free_bytes=free_bytes or (lambda: 10**12))
         self.up = Uploader(box.store, self.cfg, device=box.device, data_dir=box.data_dir,
                            retention=self.retention, alarms=alarms,
-                           ack_timeout_s=ack_timeout_s, reconnect_s=(0.05, 0.5))
+                           ack_timeout_s=ack_timeout_s, reconnect_s=(0.05, 0.5),
+                           updater=updater)
         self.stop = threading.Event()
         self.up.start()
         self.thread = UploaderThread(self.up, self.stop)
