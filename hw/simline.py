@@ -147,6 +147,8 @@ class SimulatedLine:
         #: xruns (runs of dropped periods) they came in.
         self.dropped = 0
         self.xruns = 0
+        #: The spans [start, end) of line frames the card dropped, one per xrun.
+        self.drops: list[list[int]] = []
         # (stream position, frames dropped before it), one per run of drops: where the
         # stream and the line part.
         self._jumps: list[tuple[int, int]] = [(0, 0)]
@@ -538,6 +540,9 @@ class SimulatedLine:
                 with cond:
                     if self._jumps[-1][0] != self.written or not self.dropped:
                         self.xruns += 1
+                        self.drops.append([n, end])
+                    else:
+                        self.drops[-1][1] = end
                     self.dropped += p
                     self._jumps = [j for j in self._jumps if j[0] < self.written]
                     self._jumps.append((self.written, self.dropped))

@@ -100,6 +100,8 @@ class Campaign:
         self.violations: list[str] = []
         self.pending: list[dict] = []          # kills whose recovery is not checked yet
         self.verified: set[str] = set()
+        # files the plaintext scan found clean, so each restart reads only what changed
+        self.scanned_clean: dict = {}
         self.losses: list[float] = []
         self.over_bound_behind = 0      # losses over the bound, within what was behind
         self.behind_max = 0.0
@@ -307,7 +309,7 @@ class Campaign:
         if stale:
             self.violations.append(f"{tag}: temp files survived: "
                                    f"{[str(p.relative_to(data)) for p in stale[:5]]}")
-        plain = plaintext_files(data)
+        plain = plaintext_files(data, self.scanned_clean)
         if plain:
             self.violations.append(f"{tag}: plaintext audio files: "
                                    f"{[str(p.relative_to(data)) for p in plain[:5]]}")

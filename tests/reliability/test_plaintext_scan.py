@@ -96,3 +96,14 @@ def test_structured_bytes_are_not_tones(tmp_path):
     con.commit()
     con.close()
     assert tone_in_pcm(db.read_bytes()) is None
+
+
+def test_a_campaign_rereads_only_files_that_changed(tmp_path):
+    """The power-cut campaign keeps the files found clean between restarts; a file that
+    changes afterwards (a journal appended to, a database rewritten) is read again."""
+    clean: dict = {}
+    f = tmp_path / "journal.ltj"
+    f.write_bytes(os.urandom(10000))
+    assert plaintext_files(tmp_path, clean) == [] and f in clean
+    f.write_bytes(os.urandom(101) + _pcm([800], 2000, 8000))
+    assert plaintext_files(tmp_path, clean) == [f]

@@ -119,15 +119,27 @@ def plaintext_in(data: bytes) -> str | None:
     return None if at is None else f"S16_LE test tone at byte {at}"
 
 
-def plaintext_files(data: Path) -> list[Path]:
+def plaintext_files(data: Path, clean: dict | None = None) -> list[Path]:
     """Files under ``data`` holding plaintext audio anywhere in their bytes (a WAV, FLAC
     or Ogg Opus/Vorbis stream at any offset, or a test tone as headerless PCM; every
-    byte of every file is read)."""
+    byte of every file is read).
+
+    ``clean``: a dict kept between calls (a campaign checks the same folder after every
+    restart) of files found clean, by path, with their size and mtime; such a file is
+    read again only once it has changed (sealed segments never do)."""
     out = []
     for p in Path(data).rglob("*"):
         try:
-            if p.is_file() and plaintext_in(p.read_bytes()):
+            if not p.is_file():
+                continue
+            st = p.stat()
+            stamp = (st.st_size, st.st_mtime_ns)
+            if clean is not None and clean.get(p) == stamp:
+                continue
+            if plaintext_in(p.read_bytes()):
                 out.append(p)
+            elif clean is not None:
+                clean[p] = stamp
         except OSError:
             continue
     return out

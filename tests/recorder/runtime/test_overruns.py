@@ -75,10 +75,11 @@ def test_a_stalled_processor_is_lapped_counted_and_alarmed(sim):
 
 def test_an_xrun_is_a_gap_of_the_right_length_and_later_times_stay_true(sim):
     """The capture thread is held for 1 s of wall time (2 s of line): the card keeps
-    4 periods and drops the rest. The call lists one gap as long as what the card
-    dropped, where it dropped it, and a tone played after the gap is found in the
-    recording within one period of its true line time (without the gap in the sample
-    clock it would be 1.8 s early)."""
+    4 periods and drops the rest. The call lists exactly the spans the card dropped
+    (where and how long), and a tone played after the gap is found in the recording
+    within one period of its true line time (without the gap on the sample clock it
+    would be 1.8 s early). A loaded machine may add short xruns of its own; they are
+    listed the same way."""
     held = {}
 
     def hook(daemon, line):
@@ -92,18 +93,20 @@ def test_an_xrun_is_a_gap_of_the_right_length_and_later_times_stay_true(sim):
                      {"at": 9.0, "line": 0, "type": "onhook"}], 10.0, hook)
     line = held["line"]
     assert held["done"].is_set()
-    assert line.dropped >= RATE and line.xruns == 1          # about 1.8 s dropped
-    assert res.status["overruns"]["alsa_xruns"] == 1
+    assert res.status["overruns"]["alsa_xruns"] == line.xruns >= 1
     assert res.status["alarms"]["capture_overruns"]["count"] >= 1
     calls, failures = sim.export()
     assert failures == 0
     (meta, pcm), = calls.values()
-    gap, = meta["gaps"]
-    assert gap["frames"] == line.dropped
-    # The card dropped from where the held reader stopped plus the 4 periods it kept.
-    assert 3 * RATE <= gap["start_sample"] <= 3 * RATE + 5 * PERIOD
-    assert gap["end_sample"] - gap["start_sample"] == gap["frames"]
-    first = np.flatnonzero(np.abs(pcm.astype(np.int32)) > 1000)[0]
-    heard = parse_iso(meta["start"]) + first / RATE - parse_iso(START)
+    first, end = meta["first_sample"], meta["first_sample"] + len(pcm)
+    dropped = [[max(a, first), min(b, end)] for a, b in line.drops if a < end and b > first]
+    assert [[g["start_sample"], g["end_sample"]] for g in meta["gaps"]] == dropped
+    assert all(g["frames"] == g["end_sample"] - g["start_sample"] for g in meta["gaps"])
+    # The held reader stopped at 3 s; the card kept 4 periods, then dropped 1.8 s or so.
+    big = max(meta["gaps"], key=lambda g: g["frames"])
+    assert big["frames"] >= RATE
+    assert 3 * RATE <= big["start_sample"] <= 3 * RATE + 5 * PERIOD
+    tone = np.flatnonzero(np.abs(pcm.astype(np.int32)) > 1000)[0]
+    heard = parse_iso(meta["start"]) + tone / RATE - parse_iso(START)
     assert abs(heard - tone_at) <= PERIOD / RATE, heard
-    assert len(pcm) == (9.0 - 0.5) * RATE                    # true length, gap as silence
+    assert len(pcm) == (9.0 - 0.5) * RATE                    # true length, gaps as silence
