@@ -44,7 +44,7 @@ import numpy as np
 from hw.alsa_sim import SimAlsa
 from hw.audio import BUFFER_PERIODS
 from hw.clock import SimClock
-from hw.errors import HardwareError
+from hw.errors import HardwareError, SimulationError
 from hw.pins import PinMap
 from hw.scenario import Scenario
 
@@ -134,7 +134,8 @@ class SimulatedLine:
                  clock: SimClock, period: int, speed: float = 0.0, loopback: bool = True,
                  keep_playback: bool = False, free_running: bool = False):
         if free_running and speed <= 0:
-            raise ValueError("a free-running line needs a speed (1.0 = real time)")
+            raise SimulationError("a free-running simulated line needs a speed to run at "
+                                  "(1.0 = real time), not 0")
         self.sc, self.alsa, self.factory, self.pinmap = scenario, alsa, factory, pinmap
         self.clock, self.period, self.speed = clock, period, speed
         self.loopback, self.keep_playback = loopback, keep_playback

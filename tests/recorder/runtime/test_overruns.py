@@ -12,6 +12,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from recorder import config
 from recorder.runtime import simulate
@@ -110,3 +111,11 @@ def test_an_xrun_is_a_gap_of_the_right_length_and_later_times_stay_true(sim):
     heard = parse_iso(meta["start"]) + tone / RATE - parse_iso(START)
     assert abs(heard - tone_at) <= PERIOD / RATE, heard
     assert len(pcm) == (9.0 - 0.5) * RATE                    # true length, gaps as silence
+
+
+def test_a_free_running_line_needs_a_speed(sim):
+    from hw.errors import SimulationError
+    sc = sim.scenario([], 1.0)
+    cfg = simulate.sim_config(config.Config(), sc, str(sim.data), str(sim.pub))
+    with pytest.raises(SimulationError, match="needs a speed"):
+        simulate.run(sc, cfg, speed=0.0, free_running=True)
