@@ -26,5 +26,10 @@ class HardwareError(LinetapError, OSError):
     """A GPIO or audio device could not be opened or failed while running."""
 
 
+class SimulationError(LinetapError, ValueError):
+    """The simulated line was asked for something it cannot do (e.g. free running with
+    no speed to run at)."""
+
+
 class DspInputError(LinetapError, ValueError):
     """Audio handed to a DSP or synthesis function is unusable (empty, NaN, dtype, rate)."""

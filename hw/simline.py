@@ -16,13 +16,25 @@ exactly as copper and opto-isolators would:
 
 The line is also the sample clock: :meth:`pacer` lets capture read a period only once
 that period has been written, which is what a codec's crystal does on a real HAT.
+
+A **free-running** line (``free_running``, the ``--realtime`` runs) is the card as
+hardware is: it writes each period at its time and never waits for its reader. The
+card holds :data:`hw.audio.BUFFER_PERIODS` periods unread (as the Pi's ALSA buffer
+does); a period that finds it full is dropped and counted (:attr:`dropped`), an xrun,
+and :meth:`frame_of` tells the reader where on the line its next frame really is.
+It does not wait for the device's playback either: playback that is not there in time
+is silence on the line, as a real card's underrun is. Otherwise (fast runs, tests and
+benches) the line and its reader move in lockstep and nothing is ever lost.
 """
 
 from __future__ import annotations
 
+import bisect
 import fcntl
 import logging
 import os
+import struct
+import termios
 import threading
 import time
 from dataclasses import dataclass
@@ -30,8 +42,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from hw.alsa_sim import SimAlsa
+from hw.audio import BUFFER_PERIODS
 from hw.clock import SimClock
-from hw.errors import HardwareError
+from hw.errors import HardwareError, SimulationError
 from hw.pins import PinMap
 from hw.scenario import Scenario
 
@@ -64,6 +77,11 @@ def quantise(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     np.rint(y, out=y)
     np.clip(y, -32768, 32767, out=y)
     return y if out is not None else y.astype("<i2")
+
+
+def _unread(fd: int) -> int:
+    """Bytes in a pipe not read yet (FIONREAD works on either end of a Linux pipe)."""
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
 
 
 @dataclass
@@ -108,18 +126,33 @@ class SimulatedLine:
     :param loopback: mix the device's playback back into the line (needs a device that
         opens the playback PCM).
     :param keep_playback: keep everything the device played, in :attr:`played`.
+    :param free_running: never wait for the reader (needs ``speed`` > 0): periods the
+        card has no room for are dropped, as on hardware (module docstring).
     """
 
     def __init__(self, scenario: Scenario, alsa: SimAlsa, factory, pinmap: PinMap,
                  clock: SimClock, period: int, speed: float = 0.0, loopback: bool = True,
-                 keep_playback: bool = False):
+                 keep_playback: bool = False, free_running: bool = False):
+        if free_running and speed <= 0:
+            raise SimulationError("a free-running simulated line needs a speed to run at "
+                                  "(1.0 = real time), not 0")
         self.sc, self.alsa, self.factory, self.pinmap = scenario, alsa, factory, pinmap
         self.clock, self.period, self.speed = clock, period, speed
         self.loopback, self.keep_playback = loopback, keep_playback
+        self.free_running = free_running
         self.rate, self.lines = scenario.rate, scenario.lines
         total = scenario.total_frames
         self.total_frames = -(-total // period) * period   # whole periods only
-        self.written = 0
+        self.written = 0             # frames written into the capture FIFO (the stream)
+        #: Frames a free-running card dropped because its reader was late, and the
+        #: xruns (runs of dropped periods) they came in.
+        self.dropped = 0
+        self.xruns = 0
+        #: The spans [start, end) of line frames the card dropped, one per xrun.
+        self.drops: list[list[int]] = []
+        # (stream position, frames dropped before it), one per run of drops: where the
+        # stream and the line part.
+        self._jumps: list[tuple[int, int]] = [(0, 0)]
         self.finished = False
         self.error: BaseException | None = None
         self._cond = threading.Condition()
@@ -294,6 +327,15 @@ class SimulatedLine:
             finally:
                 self._soft = _NEVER
 
+    def frame_of(self, stream_pos: int) -> int:
+        """The line frame (sample clock) of the frame at ``stream_pos`` in the capture
+        FIFO: the same in lockstep; later by what the card dropped before it when free
+        running. Final once the line has written that frame (the reader's pacer waits
+        for that first)."""
+        with self._cond:
+            i = bisect.bisect_right(self._jumps, (stream_pos, _NEVER)) - 1
+            return stream_pos + self._jumps[i][1]
+
     def join(self, timeout: float | None = None) -> None:
         for t in self._threads:
             t.join(timeout)
@@ -344,11 +386,13 @@ class SimulatedLine:
         fb = 2 * self.lines
         deadline = time.monotonic() + STALL_TIMEOUT_S
         with self._cond:
-            if self._pb_frames < n + p and not self._pb_closed:
+            late = self._pb_frames < n + p and not self._pb_closed
+            if late and not self.free_running:
                 self._writer_held = True        # capture must not wait for a batch now
                 self._cond.notify_all()
             try:
-                while self._pb_frames < n + p and not self._pb_closed:
+                while late and not self.free_running and self._pb_frames < n + p \
+                        and not self._pb_closed:
                     if not self._cond.wait(timeout=1.0) and time.monotonic() > deadline:
                         raise HardwareError(f"device playback stalled at frame "
                                             f"{self._pb_frames}, line at {n}")
@@ -419,6 +463,7 @@ class SimulatedLine:
         pins = {}
         plan = None            # the copies of a steady period, see below
         loopback, speed = self.loopback, self.speed
+        free, card = self.free_running, BUFFER_PERIODS * nbytes
         t0 = time.monotonic()
         for n in range(0, self.total_frames, p):
             if self.finished:
@@ -491,14 +536,26 @@ class SimulatedLine:
                 delay = due - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
+            if free and _unread(fd) + nbytes > card:
+                # The card's buffer is full: the reader is late, and a card never waits.
+                with cond:
+                    if self._jumps[-1][0] != self.written or not self.dropped:
+                        self.xruns += 1
+                        self.drops.append([n, end])
+                    else:
+                        self.drops[-1][1] = end
+                    self.dropped += p
+                    self._jumps = [j for j in self._jumps if j[0] < self.written]
+                    self._jumps.append((self.written, self.dropped))
+                continue
             # One write per period: the pacer never lets capture read past `written`,
             # so a reader cannot see part of a frame, and the pipe is sized to hold
             # several periods so this write does not wait on the reader mid-period.
             k = os.write(fd, view)
             while k < nbytes:
                 k += os.write(fd, view[k:])
-            self.written = end
-            if end >= self._soft:
+            self.written += p
+            if self.written >= self._soft:
                 with cond:
                     cond.notify_all()
         self.wall_s = time.monotonic() - t0

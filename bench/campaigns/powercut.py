@@ -9,8 +9,9 @@ ingest worker subprocess (SQLite upstream) run throughout.
 
 Checked after every restart (once the new boot is recording, i.e. recovery is done):
 ``PRAGMA integrity_check`` is ok; every committed call verifies (hashes, chain,
-signature); no temp file from a dead process and no plaintext audio (RIFF/fLaC/OggS)
-exists; every call that was open at the kill is ``recovered`` (row, metadata and signed
+signature); no temp file from a dead process and no plaintext audio exists (an audio
+container, or a test tone as headerless PCM, at any offset: tests/support/plaintext.py);
+every call that was open at the kill is ``recovered`` (row, metadata and signed
 manifest header); the audio lost per open call is at most 2 s with the journal on (the
 default: the recorder's hold + ``journal_s``), ``segment_s`` + the hold without it, plus
 what the box was measurably behind at its last status (processor lag, writer queue:
@@ -99,6 +100,8 @@ class Campaign:
         self.violations: list[str] = []
         self.pending: list[dict] = []          # kills whose recovery is not checked yet
         self.verified: set[str] = set()
+        # files the plaintext scan found clean, so each restart reads only what changed
+        self.scanned_clean: dict = {}
         self.losses: list[float] = []
         self.over_bound_behind = 0      # losses over the bound, within what was behind
         self.behind_max = 0.0
@@ -306,7 +309,7 @@ class Campaign:
         if stale:
             self.violations.append(f"{tag}: temp files survived: "
                                    f"{[str(p.relative_to(data)) for p in stale[:5]]}")
-        plain = plaintext_files(data)
+        plain = plaintext_files(data, self.scanned_clean)
         if plain:
             self.violations.append(f"{tag}: plaintext audio files: "
                                    f"{[str(p.relative_to(data)) for p in plain[:5]]}")

@@ -133,9 +133,13 @@ class LineRecorder:
                 pcm = self.ring.read(self.line, a, b)
             except Overrun:
                 self.overruns += 1
-                self.call.gaps.append([a, b])
+                merge_span(self.call.gaps, a, b)
                 log.error("line %d: audio %d..%d lost to an overrun", self.line, a, b)
                 pcm = np.zeros(b - a, dtype=np.int16)
+        # Frames the sound card dropped (an xrun) are silence in the ring at their true
+        # place on the sample clock; the call lists them as a gap.
+        for g0, g1 in self.ring.gaps_in(a, b) if self.ring.gaps else ():
+            merge_span(self.call.gaps, g0, g1)
         self._apply_masks(pcm, a)
         self._append(pcm, a)
 

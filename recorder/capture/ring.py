@@ -4,6 +4,11 @@ The capture thread is the only writer and never waits: it overwrites the oldest 
 Readers ask for absolute sample ranges and learn afterwards, by comparing against the
 write position, whether the capture thread lapped them (an *overrun*, counted and
 alarmed by the daemon, never silent).
+
+Audio the sound card itself dropped (an xrun) is a *gap*: the capture thread skips its
+frames (:meth:`RingBuffer.skip`), so every later sample keeps its true index, and the
+span reads as silence and is listed in :attr:`RingBuffer.gaps` for the recorder to
+put in the call's metadata.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ class RingBuffer:
         self.buf = np.zeros((self.size, self.lines), dtype=np.int16)
         self.written = 0                      # absolute frames written so far
         self.cond = threading.Condition()
+        #: Spans [start, end) (absolute samples) the sound card dropped, oldest first;
+        #: those the ring no longer holds are forgotten.
+        self.gaps: list[tuple[int, int]] = []
 
     def write(self, block: np.ndarray) -> None:
         """Append an int16 (n, lines) block (capture thread only)."""
@@ -43,6 +51,28 @@ class RingBuffer:
         with self.cond:
             self.written += n
             self.cond.notify_all()
+
+    def skip(self, n: int) -> None:
+        """Frames ``n`` the card dropped before the next block (capture thread only):
+        they become silence of their true length and a gap, so later samples keep their
+        true index on the line."""
+        if n <= 0:
+            return
+        start = self.written
+        i, zero = start % self.size, min(n, self.size)
+        first = min(zero, self.size - i)
+        self.buf[i:i + first] = 0
+        self.buf[: zero - first] = 0
+        with self.cond:
+            self.gaps = [g for g in self.gaps if g[1] > start + n - self.size]
+            self.gaps.append((start, start + n))
+            self.written += n
+            self.cond.notify_all()
+
+    def gaps_in(self, start: int, end: int) -> list[tuple[int, int]]:
+        """The parts of [start, end) the card dropped (see :meth:`skip`)."""
+        gaps = self.gaps                      # replaced, never changed in place
+        return [(max(a, start), min(b, end)) for a, b in gaps if a < end and b > start]
 
     def oldest(self) -> int:
         """First absolute sample still held."""

@@ -18,8 +18,10 @@ from recorder.capture.ring import RingBuffer
 
 class CaptureLoop:
     """Sound card -> ring. ``stream`` has ``read() -> int16 block or None (ended)``,
-    ``frames`` (total read), ``xruns`` and ``close()``; ``clock`` may have
-    ``mark(frames)`` (a Pi's capture clock)."""
+    ``frames`` (the sample clock, dropped frames included), ``lost_before`` (frames the
+    card dropped just before the block read returned: skipped in the ring as a gap),
+    ``xruns`` and ``close()``; ``clock`` may have ``mark(frames)`` (a Pi's capture
+    clock)."""
 
     def __init__(self, stream, ring: RingBuffer, clock, stop: threading.Event, *,
                  done: threading.Event | None = None):
@@ -36,6 +38,8 @@ class CaptureLoop:
                 block = stream.read()
                 if block is None:
                     break
+                if stream.lost_before:
+                    ring.skip(stream.lost_before)
                 ring.write(block)
                 self._last = time.monotonic()
                 if mark is not None:

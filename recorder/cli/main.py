@@ -63,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     cfg_opt(sp)
     sp.add_argument("--public-key", help="practice public key (overrides the config)")
     sp.add_argument("--announcement", help="announcement WAV (overrides the config)")
-    sp.add_argument("--realtime", action="store_true", help="pace the line in real time")
+    sp.add_argument("--realtime", action="store_true",
+                    help="pace the line in real time, its sound card free-running as on "
+                    "a Pi: audio the daemon is too late for is lost, counted and alarmed")
     sp.add_argument("--speed", type=float, default=0.0,
                     help="pace at this many times real time (0 = as fast as possible)")
     sp.add_argument("--until-synced", nargs="?", type=float, const=300.0, default=None,

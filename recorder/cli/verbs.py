@@ -96,11 +96,14 @@ def cmd_simulate(args) -> int:
         raise ConfigError([f"practice public key {cfg.recording.public_key} not found: "
                            "pass --public-key K.pub (from 'linetap keygen')"])
     speed = 1.0 if args.realtime else args.speed
-    res = simulate.run(sc, cfg, speed=speed, until_synced_s=args.until_synced)
+    # --realtime: the simulated card runs on its own clock, as hardware does, so a
+    # daemon that falls behind loses audio (counted and alarmed) instead of being waited for.
+    res = simulate.run(sc, cfg, speed=speed, until_synced_s=args.until_synced,
+                       free_running=args.realtime)
     st = res.status
     print(f"simulated {sc.duration:.1f} s on {sc.lines} line(s): {st['counts']['calls']} "
           f"call(s), {st['counts']['missed']} missed, {st['writer']['segments']} segment(s), "
-          f"overruns {st['overruns']['consumer']}")
+          f"overruns {st['overruns']['consumer']}, xruns {st['overruns']['alsa_xruns']}")
     if res.synced is not None:
         print(f"synced: every segment and manifest acked upstream "
               f"({res.synced['acked']} ack(s) this run, waited {res.synced['seconds']} s)")

@@ -43,7 +43,8 @@ class Hardware:
     (``""`` = gpiozero's choice), and the system clock.
 
     A real sound card never waits for its reader: frames the daemon does not take in
-    time are an ALSA xrun, counted by :class:`~hw.audio.AlsaCapture`.
+    time are an ALSA xrun, counted by :class:`~hw.audio.AlsaCapture`, which recovers
+    the stream and keeps the lost frames on the sample clock (a gap in the call).
     """
 
     def __init__(self, capture_device: str, playback_device: str, *, pin_factory: str = ""):

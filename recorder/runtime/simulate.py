@@ -52,7 +52,11 @@ class SimHardware(Hardware):
       codec delivers in real time and the processor trails by two periods) and the
       writer is not behind, then waits for the simulator to render it (``pacer``).
       Decisions that set playback are then taken as promptly as on a Pi, and the
-      recorders are never lapped.
+      recorders are never lapped. A free-running line (``free_running``: the
+      ``--realtime`` runs) is paced by its own clock instead, as a card is: capture
+      waits only for the line, a processor that falls behind is lapped in the ring,
+      and a capture thread that falls behind loses periods to an xrun (``frame_of``
+      says where), all counted and alarmed as on a Pi.
     * **Time.** Calls carry line time (the scenario's start + t), so retention judges
       deadlines by line time too, and the system clock's synchronisation never re-anchors
       them.
@@ -63,10 +67,14 @@ class SimHardware(Hardware):
 
     def __init__(self, alsa, factory, clock: SimClock, pacer: Callable[[int], bool],
                  start_epoch: float, *,
-                 free_bytes: Callable[[], int] | None = None):
+                 free_bytes: Callable[[], int] | None = None,
+                 frame_of: Callable[[int], int] | None = None,
+                 free_running: bool = False):
         super().__init__(alsa.capture_pcm, alsa.playback_pcm, pin_factory="mock")
         self.factory, self.clock = factory, clock
         self.pacer = pacer                    # the line's; tests may wrap it
+        self.frame_of = frame_of              # the line's: where its frames really are
+        self.free_running = free_running
         #: Line time: sample 0 is the scenario's start (tests may replace it, e.g. to
         #: boot "in 1970" like a Pi without an RTC).
         self.line_timebase = Timebase(clock.rate, start_epoch)
@@ -83,6 +91,11 @@ class SimHardware(Hardware):
 
     def open_capture(self, lines: int, rate: int, period: int, reader: Reader) -> AlsaCapture:
         limit = PACE_PERIODS * period
+        if self.free_running:
+            # The card runs on its own clock and never waits for the daemon.
+            return AlsaCapture(self.capture_device, lines, rate, period,
+                               pacer=lambda wanted: self.pacer(wanted),
+                               frame_of=self.frame_of)
 
         def paced(wanted: int) -> bool:
             t0 = time.thread_time()
@@ -101,7 +114,8 @@ class SimHardware(Hardware):
                 # The simulator's work on the capture thread, which a Pi's capture
                 # (blocked in the ALSA read) never does: benches leave it out.
                 self.pacing_cpu_s += time.thread_time() - t0
-        return AlsaCapture(self.capture_device, lines, rate, period, pacer=paced)
+        return AlsaCapture(self.capture_device, lines, rate, period, pacer=paced,
+                           frame_of=self.frame_of)
 
     def now(self) -> float:
         return self.line_timebase.epoch(self.clock.position)
@@ -180,8 +194,14 @@ def sim_config(cfg: Config, sc: scen.Scenario, data_dir: str, public_key: str | 
 
 def run(sc: scen.Scenario, cfg: Config, *, speed: float = 0.0, keep_playback: bool = False,
         before_start=None, free_bytes: Callable[[], int] | None = None,
-        services=build_services, until_synced_s: float | None = None) -> SimResult:
+        services=build_services, until_synced_s: float | None = None,
+        free_running: bool = False) -> SimResult:
     """Run ``sc`` through the daemon configured by ``cfg`` (see :func:`sim_config`).
+
+    ``speed``: 0 = as fast as the daemon keeps up, 1.0 = real time, 4 = four times.
+    ``free_running`` (with a speed; ``linetap simulate --realtime``): the simulated card
+    never waits for the daemon, so a late reader loses audio as on a Pi (counted,
+    alarmed, and a gap in the call); otherwise line and daemon move in lockstep.
 
     ``until_synced_s``: after the scenario, keep the daemon running until the upstream
     has acked every segment and manifest, for at most this many seconds
@@ -198,9 +218,10 @@ def run(sc: scen.Scenario, cfg: Config, *, speed: float = 0.0, keep_playback: bo
         pins = PinMap.from_config(cfg.pins, sc.lines)
         period = cfg.audio.period_frames
         line = SimulatedLine(sc, alsa, factory, pins, clock, period, speed=speed,
-                             keep_playback=keep_playback)
+                             keep_playback=keep_playback, free_running=free_running)
         hw = SimHardware(alsa, factory, clock, line.pacer, sc.start.timestamp(),
-                         free_bytes=free_bytes)
+                         free_bytes=free_bytes, frame_of=line.frame_of,
+                         free_running=free_running)
         daemon = Daemon(cfg, hw, services=services)
         if before_start:
             before_start(daemon, line)

@@ -472,7 +472,8 @@ class Writer:
                             for a, b in info.masked_dtmf],
             "flashes": [{"at": iso(ep(s)), "length_s": n / self.rate}
                         for s, n in info.flashes],
-            "gaps": [{"start": iso(ep(a)), "end": iso(ep(b))}
+            "gaps": [{"start": iso(ep(a)), "end": iso(ep(b)), "start_sample": a,
+                      "end_sample": b, "frames": b - a}
                      for a, b in sorted([*info.gaps, *self._dropped.get(info.id, ())])],
             "announcement": info.announcement and {
                 "id": info.announcement["id"], "sha256": info.announcement["sha256"],

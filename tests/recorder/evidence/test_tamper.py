@@ -13,6 +13,7 @@ from recorder import cli
 from recorder.evidence import audit
 from recorder.evidence.verify import verify_call
 from recorder.storage.store import device_key_for
+from tests.support.plaintext import plaintext_files, plaintext_in
 
 EVENTS = [
     {"at": 0.0, "line": 0, "type": "tone", "hz": 800, "duration": 200},
@@ -221,27 +222,10 @@ def test_independent_decryption_of_a_journal_record(tmp_path, practice_keys):
     assert np.array_equal(np.frombuffer(raw, "<i2"), pcm)
 
 
-def tone_probes(hz=800, rate=8000, dbfs=-12.0, samples=32) -> list[bytes]:
-    """The test tone as raw S16_LE, ``samples`` long, at every phase it can start at (an
-    800 Hz tone repeats every 10 samples at 8 kHz), so plaintext at any offset is found."""
-    import numpy as np
-    t = np.arange(4000) / rate
-    tone = np.rint(np.sin(2 * np.pi * hz * t).astype(np.float32) * 10 ** (dbfs / 20)
-                   * 32768).astype("<i2").tobytes()
-    period = rate // np.gcd(rate, hz)
-    return [tone[2 * (2000 + k):2 * (2000 + k + samples)] for k in range(period)]
-
-
 def test_no_plaintext_audio_anywhere_on_disk(recorded):
-    """Scan every byte of every file the daemon wrote for audio container signatures
-    and the test tone at any phase."""
-    probes = tone_probes()
-    for p in recorded.data.rglob("*"):
-        if p.is_file():
-            b = p.read_bytes()
-            for sig in (b"RIFF", b"fLaC", b"OggS", b"OpusHead"):
-                assert sig not in b, (p, sig)
-            assert not any(probe in b for probe in probes), p
+    """Scan every byte of every file the daemon wrote for audio containers and for the
+    test tone as headerless PCM (tests/support/plaintext.py, the campaigns' scan)."""
+    assert plaintext_files(recorded.data) == []
 
 
 def test_writer_never_hands_plaintext_to_the_disk(sim, monkeypatch):
@@ -267,11 +251,9 @@ def test_writer_never_hands_plaintext_to_the_disk(sim, monkeypatch):
              {"at": 1.0, "line": 0, "type": "offhook"},
              {"at": 12.0, "line": 0, "type": "onhook"}], duration=14)
     assert seen and records                  # both paths were taken
-    probes = tone_probes()
     for b in seen + records:
         assert b[:4] == b"LTAP"
-        assert not any(sig in b for sig in (b"fLaC", b"RIFF", b"OggS"))
-        assert not any(probe in b for probe in probes)
+        assert plaintext_in(b) is None
 
 
 def test_audit_log_records_and_detects_tampering(store_copy, capsys):

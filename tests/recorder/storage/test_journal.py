@@ -285,7 +285,8 @@ def test_a_segment_given_up_to_a_full_disk_leaves_a_gap_not_a_crash(tmp_path, pr
     row = store.call(info.id)
     v, _ = verify_call(store, row, device_key_for(data))
     assert v.status == "verified", v.detail
-    assert row.meta["gaps"] == [{"start": iso(w._epoch(seg)), "end": iso(w._epoch(2 * seg))}]
+    assert row.meta["gaps"] == [{"start": iso(w._epoch(seg)), "end": iso(w._epoch(2 * seg)),
+                                 "start_sample": seg, "end_sample": 2 * seg, "frames": seg}]
     priv = keys.load_practice_private(practice_keys[0])
     out, problems = decode_segments([(s.seq, store.abs(s.path).read_bytes()) for s in segs],
                                     priv, 0, "flac")
