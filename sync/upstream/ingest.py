@@ -750,7 +750,7 @@ def run_worker(ucfg, stop: threading.Event, *, interval_s: float = 1.0,
                config_path: str | None = None) -> Worker:
     """Run a worker until ``stop`` is set (the body of ``linetap ingest``). With
     ``config_path``, sites and devices follow the file as it changes."""
-    open_db(ucfg.db_url)
+    open_db(ucfg.db_url, ucfg.audit_key)
     w = Worker(ucfg)
     w.start()
     watch = upstream_config.ConfigWatch(config_path, ucfg) if config_path else None

@@ -110,8 +110,9 @@ def stored_objects(ucfg, prefix: str) -> list[str]:
 
 
 def upstream_raw(tmp: Path, broker, pki, boxes, *, db_url=None, retention_days=90.0,
-                 command_key=None) -> dict:
-    """Upstream config data registering each box's identity key under site ``site1``."""
+                 command_key=None, audit_key=None) -> dict:
+    """Upstream config data registering each box's identity key under site ``site1``;
+    ``audit_key``: the path of an upstream audit key (it signs ``uaudit``)."""
     from recorder.evidence.keys import raw_public
     devices = {b.device: raw_public(b.identity.public_key()).hex() for b in boxes}
     raw = {"database": {"url": db_url or f"sqlite:///{tmp / 'upstream.db'}"},
@@ -124,6 +125,8 @@ def upstream_raw(tmp: Path, broker, pki, boxes, *, db_url=None, retention_days=9
            "sites": {"site1": {"retention_days": retention_days, "devices": devices}}}
     if command_key:
         raw["commands"]["key"] = str(command_key)
+    if audit_key:
+        raw["audit"] = {"key": str(audit_key)}
     return raw
 
 
