@@ -100,7 +100,7 @@ def print_audit_report(r, have_key: bool, source: str) -> None:
         for p in r.problems[1:]:
             print(f"  then: {p}")
     for t in r.torn:
-        print(f"torn tail: {t} (a power cut, not tampering)")
+        print(f"{t}: not tampering")
     if r.unsigned_legacy:
         print(f"unsigned (legacy): the first {r.unsigned_legacy} entr"
               f"{'y' if r.unsigned_legacy == 1 else 'ies'}, written before signing "

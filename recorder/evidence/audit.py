@@ -80,6 +80,11 @@ def _last(path: Path) -> tuple[int, str]:
     return 0, GENESIS
 
 
+def head(data_dir) -> tuple[int, str]:
+    """(seq, hash) of the last whole entry; (0, GENESIS) for an empty or missing log."""
+    return _last(_path(data_dir))
+
+
 def _signer(data_dir):
     """The box's identity key, or None while there is none (logged: the entry is then
     written unsigned, and verify names it)."""

@@ -26,10 +26,11 @@ import json
 import sys
 import time
 
+from recorder.evidence import auditchain
 from recorder.evidence.keys import load_ed25519_public, open_practice_private
 from recorder.evidence.trust import load_identity_pub
 from recorder.timebase import iso
-from sync.upstream import authorise, fleet, tracking
+from sync.upstream import authorise, boxaudit, fleet, tracking
 from sync.upstream import config as upstream_config
 from sync.upstream import ops as upstream_ops
 from sync.upstream.objectstore import open_objects
@@ -123,11 +124,18 @@ def _audit_trust(ucfg, audit_pub: str | None):
 
 
 def _verify_audit(ucfg, args) -> int:
+    """``audit --verify``: the upstream's own trail, then every box log it holds (each
+    against the device's pinned identity). Exit: the worst of them (1 a bad row, entry
+    or break; 3 unverifiable or unsigned; else 0)."""
     key, source = _audit_trust(ucfg, args.audit_pub)
     r = verify_audit(key)
+    boxes = boxaudit.verify(ucfg)
+    codes = [r.exit_code] + [auditchain.EXIT[b.status] for b in boxes]
+    rc = 1 if 1 in codes else max(codes)
     if args.json:
-        _dump({**r.as_dict(), "trusted_key": source})
-        return r.exit_code
+        _dump({**r.as_dict(), "trusted_key": source,
+               "boxes": [b.as_dict() for b in boxes]})
+        return rc
     if r.first_bad is not None:
         print(f"FIRST BAD ROW: {r.first_bad}")
         for p in r.problems[1:]:
@@ -139,7 +147,17 @@ def _verify_audit(ucfg, args) -> int:
         print(f"UNVERIFIABLE: {source}")
     print(f"upstream audit: {r.entries} entr{'y' if r.entries == 1 else 'ies'}, "
           f"{r.signed} with a verified signature: {r.status} (key: {source})")
-    return r.exit_code
+    for b in boxes:
+        for why in b.breaks:
+            print(f"BOX LOG BREAK: {why}")
+        for why in b.resolved:
+            print(f"box log break, resolved: {why}")
+        if b.report.first_bad is not None:
+            print(f"FIRST BAD BOX ENTRY: {b.report.first_bad}")
+        print(f"box {b.device}: {b.report.entries} entries held in {b.epochs} epoch(s), "
+              f"{b.report.signed} with a verified signature (its pinned identity): "
+              f"{b.status}")
+    return rc
 
 
 def _problem(p: Problem) -> dict:
@@ -216,8 +234,9 @@ def cli_main(argv: list[str]) -> int:
                 if r["kind"].startswith("command_"):
                     what = f"command {r['nonce'][:12]}"
                 else:
-                    what = (f"#{r['id']} " + ("manifest" if r["seq"] is None
-                                              else f"segment {r['seq']}")
+                    kind = "audit entry" if r["call_id"] == boxaudit.CALL else "segment"
+                what = (f"#{r['id']} " + ("manifest" if r["seq"] is None
+                                              else f"{kind} {r['seq']}")
                             + f" {r['sha256'][:12]}")
                 state = f"  [resolved {r['resolved']}: {r['resolution'] or ''}]" \
                     if r["resolved"] else ""

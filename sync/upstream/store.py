@@ -6,7 +6,8 @@ conflict), ``problem`` (conflicting segments and refused manifests, kept aside),
 ``manifest_history`` (manifests replaced by a newer re-signed version),
 ``command`` (signed commands to boxes, with their delivery status), ``health`` (last
 health message per device), ``uaudit`` (every deletion, hold and command; hash-chained
-and signed with the upstream audit key), and the fleet view's ``health_history``,
+and signed with the upstream audit key), ``box_audit`` (each box's own signed audit
+entries, :mod:`sync.upstream.boxaudit`), and the fleet view's ``health_history``,
 ``alarm_seen``, ``fleet_alert`` and ``lease`` (:mod:`sync.upstream.fleet`).
 """
 
@@ -220,7 +221,27 @@ class UAudit(Base):
         table_name = "uaudit"
 
 
+class BoxAudit(Base):
+    """One entry of a box's own audit log, as the box signed it (:mod:`.boxaudit`).
+    ``epoch`` counts the breaks in the box's chain (0 until the first): a box whose log
+    restarts, skips or goes backwards starts a new epoch, and a problem says why."""
+
+    device = pw.CharField()
+    epoch = pw.IntegerField(default=0)
+    seq = pw.IntegerField()
+    hash = pw.CharField()
+    prev = pw.CharField()
+    entry = JSONField()                          # the whole entry, ``sig`` included
+    signed = pw.BooleanField()
+    received = pw.DoubleField(default=time.time)
+
+    class Meta:
+        table_name = "box_audit"
+        indexes = ((("device", "hash"), True), (("device", "epoch", "seq"), True))
+
+
 MODELS = [UCall, USegment, Problem, ManifestHistory, Command, Health, DeviceState, UAudit,
+          BoxAudit,
           HealthHistory, AlarmSeen, FleetAlert, Lease]
 
 

@@ -176,13 +176,14 @@ class Running:
     """An uploader on its own service thread, as the daemon runs it."""
 
     def __init__(self, box, broker, pki, *, window=16, ack_timeout_s=3.0, command_pub=None,
-                 free_bytes=None, alarms=None):
+                 free_bytes=None, alarms=None, **sync):
         import threading
 
         from recorder.storage.retention.service import Retention
         from sync.uploader import Uploader, UploaderThread
         dev = pki.devices[box.device]
         extra = {"command_key": str(command_pub)} if command_pub else {}
+        extra.update(sync)                      # further [sync] settings
         self.cfg = box_cfg(box.data_dir, device=box.device, enabled=True, host="127.0.0.1",
                            port=broker.port, ca=str(pki.ca), cert=dev.cert, key=dev.key,
                            window=window, **extra)
@@ -229,7 +230,7 @@ class InProcWorker:
         from recorder.threads import ServiceThread
         from sync.upstream.ingest import Worker
         from sync.upstream.store import open_db
-        open_db(ucfg.db_url)
+        open_db(ucfg.db_url, ucfg.audit_key)
         self.w = Worker(ucfg, client_id=client_id, reconnect_s=(0.05, 0.5))
         self.w.start()
         self.stop = threading.Event()
