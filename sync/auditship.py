@@ -66,8 +66,20 @@ def after(rows: list, acked: Pointer | None) -> Pending:
     return Pending(whole, True)
 
 
-def batch(rows: list, max_bytes: int = MAX_BATCH_BYTES) -> list:
-    """The first rows whose JSON fits in ``max_bytes`` (always at least one). Pure."""
+def _is_acked(row, ptr: Pointer) -> bool:
+    """Is ``row`` (``(offset, entry)`` or None) the entry ``ptr`` names?"""
+    return row is not None and isinstance(row[1], dict) and \
+        (row[1].get("seq"), row[1].get("hash")) == (ptr.seq, ptr.hash)
+
+
+def _whole(rows):
+    """The rows (an iterable, read lazily) whose entry parsed."""
+    return ((off, e) for off, e in rows if isinstance(e, dict))
+
+
+def batch(rows, max_bytes: int = MAX_BATCH_BYTES) -> list:
+    """The first rows (an iterable, read no further than needed) whose JSON fits in
+    ``max_bytes`` (always at least one). Pure."""
     out, size = [], 0
     for off, e in rows:
         n = len(json.dumps(e, separators=(",", ":"))) + 1
@@ -118,10 +130,14 @@ class AuditShipper:
         if size == self._idle_size:
             return []
         ptr = self.pointer()
-        rows = [(off, e) for off, e, _n in audit.lines_from(self.data_dir,
-                                                            ptr.offset if ptr else 0)]
-        pend = after(rows, ptr)
-        if pend.restarted and ptr is not None and ptr.offset:
+        rows = ((off, e) for off, e, _n in audit.lines_from(self.data_dir,
+                                                            ptr.offset if ptr else 0))
+        first = next(rows, None) if ptr is not None else None
+        if ptr is None or _is_acked(first, ptr):
+            # The usual case: the acked entry is where the pointer says (or nothing is
+            # acked yet). Read on only as far as one message needs.
+            pend = Pending(_whole(rows), False)
+        else:
             # Not where the pointer says: read the whole log to decide.
             pend = after([(off, e) for off, e, _n in audit.lines_from(self.data_dir)], ptr)
         if pend.restarted and not self.restarted:

@@ -3,10 +3,20 @@ and how acks move it. Pure tables, then the shipper on a real log and store."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from recorder.evidence import audit
-from sync.auditship import META_KEY, AuditShipper, Pointer, advance, after, batch
+from sync.auditship import (
+    MAX_BATCH_BYTES,
+    META_KEY,
+    AuditShipper,
+    Pointer,
+    advance,
+    after,
+    batch,
+)
 from tests.support.syncbox import make_box, practice_keys
 
 
@@ -69,3 +79,18 @@ def test_shipper_on_a_real_log(tmp_path):
     (box.data_dir / audit.AUDIT_FILE).unlink()
     audit.record(box.data_dir, "export", calls=9)
     assert [e["seq"] for e in sh.next_batch()] == [1] and sh.restarted
+
+
+def test_a_long_log_goes_in_bounded_batches_that_follow_on(tmp_path):
+    _priv, pub, *_ = practice_keys(tmp_path)
+    box = make_box(tmp_path / "box", pub)
+    for i in range(300):
+        audit.record(box.data_dir, "eviction", call=f"C{i:04d}", reason="x" * 150)
+    sh = AuditShipper(box.store, box.data_dir)
+    seen, batches = [], 0
+    while (b := sh.next_batch()):
+        batches += 1
+        assert len(json.dumps(b, separators=(",", ":"))) <= MAX_BATCH_BYTES + len(b) + 2
+        seen += [e["seq"] for e in b]
+        sh.on_ack([(b[-1]["seq"], b[-1]["hash"])])
+    assert seen == list(range(1, 301)) and sh.acked_entries == 300 and batches >= 2
