@@ -20,7 +20,7 @@ A box ships its signed audit entries on ``<prefix>/<site>/<device>/audit``
 
 Health messages carry the box's current head (``audit``: seq and hash); a head behind
 what the upstream holds (the box's copy deleted or truncated, even with nothing new
-written since) is a problem too (``audit_behind``). The rows commit in the ingest's
+written since) is a problem too (``audit_behind``, :func:`behind`). The rows commit in the ingest's
 batch transaction, before any ack is published. :func:`verify` re-checks every device's
 chain and its breaks for ``linetap upstream audit --verify``; a break an operator has
 resolved (``linetap upstream resolve``, e.g. a confirmed factory reset) is listed as
@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 from recorder.evidence import auditchain as ac
 from recorder.evidence.auditchain import GENESIS, Link
+from recorder.timebase import parse_iso
 from sync.upstream.store import BoxAudit, Problem, audit
 
 log = logging.getLogger(__name__)
@@ -164,28 +165,51 @@ def receive(device: str, entries: list[dict], device_key) -> tuple[list, list]:
     return acked, refused
 
 
-def check_head(device: str, seq, h) -> str | None:
-    """The box says its log ends at (``seq``, ``h``): a problem (returned, and raised
-    once) if that is behind what the upstream holds of the current epoch."""
+SKEW_S = 2.0     # an entry stamped this much before a health message was surely in the log
+
+
+def behind(seq: int, h: str, head: Head, stored_hash: str | None, next_ts: float | None,
+           reported_at: float | None) -> str | None:
+    """Why a box reporting its log ends at (``seq``, ``h``) at ``reported_at`` (its
+    clock, epoch s) has lost entries the upstream holds up to ``head``; None if not.
+    ``stored_hash``: the held entry at ``seq`` in the head's epoch (None: none);
+    ``next_ts``: the box's own timestamp of the held entry ``seq + 1`` (None: none).
+    The health message and the entries travel separately, so an entry the box wrote
+    after reporting may arrive first: only an entry stamped ``SKEW_S`` before the
+    report counts as missing from it. Pure."""
+    if seq > head.seq or (seq == head.seq and h == head.hash):
+        return None
+    if stored_hash is not None and stored_hash != h or seq == head.seq:
+        return (f"the box's audit log ends at seq {seq} with other contents than the "
+                f"upstream holds (up to seq {head.seq}): its copy was rewritten or replaced")
+    if next_ts is None or reported_at is None or next_ts > reported_at - SKEW_S:
+        return None                      # entry seq+1 may be newer than the report
+    if seq == 0:
+        return (f"the box's audit log is empty, but the upstream holds up to seq "
+                f"{head.seq}: its copy was deleted")
+    return (f"the box's audit log ends at seq {seq}, but the upstream holds up to seq "
+            f"{head.seq}: its copy was truncated")
+
+
+def check_head(device: str, seq, h, reported_at=None) -> str | None:
+    """The box's health message says its log ends at (``seq``, ``h``), at
+    ``reported_at`` (epoch s, the box's clock): raise :func:`behind`'s problem (once,
+    audited) and return it, or None."""
     head = _head(device)
     if head is None or not isinstance(seq, int) or not isinstance(h, str):
         return None
-    if seq > head.seq:
-        return None                    # not shipped yet
-    stored = BoxAudit.get_or_none((BoxAudit.device == device)
-                                  & (BoxAudit.epoch == head.epoch) & (BoxAudit.seq == seq))
-    if seq == head.seq and h == head.hash:
-        return None
-    if stored is not None and stored.hash == h and seq < head.seq:
-        why = (f"the box's audit log ends at seq {seq}, but the upstream holds up to seq "
-               f"{head.seq}: its copy was truncated")
-    elif seq == 0:
-        why = (f"the box's audit log is empty, but the upstream holds up to seq {head.seq}:"
-               " its copy was deleted")
-    else:
-        why = (f"the box's audit log ends at seq {seq} with other contents than the "
-               f"upstream holds (up to seq {head.seq}): its copy was rewritten or replaced")
-    _problem("audit_behind", device, seq, h, why, held_head=head.seq)
+    def at(n):
+        return BoxAudit.get_or_none((BoxAudit.device == device)
+                                    & (BoxAudit.epoch == head.epoch) & (BoxAudit.seq == n))
+    stored, nxt = at(seq), at(seq + 1)
+    try:
+        next_ts = parse_iso(nxt.entry["ts"]) if nxt is not None else None
+    except (KeyError, TypeError, ValueError):
+        next_ts = None
+    why = behind(seq, h, head, stored.hash if stored else None, next_ts,
+                 reported_at if isinstance(reported_at, (int, float)) else None)
+    if why is not None:
+        _problem("audit_behind", device, seq, h, why, held_head=head.seq)
     return why
 
 

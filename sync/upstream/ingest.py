@@ -454,7 +454,8 @@ class Ingest:
         head = body.get("audit")
         if isinstance(head, dict):
             # The box's log must never end before what the upstream already holds.
-            boxaudit.check_head(t.device, head.get("seq"), head.get("hash"))
+            boxaudit.check_head(t.device, head.get("seq"), head.get("hash"),
+                                body.get("time"))
 
 
 _SQL = {

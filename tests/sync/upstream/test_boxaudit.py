@@ -5,6 +5,7 @@ tampered ones with a named reason, and raising every break in the box's chain.""
 from __future__ import annotations
 
 import json
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -71,6 +72,24 @@ def test_judge(name, e, head, held, kind, reason):
     assert v.kind == kind and v.reason.startswith(reason)
     if kind == ba.BREAK:
         assert v.epoch == head.epoch + 1
+
+
+HEAD = ba.Head(0, 5, "e" * 64, True)
+NOW = 1000.0
+
+
+@pytest.mark.parametrize("seq,h,stored,next_ts,want", [
+    (5, "e" * 64, "e" * 64, None, None),                  # level with the upstream
+    (7, "g" * 64, None, None, None),                      # ahead: not shipped yet
+    (0, GENESIS, None, NOW - 60, "deleted"),
+    (3, "c" * 64, "c" * 64, NOW - 60, "truncated"),
+    (3, "c" * 64, "c" * 64, NOW + 1, None),               # seq 4 written after the report
+    (3, "x" * 64, "c" * 64, NOW - 60, "rewritten"),
+    (5, "x" * 64, "e" * 64, None, "rewritten"),
+])
+def test_behind(seq, h, stored, next_ts, want):
+    why = ba.behind(seq, h, HEAD, stored, next_ts, NOW)
+    assert (why is None) if want is None else (want in why)
 
 
 @pytest.fixture
@@ -140,9 +159,9 @@ def test_a_deleted_or_truncated_box_log_is_a_visible_break(up, capsys):
         audit.record(d, "export", calls=i)
     es = audit.read(d)
     send(up, es)
-    # The box's copy deleted; a health message says it is now empty.
+    # The box's copy deleted; a health message a minute later says it is now empty.
     (d / audit.AUDIT_FILE).unlink()
-    assert "deleted" in ba.check_head("dev-a", *audit.head(d))
+    assert "deleted" in ba.check_head("dev-a", *audit.head(d), time.time() + 60)
     # The box writes on: its chain restarts at seq 1, stored in a new epoch and acked.
     audit.record(d, "resume", n=1)
     new = audit.read(d)
@@ -181,7 +200,8 @@ def test_a_truncated_log_that_carries_on_goes_backwards(up):
     send(up, es)
     lines = (d / audit.AUDIT_FILE).read_bytes().splitlines(keepends=True)
     (d / audit.AUDIT_FILE).write_bytes(b"".join(lines[:3]))     # seq 4 and 5 cut off
-    assert "truncated" in ba.check_head("dev-a", *audit.head(d))
+    assert ba.check_head("dev-a", *audit.head(d), time.time() - 60) is None   # stale report
+    assert "truncated" in ba.check_head("dev-a", *audit.head(d), time.time() + 60)
     audit.record(d, "export", calls=99)                          # a new seq 4
     ack = send(up, audit.read(d))
     assert [s for s, _h in ack["audit"]] == [1, 2, 3, 4]

@@ -6,6 +6,7 @@ ones are sent again after a reconnect, a tampered entry is refused with a named 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -43,8 +44,9 @@ def _acked(box) -> int:
 def test_entries_arrive_are_acked_resent_after_reconnect_and_a_deletion_shows(
         rig, broker, pki, capsys):
     box, ucfg, conf = rig
+    early = datetime.now(UTC) - timedelta(minutes=1)   # surely before any health report
     for i in range(3):
-        audit.record(box.data_dir, "export", calls=i)
+        audit.record(box.data_dir, "export", now=early, calls=i)
     worker = InProcWorker(ucfg)
     run = Running(box, broker, pki, ack_timeout_s=3.0)
     try:
