@@ -84,7 +84,7 @@ def cmd_audit(args) -> int:
         if args.json:
             _print_json({**r.as_dict(), "trusted_key": trusted.source})
             return r.exit_code
-        print_audit_report(r, trusted.key is not None, trusted.source)
+        _print_audit_report(r, trusted.key is not None, trusted.source)
         return r.exit_code
     for e in audit.read(data_dir):
         print(f"{e.get('seq'):>6} {e.get('ts')} {e.get('action'):<18} "
@@ -92,7 +92,7 @@ def cmd_audit(args) -> int:
     return 0
 
 
-def print_audit_report(r, have_key: bool, source: str) -> None:
+def _print_audit_report(r, have_key: bool, source: str) -> None:
     """The verdict of :func:`recorder.evidence.auditchain.check` for people."""
     from recorder.evidence import auditchain as ac
     if r.first_bad is not None:

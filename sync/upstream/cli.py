@@ -235,8 +235,8 @@ def cli_main(argv: list[str]) -> int:
                     what = f"command {r['nonce'][:12]}"
                 else:
                     kind = "audit entry" if r["call_id"] == boxaudit.CALL else "segment"
-                what = (f"#{r['id']} " + ("manifest" if r["seq"] is None
-                                              else f"{kind} {r['seq']}")
+                    what = (f"#{r['id']} " + ("manifest" if r["seq"] is None
+                                                  else f"{kind} {r['seq']}")
                             + f" {r['sha256'][:12]}")
                 state = f"  [resolved {r['resolved']}: {r['resolution'] or ''}]" \
                     if r["resolved"] else ""
