@@ -34,9 +34,10 @@ import re
 from dataclasses import dataclass
 
 from recorder.evidence import auditchain as ac
+from recorder.evidence import keys
 from recorder.evidence.auditchain import GENESIS, Link
 from recorder.timebase import parse_iso
-from sync.upstream.store import BoxAudit, Problem, audit
+from sync.upstream.store import BoxAudit, Problem, UAudit, audit
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,8 @@ def receive(device: str, entries: list[dict], device_key) -> tuple[list, list]:
             _problem("audit_break", device, seq, h, v.reason,
                      epoch=v.epoch, previous_head=head.seq if head else None)
         BoxAudit.create(device=device, epoch=v.epoch, seq=seq, hash=h, prev=e["prev"],
-                        entry=e, signed=bool(e.get("sig")))
+                        entry=e, signed=bool(e.get("sig")),
+                        key=keys.raw_public(device_key).hex() if e.get("sig") else None)
         head = Head(v.epoch, seq, h, bool(e.get("sig")) or (
             head is not None and head.epoch == v.epoch and head.signed))
         acked.append((seq, h))
@@ -233,9 +235,36 @@ class DeviceVerdict:
                 "breaks": self.breaks, "resolved": self.resolved, **rest}
 
 
+def _vouched(device: str, key_hex: str):
+    """The identity ``key_hex`` if the upstream's own (signed) trail records it pinned
+    for ``device`` (``device_enrolled`` or ``identity_pinned`` naming its fingerprint),
+    else None. An epoch signed before a re-pin (a factory-reset box) is checked with the
+    key it was accepted under only if the upstream itself vouched for that key."""
+    try:
+        raw = bytes.fromhex(key_hex)
+        fp = keys.fingerprint(raw)
+    except (ValueError, TypeError):
+        return None
+    for a in UAudit.select().where(UAudit.action.in_(("device_enrolled", "identity_pinned"))):
+        d = a.detail if isinstance(a.detail, dict) else {}
+        if d.get("device") == device and d.get("identity") == fp:
+            return keys.load_ed25519_public(raw)
+    return None
+
+
+def _epoch_key(device: str, rows, current):
+    """The key an epoch's signatures are checked with: the pinned one, unless the epoch
+    was accepted under another key that the upstream's trail vouches for."""
+    stored = next((r.key for r in rows if r.key), None)
+    if current is None or stored is None or stored == keys.raw_public(current).hex():
+        return current
+    return _vouched(device, stored) or current
+
+
 def verify_device(device: str, device_key) -> DeviceVerdict:
     """Re-check everything held of ``device``'s log against its pinned key (None: the
-    signatures cannot be checked) and list its breaks."""
+    signatures cannot be checked; an epoch from before a re-pin: :func:`_epoch_key`)
+    and list its breaks."""
     total = ac.Report()
     breaks: list[str] = []
     resolved: list[str] = []
@@ -260,7 +289,8 @@ def verify_device(device: str, device_key) -> DeviceVerdict:
             else:
                 breaks.append(text)
         r = ac.check([Link(f"{device} epoch {epoch} seq {x.seq}", x.entry) for x in rows],
-                     device_key, ac.BOX_DOMAIN, start=(first.seq, first.prev))
+                     _epoch_key(device, rows, device_key), ac.BOX_DOMAIN,
+                     start=(first.seq, first.prev))
         for k in ("entries", "signed", "unsigned_legacy", "unchecked"):
             setattr(total, k, getattr(total, k) + getattr(r, k))
         total.problems += r.problems

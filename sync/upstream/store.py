@@ -233,6 +233,7 @@ class BoxAudit(Base):
     prev = pw.CharField()
     entry = JSONField()                          # the whole entry, ``sig`` included
     signed = pw.BooleanField()
+    key = pw.CharField(max_length=64, null=True)  # hex of the pinned identity it verified with
     received = pw.DoubleField(default=time.time)
 
     class Meta:

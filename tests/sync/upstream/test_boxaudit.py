@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from recorder.evidence import audit
+from recorder.evidence import audit, keys
 from recorder.evidence import auditchain as ac
 from recorder.evidence.auditchain import GENESIS
 from sync import protocol
@@ -22,6 +22,7 @@ from sync.upstream.cli import cli_main
 from sync.upstream.ingest import Ingest
 from sync.upstream.pki import signing_key
 from sync.upstream.store import BoxAudit, Problem, UAudit, open_db
+from sync.upstream.store import audit as uaudit
 from tests.support.auditlog import rechain
 from tests.support.syncbox import make_box, practice_keys, to_toml, upstream_raw
 
@@ -208,3 +209,22 @@ def test_a_truncated_log_that_carries_on_goes_backwards(up):
     p = Problem.get(Problem.kind == "audit_break")
     assert p.detail.startswith("went backwards: seq 4")
     assert BoxAudit.select().where(BoxAudit.seq == 4).count() == 2   # both kept
+
+
+def test_an_epoch_from_before_a_repin_verifies_only_if_the_upstream_vouched(up):
+    """A factory-reset box gets a new identity, pinned again upstream: its old entries
+    are checked with the key they were accepted under, but only because the upstream's
+    own trail recorded that key pinned for the device (as `upstream enrol` does)."""
+    d = up.box.data_dir
+    for i in range(2):
+        audit.record(d, "export", calls=i)
+    send(up, audit.read(d))
+    new = ed25519.Ed25519PrivateKey.generate().public_key()
+    r = ba.verify_device("dev-a", new).report
+    assert r.first_bad is not None and ac.BAD_SIGNATURE in r.first_bad.reasons
+    old_fp = keys.fingerprint(keys.raw_public(up.box.identity.public_key()))
+    uaudit("device_enrolled", device="dev-b", identity=old_fp)      # another device's
+    assert ba.verify_device("dev-a", new).report.problems
+    uaudit("device_enrolled", device="dev-a", identity=old_fp)
+    r = ba.verify_device("dev-a", new).report
+    assert r.problems == [] and r.signed == 2 and r.status == "verified"
