@@ -9,6 +9,7 @@ broker ACL; see docs/sync.md):
 ``status``          box->up  retained ``online`` / ``offline`` (last will)
 ``health``          box->up  JSON health (disk, backlog, lines, overruns, version)
 ``report``          box->up  JSON results of upstream commands (applied / rejected)
+``audit``           box->up  JSON batch of the box's signed audit entries (in order)
 ``ack``             up->box  JSON application-level acks after a durable write
 ``cmd``             up->box  signed command envelope (:mod:`sync.signed_commands`)
 =================  =======  ===================================================
@@ -103,7 +104,7 @@ class Topic:
     prefix: str
     site: str
     device: str
-    kind: str                    # seg | man | status | health | report | ack | cmd
+    kind: str                    # seg | man | status | health | report | audit | ack | cmd
     call: str | None = None
     seq: int | None = None
 
@@ -134,19 +135,30 @@ def parse_topic(topic: str) -> Topic:
             return Topic(prefix, site, device, kind, rest[0])
     except ValueError:
         raise ProtocolError(f"topic {topic!r}: bad segment number") from None
-    if kind in ("status", "health", "report", "ack", "cmd") and not rest:
+    if kind in ("status", "health", "report", "audit", "ack", "cmd") and not rest:
         return Topic(prefix, site, device, kind)
     raise ProtocolError(f"topic {topic!r} is not a Linetap topic")
 
 
 # -- acks ---------------------------------------------------------------------------------------
-def ack_payload(segs=(), mans=(), conflicts=(), rejected=()) -> bytes:
+ACK_KEYS = ("segs", "mans", "conflicts", "rejected", "audit", "audit_refused")
+
+
+def ack_payload(segs=(), mans=(), conflicts=(), rejected=(), audit=(), audit_refused=()
+                ) -> bytes:
     """``segs``: (call, seq, sha256); ``mans``: (call, sha256); ``conflicts``: like segs;
-    ``rejected``: (call, reason) for manifests the upstream refused."""
-    return json.dumps({"segs": [list(s) for s in segs], "mans": [list(m) for m in mans],
-                       "conflicts": [list(c) for c in conflicts],
-                       "rejected": [list(r) for r in rejected]},
-                      separators=(",", ":")).encode()
+    ``rejected``: (call, reason) for manifests the upstream refused; ``audit``: (seq,
+    hash) of box audit entries stored durably (or already held); ``audit_refused``:
+    (seq, reason) of the first box audit entry refused. The audit keys are left out
+    when empty, so an ack without them reads the same to a box from before them."""
+    body = {"segs": [list(s) for s in segs], "mans": [list(m) for m in mans],
+            "conflicts": [list(c) for c in conflicts],
+            "rejected": [list(r) for r in rejected]}
+    if audit:
+        body["audit"] = [list(a) for a in audit]
+    if audit_refused:
+        body["audit_refused"] = [list(a) for a in audit_refused]
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 def parse_ack(payload: bytes) -> dict:
@@ -155,7 +167,32 @@ def parse_ack(payload: bytes) -> dict:
         out = {"segs": [(str(c), int(s), str(h)) for c, s, h in d.get("segs", [])],
                "mans": [(str(c), str(h)) for c, h in d.get("mans", [])],
                "conflicts": [(str(c), int(s), str(h)) for c, s, h in d.get("conflicts", [])],
-               "rejected": [(str(c), str(r)) for c, r in d.get("rejected", [])]}
+               "rejected": [(str(c), str(r)) for c, r in d.get("rejected", [])],
+               "audit": [(int(s), str(h)) for s, h in d.get("audit", [])],
+               "audit_refused": [(int(s), str(r)) for s, r in d.get("audit_refused", [])]}
     except (ValueError, TypeError, AttributeError) as exc:
         raise ProtocolError(f"malformed ack: {exc}") from exc
     return out
+
+
+# -- the box's audit entries -------------------------------------------------------------------
+def audit_topic(prefix, site, device) -> str:
+    return f"{base(prefix, site, device)}/audit"
+
+
+def audit_payload(entries: list[dict]) -> bytes:
+    """A batch of audit entries, oldest first, exactly as the box's log holds them."""
+    return json.dumps({"entries": entries}, sort_keys=True, separators=(",", ":")).encode()
+
+
+def parse_audit(payload: bytes) -> list[dict]:
+    """The entries of an ``audit`` message; :class:`ProtocolError` if it is not one."""
+    if len(payload) > MAX_PAYLOAD:
+        raise ProtocolError("audit message larger than 128 KiB")
+    try:
+        entries = json.loads(payload)["entries"]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ProtocolError(f"malformed audit message: {exc}") from exc
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ProtocolError("malformed audit message: entries must be a list of objects")
+    return entries

@@ -1,7 +1,8 @@
 """The box's uploader: SQLite outbox -> MQTT v5 -> application-level acks.
 
 The outbox is the store itself: ``segment`` rows with ``acked = 0`` and ``call`` rows
-with a manifest and ``manifest_acked = 0``. Nothing is held only in paho's memory, so
+with a manifest and ``manifest_acked = 0``; and the audit log after the entry the
+upstream last acked (:mod:`sync.auditship`). Nothing is held only in paho's memory, so
 a reboot, a broker restart (mosquitto keeps sessions in RAM) or days offline lose
 nothing: whatever was not acked is simply sent again. A row is marked acked only when
 the upstream says, on ``.../ack``, that it wrote that exact (call, seq, sha256)
@@ -40,6 +41,7 @@ from recorder.threads import ServiceThread
 from recorder.timebase import clock_synchronised
 from sync import linkstate, protocol
 from sync import signed_commands as commands
+from sync.auditship import AuditShipper
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +188,11 @@ class Uploader:
         self._socket_error = ""          # paho's last socket error text (TLS alerts)
         self.command_key = self._load_command_key()
         self.client: mqtt.Client | None = None
+        # The audit log's outbox (sync/auditship.py): one message in flight at a time.
+        self.auditship = AuditShipper(store, data_dir)
+        self._audit_sent = self._audit_hold = 0.0
+        self._audit_info = None
+        self._audit_delivered: float | None = None
 
     def _load_command_key(self):
         from recorder.evidence.keys import load_ed25519_public
@@ -315,6 +322,7 @@ class Uploader:
             self._infos.clear()
             self._delivered.clear()
             self._cand = None
+            self.auditship.forget()
         now = time.monotonic()
         for k, t in list(self.inflight.items()):
             infos = self._infos.get(k)
@@ -330,6 +338,7 @@ class Uploader:
         if room > 0:
             for it in self._plan(room):
                 self._publish(it)
+        self._ship_audit(now)
         if time.monotonic() >= self._next_health:
             self._next_health = time.monotonic() + self.sc.health_interval_s
             self.publish_health()
@@ -400,6 +409,42 @@ class Uploader:
         self.inflight[it.key] = time.monotonic()
         self.sent += 1
 
+    def _ship_audit(self, now: float) -> None:
+        """Send the next batch of unacked audit entries, unless one is in flight (and
+        not overdue) or the upstream refused one within ``REJECTED_RETRY_S``."""
+        if now < self._audit_hold:
+            return
+        if self.auditship.sent:
+            info = self._audit_info
+            if self._audit_delivered is None and info is not None and info.is_published():
+                self._audit_delivered = now
+            if not overdue(self._audit_sent, self._audit_delivered, now, self.ack_timeout_s):
+                return
+            self.auditship.forget()
+            self.resent += 1
+        entries = self.auditship.next_batch()
+        if not entries:
+            return
+        self._audit_info = self.client.publish(
+            protocol.audit_topic(self.sc.topic_prefix, self.site, self.device),
+            protocol.audit_payload(entries), qos=1)
+        self._audit_sent, self._audit_delivered = now, None
+
+    def _apply_audit_ack(self, acked: list, refused: list) -> None:
+        if acked:
+            self.auditship.on_ack(acked)
+            self.wake.set()                   # the next batch may go at once
+        for seq, reason in refused:
+            # Only the box's own log could fix this (it cannot: it is tampered with, or
+            # the upstream pins another identity): hold off, alarm, offer it again later.
+            self.auditship.forget()
+            self._audit_hold = time.monotonic() + REJECTED_RETRY_S
+            log.error("upstream refused audit entry %d: %s", seq, reason)
+            self._alarm("audit_refused", seq=seq, reason=reason)
+        if acked and not refused and self.alarms is not None \
+                and "audit_refused" in self.alarms.snapshot():
+            self.alarms.set("audit_refused", False)
+
     def _forget(self, key: tuple) -> None:
         """``key`` is no longer in flight (acked, refused or timed out)."""
         self.inflight.pop(key, None)
@@ -408,7 +453,7 @@ class Uploader:
 
     # -- incoming -----------------------------------------------------------------------------
     def _drain_inbox(self) -> None:
-        acks = {"segs": [], "mans": [], "conflicts": [], "rejected": []}
+        acks = {k: [] for k in protocol.ACK_KEYS}
         while True:
             try:
                 topic, payload = self.inbox.get_nowait()
@@ -427,6 +472,7 @@ class Uploader:
             self.watch.acked()
             # One transaction (one fsync) for every ack that arrived since the last tick.
             self._apply_ack(acks)
+            self._apply_audit_ack(acks["audit"], acks["audit_refused"])
 
     def _apply_ack(self, ack: dict) -> None:
         C, S = self.store.m.Call, self.store.m.Segment
@@ -566,6 +612,12 @@ class Uploader:
                 "unanswered_s": None if (u := self.watch.unanswered_s()) is None
                 else round(u, 1)}
 
+    def _audit_head(self) -> dict:
+        """The audit log's last whole entry (seq 0 for none): the upstream checks that
+        it never falls behind what it already holds (sync/upstream/boxaudit.py)."""
+        seq, h = audit.head(self.data_dir)
+        return {"seq": seq, "hash": h, "acked": self.auditship.acked_entries}
+
     def _free_bytes(self) -> int:
         """Free space as retention sees it (its probe is injectable), else the disk's."""
         probe = getattr(self.retention, "free_bytes", None)
@@ -585,7 +637,7 @@ class Uploader:
                 "lines": [{"line": ln["line"], "state": ln["state"]}
                           for ln in st.get("lines", [])],
                 "overruns": st.get("overruns"), "alarms": sorted(st.get("alarms") or {}),
-                "store": self.store.summary(),
+                "store": self.store.summary(), "audit": self._audit_head(),
                 **(self.updater.health() if self.updater is not None
                    else {"slot": None, "update": None})}
         self.client.publish(f"{self.base}/health", json.dumps(body, default=str).encode(),

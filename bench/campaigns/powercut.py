@@ -394,7 +394,7 @@ class Campaign:
                                capture_output=True, text=True, timeout=600)
             out[name] = p.returncode
             if p.returncode != 0:
-                bad = [ln for ln in p.stdout.splitlines() if "failed" in ln or "TAMPER" in ln]
+                bad = [ln for ln in p.stdout.splitlines() if "failed" in ln or "BAD ENTRY" in ln]
                 self.violations.append(f"linetap {name} exit {p.returncode}: {bad[:5]}")
         return out
 

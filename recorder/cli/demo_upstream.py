@@ -206,7 +206,7 @@ def run(out: Path, data_dir: Path, timeout_s: float = 60.0) -> dict:
         wt.join(10)
         broker.kill()
         broker.wait()
-    open_db(ucfg.db_url)
+    open_db(ucfg.db_url, ucfg.audit_key)
     accounts.init_tables()
     password = secrets.token_urlsafe(12)
     pf = up / "manager-password.txt"

@@ -106,7 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("audit", "show the audit log")
     sp.add_argument("--data-dir", help="override device.data_dir")
     cfg_opt(sp)
-    sp.add_argument("--verify", action="store_true", help="check the hash chain")
+    sp.add_argument("--verify", action="store_true", help="check the hash chain and the "
+                    "signatures; exit 0 verified, 1 a bad entry (the first is named), "
+                    "3 unverifiable or unsigned")
+    sp.add_argument("--identity-pub", help="the box's identity public key recorded at "
+                    "provisioning (default: the key pinned in the store)")
+    sp.add_argument("--json", action="store_true")
 
     sp = add("status", "show line states, alarms, overruns and sync backlog")
     sp.add_argument("--data-dir", help="override device.data_dir")

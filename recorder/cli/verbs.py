@@ -72,17 +72,45 @@ def cmd_identity(args) -> int:
 
 
 def cmd_audit(args) -> int:
+    """Show the log, or (``--verify``) check it against the TRUSTED identity: exit 0
+    verified, 1 a bad entry (the first one is named), 3 unverifiable or unsigned."""
     cfg = _cfg(args)
+    data_dir = cfg.device.data_dir
     if args.verify:
-        n, problems = audit.verify(cfg.device.data_dir)
-        for p in problems:
-            print(f"TAMPERED: {p}")
-        print(f"{n} entries checked: {'intact' if not problems else 'NOT intact'}")
-        return 1 if problems else 0
-    for e in audit.read(cfg.device.data_dir):
+        from recorder.evidence import trust
+        store = _store(data_dir) if (Path(data_dir) / DB_FILE).exists() else None
+        trusted = trust.trusted_identity(store, data_dir, args.identity_pub)
+        r = audit.verify(data_dir, trusted.key)
+        if args.json:
+            _print_json({**r.as_dict(), "trusted_key": trusted.source})
+            return r.exit_code
+        _print_audit_report(r, trusted.key is not None, trusted.source)
+        return r.exit_code
+    for e in audit.read(data_dir):
         print(f"{e.get('seq'):>6} {e.get('ts')} {e.get('action'):<18} "
               f"{json.dumps(e.get('detail'), sort_keys=True)}")
     return 0
+
+
+def _print_audit_report(r, have_key: bool, source: str) -> None:
+    """The verdict of :func:`recorder.evidence.auditchain.check` for people."""
+    from recorder.evidence import auditchain as ac
+    if r.first_bad is not None:
+        print(f"FIRST BAD ENTRY: {r.first_bad}")
+        for p in r.problems[1:]:
+            print(f"  then: {p}")
+    for t in r.torn:
+        print(f"{t}: not tampering")
+    if r.unsigned_legacy:
+        print(f"unsigned (legacy): the first {r.unsigned_legacy} entr"
+              f"{'y' if r.unsigned_legacy == 1 else 'ies'}, written before signing "
+              "started; chained, but nothing proves who wrote them")
+    if not have_key:
+        from recorder.evidence import trust
+        print(f"UNVERIFIABLE: {source}: {trust.UNVERIFIABLE}")
+    print(f"audit log: {r.entries} entries, {r.signed} with a verified signature: "
+          f"{r.status.upper() if r.status != ac.VERIFIED else 'verified'}"
+          f" (key: {source})")
 
 
 # -- running -----------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ Every alarm goes to the journal (a warning when raised, info when cleared), to
 ``linetap status`` and ``run/status.json``, to the MQTT health message, and to the
 status LED as a blink code (docs/alarms.md). :func:`evaluate` decides the alarms that
 follow from measurements; other parts raise their own (``low_storage`` from retention,
-``sync_config``/``sync_conflict``/``sync_rejected`` from the uploader).
+``sync_config``/``sync_conflict``/``sync_rejected``/``audit_refused`` from the
+uploader).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ BLINK_CODES: dict[str, int] = {
     "sync_backlog_age": 4,
     "sync_config": 4,
     "sync_rejected": 4,
+    "audit_refused": 4,
     "sync_conflict": 4,
     "sync_unacknowledged": 4,
     "stuck_offhook": 5,

@@ -8,7 +8,7 @@
     linetap upstream --config U.toml hold --call ID (--on | --off) [--device D]
     linetap upstream --config U.toml expiring [--days N]
     linetap upstream --config U.toml problems [--json]
-    linetap upstream --config U.toml audit [--verify] [--json]
+    linetap upstream --config U.toml audit [--verify [--audit-pub FILE]] [--json]
     linetap upstream --config U.toml update offer|status|pause|resume|serve ...
         (staged RAUC rollouts: sync/upstream/updates.py, docs/updates.md)
     linetap upstream --config U.toml authorise --device D --op OP [--ttl 1h]
@@ -28,10 +28,11 @@ import json
 import sys
 import time
 
-from recorder.evidence.keys import open_practice_private
+from recorder.evidence import auditchain
+from recorder.evidence.keys import load_ed25519_public, open_practice_private
 from recorder.evidence.trust import load_identity_pub
 from recorder.timebase import iso
-from sync.upstream import authorise, fleet, tracking
+from sync.upstream import authorise, boxaudit, fleet, tracking
 from sync.upstream import config as upstream_config
 from sync.upstream import ops as upstream_ops
 from sync.upstream.objectstore import open_objects
@@ -42,6 +43,7 @@ from sync.upstream.store import (
     USegment,
     expected_seqs,
     is_complete,
+    load_audit_key,
     open_db,
     verify_audit,
 )
@@ -101,11 +103,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("fleet", help="every box: version, last seen, disk, backlog, alerts")
     p.add_argument("--json", action="store_true")
-    p = sub.add_parser("audit", help="the upstream audit trail (hash-chained)")
-    p.add_argument("--verify", action="store_true", help="check the chain; exit 1 if broken")
+    p = sub.add_parser("audit", help="the upstream audit trail (hash-chained, signed)")
+    p.add_argument("--verify", action="store_true", help="check the chain and signatures; "
+                   "exit 1 if a row is bad (the first is named), 3 if unverifiable")
+    p.add_argument("--audit-pub", help="the upstream audit key's public half (PEM or 32 "
+                   "raw bytes), kept apart from this machine; default: the public half of "
+                   "[audit] key")
     p.add_argument("--json", action="store_true")
     authorise.add_parser(sub)
     return ap
+
+
+def _audit_trust(ucfg, audit_pub: str | None):
+    """(public key, where it came from) that uaudit signatures are checked against:
+    ``--audit-pub``, else the public half of the configured audit key, else (None, why)."""
+    if audit_pub:
+        return load_ed25519_public(audit_pub), f"--audit-pub {audit_pub}"
+    if ucfg.audit_key:
+        return (load_audit_key(ucfg.audit_key).public_key(),
+                f"public half of [audit] key {ucfg.audit_key}")
+    return None, "no audit key: pass --audit-pub FILE or set [audit] key"
+
+
+def _verify_audit(ucfg, args) -> int:
+    """``audit --verify``: the upstream's own trail, then every box log it holds (each
+    against the device's pinned identity). Exit: the worst of them (1 a bad row, entry
+    or break; 3 unverifiable or unsigned; else 0)."""
+    key, source = _audit_trust(ucfg, args.audit_pub)
+    r = verify_audit(key)
+    boxes = boxaudit.verify(ucfg)
+    codes = [r.exit_code] + [auditchain.EXIT[b.status] for b in boxes]
+    rc = 1 if 1 in codes else max(codes)
+    if args.json:
+        _dump({**r.as_dict(), "trusted_key": source,
+               "boxes": [b.as_dict() for b in boxes]})
+        return rc
+    if r.first_bad is not None:
+        print(f"FIRST BAD ROW: {r.first_bad}")
+        for p in r.problems[1:]:
+            print(f"  then: {p}")
+    if r.unsigned_legacy:
+        print(f"unsigned (legacy): the first {r.unsigned_legacy} row(s), written before "
+              "the audit key; chained, but nothing proves who wrote them")
+    if key is None:
+        print(f"UNVERIFIABLE: {source}")
+    print(f"upstream audit: {r.entries} entr{'y' if r.entries == 1 else 'ies'}, "
+          f"{r.signed} with a verified signature: {r.status} (key: {source})")
+    for b in boxes:
+        for why in b.breaks:
+            print(f"BOX LOG BREAK: {why}")
+        for why in b.resolved:
+            print(f"box log break, resolved: {why}")
+        if b.report.first_bad is not None:
+            print(f"FIRST BAD BOX ENTRY: {b.report.first_bad}")
+        print(f"box {b.device}: {b.report.entries} entries held in {b.epochs} epoch(s), "
+              f"{b.report.signed} with a verified signature (its pinned identity): "
+              f"{b.status}")
+    return rc
 
 
 def _problem(p: Problem) -> dict:
@@ -149,7 +203,7 @@ def cli_main(argv: list[str]) -> int:
         return update_cli.cli_main(argv)
     args = build_parser().parse_args(argv)
     ucfg = upstream_config.load(args.config)
-    open_db(ucfg.db_url)
+    open_db(ucfg.db_url, ucfg.audit_key)
     if args.cmd == "authorise":
         return authorise.run(args, ucfg)
     if args.cmd == "calls" and args.number:
@@ -185,8 +239,9 @@ def cli_main(argv: list[str]) -> int:
                 if r["kind"].startswith("command_"):
                     what = f"command {r['nonce'][:12]}"
                 else:
+                    kind = "audit entry" if r["call_id"] == boxaudit.CALL else "segment"
                     what = (f"#{r['id']} " + ("manifest" if r["seq"] is None
-                                              else f"segment {r['seq']}")
+                                                  else f"{kind} {r['seq']}")
                             + f" {r['sha256'][:12]}")
                 state = f"  [resolved {r['resolved']}: {r['resolution'] or ''}]" \
                     if r["resolved"] else ""
@@ -198,15 +253,7 @@ def cli_main(argv: list[str]) -> int:
         return 0
     if args.cmd == "audit":
         if args.verify:
-            n, problems = verify_audit()
-            if args.json:
-                _dump({"entries": n, "intact": not problems, "problems": problems})
-            else:
-                for p in problems:
-                    print(f"BROKEN: {p}")
-                print(f"upstream audit: {n} entr{'y' if n == 1 else 'ies'}, "
-                      f"{'chain intact' if not problems else 'CHAIN BROKEN'}")
-            return 1 if problems else 0
+            return _verify_audit(ucfg, args)
         rows = [{"seq": a.seq, "time": iso(a.time), "action": a.action, "detail": a.detail,
                  "hash": a.hash} for a in UAudit.select().order_by(UAudit.seq)]
         if args.json:

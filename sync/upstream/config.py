@@ -25,6 +25,9 @@ Example (see docs/sync.md)::
     lifetime_days = 7
     resend_s = 60
 
+    [audit]
+    key = "/etc/linetap-upstream/audit.key"       # Ed25519 private key (PEM): signs uaudit
+
     [fleet]                          # the fleet view's alerts (docs/fleet.md)
     offline_min = 15
     dead_line_hours = 2              # of working hours
@@ -67,6 +70,7 @@ SECTIONS = {
                "topic_prefix": str, "share_group": str, "client_id": str},
     "commands": {"key": str, "lifetime_days": (int, float), "resend_s": (int, float)},
     "retention": {"interval_s": (int, float)},
+    "audit": {"key": str},
     "fleet": FLEET_KEYS,
     "alerts": ALERT_KEYS,
     "updates": updates.UPDATE_KEYS,
@@ -98,6 +102,7 @@ class UpstreamConfig:
     command_key: str = ""
     command_lifetime_s: float = 7 * 86400
     command_resend_s: float = 60.0
+    audit_key: str = ""          # signs every uaudit row (store.open_db); "" = unsigned
     retention_interval_s: float = 60.0
     sites: dict[str, Site] = field(default_factory=dict)
     fleet: FleetSettings = field(default_factory=FleetSettings)
@@ -183,6 +188,9 @@ def from_dict(raw: dict, source: str = "upstream config", base: Path | None = No
     cfg.command_lifetime_s = float(cm.get("lifetime_days", 7)) * 86400
     cfg.command_resend_s = float(cm.get("resend_s", 60))
     cfg.retention_interval_s = float(g("retention", {}).get("interval_s", 60))
+    ak = g("audit", {}).get("key", "")
+    cfg.audit_key = str(base / ak) if ak and base is not None and not Path(ak).is_absolute() \
+        else ak
     try:
         cfg.fleet = settings_from(g("fleet", {}), g("alerts", {}))
     except ConfigError as exc:

@@ -5,6 +5,9 @@ broker spreads the boxes' messages across workers. A worker keeps no state of it
 own: partial chunks go to the (shared) object store under ``partial/``, so any worker
 can finish a segment another started, and a restarted worker loses nothing.
 
+A box's audit entries (``audit``) are stored and checked by
+:mod:`sync.upstream.boxaudit` in the same batch transaction, acked after it commits.
+
 For each segment: reassemble, check size and sha256, check that the header names the
 topic's device/call/seq and that the device is registered to the topic's site, write
 the blob durably, commit the row, and only then publish the ack. Idempotent on
@@ -45,8 +48,8 @@ from recorder.evidence import segfile
 from recorder.fsutil import crash_point
 from recorder.timebase import parse_iso
 from sync import linkstate, protocol
+from sync.upstream import boxaudit, fleet, tracking, updates
 from sync.upstream import config as upstream_config
-from sync.upstream import fleet, tracking, updates
 from sync.upstream import ops as upstream_ops
 from sync.upstream.objectstore import TEMP_MAX_AGE_S, open_objects
 from sync.upstream.store import (
@@ -169,6 +172,8 @@ class Ingest:
             return self._segment(t, site, protocol.parse_chunk(payload))
         if t.kind == "man":
             return self._manifest(t, site, protocol.parse_chunk(payload))
+        if t.kind == "audit":
+            return self._box_audit(t, site, payload)
         if t.kind == "report":
             self._report(t, payload)
         elif t.kind == "health":
@@ -420,6 +425,14 @@ class Ingest:
                  len(header.get("segments") or []))
         return self._ack_topic(t), protocol.ack_payload(mans=[(t.call, ch.sha256)])
 
+    # -- the box's audit log ------------------------------------------------------------------
+    def _box_audit(self, t, site, payload: bytes):
+        """Store a box's audit entries (:mod:`sync.upstream.boxaudit`); the ack names
+        every entry held, and the first refused one with its reason."""
+        entries = protocol.parse_audit(payload)
+        acked, refused = boxaudit.receive(t.device, entries, site.devices[t.device])
+        return self._ack_topic(t), protocol.ack_payload(audit=acked, audit_refused=refused)
+
     # -- reports and health ------------------------------------------------------------------
     def _report(self, t, payload: bytes) -> None:
         try:
@@ -465,6 +478,11 @@ class Ingest:
         prev = Health.get_or_none(Health.device == t.device)
         tracking.box_back(t.device, prev.time if prev else None, now)
         fleet.record_health(t.device, t.site, body, now)
+        head = body.get("audit")
+        if isinstance(head, dict):
+            # The box's log must never end before what the upstream already holds.
+            boxaudit.check_head(t.device, head.get("seq"), head.get("hash"),
+                                body.get("time"))
 
 
 _SQL = {
@@ -609,7 +627,8 @@ class Worker:
 
     def filters(self) -> list[str]:
         g, p = self.ucfg.share_group, self.ucfg.topic_prefix
-        return [f"$share/{g}/{p}/+/+/{k}" for k in ("seg/#", "man/#", "report", "health")]
+        return [f"$share/{g}/{p}/+/+/{k}" for k in ("seg/#", "man/#", "report", "health",
+                                                    "audit")]
 
     def presence_topic(self) -> str:
         return f"{self.ucfg.topic_prefix}/_ingest/{self.client_id}/status"
@@ -714,8 +733,7 @@ class Worker:
                 if isinstance(res, Exception):
                     log.warning("message on %s refused: %s", topic, res)
                 elif res is not None:
-                    acc = merged.setdefault(res[0], {"segs": [], "mans": [], "conflicts": [],
-                                                     "rejected": []})
+                    acc = merged.setdefault(res[0], {k: [] for k in protocol.ACK_KEYS})
                     for k, v in protocol.parse_ack(res[1]).items():
                         acc[k] += v
             # One ack message per device per batch, then the broker PUBACKs.
@@ -782,7 +800,7 @@ def run_worker(ucfg, stop: threading.Event, *, interval_s: float = 1.0,
                config_path: str | None = None) -> Worker:
     """Run a worker until ``stop`` is set (the body of ``linetap ingest``). With
     ``config_path``, sites and devices follow the file as it changes."""
-    open_db(ucfg.db_url)
+    open_db(ucfg.db_url, ucfg.audit_key)
     w = Worker(ucfg)
     w.start()
     watch = upstream_config.ConfigWatch(config_path, ucfg) if config_path else None

@@ -1,10 +1,12 @@
 """The upstream's small PKI: one CA, the broker's and ingest's certificates, each box's
-client certificate (CN = device id), a CRL, and the Ed25519 command-signing key.
+client certificate (CN = device id), a CRL, and the Ed25519 command-signing and
+audit-signing keys.
 
 Everything is made with ``cryptography`` (no shell scripts, no openssl CLI). Keys are
 EC P-256 (the box's TLS key is too, see :mod:`provisioning.tlscert`), except the
-command key, which is Ed25519 like the box's identity. Files are written atomically
-(temp, fsync, rename, fsync dir) with their final mode set before the first byte.
+command and audit keys, which are Ed25519 like the box's identity. Files are written
+atomically (temp, fsync, rename, fsync dir) with their final mode set before the first
+byte.
 
 Validity periods are in days: the CA 3650, server and client certificates
 ``DEFAULT_DAYS`` (825, the common ceiling browsers and most tools accept), the CRL
@@ -167,8 +169,9 @@ def pem_crl(crl) -> bytes:
     return crl.public_bytes(serialization.Encoding.PEM)
 
 
-def command_key():
-    """A new Ed25519 command-signing key: (private PEM, public PEM)."""
+def signing_key():
+    """A new Ed25519 signing key (the command key, the audit key): (private PEM,
+    public PEM)."""
     k = ed25519.Ed25519PrivateKey.generate()
     pub = k.public_key().public_bytes(serialization.Encoding.PEM,
                                       serialization.PublicFormat.SubjectPublicKeyInfo)

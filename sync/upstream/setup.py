@@ -13,7 +13,7 @@ revoke | check | serve``.
     linetap upstream --config DIR/upstream.toml serve [--workers N]
 
 Layout of ``DIR`` (see docs/operations.md): ``upstream.toml``; ``pki/`` (CA, broker,
-ingest, CRL, command key, ``enrolment.json``); ``mosquitto/`` (``mosquitto.conf`` and
+ingest, CRL, command key, audit key, ``enrolment.json``); ``mosquitto/`` (``mosquitto.conf`` and
 its ``acl``); ``systemd/`` (units, target, sysusers file); ``data/`` (database and
 objects); ``devices/<device>/`` (what each box needs, with its site file).
 
@@ -107,6 +107,7 @@ class Layout:
         self.ingest, self.ingest_key = self.pki / "ingest.pem", self.pki / "ingest.key"
         self.crl = self.pki / "crl.pem"
         self.command_key, self.command_pub = self.pki / "command.key", self.pki / "command.pub"
+        self.audit_key, self.audit_pub = self.pki / "audit.key", self.pki / "audit.pub"
         self.registry = self.pki / "enrolment.json"
         self.mosq = r / "mosquitto"
         self.mosq_conf, self.acl = self.mosq / "mosquitto.conf", self.mosq / "acl"
@@ -183,9 +184,14 @@ def init(root: Path, *, broker_hosts=("localhost",), port: int = 8883, bind: str
     pki.write(lay.ingest_key, pki.pem_key(k), 0o640, igid)
     pki.write(lay.ingest, pki.pem_cert(c), 0o644)
     pki.write(lay.crl, pki.pem_crl(pki.make_crl(ca_key, ca, [])), 0o644)
-    priv, pub = pki.command_key()
+    priv, pub = pki.signing_key()
     pki.write(lay.command_key, priv, 0o640, igid)
     pki.write(lay.command_pub, pub, 0o644)
+    # A second Ed25519 key signs the upstream audit trail: a command key that leaks
+    # must not also be able to rewrite the record of what was commanded.
+    priv, pub = pki.signing_key()
+    pki.write(lay.audit_key, priv, 0o640, igid)
+    pki.write(lay.audit_pub, pub, 0o644)
     _save_registry(lay, {"devices": {}, "revoked_serials": [], "prefix": prefix,
                          "created": _iso()})
 
@@ -216,6 +222,9 @@ key = {_toml_str(lay.command_key)}
 lifetime_days = 7
 resend_s = 60
 
+[audit]
+key = {_toml_str(lay.audit_key)}
+
 {MARKER}
 """
     atomic_write(lay.config, head.encode(), mode=0o640)
@@ -231,11 +240,15 @@ resend_s = 60
     print(f"  broker      {lay.broker} for {', '.join(names)}; port {port}", file=out)
     print(f"  ingest      {lay.ingest} (CN {INGEST_CN})", file=out)
     print(f"  command key {lay.command_key} (boxes get {lay.command_pub.name})", file=out)
+    print(f"  audit key   {lay.audit_key} (signs the audit trail; keep a copy of "
+          f"{lay.audit_pub.name} off this machine for `audit --verify --audit-pub`)",
+          file=out)
     print(f"  config      {lay.config}", file=out)
     print(f"  mosquitto   {lay.mosq_conf} + {lay.acl.name}", file=out)
     print(f"  systemd     {lay.systemd}/ (linetap-upstream.target)", file=out)
     for user, gid, what in ((broker_user, bgid, "broker.key"),
-                            (ingest_user, igid, "ingest.key, command.key, data/")):
+                            (ingest_user, igid, "ingest.key, command.key, audit.key, "
+                                                "data/")):
         if gid is None:
             print(f"  note: {what} not given to group {user} (group missing or not root); "
                   f"see docs/operations.md before starting under systemd", file=out)
@@ -342,7 +355,8 @@ def _identity_hex(ref: str) -> str:
 def _audit(lay: Layout, action: str, **detail) -> None:
 
     from sync.upstream.store import audit, open_db
-    open_db(upstream_config.load(str(lay.config)).db_url)
+    ucfg = upstream_config.load(str(lay.config))
+    open_db(ucfg.db_url, ucfg.audit_key)
     audit(action, **detail)
 
 
@@ -569,6 +583,7 @@ def check(config: str, *, timeout_s: float = 10.0, wait_s: float = 0.0, out=None
     made = lay.registry.exists()
     # Files and modes.
     for p in [Path(ucfg.ca), Path(ucfg.cert), Path(ucfg.key), Path(ucfg.command_key)] + \
+            ([Path(ucfg.audit_key)] if ucfg.audit_key else []) + \
             ([lay.ca_key, lay.broker, lay.broker_key, lay.crl, lay.mosq_conf, lay.acl]
              if made else []):
         if not p.exists():
@@ -612,6 +627,14 @@ def check(config: str, *, timeout_s: float = 10.0, wait_s: float = 0.0, out=None
                 f"{keys.fingerprint(keys.raw_public(ck.public_key()))}")
         else:
             res(False, "command key", f"{ucfg.command_key} is not an Ed25519 key")
+        if ucfg.audit_key:
+            from sync.upstream.store import load_audit_key
+            ak = load_audit_key(ucfg.audit_key)
+            res(True, "audit key", "Ed25519, fingerprint "
+                f"{keys.fingerprint(keys.raw_public(ak.public_key()))}")
+        else:
+            res(False, "audit key", "no [audit] key: the upstream audit trail is not "
+                "signed (add one: docs/sync.md)")
     except (KeyFileError, ValueError, TypeError) as exc:
         res(False, "keys", str(exc))
     # Devices.

@@ -5,9 +5,10 @@ Tables: ``ucall`` (one row per (device, call), tombstoned on deletion), ``usegme
 conflict), ``problem`` (conflicting segments and refused manifests, kept aside),
 ``manifest_history`` (manifests replaced by a newer re-signed version),
 ``command`` (signed commands to boxes, with their delivery status), ``health`` (last
-health message per device), ``uaudit`` (every deletion, hold and command), and the fleet
-view's ``health_history``, ``alarm_seen``, ``fleet_alert`` and ``lease``
-(:mod:`sync.upstream.fleet`).
+health message per device), ``uaudit`` (every deletion, hold and command; hash-chained
+and signed with the upstream audit key), ``box_audit`` (each box's own signed audit
+entries, :mod:`sync.upstream.boxaudit`), and the fleet view's ``health_history``,
+``alarm_seen``, ``fleet_alert`` and ``lease`` (:mod:`sync.upstream.fleet`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from pathlib import Path
 import peewee as pw
 from playhouse.db_url import connect
 
-from recorder.evidence.audit import GENESIS
+from recorder.errors import KeyFileError
+from recorder.evidence import auditchain
+from recorder.evidence.auditchain import GENESIS, Link
 from recorder.evidence.segfile import canonical
 from recorder.sqlfields import JSONField
 
@@ -29,6 +32,7 @@ log = logging.getLogger(__name__)
 
 db = pw.DatabaseProxy()
 _url: str | None = None
+_signer = None          # the upstream audit key (Ed25519 private), or None: rows unsigned
 
 
 class Base(pw.Model):
@@ -200,7 +204,10 @@ class Lease(Base):
 
 class UAudit(Base):
     """Hash-chained like the box's ``audit.log``: ``hash`` is sha256 over the canonical
-    JSON of ``{seq, time, action, detail, prev}``, ``prev`` the previous row's hash."""
+    JSON of ``{seq, time, action, detail, prev}``, ``prev`` the previous row's hash, and
+    ``sig`` the upstream audit key's Ed25519 signature over
+    ``b"linetap-uaudit-v1\\n" + hash`` (:mod:`recorder.evidence.auditchain`); None on
+    rows written before the key existed, or by a process without it."""
 
     seq = pw.IntegerField(null=True, unique=True)
     time = pw.DoubleField(default=time.time)
@@ -208,9 +215,30 @@ class UAudit(Base):
     detail = JSONField()
     prev = pw.CharField(null=True)
     hash = pw.CharField(null=True)
+    sig = pw.CharField(max_length=128, null=True)
 
     class Meta:
         table_name = "uaudit"
+
+
+class BoxAudit(Base):
+    """One entry of a box's own audit log, as the box signed it (:mod:`.boxaudit`).
+    ``epoch`` counts the breaks in the box's chain (0 until the first): a box whose log
+    restarts, skips or goes backwards starts a new epoch, and a problem says why."""
+
+    device = pw.CharField()
+    epoch = pw.IntegerField(default=0)
+    seq = pw.IntegerField()
+    hash = pw.CharField()
+    prev = pw.CharField()
+    entry = JSONField()                          # the whole entry, ``sig`` included
+    signed = pw.BooleanField()
+    key = pw.CharField(max_length=64, null=True)  # hex of the pinned identity it verified with
+    received = pw.DoubleField(default=time.time)
+
+    class Meta:
+        table_name = "box_audit"
+        indexes = ((("device", "hash"), True), (("device", "epoch", "seq"), True))
 
 
 class Rollout(Base):
@@ -255,15 +283,34 @@ class RolloutTarget(Base):
 
 
 MODELS = [UCall, USegment, Problem, ManifestHistory, Command, Health, DeviceState, UAudit,
-          HealthHistory, AlarmSeen, FleetAlert, Lease, Rollout, RolloutTarget]
+          BoxAudit, HealthHistory, AlarmSeen, FleetAlert, Lease, Rollout, RolloutTarget]
 
 
-def open_db(url: str) -> pw.Database:
+def load_audit_key(path: str):
+    """The upstream audit key (Ed25519 private, unencrypted PEM) from ``path``."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except OSError as exc:
+        raise KeyFileError(f"upstream audit key {path}: {exc.strerror or exc}") from exc
+    except (ValueError, TypeError) as exc:
+        raise KeyFileError(f"upstream audit key {path} is not an unencrypted PEM "
+                           "private key") from exc
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise KeyFileError(f"upstream audit key {path} is not an Ed25519 key")
+    return key
+
+
+def open_db(url: str, audit_key: str = "") -> pw.Database:
     """Connect ``db`` to ``url`` (``sqlite:///path`` or ``postgresql://...``) and create
     missing tables. Safe to call from several workers at once; a second call with the
     same URL in one process reuses the open database (swapping the proxy under running
-    threads would split their transactions)."""
-    global _url
+    threads would split their transactions). ``audit_key`` (``[audit] key`` of the
+    upstream config) signs every ``uaudit`` row this process writes; without it rows
+    are unsigned, which ``audit --verify`` reports once signing has started."""
+    global _url, _signer
+    _signer = load_audit_key(audit_key) if audit_key else None
     if _url == url and db.obj is not None:
         return db.obj
     if url.startswith("sqlite"):
@@ -332,10 +379,12 @@ def _migrate_uaudit(d) -> None:
     if not d.table_exists("uaudit"):
         return
     cols = {c.name for c in d.get_columns("uaudit")}
-    if "hash" in cols:
-        return
     from playhouse.migrate import SchemaMigrator, migrate
     m = SchemaMigrator.from_database(d)
+    if "sig" not in cols:
+        migrate(m.add_column("uaudit", "sig", pw.CharField(max_length=128, null=True)))
+    if "hash" in cols:
+        return
     migrate(m.add_column("uaudit", "seq", pw.IntegerField(null=True)),
             m.add_column("uaudit", "prev", pw.CharField(null=True)),
             m.add_column("uaudit", "hash", pw.CharField(null=True)))
@@ -371,29 +420,33 @@ def audit(action: str, **detail) -> None:
         seq = (last.seq if last else 0) + 1
         prev = last.hash if last else GENESIS
         t = time.time()
-        UAudit.create(seq=seq, time=t, action=action, detail=detail, prev=prev,
-                      hash=_entry_hash(seq, t, action, detail, prev))
+        h = _entry_hash(seq, t, action, detail, prev)
+        UAudit.create(seq=seq, time=t, action=action, detail=detail, prev=prev, hash=h,
+                      sig=None if _signer is None else
+                      auditchain.sign(_signer, h, auditchain.UPSTREAM_DOMAIN))
     log.info("upstream audit: %s %s", action, detail)
 
 
-def verify_audit() -> tuple[int, list[str]]:
-    """Check the whole ``uaudit`` chain. Returns (rows checked, problems)."""
-    problems: list[str] = []
-    prev, expect, n = GENESIS, 1, 0
-    for r in UAudit.select().order_by(UAudit.seq.asc(nulls="LAST"), UAudit.id):
-        n += 1
-        if r.seq is None or r.hash is None:
-            problems.append(f"row id {r.id}: not chained")
-            continue
-        if r.seq != expect:
-            problems.append(f"seq {r.seq}: {expect} was expected (a row was removed)")
-        if _entry_hash(r.seq, r.time, r.action, r.detail, r.prev) != r.hash:
-            problems.append(f"seq {r.seq}: altered")
-        if r.prev != prev:
-            problems.append(f"seq {r.seq}: chain broken (a row before it was removed, "
-                            "altered or reordered)")
-        prev, expect = r.hash, r.seq + 1
-    return n, problems
+def verify_audit(public_key=None) -> auditchain.Report:
+    """Check the whole ``uaudit`` chain and its signatures against ``public_key`` (the
+    upstream audit key's public half, trusted from outside the database; None: the
+    chain is checked, signatures cannot be). ``problems[0]`` is the first bad row."""
+    def links():
+        for r in UAudit.select().order_by(UAudit.seq.asc(nulls="LAST"), UAudit.id):
+            e = {"seq": r.seq, "time": r.time, "action": r.action, "detail": r.detail,
+                 "prev": r.prev, "hash": r.hash}
+            if r.sig:
+                e["sig"] = r.sig
+            yield Link(f"seq {r.seq}" if r.seq is not None else f"row id {r.id}", e)
+    return auditchain.check(links(), public_key, auditchain.UPSTREAM_DOMAIN)
+
+
+def audit_chain(ucfg, limit: int = 20) -> dict:
+    """The verdict on ``uaudit`` for a page: checked against the public half of the
+    configured audit key (``problems`` the first ``limit``, in order)."""
+    r = verify_audit(load_audit_key(ucfg.audit_key).public_key() if ucfg.audit_key else None)
+    return {"checked": r.entries, "intact": not r.problems, "status": r.status,
+            "signed": r.signed, "problems": [str(p) for p in r.problems[:limit]]}
 
 
 def expected_seqs(row: UCall) -> dict[int, str]:

@@ -16,6 +16,7 @@ pattern write {prefix}/+/%u/man/#
 pattern write {prefix}/+/%u/status
 pattern write {prefix}/+/%u/health
 pattern write {prefix}/+/%u/report
+pattern write {prefix}/+/%u/audit
 pattern read {prefix}/+/%u/ack
 pattern read {prefix}/+/%u/cmd
 """

@@ -263,7 +263,7 @@ def cli_main(argv: list[str]) -> int:
     p.add_argument("--note", required=True)
     args = ap.parse_args(argv)
     ucfg = upstream_config.load(args.config)
-    open_db(ucfg.db_url)
+    open_db(ucfg.db_url, ucfg.audit_key)
     if args.cmd == "commands":
         rows = [describe(c) for c in Command.select().order_by(Command.created)]
         if not args.all:

@@ -78,7 +78,7 @@ def _print_status(rows: list[dict]) -> None:
 def cli_main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     ucfg = upstream_config.load(args.config)
-    open_db(ucfg.db_url)
+    open_db(ucfg.db_url, ucfg.audit_key)
     try:
         if args.action == "offer":
             r = offer(ucfg, Path(args.bundle), args.version, sites=args.site,

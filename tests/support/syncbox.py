@@ -110,8 +110,9 @@ def stored_objects(ucfg, prefix: str) -> list[str]:
 
 
 def upstream_raw(tmp: Path, broker, pki, boxes, *, db_url=None, retention_days=90.0,
-                 command_key=None) -> dict:
-    """Upstream config data registering each box's identity key under site ``site1``."""
+                 command_key=None, audit_key=None) -> dict:
+    """Upstream config data registering each box's identity key under site ``site1``;
+    ``audit_key``: the path of an upstream audit key (it signs ``uaudit``)."""
     from recorder.evidence.keys import raw_public
     devices = {b.device: raw_public(b.identity.public_key()).hex() for b in boxes}
     raw = {"database": {"url": db_url or f"sqlite:///{tmp / 'upstream.db'}"},
@@ -124,6 +125,8 @@ def upstream_raw(tmp: Path, broker, pki, boxes, *, db_url=None, retention_days=9
            "sites": {"site1": {"retention_days": retention_days, "devices": devices}}}
     if command_key:
         raw["commands"]["key"] = str(command_key)
+    if audit_key:
+        raw["audit"] = {"key": str(audit_key)}
     return raw
 
 
@@ -173,13 +176,14 @@ class Running:
     """An uploader on its own service thread, as the daemon runs it."""
 
     def __init__(self, box, broker, pki, *, window=16, ack_timeout_s=3.0, command_pub=None,
-                 free_bytes=None, alarms=None, updater=None):
+                 free_bytes=None, alarms=None, updater=None, **sync):
         import threading
 
         from recorder.storage.retention.service import Retention
         from sync.uploader import Uploader, UploaderThread
         dev = pki.devices[box.device]
         extra = {"command_key": str(command_pub)} if command_pub else {}
+        extra.update(sync)                      # further [sync] settings
         self.cfg = box_cfg(box.data_dir, device=box.device, enabled=True, host="127.0.0.1",
                            port=broker.port, ca=str(pki.ca), cert=dev.cert, key=dev.key,
                            window=window, **extra)
@@ -227,7 +231,7 @@ class InProcWorker:
         from recorder.threads import ServiceThread
         from sync.upstream.ingest import Worker
         from sync.upstream.store import open_db
-        open_db(ucfg.db_url)
+        open_db(ucfg.db_url, ucfg.audit_key)
         self.w = Worker(ucfg, client_id=client_id, reconnect_s=(0.05, 0.5))
         self.w.start()
         self.stop = threading.Event()

@@ -132,11 +132,11 @@ def audit_page(request: Request):
         raise HTTPException(403, "Your role cannot read the audit trail.")
     if u is None:
         return RedirectResponse("/login", status_code=303)
-    from sync.upstream.store import verify_audit
-    n, problems = verify_audit()
+    from sync.upstream.store import audit_chain
+    ucfg = request.app.state.ucfg
+    chain = audit_chain(ucfg)
     audit("portal_audit_read", user=u.name, site=u.site)
-    return page(request, "audit.html", entries=api.site_audit_rows(u, request.app.state.ucfg),
-                chain={"checked": n, "intact": not problems, "problems": problems[:20]})
+    return page(request, "audit.html", entries=api.site_audit_rows(u, ucfg), chain=chain)
 
 
 def manage_page(request: Request):
@@ -169,7 +169,7 @@ async def http_error(request: Request, exc: HTTPException):
 
 def create_app(ucfg) -> Starlette:
     """The ASGI app for one upstream config (opens its database)."""
-    open_db(ucfg.db_url)
+    open_db(ucfg.db_url, ucfg.audit_key)
     accounts.init_tables()
     if not (node_modules() / VENDOR["@hpke/core"]).is_file():
         from recorder.errors import ConfigError

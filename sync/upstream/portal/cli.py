@@ -106,7 +106,7 @@ def cli_main(argv: list[str]) -> int:
         uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=True,
                     server_header=False)
         return 0
-    open_db(ucfg.db_url)
+    open_db(ucfg.db_url, ucfg.audit_key)
     accounts.init_tables()
     if args.ucmd == "add":
         if args.site not in ucfg.sites:

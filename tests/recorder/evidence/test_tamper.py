@@ -261,8 +261,8 @@ def test_audit_log_records_and_detects_tampering(store_copy, capsys):
     d = st.root
     for i in range(3):
         audit.record(d, "export", calls=i)
-    n, problems = audit.verify(d)
-    assert n >= 2 and problems == []
+    r = audit.verify(d, device_key_for(d))
+    assert r.entries >= 2 and r.problems == [] and r.status == "verified"
     assert cli.main(["audit", "--data-dir", str(d), "--verify"]) == 0
     log = d / "audit.log"
     lines = log.read_text().splitlines()
@@ -270,11 +270,13 @@ def test_audit_log_records_and_detects_tampering(store_copy, capsys):
     e["detail"]["line"] = 7
     lines[1] = json.dumps(e, sort_keys=True, separators=(",", ":"))
     log.write_text("\n".join(lines) + "\n")
-    n, problems = audit.verify(d)
-    assert any("line 2" in p and "altered" in p for p in problems)
+    first = audit.verify(d).first_bad
+    assert first.where.startswith("line 2 ") and "hash mismatch" in first.reasons
     assert cli.main(["audit", "--data-dir", str(d), "--verify"]) == 1
     log.write_text("\n".join([lines[0]] + lines[2:]) + "\n")     # delete a line
-    assert any("chain broken" in p for p in audit.verify(d)[1])
+    first = audit.verify(d).first_bad
+    assert first.where.startswith("line 2 ") and "chain broken" in first.reasons \
+        and "sequence gap" in first.reasons
 
 
 def test_identity_is_never_silently_replaced(store_copy, practice_keys, tmp_path, capsys):
@@ -302,8 +304,8 @@ def test_audit_log_after_a_torn_last_line_and_through_a_small_window(tmp_path):
         f.write(b'{"seq": 6, "ts": "2026-11-')                  # torn by the cut
     e = audit.record(tmp_path, "resume", n=5)
     assert e["seq"] == 6
-    _n, problems = audit.verify(tmp_path)
-    assert problems
+    r = audit.verify(tmp_path)
+    assert r.problems == [] and [t.where for t in r.torn] == ["line 6"]
     size = (tmp_path / audit.AUDIT_FILE).stat().st_size
     got = audit.tail(tmp_path, nbytes=size - 10)          # cuts the first line
     assert [x["detail"].get("n") for x in got] == [1, 2, 3, 4, 5]

@@ -10,12 +10,22 @@ from types import SimpleNamespace
 
 import pytest
 
+from recorder.evidence import auditchain, keys
 from sync import protocol
 from sync.upstream import config as upstream_config
 from sync.upstream import ops as upstream_ops
 from sync.upstream.cli import cli_main
 from sync.upstream.ingest import Ingest
-from sync.upstream.store import UAudit, UCall, audit, open_db, verify_audit
+from sync.upstream.pki import signing_key
+from sync.upstream.store import (
+    UAudit,
+    UCall,
+    audit,
+    load_audit_key,
+    open_db,
+    verify_audit,
+)
+from tests.support.auditlog import rechain
 from tests.support.syncbox import make_box, practice_keys, to_toml, upstream_raw, write_calls
 
 NOBROKER = SimpleNamespace(port=1)
@@ -29,12 +39,15 @@ def upstream(request, tmp_path, pki, objects_backend):
     if request.param == "postgres":
         url = request.getfixturevalue("postgres").new_db(f"audit_{tmp_path.name[-20:]}"
                                                          .replace("-", "_").lower())
-    raw = upstream_raw(tmp_path / "up", NOBROKER, pki, [box], db_url=url)
+    audit_key = tmp_path / "audit.key"
+    audit_key.write_bytes(signing_key()[0])
+    raw = upstream_raw(tmp_path / "up", NOBROKER, pki, [box], db_url=url, audit_key=audit_key)
     conf = tmp_path / "upstream.toml"
     conf.write_text(to_toml(raw))
     ucfg = upstream_config.from_dict(raw)
-    open_db(ucfg.db_url)
-    return SimpleNamespace(box=box, ucfg=ucfg, conf=str(conf), pub=pub, tmp=tmp_path)
+    open_db(ucfg.db_url, ucfg.audit_key)
+    return SimpleNamespace(box=box, ucfg=ucfg, conf=str(conf), pub=pub, tmp=tmp_path,
+                           audit_pub=load_audit_key(str(audit_key)).public_key())
 
 
 def _cli(u, capsys, *args):
@@ -87,23 +100,58 @@ def test_problems_and_audit_chain(upstream, capsys):
         t.start()
     for t in ts:
         t.join(30)
-    n, problems = verify_audit()
-    assert problems == [] and n == UAudit.select().count() >= 41
+    r = verify_audit(u.audit_pub)
+    n = r.entries
+    assert r.problems == [] and n == UAudit.select().count() >= 41 and r.signed == n
     assert [a.seq for a in UAudit.select().order_by(UAudit.seq)] == list(range(1, n + 1))
     rc, out = _cli(u, capsys, "audit", "--verify")
-    assert rc == 0 and "chain intact" in out
+    assert rc == 0 and f"{n} with a verified signature: verified" in out
     rc, out = _cli(u, capsys, "audit", "--json")
     assert [e["action"] for e in json.loads(out)][0] == "delete"
     # Tampering is found: an edited detail, then a removed row.
     UAudit.update(detail={"call": "someone-else"}).where(UAudit.seq == 1).execute()
     rc, out = _cli(u, capsys, "audit", "--verify")
-    assert rc == 1 and "seq 1: altered" in out and "CHAIN BROKEN" in out
+    assert rc == 1 and out.startswith("FIRST BAD ROW: seq 1: hash mismatch")
     UAudit.delete().where(UAudit.seq == 5).execute()
-    _n, problems = verify_audit()
-    assert any("seq 6: 5 was expected" in p for p in problems)
-    assert any("seq 6: chain broken" in p for p in problems)
+    r = verify_audit(u.audit_pub)
+    assert str(r.problems[1]).startswith("seq 6: sequence gap, chain broken")
     rc, out = _cli(u, capsys, "audit", "--verify", "--json")
-    assert rc == 1 and json.loads(out)["intact"] is False
+    assert rc == 1 and json.loads(out)["status"] == "broken"
+
+
+def test_a_rechained_uaudit_is_caught_by_its_signature(upstream, capsys, tmp_path):
+    """Someone with write access to the database but not the audit key edits a row and
+    re-chains every row after it: the hashes agree again, the signatures do not (the
+    unsigned chain of before passed this)."""
+    u = upstream
+    for i in range(4):
+        audit("delete", call=f"c{i}")
+    rows = list(UAudit.select().order_by(UAudit.seq))
+    entries = [{"seq": r.seq, "time": r.time, "action": r.action, "detail": r.detail,
+                "prev": r.prev, "hash": r.hash} for r in rows]
+    entries[1]["detail"] = {"call": "someone-else"}
+    rechain(entries, frm=1)
+    for r, e in zip(rows[1:], entries[1:], strict=True):
+        UAudit.update(detail=e["detail"], prev=e["prev"], hash=e["hash"], sig=None) \
+            .where(UAudit.id == r.id).execute()
+    rc, out = _cli(u, capsys, "audit", "--verify")
+    assert rc == 1 and out.startswith("FIRST BAD ROW: seq 2: unsigned after signing started")
+    # Re-signed with a key of the forger's own: refused against the configured key and
+    # against --audit-pub; with no key at all the answer is unverifiable, not intact.
+    forger_pem = tmp_path / "forger.key"
+    forger_pem.write_bytes(signing_key()[0])
+    forger = load_audit_key(str(forger_pem))
+    for r, e in zip(rows[1:], rechain(entries, key=forger, frm=1,
+                                      domain=auditchain.UPSTREAM_DOMAIN)[1:], strict=True):
+        UAudit.update(sig=e.get("sig")).where(UAudit.id == r.id).execute()
+    rc, out = _cli(u, capsys, "audit", "--verify")
+    assert rc == 1 and out.startswith("FIRST BAD ROW: seq 2: bad signature")
+    pub = tmp_path / "audit.pub"
+    pub.write_bytes(keys.pem_public(u.audit_pub))
+    assert _cli(u, capsys, "audit", "--verify", "--audit-pub", str(pub))[0] == 1
+    assert verify_audit(None).status == "unverifiable"
+    raw = upstream_config.load(u.conf)
+    assert raw.audit_key                              # the key signs from open_db on
 
 
 def test_unchained_uaudit_is_migrated(tmp_path):
@@ -117,9 +165,10 @@ def test_unchained_uaudit_is_migrated(tmp_path):
     con.commit()
     con.close()
     open_db(f"sqlite:///{path}")
-    assert verify_audit() == (2, [])
+    r = verify_audit()
+    assert (r.entries, r.problems, r.status) == (2, [], "unsigned (legacy)")
     audit("export", call="b")
-    assert verify_audit() == (3, [])
+    assert (verify_audit().entries, verify_audit().problems) == (3, [])
     assert [a.action for a in UAudit.select().order_by(UAudit.seq)] == [
         "delete", "legal_hold", "export"]
     # The migrated table got the unique seq index: a fork cannot be stored.

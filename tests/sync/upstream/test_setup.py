@@ -149,6 +149,24 @@ def test_init_writes_a_complete_upstream(up):
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_init_makes_an_audit_key_that_signs_the_trail(up):
+    """`upstream init` writes pki/audit.key (beside, not the same as, the command key)
+    and names it in upstream.toml; every audited set-up step is then signed by it."""
+    from sync.upstream.store import load_audit_key, verify_audit
+    lay = up
+    assert lay.audit_key.stat().st_mode & 0o777 in (0o600, 0o640)
+    u = upstream_config.load(str(lay.config))
+    assert u.audit_key == str(lay.audit_key)
+    key = load_audit_key(u.audit_key)
+    assert keys.raw_public(key.public_key()) == keys.raw_public(
+        keys.load_ed25519_public(lay.audit_pub))
+    assert lay.audit_key.read_bytes() != lay.command_key.read_bytes()
+    setup._audit(lay, "test_step", n=1)
+    setup._audit(lay, "test_step", n=2)
+    r = verify_audit(key.public_key())
+    assert r.entries >= 2 and r.signed == r.entries and r.status == "verified"
+
+
 def test_units_verify(up, tmp_path):
     d = tmp_path / "units"
     d.mkdir()
