@@ -104,9 +104,12 @@ def test_an_xrun_is_a_gap_of_the_right_length_and_later_times_stay_true(sim):
     assert [[g["start_sample"], g["end_sample"]] for g in meta["gaps"]] == dropped
     assert all(g["frames"] == g["end_sample"] - g["start_sample"] for g in meta["gaps"])
     # The held reader stopped at 3 s; the card kept 4 periods, then dropped 1.8 s or so.
+    # Where the drop starts after 3 s depends on how far the reader got before the hold
+    # took it (scheduling: 3.35 s seen at load 14), so only the lower end is a rule; the
+    # exact span is the card's own record, compared above.
     big = max(meta["gaps"], key=lambda g: g["frames"])
     assert big["frames"] >= RATE
-    assert 3 * RATE <= big["start_sample"] <= 3 * RATE + 5 * PERIOD
+    assert big["start_sample"] >= 3 * RATE
     tone = np.flatnonzero(np.abs(pcm.astype(np.int32)) > 1000)[0]
     heard = parse_iso(meta["start"]) + tone / RATE - parse_iso(START)
     assert abs(heard - tone_at) <= PERIOD / RATE, heard
