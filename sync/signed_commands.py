@@ -46,6 +46,7 @@ from recorder.evidence.segfile import canonical
 
 KINDS = {"delete": {"call": str}, "hold": {"call": str, "on": bool},
          "retention": {"days": (int, float)}}
+RETENTION_RANGE = (0.01, 3650.0)  # days a box accepts in a retention command
 MAX_LIFETIME_S = 30 * 86400      # a command valid for longer than this is refused
 DEFAULT_LIFETIME_S = 7 * 86400
 MAX_SKEW_S = 300.0               # ``issued`` may lead the box's clock by at most this
@@ -164,7 +165,8 @@ def verify(envelope: bytes, key: ed25519.Ed25519PublicKey | None, device: str,
         v = body.get(name)
         if not isinstance(v, tp) or isinstance(v, bool) and tp is not bool:
             raise CommandRejected(f"{kind}: argument {name!r} missing or wrong type")
-    if kind == "retention" and not 0.01 <= float(body["days"]) <= 3650:
+    lo, hi = RETENTION_RANGE
+    if kind == "retention" and not lo <= float(body["days"]) <= hi:
         raise CommandRejected("retention days out of range")
     return body
 

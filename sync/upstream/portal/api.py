@@ -444,6 +444,7 @@ def expiring(request, u, _body):
                               & (UCall.deadline <= end)).order_by(UCall.deadline))
     counts, decs = _seg_counts(u.site), _decisions(u.site)
     s = accounts.site_settings(u.site)
+    decisions.apply_retention(request.app.state.ucfg)     # another process may have set it
     site = request.app.state.ucfg.sites.get(u.site)
     return JSONResponse({
         "days": days, "retention_days": site.retention_days if site else None,
@@ -475,6 +476,26 @@ def settings(request, u, body):
         accounts.PSite.update(**changes).where(accounts.PSite.site == u.site).execute()
         audit("portal_settings", user=u.name, site=u.site, **changes)
     return JSONResponse({"ok": True, **changes})
+
+
+@guard("manage")
+def retention(request, u, body):
+    """Set the practice's retention period (days from each call's start, with a reason):
+    the upstream's deadlines follow at once, and each of the practice's boxes gets a
+    signed ``retention`` command through the workers."""
+    ucfg = request.app.state.ucfg
+    if not ucfg.command_key:
+        raise HTTPException(409, "the upstream has no command key: it cannot tell the box")
+    decisions.check_retention(body.get("days"), body.get("reason"))
+    before = decisions.set_retention(ucfg, u.site, body.get("days"), body.get("reason"),
+                                     u.name)
+    upstream_ops.refresh_deadlines(ucfg)
+    queued = upstream_ops.queue_retention(ucfg)
+    end = time.time()
+    past = UCall.select().where((UCall.site == u.site) & (UCall.state == "live")
+                                & (UCall.deadline <= end)).count()
+    return JSONResponse({"ok": True, "retention_days": ucfg.sites[u.site].retention_days,
+                         "previous": before, "boxes_told": queued, "past_deadline": past})
 
 
 def site_audit_rows(u, ucfg, limit: int = 2000) -> list[dict]:
@@ -522,6 +543,7 @@ def routes() -> list[Route]:
         Route("/api/approve", approve, methods=["POST"]),
         Route("/api/expiring", expiring),
         Route("/api/settings", settings, methods=["POST"]),
+        Route("/api/retention", retention, methods=["POST"]),
         Route("/api/event", event, methods=["POST"]),
         Route("/api/audit", audit_list),
     ]

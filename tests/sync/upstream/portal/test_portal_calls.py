@@ -185,6 +185,13 @@ def test_roles_in_the_ui_and_as_403(env, context):
                            data={"on": True}).status == 403
     assert p2.request.get(env.url + "/api/audit").status == 403
     assert p2.request.get(env.url + "/audit").status == 403
+    # Retention is the manager's: no link, no page, and 403 from the API.
+    assert p2.get_by_role("link", name="Retention").count() == 0
+    assert p2.request.get(env.url + "/manage").status == 403
+    for who, p, tok in (("staff", p2, csrf2), ("auditor", page, csrf)):
+        r = p.request.post(env.url + "/api/retention", headers={"x-csrf-token": tok},
+                           data={"days": 1, "reason": "x"})
+        assert r.status == 403, who
     assert p2.request.get(base + "/manifest").status == 200
     # Without the CSRF token even the manager's POST is refused.
     staff.close()
