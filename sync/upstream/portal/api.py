@@ -43,6 +43,12 @@ def error(status: int, detail: str) -> JSONResponse:
     return JSONResponse({"error": detail}, status_code=status)
 
 
+def _who(request):
+    """(session, user, must enrol first) for the request's cookie."""
+    s, u = current(request)
+    return s, u, u is not None and accounts.must_enrol(u)
+
+
 def guard(perm: str, raw: bool = False):
     """Endpoint decorator: a live session (401), the role's permission (403) and, for
     anything but GET, the session's CSRF token in ``X-CSRF-Token`` (403). The body is
@@ -50,11 +56,13 @@ def guard(perm: str, raw: bool = False):
     def deco(fn):
         @functools.wraps(fn)
         async def wrapper(request: Request):
-            s, u = await run_in_threadpool(current, request)
+            s, u, enrol = await run_in_threadpool(_who, request)
             if u is None:
                 return error(401, "not signed in")
             if not accounts.can(u.role, perm):
                 return error(403, f"the {u.role} role may not do this")
+            if enrol:
+                return error(403, "your practice requires one-time codes: enrol at /enrol")
             body = None
             if request.method != "GET":
                 tok = request.headers.get("x-csrf-token", "")

@@ -9,7 +9,6 @@ import time
 from recorder.timebase import parse_iso
 from sync.upstream import ops as upstream_ops
 from sync.upstream.objectstore import open_objects
-from sync.upstream.portal import accounts
 from sync.upstream.portal.decisions import PDecision, PNotice, PSite
 from sync.upstream.store import UAudit, UCall
 from tests.sync.upstream.portal.conftest import sign_in
@@ -81,16 +80,3 @@ def test_approval_only_deletion_reminds_escalates_and_never_keeps_for_ever(env):
     upstream_ops.expire(objects, now + 10 * 86400)
     assert UCall.get(UCall.call == waiting).state == "deleted"
     assert _last("retention_unapproved_deleted").detail["call"] == waiting
-
-
-def test_required_totp_refuses_a_user_without_one(env, context):
-    accounts.site_settings("site1")
-    PSite.update(require_totp=True).where(PSite.site == "site1").execute()
-    try:
-        page = context.new_page()
-        sign_in(page, env.url, "auditor")
-        assert "/login" in page.url
-        assert "requires a one-time code" in page.get_by_role("alert").inner_text()
-    finally:
-        PSite.update(require_totp=False).where(PSite.site == "site1").execute()
-        accounts.reset("auditor")
