@@ -28,7 +28,7 @@ from recorder.evidence.keys import raw_public
 from recorder.timebase import iso, parse_iso
 from sync.upstream import ops as upstream_ops
 from sync.upstream.objectstore import open_objects
-from sync.upstream.portal import accounts, decisions
+from sync.upstream.portal import accounts, decisions, paging
 from sync.upstream.portal.accounts import PDecision
 from sync.upstream.portal.security import MASKED, current
 from sync.upstream.store import UAudit, UCall, USegment, audit, db
@@ -150,28 +150,35 @@ def _iso_fast(t: float | None) -> str | None:
     return (_EPOCH + dt.timedelta(seconds=t)).isoformat(timespec="milliseconds") + "Z"
 
 
-@guard("list")
-def calls(request, u, _body):
-    """The site's live calls, newest first: metadata only. Built from plain tuples (no
-    model objects): the list is the one request every page load makes."""
-    q = (UCall.select(UCall.device, UCall.call, UCall.start_time, UCall.deadline,
-                      UCall.legal_hold, UCall.manifest_key.is_null(False),
-                      (pw.fn.json_array_length(UCall.expected)
-                       if isinstance(UCall._meta.database.obj, pw.SqliteDatabase)
-                       else pw.fn.json_array_length(UCall.expected.cast("json"))).coerce(False))
-         .where((UCall.site == u.site) & (UCall.state == "live")))
-    a = _time_arg(request.query_params.get("from"), "from")
-    b = _time_arg(request.query_params.get("to"), "to")
-    if a is not None:
-        q = q.where(UCall.start_time >= a)
-    if b is not None:
-        q = q.where(UCall.start_time < b + (86400 if "T" not in
-                                            request.query_params["to"] else 0))
-    counts, decs = _seg_counts(u.site), _decisions(u.site)
+def _list_query(site: str):
+    """The list's columns of a site's live calls, as plain tuples: device, call, start,
+    deadline, hold, has a manifest, segments expected (peewee's per-column converters
+    were most of this request's time, so rows are built by hand)."""
+    n_expected = (pw.fn.json_array_length(UCall.expected)
+                  if isinstance(UCall._meta.database.obj, pw.SqliteDatabase)
+                  else pw.fn.json_array_length(UCall.expected.cast("json"))).coerce(False)
+    return (UCall.select(UCall.device, UCall.call, UCall.start_time, UCall.deadline,
+                         UCall.legal_hold, UCall.manifest_key.is_null(False), n_expected)
+            .where((UCall.site == site) & (UCall.state == "live")))
+
+
+def _rows(site: str, q) -> list[dict]:
+    """The list rows of query ``q`` (:func:`_list_query`), with segment counts and
+    decisions read for those calls only."""
+    sql, params = q.sql()
+    got = list(db.obj.execute_sql(sql, params))
+    if not got:
+        return []
+    keys = {(r[0], r[1]) for r in got}
+    devs, calls_ = sorted({r[0] for r in got}), sorted({r[1] for r in got})
+    counts = {(r[0], r[1]): r[2] for r in
+              USegment.select(USegment.device, USegment.call, pw.fn.COUNT(USegment.id))
+              .where(USegment.device.in_(devs) & USegment.call.in_(calls_))
+              .group_by(USegment.device, USegment.call).tuples() if (r[0], r[1]) in keys}
+    decs = {(d.device, d.call): d for d in PDecision.select().where(
+        (PDecision.site == site) & PDecision.call.in_(calls_))}
     rows = []
-    sql, params = q.order_by(UCall.start_time.desc(), UCall.device, UCall.call).sql()
-    # A raw cursor: peewee's per-column converters were most of this request's time.
-    for dev, call, start, deadline, hold, has_man, exp in db.obj.execute_sql(sql, params):
+    for dev, call, start, deadline, hold, has_man, exp in got:
         have = counts.get((dev, call), 0)
         dec = decs.get((dev, call))
         row = {"device": dev, "call": call, "start": _iso_fast(start),
@@ -181,8 +188,78 @@ def calls(request, u, _body):
             row["decision"] = {"kind": dec.kind, "reason": dec.reason, "until": iso(dec.until),
                                "user": dec.user, "time": iso(dec.time)}
         rows.append(row)
-    return Response(json.dumps({"site": u.site, "role": u.role, "calls": rows},
-                               separators=(",", ":")), media_type="application/json")
+    return rows
+
+
+def _json(obj) -> Response:
+    return Response(json.dumps(obj, separators=(",", ":")), media_type="application/json")
+
+
+@guard("list")
+def calls(request, u, _body):
+    """One page of the site's live calls, newest first: metadata only.
+
+    ``limit`` rows (default 200, at most 1000) after the cursor ``after`` (the ``next``
+    of the page before), ``from``/``to`` dates (inclusive, UTC). ``total`` (the number
+    of matching calls) is counted on the first page only."""
+    qp = request.query_params
+    limit = paging.page_limit(qp.get("limit"))
+    q = _list_query(u.site)
+    a = _time_arg(qp.get("from"), "from")
+    b = _time_arg(qp.get("to"), "to")
+    if a is not None:
+        q = q.where(UCall.start_time >= a)
+    if b is not None:
+        q = q.where(UCall.start_time < b + (86400 if "T" not in qp["to"] else 0))
+    total = q.count() if not qp.get("after") else None
+    k = pw.fn.COALESCE(UCall.start_time, 0)
+    if qp.get("after"):
+        s0, d0, c0 = paging.decode_cursor(qp["after"])
+        q = q.where((k < s0) | ((k == s0) & ((UCall.device < d0)
+                                             | ((UCall.device == d0) & (UCall.call < c0)))))
+    q = q.order_by(k.desc(), UCall.device.desc(), UCall.call.desc()).limit(limit + 1)
+    rows = _rows(u.site, q)
+    nxt = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        last = rows[-1]
+        nxt = paging.encode_cursor(parse_iso(last["start"]) if last["start"] else 0,
+                                   last["device"], last["call"])
+    return _json({"site": u.site, "role": u.role, "calls": rows, "next": nxt,
+                  "total": total})
+
+
+def _ids(body, most: int) -> list[tuple[str, str]]:
+    ids = body.get("calls")
+    if not isinstance(ids, list) or len(ids) > most or \
+            not all(isinstance(i, str) and "/" in i for i in ids):
+        raise HTTPException(400, f"calls: a list of at most {most} 'device/call' ids")
+    return [tuple(i.split("/", 1)) for i in ids]
+
+
+@guard("list")
+def calls_select(request, u, body):
+    """The list rows of the named calls (``{"calls": ["device/call", ...]}``, at most
+    one page), in the order named; calls that are not this site's live calls are left
+    out. For a page of search results the browser found in its index."""
+    want = _ids(body, paging.MAX_PAGE)
+    if not want:
+        return _json({"calls": []})
+    q = _list_query(u.site).where(UCall.device.in_(sorted({d for d, _c in want}))
+                                  & UCall.call.in_(sorted({c for _d, c in want})))
+    got = {(r["device"], r["call"]): r for r in _rows(u.site, q)}
+    return _json({"calls": [got[k] for k in want if k in got]})
+
+
+@guard("open")
+def calls_keys(request, u, _body):
+    """Every live call of the site that has a manifest: ``[device, call, start]``
+    (start in epoch s, or null), for the browser's number index. Small next to the
+    list: no deadlines, counts or decisions."""
+    q = (UCall.select(UCall.device, UCall.call, UCall.start_time)
+         .where((UCall.site == u.site) & (UCall.state == "live")
+                & UCall.manifest_key.is_null(False)).tuples())
+    return _json({"site": u.site, "calls": list(q)})
 
 
 @guard("open")
@@ -233,13 +310,8 @@ def _bundle(objects, rows) -> tuple[bytes, int]:
 def manifests_select(request, u, body):
     """The sealed manifests of the named calls (``{"calls": ["device/call", ...]}``),
     for a browser whose sealed index already covers the rest."""
-    ids = body.get("calls")
-    if not isinstance(ids, list) or len(ids) > MAX_PAGE or \
-            not all(isinstance(i, str) and "/" in i for i in ids):
-        raise HTTPException(400, f"calls: a list of at most {MAX_PAGE} 'device/call' ids")
     rows = []
-    for i in ids:
-        dev, call = i.split("/", 1)
+    for dev, call in _ids(body, MAX_PAGE):
         r = (UCall.select(UCall.device, UCall.call, UCall.manifest_key)
              .where((UCall.device == dev) & (UCall.call == call) & (UCall.site == u.site)
                     & (UCall.state == "live") & UCall.manifest_key.is_null(False))
@@ -537,6 +609,8 @@ def routes() -> list[Route]:
     c = "/api/call/{device}/{call}"
     return [
         Route("/api/calls", calls),
+        Route("/api/calls/select", calls_select, methods=["POST"]),
+        Route("/api/calls/keys", calls_keys),
         Route("/api/manifests", manifests),
         Route("/api/manifests/select", manifests_select, methods=["POST"]),
         Route("/api/index", index_get),

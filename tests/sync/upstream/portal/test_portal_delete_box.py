@@ -95,8 +95,9 @@ def test_delete_reaches_the_box(live):
     row.wait_for(state="detached")
     assert UCall.get(UCall.call == ids[0]).state == "deleted"
     wait_for(lambda: box.store.call(ids[0]).state == "deleted", what="delete on the box")
-    assert any(e["action"] == "command_applied" and e["detail"]["kind"] == "delete"
-               for e in audit.read(box.data_dir))
+    # The box audits the command just after applying it: wait for the entry too.
+    wait_for(lambda: any(e["action"] == "command_applied" and e["detail"]["kind"] == "delete"
+                         for e in audit.read(box.data_dir)), what="the box's audit entry")
     wait_for(lambda: Command.get(Command.kind == "delete").status == "applied",
              what="the box reports the delete applied")
     a = UAudit.get(UAudit.action == "portal_delete")
