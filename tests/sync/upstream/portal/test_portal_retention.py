@@ -4,14 +4,16 @@ audited. Run last in its module: it expires calls."""
 
 from __future__ import annotations
 
+import io
 import time
+import zipfile
 
 from recorder.timebase import parse_iso
 from sync.upstream import ops as upstream_ops
 from sync.upstream.objectstore import open_objects
 from sync.upstream.portal.decisions import PDecision, PNotice, PSite
 from sync.upstream.store import UAudit, UCall
-from tests.sync.upstream.portal.conftest import sign_in
+from tests.sync.upstream.portal.conftest import N1, downloads, open_key, sign_in, wait_ready
 
 
 def _last(action):
@@ -60,6 +62,24 @@ def test_keep_approve_and_settings_in_the_ui(env, context):
     s = PSite.get(PSite.site == "site1")
     assert (s.deletion, s.remind_days, s.escalate_days) == ("approval", 3.0, 10.0)
     assert _last("portal_settings").detail["deletion"] == "approval"
+
+
+def test_the_export_of_a_kept_call_says_how_to_check_it_later(env, context):
+    """A call kept as part of the care record: the subject access export's report says
+    how its authenticity can be checked later."""
+    page = context.new_page()
+    sign_in(page, env.url, "manager")
+    wait_ready(page)
+    open_key(page, env.priv)
+    page.get_by_label("Number", exact=True).fill(N1)
+    got = downloads(page, 1, page.get_by_role("button", name="Subject access export").click)
+    z = zipfile.ZipFile(io.BytesIO(next(iter(got.values()))))
+    report = z.read("verification-report.txt").decode()
+    kept = report[report.index(f"{env.ids_a[0]}: verified"):]
+    assert "Kept: part of the care record, until 2030-01-31" in kept
+    assert "To check its authenticity later" in kept and "linetap verify" in kept
+    other = report[report.index(f"{env.ids_a[3]}: verified"):].split("\n")[1]
+    assert "Kept" not in other            # only the kept call carries the note
 
 
 def test_approval_only_deletion_reminds_escalates_and_never_keeps_for_ever(env):
