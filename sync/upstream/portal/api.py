@@ -212,19 +212,35 @@ def calls(request, u, _body):
     if b is not None:
         q = q.where(UCall.start_time < b + (86400 if "T" not in qp["to"] else 0))
     total = q.count() if not qp.get("after") else None
-    k = pw.fn.COALESCE(UCall.start_time, 0)
-    if qp.get("after"):
-        s0, d0, c0 = paging.decode_cursor(qp["after"])
-        q = q.where((k < s0) | ((k == s0) & ((UCall.device < d0)
-                                             | ((UCall.device == d0) & (UCall.call < c0)))))
-    q = q.order_by(k.desc(), UCall.device.desc(), UCall.call.desc()).limit(limit + 1)
-    rows = _rows(u.site, q)
+    after = paging.decode_cursor(qp["after"]) if qp.get("after") else None
+    want, rows = limit + 1, []
+    if after is None or after[0] is not None:
+        # Calls with a start time, newest first (the order the site/start index serves).
+        dq = q.where(UCall.start_time.is_null(False))
+        if after is not None:
+            s0, d0, c0 = after
+            dq = dq.where((UCall.start_time < s0) | (
+                (UCall.start_time == s0) & ((UCall.device < d0)
+                                            | ((UCall.device == d0) & (UCall.call < c0)))))
+        rows = _rows(u.site, dq.order_by(UCall.start_time.desc(), UCall.device.desc(),
+                                         UCall.call.desc()).limit(want))
+    if len(rows) < want:
+        # Then the calls whose start is not known yet.
+        uq = q.where(UCall.start_time.is_null())
+        if after is not None and after[0] is None:
+            _s, d0, c0 = after
+            uq = uq.where((UCall.device < d0) | ((UCall.device == d0) & (UCall.call < c0)))
+        rows += _rows(u.site, uq.order_by(UCall.device.desc(), UCall.call.desc())
+                      .limit(want - len(rows)))
     nxt = None
     if len(rows) > limit:
         rows = rows[:limit]
         last = rows[-1]
-        nxt = paging.encode_cursor(parse_iso(last["start"]) if last["start"] else 0,
-                                   last["device"], last["call"])
+        # The exact stored start: the row shows it to the millisecond only.
+        start = (UCall.select(UCall.start_time).where((UCall.device == last["device"])
+                                                      & (UCall.call == last["call"]))
+                 .scalar())
+        nxt = paging.encode_cursor(start, last["device"], last["call"])
     return _json({"site": u.site, "role": u.role, "calls": rows, "next": nxt,
                   "total": total})
 

@@ -19,6 +19,8 @@ from sync.upstream.portal.paging import (
     (0.0, "d", "c"),
     (1.5, "dev/with/slashes", "call with spaces ~ and = signs"),
     (1764900000.0, "ünïcode", "ça"),
+    (None, "dev-a", "a call whose start is not known yet"),
+    (1764900000.123456, "d", "c"),           # the exact stored start, not milliseconds
 ])
 def test_a_cursor_round_trips(start, device, call):
     text = encode_cursor(start, device, call)
