@@ -582,7 +582,6 @@ def retention(request, u, body):
     ucfg = request.app.state.ucfg
     if not ucfg.command_key:
         raise HTTPException(409, "the upstream has no command key: it cannot tell the box")
-    decisions.check_retention(body.get("days"), body.get("reason"))
     before = decisions.set_retention(ucfg, u.site, body.get("days"), body.get("reason"),
                                      u.name)
     upstream_ops.refresh_deadlines(ucfg)
