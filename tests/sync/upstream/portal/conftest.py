@@ -208,3 +208,13 @@ def downloads(page, n, click) -> dict[str, bytes]:
     page.remove_listener("download", grab)
     assert len(got) == n, f"{len(got)} downloads, {n} expected"
     return {d.suggested_filename: open(d.path(), "rb").read() for d in got}
+
+
+def key_open_in_new_tab(context, url, key):
+    """Open the practice key in a fresh tab of the signed-in ``context`` (nothing of the
+    index left in the page); returns the page and its key status line."""
+    page = context.new_page()
+    page.goto(url + "/")
+    wait_ready(page)
+    open_key(page, key)
+    return page, page.locator("#key-status").inner_text()

@@ -14,7 +14,12 @@ from sync.upstream.objectstore import open_objects
 from sync.upstream.portal import paging
 from sync.upstream.store import UCall, db
 from tests.support.portalcalls import synthetic
-from tests.sync.upstream.portal.conftest import open_key, sign_in, wait_ready
+from tests.sync.upstream.portal.conftest import (
+    key_open_in_new_tab,
+    open_key,
+    sign_in,
+    wait_ready,
+)
 
 N3 = "01632960333"
 MANY = 450                   # more than two pages of 200
@@ -106,10 +111,6 @@ def test_search_by_number_finds_calls_on_every_page(big, context):
     # A fresh tab reads the sealed index back; calls added since are opened and found.
     later = _add(big, 60, 2)
     want |= {r["call"] for k, r in enumerate(later) if k % 50 == 0}
-    p2 = context.new_page()
-    p2.goto(big.url + "/")
-    wait_ready(p2)
-    open_key(p2, big.priv)
-    assert f"{MANY + len(big.ids_a)} from the sealed index, 60 manifests opened" in \
-        p2.locator("#key-status").inner_text()
+    p2, said = key_open_in_new_tab(context, big.url, big.priv)
+    assert f"{MANY + len(big.ids_a)} from the sealed index, 60 manifests opened" in said
     assert search(p2, N3) == want
