@@ -108,6 +108,19 @@ def test_search_by_number_finds_calls_on_every_page(big, context):
         rows = p.locator("#calls tbody tr")
         return {rows.nth(i).get_attribute("data-call") for i in range(rows.count())}
     assert search(page, N3) == want
+    # A sealed filter with more matches than a page: pages of the index's results.
+    inbound = sum(1 for k in range(MANY) if k % 3 != 0) + 3     # 3 of the 4 real calls
+    page.get_by_label("Number", exact=True).fill("")
+    page.get_by_label("Direction", exact=True).select_option("inbound")
+    page.get_by_role("button", name="Search").click()
+    page.locator(f"body[data-results='{inbound}']").wait_for()
+    rows = page.locator("#calls tbody tr")
+    assert rows.count() == paging.DEFAULT_PAGE
+    page.get_by_role("button", name="Show more").click()
+    page.locator(f"#calls tbody tr >> nth={inbound - 1}").wait_for()
+    assert rows.count() == inbound and page.get_by_role("button", name="Show more").is_hidden()
+    assert set(rows.locator("td:nth-child(3)").all_inner_texts()) == {"inbound"}
+    page.get_by_label("Direction", exact=True).select_option("")
     # A fresh tab reads the sealed index back; calls added since are opened and found.
     later = _add(big, 60, 2)
     want |= {r["call"] for k, r in enumerate(later) if k % 50 == 0}
