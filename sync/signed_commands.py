@@ -56,6 +56,7 @@ MAX_BUNDLE_BYTES = 2 * 2**30
 MAX_URL_CHARS = 2048
 _HEX = frozenset("0123456789abcdef")
 _VERSION_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.+~_-")
+RETENTION_RANGE = (0.01, 3650.0)  # days a box accepts in a retention command
 MAX_LIFETIME_S = 30 * 86400      # a command valid for longer than this is refused
 DEFAULT_LIFETIME_S = 7 * 86400
 MAX_SKEW_S = 300.0               # ``issued`` may lead the box's clock by at most this
@@ -195,7 +196,8 @@ def verify(envelope: bytes, key: ed25519.Ed25519PublicKey | None, device: str,
         v = body.get(name)
         if not isinstance(v, tp) or isinstance(v, bool) and tp is not bool:
             raise CommandRejected(f"{kind}: argument {name!r} missing or wrong type")
-    if kind == "retention" and not 0.01 <= float(body["days"]) <= 3650:
+    lo, hi = RETENTION_RANGE
+    if kind == "retention" and not lo <= float(body["days"]) <= hi:
         raise CommandRejected("retention days out of range")
     if kind == "update" and (problem := update_problem(body)) is not None:
         raise CommandRejected(problem)

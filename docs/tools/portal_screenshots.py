@@ -75,6 +75,9 @@ def main(demo: Path = ROOT / "demo-out", out: Path = ROOT / "docs" / "img") -> i
                 page.screenshot(path=str(out / "portal-retention.png"))
                 page.goto(url + "/audit")
                 page.screenshot(path=str(out / "portal-audit.png"))
+                # A pending enrolment only: codes stay off until a first code confirms.
+                page.goto(url + "/enrol")
+                page.screenshot(path=str(out / "portal-enrol.png"))
             page.close()
         b.close()
     server.should_exit = True

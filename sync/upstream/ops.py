@@ -198,7 +198,9 @@ def refresh_deadlines(ucfg) -> None:
 
     The ingest sets each call's deadline as it stores it, so this only has work when a
     site's retention changed: it runs once per site and value in a process, and writes
-    only the rows whose deadline differs (never all of a site's calls every tick)."""
+    only the rows whose deadline differs (never all of a site's calls every tick).
+    A retention period set in the portal overrides the config's first."""
+    decisions.apply_retention(ucfg)
     for site in ucfg.sites.values():
         k = (id(db.obj), db.obj.database, site.name)
         if _deadlines_done.get(k) == site.retention_days:

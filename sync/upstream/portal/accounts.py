@@ -81,7 +81,18 @@ class PSession(Base):
         table_name = "portal_session"
 
 
-MODELS = [PUser, PSession, PSite, PDecision]
+class PTotpPending(Base):
+    """A TOTP secret shown on the enrolment page, not yet confirmed by a first code."""
+
+    user = pw.ForeignKeyField(PUser, primary_key=True, on_delete="CASCADE")
+    secret = pw.CharField()
+    created = pw.DoubleField(default=time.time)
+
+    class Meta:
+        table_name = "portal_totp_pending"
+
+
+MODELS = [PUser, PSession, PSite, PDecision, PTotpPending]
 __all__ = ["PDecision", "PSite", "site_settings"]
 
 
@@ -143,8 +154,53 @@ def reset(name: str, password: str | None = None, *, totp: bool | None = None) -
     return get_user(name)
 
 
-def totp_uri(u: PUser) -> str:
-    return pyotp.TOTP(u.totp_secret).provisioning_uri(name=u.name, issuer_name="Linetap")
+def totp_uri(u: PUser, secret: str | None = None) -> str:
+    """The ``otpauth://`` URI of ``secret`` (default: the user's own) for an
+    authenticator app, labelled ``Linetap:<user name>``."""
+    return pyotp.TOTP(secret or u.totp_secret).provisioning_uri(name=u.name,
+                                                                issuer_name="Linetap")
+
+
+PENDING_S = 15 * 60           # an unconfirmed enrolment secret is replaced after this (s)
+
+
+def must_enrol(u: PUser) -> bool:
+    """True while the user's practice requires one-time codes and the user has none:
+    such a user reaches only the enrolment page (and sign-out)."""
+    if u.totp_secret:
+        return False
+    s = PSite.get_or_none(PSite.site == u.site)
+    return bool(s and s.require_totp)
+
+
+def enrol_secret(u: PUser, now: float | None = None) -> str:
+    """The secret to show on the enrolment page: the pending one if still fresh, else a
+    new one. It becomes the user's only once :func:`confirm_enrolment` sees a code."""
+    now = time.time() if now is None else now
+    p = PTotpPending.get_or_none(PTotpPending.user == u.id)
+    if p is not None and now - p.created < PENDING_S:
+        return p.secret
+    secret = pyotp.random_base32()
+    PTotpPending.insert(user=u.id, secret=secret, created=now).on_conflict(
+        conflict_target=[PTotpPending.user],
+        update={PTotpPending.secret: secret, PTotpPending.created: now}).execute()
+    return secret
+
+
+def confirm_enrolment(u: PUser, code: str) -> bool:
+    """Switch one-time codes on for ``u`` if ``code`` is valid for the pending secret
+    (one 30 s step of drift either way). False, and nothing changed, otherwise. An
+    account that already has codes is not re-enrolled here (a reset by the manager is)."""
+    if u.totp_secret:
+        raise AccountError("one-time codes are already on for this account")
+    p = PTotpPending.get_or_none(PTotpPending.user == u.id)
+    code = (code or "").replace(" ", "")
+    if p is None or not code or not pyotp.TOTP(p.secret).verify(code, valid_window=1):
+        return False
+    with db.atomic():
+        PUser.update(totp_secret=p.secret).where(PUser.id == u.id).execute()
+        PTotpPending.delete().where(PTotpPending.user == u.id).execute()
+    return True
 
 
 class SignIn:
@@ -175,10 +231,7 @@ def authenticate(name: str, password: str, code: str, now: float | None = None) 
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         ok = False
     need = bool(u.totp_secret) or site_settings(u.site).require_totp
-    if ok and need:
-        if not u.totp_secret:
-            return SignIn(error="Your practice requires a one-time code and your account "
-                          "has none yet: ask your practice manager to reset it.")
+    if ok and u.totp_secret:
         ok = bool(code) and pyotp.TOTP(u.totp_secret).verify(code.strip(), valid_window=1)
     if not ok or u.disabled:
         failures = u.failures + 1
@@ -186,7 +239,8 @@ def authenticate(name: str, password: str, code: str, now: float | None = None) 
         PUser.update(failures=failures, locked_until=lock).where(PUser.id == u.id).execute()
         return SignIn(error=GENERIC, need_code=need)
     PUser.update(failures=0, locked_until=0.0).where(PUser.id == u.id).execute()
-    return SignIn(user=u)
+    # Required codes but none yet: signed in, but only to enrol (see must_enrol).
+    return SignIn(user=u, enrol=need and not u.totp_secret)
 
 
 def _sha(token: str) -> str:

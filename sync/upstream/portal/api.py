@@ -28,7 +28,7 @@ from recorder.evidence.keys import raw_public
 from recorder.timebase import iso, parse_iso
 from sync.upstream import ops as upstream_ops
 from sync.upstream.objectstore import open_objects
-from sync.upstream.portal import accounts, decisions
+from sync.upstream.portal import accounts, decisions, paging
 from sync.upstream.portal.accounts import PDecision
 from sync.upstream.portal.security import MASKED, current
 from sync.upstream.store import UAudit, UCall, USegment, audit, db
@@ -43,6 +43,12 @@ def error(status: int, detail: str) -> JSONResponse:
     return JSONResponse({"error": detail}, status_code=status)
 
 
+def _who(request):
+    """(session, user, must enrol first) for the request's cookie."""
+    s, u = current(request)
+    return s, u, u is not None and accounts.must_enrol(u)
+
+
 def guard(perm: str, raw: bool = False):
     """Endpoint decorator: a live session (401), the role's permission (403) and, for
     anything but GET, the session's CSRF token in ``X-CSRF-Token`` (403). The body is
@@ -50,11 +56,13 @@ def guard(perm: str, raw: bool = False):
     def deco(fn):
         @functools.wraps(fn)
         async def wrapper(request: Request):
-            s, u = await run_in_threadpool(current, request)
+            s, u, enrol = await run_in_threadpool(_who, request)
             if u is None:
                 return error(401, "not signed in")
             if not accounts.can(u.role, perm):
                 return error(403, f"the {u.role} role may not do this")
+            if enrol:
+                return error(403, "your practice requires one-time codes: enrol at /enrol")
             body = None
             if request.method != "GET":
                 tok = request.headers.get("x-csrf-token", "")
@@ -142,28 +150,35 @@ def _iso_fast(t: float | None) -> str | None:
     return (_EPOCH + dt.timedelta(seconds=t)).isoformat(timespec="milliseconds") + "Z"
 
 
-@guard("list")
-def calls(request, u, _body):
-    """The site's live calls, newest first: metadata only. Built from plain tuples (no
-    model objects): the list is the one request every page load makes."""
-    q = (UCall.select(UCall.device, UCall.call, UCall.start_time, UCall.deadline,
-                      UCall.legal_hold, UCall.manifest_key.is_null(False),
-                      (pw.fn.json_array_length(UCall.expected)
-                       if isinstance(UCall._meta.database.obj, pw.SqliteDatabase)
-                       else pw.fn.json_array_length(UCall.expected.cast("json"))).coerce(False))
-         .where((UCall.site == u.site) & (UCall.state == "live")))
-    a = _time_arg(request.query_params.get("from"), "from")
-    b = _time_arg(request.query_params.get("to"), "to")
-    if a is not None:
-        q = q.where(UCall.start_time >= a)
-    if b is not None:
-        q = q.where(UCall.start_time < b + (86400 if "T" not in
-                                            request.query_params["to"] else 0))
-    counts, decs = _seg_counts(u.site), _decisions(u.site)
+def _list_query(site: str):
+    """The list's columns of a site's live calls, as plain tuples: device, call, start,
+    deadline, hold, has a manifest, segments expected (peewee's per-column converters
+    were most of this request's time, so rows are built by hand)."""
+    n_expected = (pw.fn.json_array_length(UCall.expected)
+                  if isinstance(UCall._meta.database.obj, pw.SqliteDatabase)
+                  else pw.fn.json_array_length(UCall.expected.cast("json"))).coerce(False)
+    return (UCall.select(UCall.device, UCall.call, UCall.start_time, UCall.deadline,
+                         UCall.legal_hold, UCall.manifest_key.is_null(False), n_expected)
+            .where((UCall.site == site) & (UCall.state == "live")))
+
+
+def _rows(site: str, q) -> list[dict]:
+    """The list rows of query ``q`` (:func:`_list_query`), with segment counts and
+    decisions read for those calls only."""
+    sql, params = q.sql()
+    got = list(db.obj.execute_sql(sql, params))
+    if not got:
+        return []
+    keys = {(r[0], r[1]) for r in got}
+    devs, calls_ = sorted({r[0] for r in got}), sorted({r[1] for r in got})
+    counts = {(r[0], r[1]): r[2] for r in
+              USegment.select(USegment.device, USegment.call, pw.fn.COUNT(USegment.id))
+              .where(USegment.device.in_(devs) & USegment.call.in_(calls_))
+              .group_by(USegment.device, USegment.call).tuples() if (r[0], r[1]) in keys}
+    decs = {(d.device, d.call): d for d in PDecision.select().where(
+        (PDecision.site == site) & PDecision.call.in_(calls_))}
     rows = []
-    sql, params = q.order_by(UCall.start_time.desc(), UCall.device, UCall.call).sql()
-    # A raw cursor: peewee's per-column converters were most of this request's time.
-    for dev, call, start, deadline, hold, has_man, exp in db.obj.execute_sql(sql, params):
+    for dev, call, start, deadline, hold, has_man, exp in got:
         have = counts.get((dev, call), 0)
         dec = decs.get((dev, call))
         row = {"device": dev, "call": call, "start": _iso_fast(start),
@@ -173,8 +188,94 @@ def calls(request, u, _body):
             row["decision"] = {"kind": dec.kind, "reason": dec.reason, "until": iso(dec.until),
                                "user": dec.user, "time": iso(dec.time)}
         rows.append(row)
-    return Response(json.dumps({"site": u.site, "role": u.role, "calls": rows},
-                               separators=(",", ":")), media_type="application/json")
+    return rows
+
+
+def _json(obj) -> Response:
+    return Response(json.dumps(obj, separators=(",", ":")), media_type="application/json")
+
+
+@guard("list")
+def calls(request, u, _body):
+    """One page of the site's live calls, newest first: metadata only.
+
+    ``limit`` rows (default 200, at most 1000) after the cursor ``after`` (the ``next``
+    of the page before), ``from``/``to`` dates (inclusive, UTC). ``total`` (the number
+    of matching calls) is counted on the first page only."""
+    qp = request.query_params
+    limit = paging.page_limit(qp.get("limit"))
+    q = _list_query(u.site)
+    a = _time_arg(qp.get("from"), "from")
+    b = _time_arg(qp.get("to"), "to")
+    if a is not None:
+        q = q.where(UCall.start_time >= a)
+    if b is not None:
+        q = q.where(UCall.start_time < b + (86400 if "T" not in qp["to"] else 0))
+    total = q.count() if not qp.get("after") else None
+    after = paging.decode_cursor(qp["after"]) if qp.get("after") else None
+    want, rows = limit + 1, []
+    if after is None or after[0] is not None:
+        # Calls with a start time, newest first (the order the site/start index serves).
+        dq = q.where(UCall.start_time.is_null(False))
+        if after is not None:
+            s0, d0, c0 = after
+            dq = dq.where((UCall.start_time < s0) | (
+                (UCall.start_time == s0) & ((UCall.device < d0)
+                                            | ((UCall.device == d0) & (UCall.call < c0)))))
+        rows = _rows(u.site, dq.order_by(UCall.start_time.desc(), UCall.device.desc(),
+                                         UCall.call.desc()).limit(want))
+    if len(rows) < want:
+        # Then the calls whose start is not known yet.
+        uq = q.where(UCall.start_time.is_null())
+        if after is not None and after[0] is None:
+            _s, d0, c0 = after
+            uq = uq.where((UCall.device < d0) | ((UCall.device == d0) & (UCall.call < c0)))
+        rows += _rows(u.site, uq.order_by(UCall.device.desc(), UCall.call.desc())
+                      .limit(want - len(rows)))
+    nxt = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        last = rows[-1]
+        # The exact stored start: the row shows it to the millisecond only.
+        start = (UCall.select(UCall.start_time).where((UCall.device == last["device"])
+                                                      & (UCall.call == last["call"]))
+                 .scalar())
+        nxt = paging.encode_cursor(start, last["device"], last["call"])
+    return _json({"site": u.site, "role": u.role, "calls": rows, "next": nxt,
+                  "total": total})
+
+
+def _ids(body, most: int) -> list[tuple[str, str]]:
+    ids = body.get("calls")
+    if not isinstance(ids, list) or len(ids) > most or \
+            not all(isinstance(i, str) and "/" in i for i in ids):
+        raise HTTPException(400, f"calls: a list of at most {most} 'device/call' ids")
+    return [tuple(i.split("/", 1)) for i in ids]
+
+
+@guard("list")
+def calls_select(request, u, body):
+    """The list rows of the named calls (``{"calls": ["device/call", ...]}``, at most
+    one page), in the order named; calls that are not this site's live calls are left
+    out. For a page of search results the browser found in its index."""
+    want = _ids(body, paging.MAX_PAGE)
+    if not want:
+        return _json({"calls": []})
+    q = _list_query(u.site).where(UCall.device.in_(sorted({d for d, _c in want}))
+                                  & UCall.call.in_(sorted({c for _d, c in want})))
+    got = {(r["device"], r["call"]): r for r in _rows(u.site, q)}
+    return _json({"calls": [got[k] for k in want if k in got]})
+
+
+@guard("open")
+def calls_keys(request, u, _body):
+    """Every live call of the site that has a manifest: ``[device, call, start]``
+    (start in epoch s, or null), for the browser's number index. Small next to the
+    list: no deadlines, counts or decisions."""
+    q = (UCall.select(UCall.device, UCall.call, UCall.start_time)
+         .where((UCall.site == u.site) & (UCall.state == "live")
+                & UCall.manifest_key.is_null(False)).tuples())
+    return _json({"site": u.site, "calls": list(q)})
 
 
 @guard("open")
@@ -225,13 +326,8 @@ def _bundle(objects, rows) -> tuple[bytes, int]:
 def manifests_select(request, u, body):
     """The sealed manifests of the named calls (``{"calls": ["device/call", ...]}``),
     for a browser whose sealed index already covers the rest."""
-    ids = body.get("calls")
-    if not isinstance(ids, list) or len(ids) > MAX_PAGE or \
-            not all(isinstance(i, str) and "/" in i for i in ids):
-        raise HTTPException(400, f"calls: a list of at most {MAX_PAGE} 'device/call' ids")
     rows = []
-    for i in ids:
-        dev, call = i.split("/", 1)
+    for dev, call in _ids(body, MAX_PAGE):
         r = (UCall.select(UCall.device, UCall.call, UCall.manifest_key)
              .where((UCall.device == dev) & (UCall.call == call) & (UCall.site == u.site)
                     & (UCall.state == "live") & UCall.manifest_key.is_null(False))
@@ -444,6 +540,7 @@ def expiring(request, u, _body):
                               & (UCall.deadline <= end)).order_by(UCall.deadline))
     counts, decs = _seg_counts(u.site), _decisions(u.site)
     s = accounts.site_settings(u.site)
+    decisions.apply_retention(request.app.state.ucfg)     # another process may have set it
     site = request.app.state.ucfg.sites.get(u.site)
     return JSONResponse({
         "days": days, "retention_days": site.retention_days if site else None,
@@ -477,6 +574,25 @@ def settings(request, u, body):
     return JSONResponse({"ok": True, **changes})
 
 
+@guard("manage")
+def retention(request, u, body):
+    """Set the practice's retention period (days from each call's start, with a reason):
+    the upstream's deadlines follow at once, and each of the practice's boxes gets a
+    signed ``retention`` command through the workers."""
+    ucfg = request.app.state.ucfg
+    if not ucfg.command_key:
+        raise HTTPException(409, "the upstream has no command key: it cannot tell the box")
+    before = decisions.set_retention(ucfg, u.site, body.get("days"), body.get("reason"),
+                                     u.name)
+    upstream_ops.refresh_deadlines(ucfg)
+    queued = upstream_ops.queue_retention(ucfg)
+    end = time.time()
+    past = UCall.select().where((UCall.site == u.site) & (UCall.state == "live")
+                                & (UCall.deadline <= end)).count()
+    return JSONResponse({"ok": True, "retention_days": ucfg.sites[u.site].retention_days,
+                         "previous": before, "boxes_told": queued, "past_deadline": past})
+
+
 def site_audit_rows(u, ucfg, limit: int = 2000) -> list[dict]:
     """The audit entries about this site: its users' actions and its devices' calls."""
     site = ucfg.sites.get(u.site)
@@ -506,6 +622,8 @@ def routes() -> list[Route]:
     c = "/api/call/{device}/{call}"
     return [
         Route("/api/calls", calls),
+        Route("/api/calls/select", calls_select, methods=["POST"]),
+        Route("/api/calls/keys", calls_keys),
         Route("/api/manifests", manifests),
         Route("/api/manifests/select", manifests_select, methods=["POST"]),
         Route("/api/index", index_get),
@@ -520,6 +638,7 @@ def routes() -> list[Route]:
         Route("/api/approve", approve, methods=["POST"]),
         Route("/api/expiring", expiring),
         Route("/api/settings", settings, methods=["POST"]),
+        Route("/api/retention", retention, methods=["POST"]),
         Route("/api/event", event, methods=["POST"]),
         Route("/api/audit", audit_list),
     ]

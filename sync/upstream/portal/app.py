@@ -13,6 +13,7 @@ import secrets
 import time
 from pathlib import Path
 
+import segno
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -50,12 +51,26 @@ def _client(request: Request) -> str:
     return request.client.host if request.client else "-"
 
 
-def page(request: Request, name: str, **ctx) -> Response:
+def gate(request: Request):
+    """(session, user) of a page request, or the redirect it needs instead: to sign-in
+    without a session, to enrolment while the practice requires one-time codes and the
+    user has none (:func:`accounts.must_enrol`)."""
     s, u = current(request)
     if u is None:
         return RedirectResponse("/login", status_code=303)
-    ctx.update(user=u, csrf=s.csrf, can=lambda p: accounts.can(u.role, p))
-    return templates.TemplateResponse(request, name, ctx)
+    if accounts.must_enrol(u):
+        return RedirectResponse("/enrol", status_code=303)
+    return s, u
+
+
+def page(request: Request, name: str, status: int = 200, **ctx) -> Response:
+    g = gate(request) if name != "enrol.html" else current(request)
+    if isinstance(g, Response):
+        return g
+    s, u = g
+    ctx.update(user=u, csrf=s.csrf, can=lambda p: accounts.can(u.role, p),
+               enrolling=accounts.must_enrol(u))
+    return templates.TemplateResponse(request, name, ctx, status_code=status)
 
 
 def login_form(request: Request, error: str = "", status: int = 200, name: str = ""):
@@ -86,8 +101,8 @@ async def login(request: Request):
         return login_form(request, res.error, 401, name=name)
     token, _s = accounts.new_session(res.user)
     audit("portal_signin", user=res.user.name, site=res.user.site, role=res.user.role,
-          addr=_client(request))
-    resp = RedirectResponse("/", status_code=303)
+          addr=_client(request), **({"enrol": True} if res.enrol else {}))
+    resp = RedirectResponse("/enrol" if res.enrol else "/", status_code=303)
     resp.set_cookie(COOKIE, token, httponly=True, secure=True, samesite="strict", path="/")
     resp.delete_cookie(LOGIN_CSRF, path="/", secure=True, httponly=True, samesite="strict")
     return resp
@@ -104,6 +119,35 @@ async def logout(request: Request):
     return resp
 
 
+async def enrol(request: Request):
+    """The user's own one-time-code enrolment: a pending secret shown as an
+    ``otpauth://`` URI, a QR code and plain text; codes are switched on only after a
+    first valid code (audited)."""
+    s, u = current(request)
+    if u is None:
+        return RedirectResponse("/login", status_code=303)
+    error = ""
+    if request.method == "POST":
+        form = await request.form()
+        if not secrets.compare_digest(str(form.get("csrf", "")), s.csrf):
+            raise HTTPException(403, "missing or wrong CSRF token")
+        if u.totp_secret:
+            return RedirectResponse("/enrol", status_code=303)
+        if accounts.confirm_enrolment(u, str(form.get("code", ""))):
+            audit("portal_totp_enrolled", user=u.name, site=u.site)
+            return RedirectResponse("/", status_code=303)
+        audit("portal_totp_enrol_failed", user=u.name, site=u.site)
+        error = "That code is not right: check the time on your phone and enter the " \
+                "code your authenticator shows now."
+    if u.totp_secret:
+        return page(request, "enrol.html", enrolled=True)
+    secret = accounts.enrol_secret(u)
+    uri = accounts.totp_uri(u, secret)
+    return page(request, "enrol.html", 400 if error else 200, enrolled=False, error=error,
+                uri=uri, secret=" ".join(secret[i:i + 4] for i in range(0, len(secret), 4)),
+                qr=segno.make(uri, error="m").svg_data_uri(scale=5, border=2))
+
+
 def calls_page(request: Request):
     _s, u = current(request)
     if u is not None and not accounts.can(u.role, "list"):
@@ -115,9 +159,10 @@ def calls_page(request: Request):
 def fleet_page(request: Request):
     """The operator's view: every box's last report and open alerts (no call, no
     number: the rows come from health reports, :mod:`sync.upstream.fleet`)."""
-    s, u = current(request)
-    if u is None:
-        return RedirectResponse("/login", status_code=303)
+    g = gate(request)
+    if isinstance(g, Response):
+        return g
+    _s, u = g
     if not accounts.can(u.role, "fleet"):
         raise HTTPException(403, "Only an operator sees the fleet.")
     ucfg = request.app.state.ucfg
@@ -127,11 +172,12 @@ def fleet_page(request: Request):
 
 
 def audit_page(request: Request):
-    s, u = current(request)
-    if u is not None and not accounts.can(u.role, "audit"):
+    g = gate(request)
+    if isinstance(g, Response):
+        return g
+    _s, u = g
+    if not accounts.can(u.role, "audit"):
         raise HTTPException(403, "Your role cannot read the audit trail.")
-    if u is None:
-        return RedirectResponse("/login", status_code=303)
     from sync.upstream.store import audit_chain
     ucfg = request.app.state.ucfg
     chain = audit_chain(ucfg)
@@ -180,6 +226,7 @@ def create_app(ucfg) -> Starlette:
         Route("/", calls_page),
         Route("/login", login, methods=["GET", "POST"]),
         Route("/logout", logout, methods=["POST"]),
+        Route("/enrol", enrol, methods=["GET", "POST"]),
         Route("/audit", audit_page),
         Route("/manage", manage_page),
         Route("/fleet", fleet_page),

@@ -15,15 +15,24 @@ appraisal. So, per practice (``PSite.deletion``):
 
 A keep moves the upstream deadline to its ``until``. The box's own copy still goes at
 the box's deadline: the upstream holds the practice's copy (docs/portal.md).
+
+The **retention period** a manager sets in the portal (:class:`PRetention`) overrides
+the site's ``retention_days`` from the upstream config: :func:`apply_retention` lays it
+over the loaded config at every retention tick of every worker (and at once in the
+portal), so the ingest's new deadlines, the deadline refresh and the retention command
+to the box all follow it.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import peewee as pw
 
+from recorder.errors import LinetapError
+from sync.signed_commands import RETENTION_RANGE
 from sync.upstream.store import Base, UCall, audit, db
 
 log = logging.getLogger(__name__)
@@ -76,12 +85,76 @@ class PNotice(Base):
         indexes = ((("device", "call", "kind"), True),)
 
 
+class PRetention(Base):
+    """A practice's retention period as its manager last set it in the portal."""
+
+    site = pw.CharField(primary_key=True)
+    days = pw.DoubleField()                # 0.01..3650 days from each call's start
+    user = pw.CharField()
+    reason = pw.TextField()
+    time = pw.DoubleField(default=time.time)
+
+    class Meta:
+        table_name = "portal_retention"
+
+
+class RetentionError(LinetapError, ValueError):
+    """A retention period or its reason that cannot be set."""
+
+
+def check_retention(days, reason) -> tuple[float, str]:
+    """The (days, reason) a manager may set: ``days`` a number of days in
+    :data:`sync.signed_commands.RETENTION_RANGE` (what a box accepts), ``reason`` a
+    non-empty text (cut to 500 characters). Raises :class:`RetentionError`."""
+    lo, hi = RETENTION_RANGE
+    if isinstance(days, bool) or not isinstance(days, (int, float)) \
+            or not math.isfinite(days) or not lo <= days <= hi:
+        raise RetentionError(f"the retention period must be a number of days in {lo:g}..{hi:g}")
+    if not isinstance(reason, str) or not reason.strip():
+        raise RetentionError("a reason is required to change the retention period")
+    return float(days), reason.strip()[:500]
+
+
+def apply_retention(ucfg) -> list[str]:
+    """Lay each practice's portal retention over ``ucfg.sites[...].retention_days``
+    (the config's value stays for practices that never set one). Returns the sites
+    whose value changed."""
+    _tables()
+    changed = []
+    for r in PRetention.select():
+        site = ucfg.sites.get(r.site)
+        if site is not None and site.retention_days != r.days:
+            site.retention_days = r.days
+            changed.append(r.site)
+    return changed
+
+
+def set_retention(ucfg, site: str, days, reason, user: str) -> float:
+    """Record a manager's retention period for ``site`` (audited with the previous value
+    and the reason) and apply it to ``ucfg``. Returns the previous period (days)."""
+    days, reason = check_retention(days, reason)
+    if site not in ucfg.sites:
+        raise RetentionError(f"site {site!r} is not in the upstream config")
+    _tables()
+    before = ucfg.sites[site].retention_days
+    with db.atomic():
+        now = time.time()
+        PRetention.insert(site=site, days=days, user=user, reason=reason, time=now).on_conflict(
+            conflict_target=[PRetention.site],
+            update={PRetention.days: days, PRetention.user: user, PRetention.reason: reason,
+                    PRetention.time: now}).execute()
+        audit("portal_retention", user=user, site=site, days=days, previous=before,
+              reason=reason)
+    apply_retention(ucfg)
+    return before
+
+
 def _tables() -> None:
     """Create the tables once per open database (marked on the database object itself:
     an id() could be reused by the next database a process opens)."""
     d = db.obj
     if not getattr(d, "_linetap_portal_tables", False):
-        d.create_tables([PSite, PDecision, PNotice], safe=True)
+        d.create_tables([PSite, PDecision, PNotice, PRetention], safe=True)
         d._linetap_portal_tables = True
 
 

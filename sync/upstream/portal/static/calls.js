@@ -1,7 +1,7 @@
 // The calls page: open the key, index and search, play, download, export, delete, hold.
 import { zipSync } from "/vendor/fflate/esm/browser.js";
 import { openKey, KeyError } from "./lt/keyfile.js";
-import { CallIndex, normNumber } from "./lt/index.js";
+import { CallIndex, listPage, normNumber, rowsFor } from "./lt/index.js";
 import { Player } from "./lt/player.js";
 import { exportCall } from "./lt/call.js";
 import { maskNumber, num } from "./lt/format.js";
@@ -13,9 +13,10 @@ const canOpen = role === "manager" || role === "staff";
 const canManage = role === "manager";
 const index = new CallIndex();
 let keyPair = null;
-let shown = [];
-let limit = 200;
-let lastSearch = {};
+let shown = [];             // the rows on screen (pages fetched so far)
+// What the table is showing: the server's list ({q, next}) or index results ({ids, pos}).
+let view = null;
+const PAGE = 200;           // rows fetched per "Show more"
 
 async function post(url, body) {
   const r = await fetch(url, { method: "POST", credentials: "same-origin",
@@ -61,7 +62,7 @@ function fmtDur(s) {
 function render() {
   const tb = $("#calls tbody");
   tb.replaceChildren();
-  for (const r of shown.slice(0, limit)) {
+  for (const r of shown) {
     const tr = document.createElement("tr");
     tr.dataset.device = r.device;
     tr.dataset.call = r.call;
@@ -83,7 +84,29 @@ function render() {
     }
     tb.append(tr);
   }
-  $("#more").hidden = shown.length <= limit;
+  $("#more").hidden = !hasMore();
+}
+
+function hasMore() {
+  return view !== null && (view.ids ? view.pos < view.ids.length : view.next !== null);
+}
+
+/** The next page of the current view, appended to the table. */
+async function more() {
+  let rows;
+  if (view.ids) {
+    const part = view.ids.slice(view.pos, view.pos + PAGE);
+    view.pos += part.length;
+    rows = await rowsFor(part);
+  } else {
+    const j = await listPage(view.q, view.next);
+    view.next = j.next;
+    if (j.total !== null && j.total !== undefined) view.total = j.total;
+    rows = j.calls;
+  }
+  for (const r of rows) index.fill(r);
+  shown.push(...rows);
+  render();
 }
 
 function needKey() {
@@ -132,10 +155,10 @@ async function openKeyForm(ev) {
     $("#keyfile").value = "";
   }
   status("#key-status", "Key open; indexing calls…");
-  await index.loadList();
+  await index.loadKeys();
   await index.build(keyPair, index.site, (n, total) => status("#key-status", `Key open; indexed ${n} of ${total} calls…`));
   const s = ((performance.now() - t0) / 1000).toFixed(2);
-  if (index.opened === 0 && index.rows.size > 0) {
+  if (index.opened === 0 && index.keys.size > 0) {
     keyPair = null;
     status("#key-status", "This key opens none of this practice's calls: it is not the practice key.", true);
     return;
@@ -149,21 +172,37 @@ async function openKeyForm(ev) {
   runSearch();
 }
 
-function runSearch(ev) {
+async function runSearch(ev) {
   if (ev) ev.preventDefault();
   const q = { number: $("#number") ? $("#number").value : "", from: $("#from").value, to: $("#to").value,
-    line: $("#line").value, direction: $("#direction").value };
-  if (q.number && !keyPair) { status("#search-status", "Open the practice key to search by number.", true); return; }
-  lastSearch = q;
-  shown = index.search(q);
-  limit = 200;
-  render();
-  status("#search-status", `${shown.length} call${shown.length === 1 ? "" : "s"} found.`);
-  document.body.dataset.results = String(shown.length);
+    line: $("#line") ? $("#line").value : "", direction: $("#direction") ? $("#direction").value : "" };
+  // Number, line and direction are sealed: only the index (the key open) knows them,
+  // for every call the user may see. Dates alone the server pages itself.
+  const sealed = normNumber(q.number) || q.line !== "" || q.direction !== "";
+  if (sealed && !keyPair) { status("#search-status", "Open the practice key to search by number, line or direction.", true); return; }
+  delete document.body.dataset.results;
+  shown = [];
+  if (sealed) {
+    const ids = index.searchIds(q);
+    view = { ids, pos: 0, total: ids.length };
+  } else {
+    view = { q, next: null, total: 0 };
+  }
+  try {
+    await more();
+  } catch (e) { status("#search-status", `Search failed: ${e.message}`, true); return; }
+  const n = view.total;
+  status("#search-status", `${n} call${n === 1 ? "" : "s"} found.`);
+  document.body.dataset.results = String(n);
   if (ev || q.number) {
     report("search", { number: q.number ? maskNumber(normNumber(q.number)) : undefined, from: q.from || undefined,
-      to: q.to || undefined, matches: shown.length });
+      to: q.to || undefined, matches: n });
   }
+}
+
+/** Every call matching ``q`` (across all pages), as list rows, for the exports. */
+async function allMatching(q) {
+  return (await rowsFor(index.searchIds(q))).map((r) => index.fill(r));
 }
 
 // ---- play, download, export
@@ -245,7 +284,7 @@ async function subjectAccess() {
   if (needKey()) return;
   const q = { number: $("#number").value, from: $("#from").value, to: $("#to").value };
   if (!normNumber(q.number)) { status("#search-status", "Enter the Number the request is about.", true); return; }
-  const rows = index.search(q);
+  const rows = await allMatching(q);
   const masked = maskNumber(normNumber(q.number));
   const parts = await exportZip(rows, `Subject access export for ${masked}, ${q.from || "any date"} to ${q.to || "any date"}`, Infinity);
   await report("subject_access_export", { number: masked, from: q.from || undefined, to: q.to || undefined,
@@ -257,7 +296,7 @@ async function subjectAccess() {
 
 async function bulk(b) {
   if (needKey()) return;
-  const rows = index.search({});
+  const rows = await allMatching({});
   const parts = await exportZip(rows, "Export of every call", Number(b.dataset.maxBytes));
   await report("bulk_export", { matches: rows.length, files: parts.length });
   parts.forEach((z, k) => save(`linetap-export-part-${String(k + 1).padStart(3, "0")}.zip`, z, "application/zip"));
@@ -271,7 +310,8 @@ async function del(r, tr) {
   if (!ok) return;
   try {
     await post(`/api/call/${encodeURIComponent(r.device)}/${encodeURIComponent(r.call)}/delete`, { confirm: r.call, reason: ok.reason });
-    index.rows.delete(`${r.device}/${r.call}`);
+    index.forget(`${r.device}/${r.call}`);
+    if (view && view.ids) { view.ids = view.ids.filter((id) => id !== `${r.device}/${r.call}`); view.pos--; }
     shown = shown.filter((x) => x !== r);
     tr.remove();
     status("#search-status", `Deleted ${r.call}; the box is told by signed command.`);
@@ -294,14 +334,13 @@ async function hold(r, tr) {
 async function init() {
   player = new Player($("#player"), () => keyPair);
   $("#search-form").addEventListener("submit", runSearch);
-  $("#more").addEventListener("click", () => { limit += 200; render(); });
+  $("#more").addEventListener("click", () => more().catch((e) => status("#search-status", e.message, true)));
   if ($("#key-form")) $("#key-form").addEventListener("submit", openKeyForm);
   if ($("#sar")) $("#sar").addEventListener("click", () => subjectAccess().catch((e) => status("#search-status", e.message, true)));
   if ($("#bulk")) $("#bulk").addEventListener("click", (e) => bulk(e.target).catch((x) => status("#search-status", x.message, true)));
-  await index.loadList();
-  shown = index.search({});
-  render();
-  status("#search-status", `${shown.length} calls.`);
+  view = { q: {}, next: null, total: 0 };
+  await more();
+  status("#search-status", `${view.total} calls.`);
   document.body.dataset.ready = "1";
 }
 

@@ -25,7 +25,8 @@ async function load(ev) {
   const s = j.settings;
   $("#deletion").value = s.deletion; $("#remind").value = s.remind_days; $("#escalate").value = s.escalate_days;
   $("#totp").checked = s.require_totp;
-  $("#retention").textContent = `Retention period: ${j.retention_days} days from the start of each call (set per practice in the upstream configuration).`;
+  $("#retention").textContent = `Each call is kept ${j.retention_days} days from its start, here and on the box, unless held or kept.`;
+  if (!$("#retention-days").value) $("#retention-days").value = j.retention_days;
   const tb = $("#queue tbody");
   tb.replaceChildren();
   for (const c of rows) {
@@ -83,7 +84,19 @@ async function saveSettings(ev) {
   } catch (e) { say("#settings-status", `Not saved: ${e.message}`, true); }
 }
 
+async function setRetention(ev) {
+  ev.preventDefault();
+  try {
+    const j = await post("/api/retention", { days: Number($("#retention-days").value), reason: $("#retention-reason").value });
+    $("#retention-reason").value = "";
+    await load();
+    say("#retention-status", `Retention period set to ${j.retention_days} days (was ${j.previous}); ` +
+      `the box is told by signed command. ${j.past_deadline} call(s) are now past their deadline.`);
+  } catch (e) { say("#retention-status", `Not set: ${e.message}`, true); }
+}
+
 $("#days-form").addEventListener("submit", load);
+$("#retention-form").addEventListener("submit", setRetention);
 $("#approve-form").addEventListener("submit", approve);
 $("#settings").addEventListener("submit", saveSettings);
 load().then(() => { document.body.dataset.ready = "1"; });

@@ -187,9 +187,34 @@ def open_key(page, path, passphrase=""):
     page.locator("body[data-key-open='1'], #key-status.bad").first.wait_for(timeout=60000)
 
 
-
-
 def wait_ready(page):
     """The calls page has loaded its list. (Waits use selectors: the CSP forbids the
     string evaluation behind Playwright's wait_for_function.)"""
     page.locator("body[data-ready='1']").wait_for()
+
+
+def downloads(page, n, click) -> dict[str, bytes]:
+    """Click, then collect ``n`` downloads as {suggested name: bytes}."""
+    got = []
+
+    def grab(d):
+        got.append(d)
+    page.on("download", grab)
+    click()
+    for _ in range(200):
+        if len(got) >= n:
+            break
+        page.wait_for_timeout(100)
+    page.remove_listener("download", grab)
+    assert len(got) == n, f"{len(got)} downloads, {n} expected"
+    return {d.suggested_filename: open(d.path(), "rb").read() for d in got}
+
+
+def key_open_in_new_tab(context, url, key):
+    """Open the practice key in a fresh tab of the signed-in ``context`` (nothing of the
+    index left in the page); returns the page and its key status line."""
+    page = context.new_page()
+    page.goto(url + "/")
+    wait_ready(page)
+    open_key(page, key)
+    return page, page.locator("#key-status").inner_text()

@@ -12,6 +12,7 @@ from tests.sync.upstream.portal.conftest import (
     N2,
     PASSPHRASE,
     PASSWORD,
+    key_open_in_new_tab,
     open_key,
     sign_in,
     wait_ready,
@@ -115,12 +116,8 @@ def test_sealed_index_is_reused_and_a_forged_one_ignored(env, context):
     blob = objects.get("portal-index/site1.bin")
     assert N1.encode() not in blob and b"inbound" not in blob     # sealed
     # A fresh tab: the index comes back from the server, no manifest is opened.
-    p2 = context.new_page()
-    p2.goto(env.url + "/")
-    wait_ready(p2)
-    open_key(p2, env.priv)
-    assert f"{len(env.ids_a)} from the sealed index, 0 manifests opened" in \
-        p2.locator("#key-status").inner_text()
+    p2, said = key_open_in_new_tab(context, env.url, env.priv)
+    assert f"{len(env.ids_a)} from the sealed index, 0 manifests opened" in said
     p2.get_by_label("Number", exact=True).fill(N1)
     p2.get_by_role("button", name="Search").click()
     p2.locator("body[data-results='2']").wait_for()
@@ -128,10 +125,6 @@ def test_sealed_index_is_reused_and_a_forged_one_ignored(env, context):
     bad = bytearray(blob)
     bad[40] ^= 1
     objects.put("portal-index/site1.bin", bytes(bad))
-    p3 = context.new_page()
-    p3.goto(env.url + "/")
-    wait_ready(p3)
-    open_key(p3, env.priv)
-    assert f"0 from the sealed index, {len(env.ids_a)} manifests opened" in \
-        p3.locator("#key-status").inner_text()
+    _p3, said = key_open_in_new_tab(context, env.url, env.priv)
+    assert f"0 from the sealed index, {len(env.ids_a)} manifests opened" in said
     assert objects.get("portal-index/site1.bin") != bytes(bad)

@@ -14,28 +14,19 @@ from cryptography.hazmat.primitives import serialization
 
 from sync.upstream.cli import cli_main
 from sync.upstream.store import Command, UAudit, UCall, USegment
-from tests.sync.upstream.portal.conftest import N1, N2, PASSPHRASE, open_key, sign_in, wait_ready
+from tests.sync.upstream.portal.conftest import (
+    N1,
+    N2,
+    PASSPHRASE,
+    downloads,
+    open_key,
+    sign_in,
+    wait_ready,
+)
 
 
 def _row(page, call):
     return page.locator(f"#calls tbody tr[data-call='{call}']")
-
-
-def _downloads(page, n, click) -> dict[str, bytes]:
-    """Click, then collect ``n`` downloads as {suggested name: bytes}."""
-    got = []
-
-    def grab(d):
-        got.append(d)
-    page.on("download", grab)
-    click()
-    for _ in range(200):
-        if len(got) >= n:
-            break
-        page.wait_for_timeout(100)
-    page.remove_listener("download", grab)
-    assert len(got) == n, f"{len(got)} downloads, {n} expected"
-    return {d.suggested_filename: open(d.path(), "rb").read() for d in got}
 
 
 def _signed_in_with_key(context, env, user="manager", key=None, passphrase=""):
@@ -108,12 +99,25 @@ def test_a_call_failing_verification_plays_only_after_a_warning(env, context):
         open(path, "wb").write(orig)
 
 
-def test_download_is_byte_identical_to_the_cli_export(env, context, cli_export):
+@pytest.fixture(scope="module")
+def box_export(env, tmp_path_factory):
+    """The box's own ``linetap export`` of the same calls, from its data directory."""
+    from recorder.cli.main import main
+    out = tmp_path_factory.mktemp("box-export")
+    assert main(["export", "--data-dir", str(env.box_a.data_dir), "--key", str(env.priv),
+                 "--out", str(out), "--call", env.ids_a[0], "--call", env.ids_a[2]]) == 0
+    return out
+
+
+def test_download_is_byte_identical_to_the_cli_export(env, context, cli_export, box_export):
     page = _signed_in_with_key(context, env, "staff", env.enc_key, PASSPHRASE)
     for call in (env.ids_a[0], env.ids_a[2]):
-        got = _downloads(page, 2, _row(page, call).get_by_role("button", name="Download").click)
+        got = downloads(page, 2, _row(page, call).get_by_role("button", name="Download").click)
         assert got[f"{call}.wav"] == (cli_export / f"{call}.wav").read_bytes()
         assert got[f"{call}.json"] == (cli_export / f"{call}.json").read_bytes()
+        # The same bytes as the box's own `linetap export` of that call.
+        assert got[f"{call}.wav"] == (box_export / f"{call}.wav").read_bytes()
+        assert got[f"{call}.json"] == (box_export / f"{call}.json").read_bytes()
 
 
 def test_subject_access_zip(env, context, cli_export):
@@ -185,6 +189,13 @@ def test_roles_in_the_ui_and_as_403(env, context):
                            data={"on": True}).status == 403
     assert p2.request.get(env.url + "/api/audit").status == 403
     assert p2.request.get(env.url + "/audit").status == 403
+    # Retention is the manager's: no link, no page, and 403 from the API.
+    assert p2.get_by_role("link", name="Retention").count() == 0
+    assert p2.request.get(env.url + "/manage").status == 403
+    for who, p, tok in (("staff", p2, csrf2), ("auditor", page, csrf)):
+        r = p.request.post(env.url + "/api/retention", headers={"x-csrf-token": tok},
+                           data={"days": 1, "reason": "x"})
+        assert r.status == 403, who
     assert p2.request.get(base + "/manifest").status == 200
     # Without the CSRF token even the manager's POST is refused.
     staff.close()
@@ -231,7 +242,7 @@ def test_no_key_leaves_and_no_plaintext_arrives(env, context, cli_export):
     page.get_by_role("button", name="Search").click()
     _row(page, env.ids_a[0]).get_by_role("button", name="Play").click()
     page.locator("#player[data-scheduled='3']").wait_for(timeout=20000)
-    _downloads(page, 2, _row(page, env.ids_a[0]).get_by_role("button", name="Download").click)
+    downloads(page, 2, _row(page, env.ids_a[0]).get_by_role("button", name="Download").click)
     page.wait_for_load_state("networkidle")
     pem = env.priv.read_bytes()
     key = serialization.load_pem_private_key(pem, None)
@@ -292,7 +303,7 @@ def test_bulk_export_is_split_into_zips_at_tablet_width(env, browser, cli_export
         # One 30 s call's WAV is 480 KB: a 600 KB limit makes one ZIP per call.
         page.locator("#bulk").evaluate("b => b.dataset.maxBytes = '600000'")
         n = page.locator("#calls tbody tr").count()
-        got = _downloads(page, n, page.get_by_role("button", name="Export everything").click)
+        got = downloads(page, n, page.get_by_role("button", name="Export everything").click)
         assert sorted(got) == [f"linetap-export-part-{k:03d}.zip" for k in range(1, n + 1)]
         calls = set()
         for data in got.values():

@@ -4,15 +4,16 @@ audited. Run last in its module: it expires calls."""
 
 from __future__ import annotations
 
+import io
 import time
+import zipfile
 
 from recorder.timebase import parse_iso
 from sync.upstream import ops as upstream_ops
 from sync.upstream.objectstore import open_objects
-from sync.upstream.portal import accounts
 from sync.upstream.portal.decisions import PDecision, PNotice, PSite
 from sync.upstream.store import UAudit, UCall
-from tests.sync.upstream.portal.conftest import sign_in
+from tests.sync.upstream.portal.conftest import N1, downloads, open_key, sign_in, wait_ready
 
 
 def _last(action):
@@ -63,6 +64,24 @@ def test_keep_approve_and_settings_in_the_ui(env, context):
     assert _last("portal_settings").detail["deletion"] == "approval"
 
 
+def test_the_export_of_a_kept_call_says_how_to_check_it_later(env, context):
+    """A call kept as part of the care record: the subject access export's report says
+    how its authenticity can be checked later."""
+    page = context.new_page()
+    sign_in(page, env.url, "manager")
+    wait_ready(page)
+    open_key(page, env.priv)
+    page.get_by_label("Number", exact=True).fill(N1)
+    got = downloads(page, 1, page.get_by_role("button", name="Subject access export").click)
+    z = zipfile.ZipFile(io.BytesIO(next(iter(got.values()))))
+    report = z.read("verification-report.txt").decode()
+    kept = report[report.index(f"{env.ids_a[0]}: verified"):]
+    assert "Kept: part of the care record, until 2030-01-31" in kept
+    assert "To check its authenticity later" in kept and "linetap verify" in kept
+    other = report[report.index(f"{env.ids_a[3]}: verified"):].split("\n")[1]
+    assert "Kept" not in other            # only the kept call carries the note
+
+
 def test_approval_only_deletion_reminds_escalates_and_never_keeps_for_ever(env):
     objects = open_objects(env.ucfg.objects)
     now = time.time()
@@ -81,16 +100,3 @@ def test_approval_only_deletion_reminds_escalates_and_never_keeps_for_ever(env):
     upstream_ops.expire(objects, now + 10 * 86400)
     assert UCall.get(UCall.call == waiting).state == "deleted"
     assert _last("retention_unapproved_deleted").detail["call"] == waiting
-
-
-def test_required_totp_refuses_a_user_without_one(env, context):
-    accounts.site_settings("site1")
-    PSite.update(require_totp=True).where(PSite.site == "site1").execute()
-    try:
-        page = context.new_page()
-        sign_in(page, env.url, "auditor")
-        assert "/login" in page.url
-        assert "requires a one-time code" in page.get_by_role("alert").inner_text()
-    finally:
-        PSite.update(require_totp=False).where(PSite.site == "site1").execute()
-        accounts.reset("auditor")

@@ -1,5 +1,6 @@
-// The number index: built in this tab by opening every manifest the user may see,
-// kept in memory only (never in storage), gone when the tab closes or the key is closed.
+// The number index: built in this tab by opening every manifest the user may see (or
+// read back sealed from the server), kept in memory only (never in browser storage),
+// gone when the tab closes. The displayed list is the server's, a page at a time.
 import { openManifest } from "./crypto.js";
 import { num } from "./format.js";
 
@@ -45,32 +46,73 @@ async function pool(items, n, fn) {
   await Promise.all(Array.from({ length: Math.min(n, items.length) }, run));
 }
 
+const LIST_PAGE = 200;      // call-list rows per page (paging.DEFAULT_PAGE)
+
+async function getJSON(url, init) {
+  const r = await fetch(url, { credentials: "same-origin", ...init });
+  const j = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error(j.error || `${url}: ${r.status}`);
+  return j;
+}
+
+/** One page of the server's call list (metadata only), newest first: {calls, next,
+ * total}. ``q``: from/to dates; ``after``: the previous page's ``next``. */
+export async function listPage(q, after) {
+  const p = new URLSearchParams({ limit: String(LIST_PAGE) });
+  if (q.from) p.set("from", q.from);
+  if (q.to) p.set("to", q.to);
+  if (after) p.set("after", after);
+  return getJSON(`/api/calls?${p}`);
+}
+
+/** The list rows of the named calls ("device/call"), in that order, in pages. */
+export async function rowsFor(ids) {
+  const out = [];
+  for (let k = 0; k < ids.length; k += 1000) {
+    const j = await getJSON("/api/calls/select", { method: "POST",
+      headers: { "content-type": "application/json", "x-csrf-token": csrf() },
+      body: JSON.stringify({ calls: ids.slice(k, k + 1000) }) });
+    out.push(...j.calls);
+  }
+  return out;
+}
+
 export class CallIndex {
   constructor() {
-    this.rows = new Map();         // "device/call" -> row
+    this.keys = new Map();         // "device/call" -> start (ms since 1970, or NaN)
     this.byNumber = new Map();     // normalised number -> Set of ids
     this.unreadable = 0;
     this.opened = 0;
     this.entries = new Map();      // id -> [line, direction, duration_s, caller, dialled]
   }
 
-  /** Load the call list (metadata only: what a role without the key also sees). */
-  async loadList() {
-    const r = await fetch("/api/calls", { credentials: "same-origin" });
-    const j = await r.json();
-    if (!r.ok) throw new Error(j.error || r.status);
+  /** Every live call with a manifest that the user may see (ids and start times only:
+   * the key open's work list, not the displayed list, which the server pages). */
+  async loadKeys() {
+    const j = await getJSON("/api/calls/keys");
     this.site = j.site;
-    this.rows.clear();
-    for (const c of j.calls) this.rows.set(`${c.device}/${c.call}`, c);
+    this.keys.clear();
+    for (const [dev, call, start] of j.calls) this.keys.set(`${dev}/${call}`, start === null ? NaN : start * 1000);
     return j;
   }
 
+  /** A call gone from the list (deleted here): out of every result from now on. */
+  forget(id) {
+    this.keys.delete(id);
+    this.entries.delete(id);
+  }
+
+  /** Copy the sealed fields of a list row's call from the index into the row. */
+  fill(row) {
+    const e = this.entries.get(`${row.device}/${row.call}`);
+    if (e) [row.line, row.direction, row.duration_s, row.caller_number, row.dialled_digits] = e;
+    return row;
+  }
+
   _add(id, e) {
-    const row = this.rows.get(id);
-    if (!row) return;
-    [row.line, row.direction, row.duration_s, row.caller_number, row.dialled_digits] = e;
+    if (!this.keys.has(id)) return;
     this.entries.set(id, e);
-    for (const n of [row.caller_number, row.dialled_digits]) {
+    for (const n of [e[3], e[4]]) {
       const k = normNumber(n);
       if (!k) continue;
       if (!this.byNumber.has(k)) this.byNumber.set(k, new Set());
@@ -108,12 +150,12 @@ export class CallIndex {
         const plain = await crypto.subtle.decrypt({ name: "AES-GCM", iv: b.subarray(0, 12), additionalData: aad(site) }, key, b.subarray(12));
         const j = JSON.parse(new TextDecoder().decode(plain));
         for (const [id, e] of Object.entries(j.entries)) {
-          if (this.rows.has(id)) { this._add(id, e); this.fromCache++; this.opened++; }
+          if (this.keys.has(id)) { this._add(id, e); this.fromCache++; this.opened++; }
         }
       } catch { this.cacheRejected = true; }   // altered, or another key's: rebuild
     }
-    const missing = [...this.rows.keys()].filter((id) => !this.entries.has(id));
-    if (missing.length === this.rows.size) {
+    const missing = [...this.keys.keys()].filter((id) => !this.entries.has(id));
+    if (missing.length === this.keys.size) {
       await this.openAll(keyPair, onProgress);
     } else {
       for (let k = 0; k < missing.length; k += PAGE) {
@@ -122,7 +164,7 @@ export class CallIndex {
           body: JSON.stringify({ calls: missing.slice(k, k + PAGE) }) });
         if (!res.ok) throw new Error(`manifests: ${res.status}`);
         await this._openBundle(new Uint8Array(await res.arrayBuffer()), keyPair);
-        if (onProgress) onProgress(this.opened, this.rows.size);
+        if (onProgress) onProgress(this.opened, this.keys.size);
       }
     }
     // Only a key that opened something stores: a wrong key must not wipe the index.
@@ -158,31 +200,32 @@ export class CallIndex {
         this._add(id, [num(body.line), body.direction, num(body.duration_s), body.caller_number || "",
           body.dialled_digits || ""]);
       });
-      if (onProgress) onProgress(this.opened, this.rows.size);
+      if (onProgress) onProgress(this.opened, this.keys.size);
       if (!next) break;
     }
   }
 
-  /** Filter: number (exact, caller or dialled), from/to (YYYY-MM-DD, inclusive), line,
-   * direction. Newest first. */
-  search({ number, from, to, line, direction } = {}) {
-    let ids;
+  /** The ids of the calls matching number (exact, caller or dialled), from/to
+   * (YYYY-MM-DD, inclusive, UTC), line and direction, newest first (the server
+   * list's order): every call the user may see, not one page. */
+  searchIds({ number, from, to, line, direction } = {}) {
     const k = normNumber(number);
-    if (k) ids = [...(this.byNumber.get(k) || [])];
-    else ids = [...this.rows.keys()];
+    const ids = k ? [...(this.byNumber.get(k) || [])] : [...this.entries.keys()];
     const lo = from ? Date.parse(from + "T00:00:00Z") : -Infinity;
     const hi = to ? Date.parse(to + "T00:00:00Z") + 86400000 : Infinity;
     const out = [];
     for (const id of ids) {
-      const r = this.rows.get(id);
-      if (!r) continue;
-      const t = Date.parse(r.start);
-      if (!(t >= lo && t < hi)) continue;
-      if (line !== undefined && line !== "" && String(r.line) !== String(line)) continue;
-      if (direction && r.direction !== direction) continue;
-      out.push(r);
+      const e = this.entries.get(id);
+      const t = this.keys.get(id);
+      if (!e || t === undefined) continue;
+      if ((from || to) && !(t >= lo && t < hi)) continue;
+      if (line !== undefined && line !== "" && String(e[0]) !== String(line)) continue;
+      if (direction && e[1] !== direction) continue;
+      out.push(id);
     }
-    out.sort((a, b) => (a.start < b.start ? 1 : a.start > b.start ? -1 : 0));
+    const start = (id) => this.keys.get(id) || 0;
+    const cmp = (a, b) => (a < b ? 1 : a > b ? -1 : 0);
+    out.sort((a, b) => cmp(start(a), start(b)) || cmp(a, b));
     return out;
   }
 }
