@@ -340,15 +340,14 @@ def run_store(store: str, args, *, tmp: Path, pki: FleetPKI, broker, pg, pubs: P
         out["bare_cpu_ms_per_segment"] = round(bare_ms, 2)
         print(f"[{store}] bare loop: {bare:.0f} segments/s, {bare_ms:.2f} CPU-ms/segment",
               flush=True)
-        failed = 0
+        left = 0
         for n in fleets:
-            if failed == 2:
-                # Two fleets in a row not held: a larger one is not held either, and
-                # its backlog would outlast the drain and spoil the saturation step.
+            if left:
+                # The last step did not drain: its backlog would spoil this one.
                 out.setdefault("skipped_fleets", []).append(n)
                 continue
             step = run_step(pubs, cpu, n, args.seconds, 0, args.drain)
-            failed = 0 if step["real_time"] else failed + 1
+            left = step["unacked"]
             out["steps"].append(step)
             print(json.dumps({"store": store, **step}), flush=True)
         step = run_step(pubs, cpu, args.saturate_boxes, args.seconds, args.window, args.drain)
