@@ -253,3 +253,61 @@ logfile = {self.dir}/pgbouncer.log
             return (self.dir / "pgbouncer.log").read_text()
         except OSError:
             return ""
+
+
+class Replica:
+    """A streaming replica of a :class:`Postgres` (``pg_basebackup -R``), named
+    ``name`` to the primary (its ``application_name``), in its own temp folder and
+    port. :meth:`make_synchronous` makes the primary wait for it at every commit;
+    :meth:`promote` turns it into a primary, as a failover does."""
+
+    def __init__(self, primary: Postgres, name: str = "replica1"):
+        self.primary, self.name = primary, name
+        self.dir = Path(tempfile.mkdtemp(prefix="linetap-pgreplica-"))
+        self.port = free_port()
+        os.chmod(self.dir, 0o777)
+
+    def start(self) -> None:
+        p = self.primary
+        p._run(PG_BIN / "pg_basebackup", "-D", self.dir / "data", "-R", "-X", "stream",
+               "-d", f"host=127.0.0.1 port={p.port} user=postgres "
+                     f"application_name={self.name}")
+        p._run(PG_BIN / "pg_ctl", "-D", self.dir / "data", "-l", self.dir / "pg.log", "-w",
+               "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
+                     "-c fsync=off", "start")
+
+    def make_synchronous(self) -> None:
+        """``synchronous_standby_names`` on the primary; returns once the replica
+        streams as ``sync``."""
+        import psycopg2
+        conn = psycopg2.connect(host="127.0.0.1", port=self.primary.port, user="postgres",
+                                dbname="postgres")
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"ALTER SYSTEM SET synchronous_standby_names = '{self.name}'")
+                cur.execute("SELECT pg_reload_conf()")
+                for _ in range(400):
+                    cur.execute("SELECT sync_state FROM pg_stat_replication "
+                                "WHERE application_name = %s", (self.name,))
+                    row = cur.fetchone()
+                    if row and row[0] == "sync":
+                        return
+                    time.sleep(0.05)
+        finally:
+            conn.close()
+        raise RuntimeError(f"{self.name} did not become a synchronous standby")
+
+    def promote(self) -> None:
+        self.primary._run(PG_BIN / "pg_ctl", "-D", self.dir / "data", "-w", "promote")
+
+    def url(self, name: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        try:
+            self.primary._run(PG_BIN / "pg_ctl", "-D", self.dir / "data", "-m", "immediate",
+                              "stop")
+        except subprocess.CalledProcessError:
+            pass
+        shutil.rmtree(self.dir, ignore_errors=True)
