@@ -40,6 +40,7 @@ import json
 import multiprocessing
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -416,6 +417,8 @@ def main(argv=None) -> int:
                     help="boxes in the saturation step (the last of each store; its rate "
                          "is the sustained segments/s)")
     ap.add_argument("--s3-saturate-boxes", type=int, default=25)
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the run's folder (logs, object stores) instead of removing it")
     ap.add_argument("--cache", type=Path, default=None,
                     help=f"the bench PKI's cache (default {default_cache()})")
     args = ap.parse_args(argv)
@@ -463,6 +466,9 @@ def main(argv=None) -> int:
             pubs.close()
         broker.stop()
         pg.stop()
+        if not args.keep:
+            # The object stores hold every segment of the run: gigabytes at 2,000 boxes.
+            shutil.rmtree(tmp, ignore_errors=True)
     head = result[stores[0]]
     # The brief's fields (design brief, section 5) from the first store (the goal's, fs).
     result.update({k: head[k] for k in (
