@@ -10,7 +10,7 @@ SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PKGS := python3 python3-venv python3-dev gcc libasound2-dev alsa-utils libsndfile1 \
 	mosquitto mosquitto-clients openssl postgresql device-tree-compiler shellcheck \
 	multimon-ng espeak-ng sox iproute2 systemd \
-	nodejs chromium \
+	nodejs chromium pgbouncer \
 	rauc squashfs-tools dbus dosfstools mtools e2fsprogs
 PYTEST_ARGS ?=
 QUICK ?=

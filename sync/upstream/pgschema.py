@@ -102,6 +102,12 @@ def upgrade(d) -> list[int]:
     d.execute_sql("CREATE TABLE IF NOT EXISTS schema_migrations "
                   "(version integer PRIMARY KEY, name text NOT NULL, "
                   "applied double precision NOT NULL)")
+    if set(applied(d)) >= {m[0] for m in MIGRATIONS}:
+        # Nothing to apply: no lock either. It is session-level (index builds run
+        # outside a transaction), and behind pgbouncer in transaction mode a lock taken
+        # on one server connection and released on another stays held by the pool, so
+        # every later worker start would wait for it for ever.
+        return done
     d.execute_sql("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
     try:
         have = set(applied(d))

@@ -1,5 +1,5 @@
 """Sync rigs: a TLS PKI, a real mosquitto with mutual TLS and a per-device ACL, and a
-PostgreSQL server, all on loopback in temp folders.
+PostgreSQL server (and pgbouncer in front of it), all on loopback in temp folders.
 
 The pytest fixtures over them (``pki``, ``broker``, ``postgres``) are in
 ``tests/conftest.py``; the campaigns (``bench/campaigns/common.py``) and ``bench/sync.py``
@@ -34,6 +34,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_listening(proc, port: int, what: str, log) -> None:
+    """Return once ``port`` on loopback accepts connections (up to about 5 s); raise with
+    ``log()`` if ``proc`` exits first."""
+    for _ in range(200):
+        try:
+            with socket.create_connection(("127.0.0.1", port), 0.1):
+                return
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{what} exited: " + log()) from None
+            time.sleep(0.025)
+    raise RuntimeError(f"{what} did not start")
 
 
 def _name(cn):
@@ -122,15 +136,7 @@ use_identity_as_username true
     def start(self) -> None:
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.dir / "mosquitto.conf")],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(200):
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), 0.1):
-                    return
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError("mosquitto exited: " + self.log()) from None
-                time.sleep(0.025)
-        raise RuntimeError("mosquitto did not start")
+        wait_listening(self.proc, self.port, "mosquitto", self.log)
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -191,3 +197,117 @@ class Postgres:
             cur.execute(f'CREATE DATABASE "{name}"')
         conn.close()
         return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+
+
+PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+
+
+class PgBouncer:
+    """pgbouncer in ``pool_mode = transaction`` in front of a :class:`Postgres`, on
+    loopback, as docs/sync.md recommends (``pool`` server connections per database,
+    ``server_reset_query`` empty). Run as ``postgres`` when we are root: pgbouncer
+    refuses to run as root."""
+
+    def __init__(self, pg: Postgres, *, pool: int = 2):
+        self.pg, self.port, self.proc = pg, free_port(), None
+        self.dir = Path(tempfile.mkdtemp(prefix="linetap-pgbouncer-"))
+        os.chmod(self.dir, 0o777)
+        (self.dir / "userlist.txt").write_text('"postgres" ""\n')
+        (self.dir / "pgbouncer.ini").write_text(f"""\
+[databases]
+* = host=127.0.0.1 port={pg.port}
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {self.port}
+unix_socket_dir =
+auth_type = trust
+auth_file = {self.dir}/userlist.txt
+pool_mode = transaction
+default_pool_size = {pool}
+max_client_conn = 200
+server_reset_query =
+ignore_startup_parameters = extra_float_digits
+logfile = {self.dir}/pgbouncer.log
+""")
+
+    def start(self) -> None:
+        cmd = [PGBOUNCER, str(self.dir / "pgbouncer.ini")]
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_listening(self.proc, self.port, "pgbouncer", self.log)
+
+    def url(self, name: str) -> str:
+        """The URL of database ``name`` through pgbouncer."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def log(self) -> str:
+        try:
+            return (self.dir / "pgbouncer.log").read_text()
+        except OSError:
+            return ""
+
+
+class Replica:
+    """A streaming replica of a :class:`Postgres` (``pg_basebackup -R``), named
+    ``name`` to the primary (its ``application_name``), in its own temp folder and
+    port. :meth:`make_synchronous` makes the primary wait for it at every commit;
+    :meth:`promote` turns it into a primary, as a failover does."""
+
+    def __init__(self, primary: Postgres, name: str = "replica1"):
+        self.primary, self.name = primary, name
+        self.dir = Path(tempfile.mkdtemp(prefix="linetap-pgreplica-"))
+        self.port = free_port()
+        os.chmod(self.dir, 0o777)
+
+    def start(self) -> None:
+        p = self.primary
+        p._run(PG_BIN / "pg_basebackup", "-D", self.dir / "data", "-R", "-X", "stream",
+               "-d", f"host=127.0.0.1 port={p.port} user=postgres "
+                     f"application_name={self.name}")
+        p._run(PG_BIN / "pg_ctl", "-D", self.dir / "data", "-l", self.dir / "pg.log", "-w",
+               "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
+                     "-c fsync=off", "start")
+
+    def make_synchronous(self) -> None:
+        """``synchronous_standby_names`` on the primary; returns once the replica
+        streams as ``sync``."""
+        import psycopg2
+        conn = psycopg2.connect(host="127.0.0.1", port=self.primary.port, user="postgres",
+                                dbname="postgres")
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"ALTER SYSTEM SET synchronous_standby_names = '{self.name}'")
+                cur.execute("SELECT pg_reload_conf()")
+                for _ in range(400):
+                    cur.execute("SELECT sync_state FROM pg_stat_replication "
+                                "WHERE application_name = %s", (self.name,))
+                    row = cur.fetchone()
+                    if row and row[0] == "sync":
+                        return
+                    time.sleep(0.05)
+        finally:
+            conn.close()
+        raise RuntimeError(f"{self.name} did not become a synchronous standby")
+
+    def promote(self) -> None:
+        self.primary._run(PG_BIN / "pg_ctl", "-D", self.dir / "data", "-w", "promote")
+
+    def url(self, name: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        try:
+            self.primary._run(PG_BIN / "pg_ctl", "-D", self.dir / "data", "-m", "immediate",
+                              "stop")
+        except subprocess.CalledProcessError:
+            pass
+        shutil.rmtree(self.dir, ignore_errors=True)

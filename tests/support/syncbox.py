@@ -176,7 +176,7 @@ class Running:
     """An uploader on its own service thread, as the daemon runs it."""
 
     def __init__(self, box, broker, pki, *, window=16, ack_timeout_s=3.0, command_pub=None,
-                 free_bytes=None, alarms=None, updater=None, **sync):
+                 free_bytes=None, alarms=None, updater=None, site="site1", **sync):
         import threading
 
         from recorder.storage.retention.service import Retention
@@ -184,8 +184,9 @@ class Running:
         dev = pki.devices[box.device]
         extra = {"command_key": str(command_pub)} if command_pub else {}
         extra.update(sync)                      # further [sync] settings
-        self.cfg = box_cfg(box.data_dir, device=box.device, enabled=True, host="127.0.0.1",
-                           port=broker.port, ca=str(pki.ca), cert=dev.cert, key=dev.key,
+        self.cfg = box_cfg(box.data_dir, device=box.device, site=site, enabled=True,
+                           host="127.0.0.1", port=broker.port, ca=str(pki.ca),
+                           cert=dev.cert, key=dev.key,
                            window=window, **extra)
         self.retention = Retention(box.store, box.data_dir, self.cfg, alarms=alarms,
                                    free_bytes=free_bytes or (lambda: 10**12))

@@ -96,3 +96,29 @@ def test_retention_in_bounded_batches(postgres, tmp_path):
     assert len(queries) == 1 + 5
     assert upstream_ops.expire(objects, now=now, batch=5) == 0
 
+
+
+def test_an_up_to_date_database_takes_no_lock(postgres):
+    """A worker starting on an up-to-date database must not wait for the migrations'
+    session-level lock: behind pgbouncer in transaction mode, a lock and its unlock may
+    reach two server connections, and the pool then holds the lock for ever. Here
+    another session holds it the whole time."""
+    import threading
+
+    import psycopg2
+    url = postgres.new_db("uptodate")
+    open_db(url)
+    holder = psycopg2.connect(url)
+    holder.autocommit = True
+    with holder.cursor() as cur:
+        cur.execute("SELECT pg_advisory_lock(%s)", (pgschema.LOCK_KEY,))
+    result: dict = {}
+    t = threading.Thread(target=lambda: result.update(done=pgschema.upgrade(db)),
+                         daemon=True)
+    try:
+        t.start()
+        t.join(30)        # a guard against a hang, not a timing assertion
+        assert result.get("done") == [], "upgrade waited for the migrations' lock"
+    finally:
+        holder.close()    # releases the lock, so a blocked upgrade can finish
+        t.join(30)

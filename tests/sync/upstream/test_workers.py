@@ -34,6 +34,26 @@ def _connected(broker, n) -> bool:
     return broker.log().count("New client connected") >= n
 
 
+def _start_workers(conf, n: int, logs) -> list[subprocess.Popen]:
+    """``n`` ``linetap ingest`` processes on ``conf``, each logging to ``logs/workerI.log``."""
+    return [subprocess.Popen([sys.executable, "-m", "sync.upstream.ingest", "--config",
+                              str(conf)], stdout=subprocess.DEVNULL,
+                             stderr=open(logs / f"worker{i}.log", "wb"))
+            for i in range(n)]
+
+
+def _stop_workers(procs) -> None:
+    """SIGTERM the living ones, and SIGKILL any that does not stop within 15 s."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("objects_backend")
 def test_three_workers_one_killed_mid_stream(tmp_path, broker, pki, postgres):
@@ -49,10 +69,7 @@ def test_three_workers_one_killed_mid_stream(tmp_path, broker, pki, postgres):
     conf.write_text(to_toml(raw))
     ucfg = upstream_config.from_dict(raw)
     open_db(ucfg.db_url)
-    procs = [subprocess.Popen([sys.executable, "-m", "sync.upstream.ingest", "--config",
-                               str(conf)], stdout=subprocess.DEVNULL,
-                              stderr=open(tmp_path / f"worker{i}.log", "wb"))
-             for i in range(3)]
+    procs = _start_workers(conf, 3, tmp_path)
     runs, victim = [], procs[1]
     try:
         wait_for(lambda: _connected(broker, 3), what="three workers connected")
@@ -67,14 +84,7 @@ def test_three_workers_one_killed_mid_stream(tmp_path, broker, pki, postgres):
     finally:
         for r in runs:
             r.close()
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        _stop_workers(procs)
     for p in (procs[0], procs[2]):
         assert p.returncode == 0, (tmp_path / f"worker{procs.index(p)}.log").read_text()[-2000:]
     # The killed worker may have left a temp file of a write it never finished (only
@@ -119,3 +129,68 @@ def test_failed_batches_do_not_starve_a_worker(tmp_path, broker, pki):
         worker.close()
     assert fails["n"] == 150
     assert USegment.select().count() == 160 and len(stored_objects(ucfg, "seg")) == 160
+
+
+class _Presence:
+    """The workers' retained presence (``<prefix>/_ingest/<client id>/status``), watched
+    with the ingest's certificate: "online" once a worker has subscribed, cleared by its
+    will when the broker has dropped it."""
+
+    def __init__(self, broker, pki):
+        import threading
+
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+        self.online: dict[str, bool] = {}
+        self.lock = threading.Lock()
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="presence-watch",
+                        protocol=mqtt.MQTTv5)
+        c.tls_set(ca_certs=str(pki.ca), certfile=pki.ingest.cert, keyfile=pki.ingest.key)
+        c.on_connect = lambda cl, *_: cl.subscribe("linetap/_ingest/+/status", qos=1)
+        c.on_message = self._message
+        c.connect("127.0.0.1", broker.port)
+        c.loop_start()
+        self.c = c
+
+    def _message(self, client, userdata, msg):
+        with self.lock:
+            self.online[msg.topic.split("/")[2]] = msg.payload == b"online"
+
+    def count(self) -> int:
+        with self.lock:
+            return sum(self.online.values())
+
+    def close(self):
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_handed_nothing(tmp_path, broker, pki, postgres):
+    """Clean sessions: once a worker is SIGKILLed, the broker gives its share to the
+    living one. The box never resends (ack timeout of an hour), so a message handed to
+    a dead member's session (what a persistent session does) would never be acked."""
+    _priv, pub, *_ = practice_keys(tmp_path)
+    box = make_box(tmp_path / "box", pub)
+    write_calls(box, n_calls=6, segs=5)
+    raw = upstream_raw(tmp_path / "up", broker, pki, [box], db_url=postgres.new_db("clean"))
+    conf = tmp_path / "upstream.toml"
+    conf.write_text(to_toml(raw))
+    open_db(upstream_config.from_dict(raw).db_url)
+    presence = _Presence(broker, pki)
+    procs = _start_workers(conf, 2, tmp_path)
+    run = None
+    try:
+        wait_for(lambda: presence.count() == 2, what="both workers subscribed")
+        os.kill(procs[0].pid, signal.SIGKILL)
+        assert procs[0].wait(10) == -signal.SIGKILL
+        wait_for(lambda: presence.count() == 1, what="the broker dropped the killed worker")
+        run = Running(box, broker, pki, window=8, ack_timeout_s=3600.0)
+        wait_for(lambda: unacked(box.store) == 0, timeout=120,
+                 what="every segment acked by the living worker, none resent")
+    finally:
+        if run is not None:
+            run.close()
+        presence.close()
+        _stop_workers(procs)
+    assert USegment.select().count() == 30 and UCall.select().count() == 6
