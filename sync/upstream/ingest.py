@@ -743,25 +743,31 @@ class Worker:
                 client.ack(mid, qos)
 
     def tick(self) -> None:
-        """Retention, command delivery and the fleet's alerts (idempotent, or leased to
-        one worker, so every worker may run it)."""
-        with self._lock:
+        """Retention, command delivery, the fleet's alerts and update rollouts
+        (idempotent, or leased to one worker, so every worker may run it).
+
+        The fleet's alerts and the rollouts run outside the handler's lock: they touch
+        only their own tables, and at 2,000 sites one fleet pass takes seconds, during
+        which the handler would otherwise take no messages (a stall longer than the
+        acks' p99 goal)."""
+        try:
+            self.fleet.tick()
+        except Exception:
+            # The fleet view must never stop retention or command delivery.
+            log.exception("fleet alerts failed")
+        if self.ucfg.command_key:
             try:
-                self.fleet.tick()
+                updates.tick(self.ucfg)
             except Exception:
-                # The fleet view must never stop retention or command delivery.
-                log.exception("fleet alerts failed")
+                # A rollout must never stop retention or command delivery.
+                log.exception("update rollouts failed")
+        with self._lock:
             upstream_ops.refresh_deadlines(self.ucfg)
             upstream_ops.expire(self.ingest.objects)
             upstream_ops.clean_partials(self.ingest.objects, self.ucfg.partial_max_age_s)
             self.ingest.objects.clean_temp(TEMP_MAX_AGE_S)
             if self.ucfg.command_key:
                 upstream_ops.queue_retention(self.ucfg)
-                try:
-                    updates.tick(self.ucfg)
-                except Exception:
-                    # A rollout must never stop retention or command delivery.
-                    log.exception("update rollouts failed")
             if self.connected.is_set():
                 self.send_commands()
 
