@@ -55,21 +55,36 @@ def _indexes_on(db, table: str, columns) -> list[str]:
     return out
 
 
-def migrate(db, m, sealer) -> None:
-    """The transactional part (see the module docstring). ``sealer(device, call_id,
-    personal) -> bytes | None``; raises StoreError, before changing anything, when a
-    call holds personal data and there is no sealer to keep it with."""
-    have = _columns(db, "call")
-    if not set(OLD_COLUMNS) & have:
-        return                                 # made at schema 2 (migration 1 is current)
-    rows = db.execute_sql(
+def _clear_rows(db) -> list[tuple]:
+    """(id, device, number, name, dialled) of every call with personal data in clear."""
+    if not db.table_exists("call") or not set(OLD_COLUMNS) <= _columns(db, "call"):
+        return []
+    return db.execute_sql(
         "SELECT id, device, caller_number, caller_name, dialled_digits FROM call "
         "WHERE caller_number IS NOT NULL OR caller_name IS NOT NULL "
         "OR dialled_digits IS NOT NULL").fetchall()
-    if rows and sealer is None:
-        raise StoreError(f"the store holds caller numbers of {len(rows)} call(s) in clear "
-                         "and must be migrated by the recorder, which seals them to the "
-                         "practice public key: start it (linetap run) once first")
+
+
+def require_sealer(db, sealer) -> None:
+    """Raise StoreError when calls hold personal data in clear and there is no sealer to
+    keep it with. The store asks before it backs up (the backup would be one more clear
+    copy) and before it changes anything."""
+    if sealer is None:
+        n = len(_clear_rows(db))
+        if n:
+            raise StoreError(f"the store holds caller numbers of {n} call(s) in clear and "
+                             "must be migrated by the recorder, which seals them to the "
+                             "practice public key: start it (linetap run) once first")
+
+
+def migrate(db, m, sealer) -> None:
+    """The transactional part (see the module docstring). ``sealer(device, call_id,
+    personal) -> bytes | None`` (:func:`require_sealer` says when it is needed)."""
+    have = _columns(db, "call")
+    if not set(OLD_COLUMNS) & have:
+        return                                 # made at schema 2 (migration 1 is current)
+    require_sealer(db, sealer)
+    rows = _clear_rows(db)
     for col, kind in (("personal", "BLOB"), ("party_masked", "VARCHAR(255)")):
         if col not in have:
             db.execute_sql(f"ALTER TABLE call ADD COLUMN {col} {kind}")

@@ -172,6 +172,7 @@ class Store:
         if v == SCHEMA_VERSION:
             return
         if v > 0:
+            personal_migration.require_sealer(self.db, self.sealer)
             self.backup(self.root / f"{DB_FILE}.bak-v{v}")
         for n in range(v + 1, SCHEMA_VERSION + 1):
             with self.db.atomic():

@@ -199,6 +199,7 @@ def test_migration_without_the_public_key_is_a_clear_error_and_changes_nothing(v
     data, ids, numbers, _names = v1
     with pytest.raises(StoreError, match="must be migrated by the recorder"):
         Store(data)
+    assert not list(data.glob(f"{DB_FILE}.bak-*"))     # no second clear copy either
     db = sqlite3.connect(data / DB_FILE)
     try:
         assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() \
