@@ -147,7 +147,6 @@ def main(argv=None) -> int:
     from recorder.evidence import keys
     from recorder.evidence.export import export_calls
     from recorder.logsetup import setup_logging
-    from recorder.privacy import mask_number
     from recorder.runtime import simulate
     from recorder.storage.store import Store, device_key_for
 
@@ -182,11 +181,11 @@ def main(argv=None) -> int:
         if j.exists():
             meta = json.loads(j.read_text())
         when = (meta.get("offhook") or "")[11:19] if meta else "missed"
-        number = row.caller_number or row.dialled_digits or "-"
+        number = row.party_masked or "-"
         dur = meta.get("duration_s")
         print(f"{row.id:<29} {row.line:>4} {row.direction:<9} "
               f"{when if row.state != 'missed' else 'missed':<20} "
-              f"{dur if dur is not None else '-':>6} {mask_number(number):<13} "
+              f"{dur if dur is not None else '-':>6} {number:<13} "
               f"{len(meta.get('pauses', [])):>6} {len(meta.get('masked_dtmf', [])):>6} "
               f"{meta.get('integrity', {}).get('status', '-'):<9}")
     print(f"\nWAV and JSON for each call are in {out / 'export'}/ ; the box's encrypted "

@@ -88,10 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--identity-pub", help="the box's identity public key recorded at "
                     "provisioning (default: the key pinned in the store)")
 
-    sp = add("calls", "list recorded calls")
+    sp = add("calls", "list recorded calls (numbers masked)")
     sp.add_argument("--data-dir", required=True)
     sp.add_argument("--json", action="store_true")
-    sp.add_argument("--number", help="only calls to or from this number")
+    sp.add_argument("--number", help="only calls to or from this number (0..., +44 or "
+                    "spaced; needs --key: numbers are kept only sealed)")
+    sp.add_argument("--key", help="practice private key (to open the sealed numbers for "
+                    "--number)")
+    sp.add_argument("--passphrase-file", help="the practice key's passphrase (first line); "
+                    "default: ask at the terminal")
 
     sp = add("verify", "verify hashes, chains and signatures (no practice key needed)")
     sp.add_argument("--data-dir", required=True)

@@ -19,7 +19,7 @@ import numpy as np
 import soundfile as sf
 
 from recorder.errors import SegmentFormatError
-from recorder.evidence import codec, segfile
+from recorder.evidence import codec, personal, segfile
 from recorder.evidence.manifest import manifest_body
 from recorder.evidence.verify import verify_call
 from recorder.fsutil import atomic_write
@@ -72,13 +72,16 @@ def decode_segments(blobs, private_key, first_sample: int | None, default_codec:
 
 
 def open_manifest(data: bytes | None, private_key) -> dict | None:
-    """The sealed metadata of a manifest file, or None if it does not open."""
+    """The sealed metadata of a manifest file, or None if it does not open. A manifest
+    signed without the personal fields in memory has them put back from its
+    ``personal_sealed`` copy (:func:`recorder.evidence.personal.reveal`)."""
     if data is None:
         return None
     try:
-        return json.loads(segfile.open_payload(segfile.parse(data), private_key))
+        body = json.loads(segfile.open_payload(segfile.parse(data), private_key))
     except (SegmentFormatError, ValueError):
         return None
+    return personal.reveal(body, private_key) if isinstance(body, dict) else None
 
 
 def export_json(body: dict, start_time: float | None, status: str, detail: str) -> dict:
@@ -136,7 +139,14 @@ def export_calls(store, private_key, out_dir, ids=None, number=None, device_key=
     from recorder.evidence import audit
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = store.calls(ids=ids or None, number=number)
+    rows = store.calls(ids=ids or None)
+    if number:
+        rows, unreadable = personal.with_number(rows, private_key, number)
+        if unreadable:
+            from recorder.errors import KeyFileError
+            raise KeyFileError(f"the personal data of {unreadable} call(s) did not open "
+                               "with this practice key, so the search by number is "
+                               "incomplete: nothing was exported")
     if ids:
         missing = set(ids) - {r.id for r in rows}
         if missing:
@@ -166,8 +176,8 @@ def export_calls(store, private_key, out_dir, ids=None, number=None, device_key=
                 mdata = store.abs(row.manifest).read_bytes()
             except OSError:
                 mdata = None
-        body = open_manifest(mdata, private_key) or manifest_body(row,
-                                                                  store.segments_of(row.id))
+        body = open_manifest(mdata, private_key) or personal.reveal(
+            manifest_body(row, store.segments_of(row.id)), private_key)
         meta = export_json(body, row.start_time, verdict.status, verdict.detail)
         write_call(out, row.id, pcm, row.rate, meta)
         if verdict.status == "failed":

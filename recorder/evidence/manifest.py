@@ -7,12 +7,22 @@ give one shape (docs/formats.md, "Manifest body").
 
 from __future__ import annotations
 
+from recorder.evidence import personal
 from recorder.timebase import iso
 
 
-def manifest_body(row, segs) -> dict:
-    """The sealed part of a manifest: every export field known on the box."""
+def manifest_body(row, segs, fields: dict | None = None) -> dict:
+    """The sealed part of a manifest: every export field known on the box.
+
+    ``fields``: the call's caller number and name and dialled number, known only to the
+    process that recorded the call (the store keeps them sealed). Without them, the
+    body carries the row's sealed copy as ``personal_sealed`` (hex) and the fields are
+    None until a reader with the practice key opens it (:func:`personal.reveal`)."""
     meta = row.meta or {}
+    if fields is None:
+        fields = personal.fields()
+        if row.personal is not None:
+            fields[personal.SEALED_KEY] = bytes(row.personal).hex()
     # From the sample clock, not from wall-clock times that a clock step can move.
     dur = None
     if row.end_sample is not None and row.offhook_sample is not None:
@@ -25,8 +35,7 @@ def manifest_body(row, segs) -> dict:
         "offhook": iso(row.offhook_time), "end": iso(row.end_time), "duration_s": dur,
         "pauses": [{"start": p["start"], "end": p["end"]} for p in meta.get("pauses", [])],
         "announcement": meta.get("announcement"),
-        "caller_number": row.caller_number, "caller_name": row.caller_name,
-        "dialled_digits": row.dialled_digits, "masked_dtmf": meta.get("masked_dtmf", []),
+        **fields, "masked_dtmf": meta.get("masked_dtmf", []),
         "flashes": meta.get("flashes", []), "gaps": meta.get("gaps", []),
         "recording_ended": meta.get("recording_ended"), "rollover_of": meta.get("rollover_of"),
         "end_reason": meta.get("end_reason"), "recovered": meta.get("recovered", False),

@@ -4,7 +4,7 @@ Layout of every file::
 
     0   4  magic  b"LTAP"
     4   1  format version (1)
-    5   1  kind (1 = segment, 2 = manifest)
+    5   1  kind (1 = segment, 2 = manifest, 3 = a call's personal data on the box)
     6   4  header length H, unsigned big-endian
     10  H  header: canonical JSON (UTF-8, sorted keys, no spaces)
     ..  32 HPKE encapsulated key (X25519)
@@ -40,7 +40,7 @@ from recorder.errors import SegmentFormatError
 
 MAGIC = b"LTAP"
 VERSION = 1
-KIND_SEGMENT, KIND_MANIFEST = 1, 2
+KIND_SEGMENT, KIND_MANIFEST, KIND_PERSONAL = 1, 2, 3
 INFO_PREFIX = b"linetap-v1"
 ENC_LEN = 32
 TAG_LEN = 16
@@ -147,7 +147,7 @@ def parse(data: bytes, *, signed: bool | None = None) -> Parsed:
         raise SegmentFormatError("bad magic: not a Linetap file")
     if version != VERSION:
         raise SegmentFormatError(f"format version {version} is not supported")
-    if kind not in (KIND_SEGMENT, KIND_MANIFEST):
+    if kind not in (KIND_SEGMENT, KIND_MANIFEST, KIND_PERSONAL):
         raise SegmentFormatError(f"unknown kind {kind}")
     if hlen > MAX_HEADER or _PRE.size + hlen > len(data):
         raise SegmentFormatError("header length runs past the end of the file")

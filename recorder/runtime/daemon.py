@@ -22,6 +22,7 @@ and the uploader). It has no branch on whether it is simulated.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -39,7 +40,7 @@ from recorder.capture.ring import RingBuffer
 from recorder.capture.streams import CaptureLoop, PlaybackLoop
 from recorder.config import Config, device_id
 from recorder.errors import KeyFileError, LinetapError
-from recorder.evidence import audit, keys, trust
+from recorder.evidence import audit, keys, personal, trust
 from recorder.fsutil import atomic_write, remove_temp_files
 from recorder.runpaths import status_path
 from recorder.runtime import alarms as alarm_rules
@@ -111,7 +112,10 @@ class Daemon:
         self.reserve = Reserve(self.data_dir / RESERVE_FILE, self.hw.reserve_bytes(
             int(cfg.retention.reserve_mb * 2**20)))
         self._release_reserve_if_low()
-        self.store = Store(self.data_dir)
+        self.public_key = keys.load_practice_public(cfg.recording.public_key)
+        # Only a store made before numbers were sealed needs it (its migration).
+        self.store = Store(self.data_dir, sealer=functools.partial(
+            personal.seal, public_key=self.public_key, aead=cfg.recording.aead))
         # The identity is "made" once its fingerprint is in the store. A power cut
         # while the key was first being written leaves no fingerprint, so it is made
         # again; after that, a missing, corrupt or different key is an alarm.
@@ -139,7 +143,6 @@ class Daemon:
             # a store pinned before the public key was kept: the key matches the
             # pinned fingerprint (checked above), so pin it now
             trust.pin(self.store, self.identity.public_key())
-        self.public_key = keys.load_practice_public(cfg.recording.public_key)
         self.timebase = self.hw.timebase(self.rate)
         self.resync_queued = False      # a Restamp is on its way to the writer
         self.writer = Writer(self.store, device=self.device, rate=self.rate,

@@ -8,7 +8,14 @@ the next start if it continues its call's chain.
 
 Schema changes are numbered migrations; the database is backed up before any
 migration runs. ``synchronous=FULL`` because a commit here is what the upstream ack and
-the retention audit rely on.
+the retention audit rely on. ``secure_delete`` so that a deleted row's bytes are zeroed,
+not left in a free page.
+
+No caller number, caller name or dialled number is in any column: a call's personal
+data is sealed to the practice key in its ``personal`` column
+(:mod:`recorder.evidence.personal`), and ``linetap calls`` shows ``party_masked``, the
+masked number computed when the call was written. Migration 2 takes them out of stores
+made before (:mod:`recorder.storage.personal_migration`).
 """
 
 from __future__ import annotations
@@ -25,15 +32,16 @@ import peewee as pw
 from recorder.errors import StoreError
 from recorder.evidence.trust import Trusted, trusted_identity
 from recorder.sqlfields import JSONField
+from recorder.storage import personal_migration
 from recorder.timebase import iso
 
 log = logging.getLogger(__name__)
 
 DB_FILE = "linetap.db"
 SEGMENTS = "segments"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 PRAGMAS = {"journal_mode": "wal", "synchronous": "full", "foreign_keys": 1,
-           "busy_timeout": 10000}
+           "busy_timeout": 10000, "secure_delete": 1}
 
 
 def _models(db: pw.Database) -> SimpleNamespace:
@@ -66,9 +74,10 @@ def _models(db: pw.Database) -> SimpleNamespace:
         offhook_time = pw.DoubleField(null=True)
         end_time = pw.DoubleField(null=True)
         ring_time = pw.DoubleField(null=True)
-        caller_number = pw.CharField(null=True, index=True)
-        caller_name = pw.CharField(null=True)
-        dialled_digits = pw.CharField(null=True, index=True)
+        # caller number and name, dialled number: sealed to the practice key, never
+        # in clear (recorder.evidence.personal); NULL when the call has none of them
+        personal = pw.BlobField(null=True)
+        party_masked = pw.CharField(null=True)  # privacy.mask_number of caller or dialled
         meta = JSONField(default=dict)          # pauses, masks, announcement, flags...
         segments = pw.IntegerField(default=0)
         samples = pw.BigIntegerField(default=0)
@@ -114,11 +123,11 @@ def _models(db: pw.Database) -> SimpleNamespace:
                            all=[Meta_, Call, Segment, Nonce])
 
 
-def _migration_1(db, m):
+def _migration_1(db, m, sealer):
     db.create_tables(m.all)
 
 
-MIGRATIONS = {1: _migration_1}
+MIGRATIONS = {1: _migration_1, 2: personal_migration.migrate}
 
 
 class Store:
@@ -126,9 +135,12 @@ class Store:
 
     ``first_start`` is true when this call created the database: the identity key may
     then be generated; on any later start a missing key is an alarm, not a new key.
+    ``sealer(device, call_id, personal) -> bytes | None`` seals a call's personal data
+    to the practice key; only migration 2 of a store that holds numbers in clear needs
+    it (the recorder passes it; other openers get a StoreError saying so).
     """
 
-    def __init__(self, data_dir: str | os.PathLike):
+    def __init__(self, data_dir: str | os.PathLike, sealer=None):
         self.root = Path(data_dir)
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / SEGMENTS).mkdir(exist_ok=True)
@@ -136,9 +148,12 @@ class Store:
         self.first_start = not self.path.exists()
         self.db = pw.SqliteDatabase(str(self.path), pragmas=PRAGMAS, check_same_thread=False)
         self.m = _models(self.db)
+        self.sealer = sealer
         try:
             self.db.connect(reuse_if_open=True)
             self._migrate()
+            if self.get_meta(personal_migration.SCRUB_PENDING):
+                personal_migration.scrub(self)
         except (pw.DatabaseError, sqlite3.DatabaseError) as exc:
             raise StoreError(f"database {self.path} cannot be opened: {exc}") from exc
 
@@ -157,10 +172,11 @@ class Store:
         if v == SCHEMA_VERSION:
             return
         if v > 0:
+            personal_migration.require_sealer(self.db, self.sealer)
             self.backup(self.root / f"{DB_FILE}.bak-v{v}")
         for n in range(v + 1, SCHEMA_VERSION + 1):
             with self.db.atomic():
-                MIGRATIONS[n](self.db, self.m)
+                MIGRATIONS[n](self.db, self.m, self.sealer)
                 self.m.Meta.replace(key="schema_version", value=str(n)).execute()
             log.info("store schema migrated to version %d", n)
 
@@ -179,8 +195,11 @@ class Store:
         finally:
             os.close(fd)
 
-    def checkpoint(self) -> None:
-        self.db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    def checkpoint(self) -> bool:
+        """Copy the WAL into the database and truncate it to 0 bytes; False when a
+        reader kept it from finishing (the WAL then still holds frames)."""
+        busy = self.db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        return not busy
 
     def integrity_check(self) -> str:
         return self.db.execute_sql("PRAGMA integrity_check").fetchone()[0]
@@ -213,15 +232,15 @@ class Store:
         S = self.m.Segment
         return list(S.select().where(S.call == call_id).order_by(S.seq))
 
-    def calls(self, ids=None, number: str | None = None, include_deleted=False) -> list:
+    def calls(self, ids=None, include_deleted=False) -> list:
+        """Call rows in the order they happened on this box. A search by number needs
+        the practice key (:func:`recorder.evidence.personal.with_number`)."""
         C = self.m.Call
         # Insertion order is the order calls happened on this box; wall-clock times can
         # step backwards (NTP, an RTC-less boot), so they do not order calls.
         q = C.select().order_by(pw.SQL("rowid"))
         if ids:
             q = q.where(C.id.in_(list(ids)))
-        if number:
-            q = q.where((C.caller_number == number) | (C.dialled_digits == number))
         if not include_deleted:
             q = q.where(C.state != "deleted")
         return list(q)

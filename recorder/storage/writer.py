@@ -12,7 +12,10 @@ can never interleave. Jobs arrive on a queue from the call processor:
   the journal is deleted.
 * :class:`MissedCall` - a ring nobody answered: a row with no audio.
 
-Plaintext audio exists only in this process's memory.
+Plaintext audio exists only in this process's memory, and so do a call's caller
+number and name and its dialled number: they are written only sealed to the
+practice key (the row's ``personal``, and the manifest's sealed body), and shown only
+masked (``party_masked``); never in a clear column (:mod:`recorder.evidence.personal`).
 """
 
 from __future__ import annotations
@@ -38,9 +41,10 @@ from recorder.calls.jobs import (
     WriteSegment,
 )
 from recorder.evidence import chain as evidence
-from recorder.evidence import codec, segfile
+from recorder.evidence import codec, personal, segfile
 from recorder.evidence.manifest import manifest_body
 from recorder.fsutil import atomic_write
+from recorder.privacy import mask_number
 from recorder.storage import journal
 from recorder.storage.store import Store, disk_full
 from recorder.timebase import iso
@@ -322,8 +326,8 @@ class Writer:
                  state="active", rate=self.rate, codec=self.codec,
                  first_sample=info.first_sample, offhook_sample=info.offhook_sample,
                  start_time=start, offhook_time=self._epoch(info.offhook_sample),
-                 ring_time=self._epoch(info.ring_sample), caller_number=info.caller_number,
-                 caller_name=info.caller_name, meta=self._meta(info),
+                 ring_time=self._epoch(info.ring_sample), **self._personal(info),
+                 meta=self._meta(info),
                  deadline=start + self.retention_s, created=time.time()).execute()
         self._chains[info.id] = (0, evidence.chain_init(self.device, info.id))
         self.opened.append(info.id)
@@ -333,13 +337,22 @@ class Writer:
         t = self._epoch(info.ring_sample)
         C.insert(id=info.id, device=self.device, line=info.line, direction="inbound",
                  state="missed", rate=self.rate, codec=self.codec, start_time=t,
-                 ring_time=t, end_time=self._epoch(ring_end),
-                 caller_number=info.caller_number, caller_name=info.caller_name,
+                 ring_time=t, end_time=self._epoch(ring_end), **self._personal(info),
                  meta={"missed": True,
                        "clock_synchronised": self.timebase.synchronised},
                  deadline=t + self.retention_s, created=time.time()).execute()
         self.opened.append(info.id)
         log.info("missed call on line %d", info.line)
+
+    @staticmethod
+    def _fields(info: CallInfo) -> dict:
+        return personal.fields(info.caller_number, info.caller_name, info.dialled_digits)
+
+    def _personal(self, info: CallInfo) -> dict:
+        """The row's columns for the call's personal data: sealed, and masked."""
+        f = self._fields(info)
+        return {"personal": personal.seal(self.device, info.id, f, self.public_key, self.aead),
+                "party_masked": mask_number(f["caller_number"] or f["dialled_digits"]) or None}
 
     def _call_dir(self, call_id: str):
         """The call's segment folder, made once per call (cached: no query per segment)."""
@@ -492,10 +505,9 @@ class Writer:
         meta = self._meta(info)
         end = self._epoch(info.end_sample)
         C.update(state="recovered" if info.recovered else "closed", end_sample=info.end_sample,
-                 end_time=end, caller_number=info.caller_number, caller_name=info.caller_name,
-                 dialled_digits=info.dialled_digits or None, meta=meta) \
+                 end_time=end, **self._personal(info), meta=meta) \
             .where(C.id == info.id).execute()
-        self.write_manifest(self.store.call(info.id))
+        self.write_manifest(self.store.call(info.id), self._fields(info))
         d = self._dirs.get(info.id) or self.store.call_dir(info.id, row and row.start_time or 0)
         self.journal.remove(info.id, d / journal.NAME)
         self._chains.pop(info.id, None)
@@ -506,13 +518,16 @@ class Writer:
         log.info("call %s closed: %s, line %d, %d segment(s)", info.id, info.direction,
                  info.line, row.segments if row else 0)
 
-    def write_manifest(self, row) -> None:
-        """Sign and seal the manifest of a finished call, then point the row at it."""
+    def write_manifest(self, row, fields: dict | None = None) -> None:
+        """Sign and seal the manifest of a finished call, then point the row at it.
+
+        ``fields``: the call's personal data, when this process still has it in memory;
+        without it (recovery, a re-sign) the manifest carries the row's sealed copy."""
         segs = self.store.segments_of(row.id)
         shas = [bytes.fromhex(s.sha256) for s in segs]
         head = evidence.chain_of(self.device, row.id, shas).hex()
         from recorder.evidence.keys import raw_public
-        body = manifest_body(row, segs)
+        body = manifest_body(row, segs, fields)
         header = {"v": 1, "kind": "manifest", "device": self.device, "call": row.id,
                   "created": iso(time.time()), "chain_head": head,
                   "segments": [{"seq": s.seq, "sha256": s.sha256, "size": s.size}

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from recorder.errors import CommandRejected, KeyFileError, StoreError
 from recorder.evidence import chain as evidence
 from recorder.evidence.export import decode_segments, export_json, open_manifest, write_call
-from recorder.privacy import mask_number
+from recorder.privacy import mask_number, number_matches
 from sync import signed_commands as commands
 from sync.upstream.portal import decisions
 from sync.upstream.store import (
@@ -291,12 +291,6 @@ def user_hold(ucfg, call: str, on: bool, device: str | None = None, objects=None
     audit("legal_hold", device=row.device, call=row.call, on=on)
     queue_command(ucfg, row.device, "hold", call=row.call, on=on)
     return row
-
-
-def number_matches(body: dict, number: str) -> bool:
-    """The box's rule (``Store.calls(number=...)``): exact ``caller_number`` or
-    ``dialled_digits``."""
-    return number in (body.get("caller_number"), body.get("dialled_digits"))
 
 
 def search_number(objects, private_key, number: str, site: str | None = None

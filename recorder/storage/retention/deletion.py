@@ -162,7 +162,7 @@ def finish_deletion(store, data_dir, call_id: str, u: Deletion, now: float) -> N
             S.delete().where(S.id.in_(ids[i:i + BATCH])).execute()
         if u.whole_call:
             C.update(state="deleted", deleted_time=now, delete_reason=u.reason,
-                     caller_number=None, caller_name=None, dialled_digits=None, meta={},
+                     personal=None, party_masked=None, meta={},
                      manifest=None).where((C.id == call_id) & (C.state != "deleted")) \
                 .execute()
     crash_point("delete_committed")

@@ -138,3 +138,38 @@ def test_a_kill_at_a_journal_write_keeps_every_journalled_record(tmp_path, pract
     v, header = verify_call(s, row, device_key_for(tmp_path / "data"))
     assert v.status == "verified", v.detail
     assert not list((tmp_path / "data").rglob("journal.ltj"))
+
+
+def test_a_recovered_call_keeps_its_caller_sealed(tmp_path, practice_keys):
+    """The process that knew the caller in clear died: the manifest recovery signs
+    carries the row's sealed copy, and export with the practice key shows the caller."""
+    from recorder.evidence import keys, segfile
+    from recorder.evidence.export import export_calls
+    from tests.support.personal_scan import personal_traces
+    sc = tmp_path / "in.json"
+    sc.write_text(json.dumps({
+        "rate": 8000, "start": "2026-11-25T09:00:00Z", "duration": 600.0, "lines": 1,
+        "events": [{"at": 1.0, "line": 0, "type": "cli", "number": "01632960123",
+                    "name": "J SMITH"},
+                   {"at": 2.0, "line": 0, "type": "ring", "until": 6.0},
+                   {"at": 4.3, "line": 0, "type": "offhook"},
+                   {"at": 5.0, "line": 0, "type": "tone", "hz": 900, "duration": 590.0}]}))
+    proc = _simulate(tmp_path, practice_keys, sc, speed=20)
+    _wait_for_segments(tmp_path / "data", 3, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    _reboot_quietly(tmp_path, practice_keys, 2.0)
+    data = tmp_path / "data"
+    s = Store(data)
+    [row] = s.calls()
+    assert row.state == "recovered" and row.party_masked == "0163*****23"
+    priv = keys.load_practice_private(practice_keys[0])
+    body = json.loads(segfile.open_payload(segfile.parse(s.abs(row.manifest).read_bytes()),
+                                           priv))
+    assert body["caller_number"] is None and body["personal_sealed"]
+    done, failures = export_calls(s, priv, tmp_path / "out", device_key=device_key_for(data))
+    meta = json.loads((tmp_path / "out" / f"{row.id}.json").read_text())
+    assert failures == 0 and meta["caller_number"] == "01632960123"
+    assert meta["caller_name"] == "J SMITH" and "personal_sealed" not in meta
+    s.close()
+    assert personal_traces(data, ["01632960123"], ["J SMITH"]) == []

@@ -76,6 +76,8 @@ def test_search_and_export_by_number(tmp_path, broker, pki, postgres, capsys):
     assert search(N2) == {ids_a[2], ids_b[0]}
     assert search(N3) == {ids_a[3]}
     assert search("01632960999") == set()
+    # The same number forms as the box's search (recorder.privacy.number_key).
+    assert search("+44 1632 960111") == search("0044 1632 960 111") == search(N1)
     # --number without the key is refused with a reason.
     assert cli_main(["--config", str(conf), "calls", "--number", N1]) == 2
     assert "sealed" in capsys.readouterr().err

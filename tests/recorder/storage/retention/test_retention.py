@@ -149,7 +149,8 @@ def test_executor_expiry_hold_and_eviction(box, tmp_path):
                   free_bytes=lambda: free["v"])
     assert tuples(r.tick()) == [(old[0], "retention_expiry")]
     row = store.call(old[0])
-    assert row.state == "deleted" and row.caller_number is None and row.manifest is None
+    assert row.state == "deleted" and row.personal is None and row.party_masked is None \
+        and row.manifest is None
     assert not store.segments_of(old[0])
     assert store.call(old[1]).state == "closed"            # on hold
     assert not any(p.is_file() for p in (box.data_dir / "segments").rglob("*")

@@ -19,7 +19,7 @@ from sync import protocol
 from sync.upstream import config as upstream_config
 from sync.upstream.ingest import Ingest
 from sync.upstream.store import open_db
-from tests.support.syncbox import make_box, to_toml, write_calls, write_command_key
+from tests.support.syncbox import box_writer, make_box, to_toml, write_calls, write_command_key
 
 CHROMIUM = "/usr/bin/chromium"
 CHROME_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -66,7 +66,9 @@ def encrypted_copy(priv_path: Path, out: Path, passphrase: str) -> Path:
     return out
 
 
-def build_upstream(tmp: Path, n_calls=4, segs=3, parties=None):
+def build_upstream(tmp: Path, n_calls=4, segs=3, parties=None, resign=()):
+    """``resign``: indexes of box a's calls whose manifest is signed again afterwards
+    without the personal fields in memory, as crash recovery signs one."""
     from recorder.evidence import keys
     priv, pub = keys.practice_keygen(tmp / "practice.key")
     pubkey = keys.load_practice_public(pub)
@@ -75,6 +77,8 @@ def build_upstream(tmp: Path, n_calls=4, segs=3, parties=None):
     parties = parties or [("inbound", N1, ""), ("outbound", None, N2), ("inbound", N2, ""),
                           ("inbound", N1, "")][:n_calls]
     ids_a = write_calls(a, n_calls=n_calls, segs=segs, parties=parties)
+    for i in resign:
+        box_writer(a, time.time()).write_manifest(a.store.call(ids_a[i]))
     ids_b = write_calls(b, n_calls=2, segs=1, seed=2,
                         parties=[("inbound", N1, ""), ("inbound", N2, "")])
     cmd_key, cmd_pub = write_command_key(tmp / "command.key")

@@ -5,7 +5,8 @@
 import { Aes128Gcm, CipherSuite, DhkemX25519HkdfSha256, HkdfSha256 } from "/vendor/@hpke/core/esm/mod.js";
 import { Chacha20Poly1305 } from "/vendor/@hpke/chacha20poly1305/esm/mod.js";
 import { hmac, sha256 as nobleSha256 } from "/vendor/@hpke/common/esm/mod.js";
-import { concat, dec, enc, hex, KIND_MANIFEST, KIND_SEGMENT, parseFile, parseRaw, unhex } from "./format.js";
+import { concat, dec, enc, hex, KIND_MANIFEST, KIND_PERSONAL, KIND_SEGMENT, parseFile, parseRaw, unhex }
+  from "./format.js";
 
 const INFO = enc.encode("linetap-v1");
 const KEY_INFO = enc.encode("linetap-v1 content-key");
@@ -69,11 +70,32 @@ export async function openPayload(p, keyPair) {
  * literals (RawNumber), for an export that must match Python's bytes; otherwise the
  * browser's own (much faster) JSON.parse. */
 export async function openManifest(bytes, keyPair, raw = false) {
+  let body;
   try {
     const p = parseFile(bytes);
     const text = dec.decode(await openPayload(p, keyPair));
-    return raw ? parseRaw(text) : JSON.parse(text);
+    body = raw ? parseRaw(text) : JSON.parse(text);
   } catch { return null; }
+  return reveal(body, keyPair);
+}
+
+const PERSONAL = ["caller_number", "caller_name", "dialled_digits"];
+
+/** A manifest body with its ``personal_sealed`` (a manifest signed by crash recovery,
+ * without the numbers in memory) opened into the three fields, as
+ * recorder/evidence/personal.py ``reveal`` does; the fields stay null if it does not
+ * open. */
+async function reveal(body, keyPair) {
+  if (!body || typeof body !== "object" || !("personal_sealed" in body)) return body;
+  const out = { ...body };
+  delete out.personal_sealed;
+  try {
+    const p = parseFile(unhex(String(body.personal_sealed)), false);
+    if (p.kind !== KIND_PERSONAL || p.header.call !== body.call_id) return out;
+    const f = JSON.parse(dec.decode(await openPayload(p, keyPair)));
+    for (const k of PERSONAL) out[k] = (f && f[k]) || null;
+  } catch { /* not this practice's key, or damaged: the fields stay null */ }
+  return out;
 }
 
 async function sha256(b) { return new Uint8Array(await crypto.subtle.digest("SHA-256", b)); }

@@ -25,6 +25,7 @@ export function unhex(s) {
 
 export const KIND_SEGMENT = 1;
 export const KIND_MANIFEST = 2;
+export const KIND_PERSONAL = 3;     // a call's personal data, sealed (docs/formats.md)
 
 /** Split a segment or manifest file into preamble, header, sealed part and signature
  * (segfile.parse). Throws Error with the same words as the Python reader. */
@@ -33,7 +34,9 @@ export function parseFile(buf, signed) {
   if (dec.decode(buf.subarray(0, 4)) !== "LTAP") throw new Error("bad magic: not a Linetap file");
   if (buf[4] !== 1) throw new Error(`format version ${buf[4]} is not supported`);
   const kind = buf[5];
-  if (kind !== KIND_SEGMENT && kind !== KIND_MANIFEST) throw new Error(`unknown kind ${kind}`);
+  if (kind !== KIND_SEGMENT && kind !== KIND_MANIFEST && kind !== KIND_PERSONAL) {
+    throw new Error(`unknown kind ${kind}`);
+  }
   const hlen = new DataView(buf.buffer, buf.byteOffset + 6, 4).getUint32(0);
   if (10 + hlen > buf.length) throw new Error("header length runs past the end of the file");
   const preamble = buf.subarray(0, 10 + hlen);

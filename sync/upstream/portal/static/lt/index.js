@@ -24,8 +24,16 @@ async function indexKey(keyPair, site) {
 function aad(site) { return new TextEncoder().encode(`linetap-portal-index-v1|${site}`); }
 const PARALLEL = 128;       // manifests opened at once (WebCrypto runs them off-thread)
 
+/** The one rule for comparing numbers, as the box and the upstream CLI compare them
+ * (recorder/privacy.py number_key): separators dropped, +44 or 0044 to the national 0
+ * ("+44 (0)1632 960123" too), any other + to 00; "" when the rest is not all digits. */
 export function normNumber(s) {
-  return String(s || "").replace(/[\s().-]/g, "");
+  let n = String(s || "").replace(/[\s().\-/]/g, "");
+  if (!/\d/.test(n)) return "";
+  const uk = /^(\+44|0044)(.*)$/.exec(n);
+  if (uk) n = uk[2].startsWith("0") ? uk[2] : "0" + uk[2];
+  else if (n.startsWith("+")) n = "00" + n.slice(1);
+  return /^\d+$/.test(n) ? n : "";
 }
 
 function* bundle(buf) {
