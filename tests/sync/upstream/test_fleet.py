@@ -258,10 +258,13 @@ def test_health_from_a_real_box_reaches_the_fleet_view(tmp_path, broker, pki, ca
     worker = InProcWorker(ucfg)
     run = Running(box, broker, pki)
     try:
-        wait_for(lambda: any(r["last_seen_s"] is not None
+        # Seen, and "ok": a fleet tick that ran before the first report raised
+        # "enrolled but has never reported", which the next tick clears (under load the
+        # report can arrive between the two).
+        wait_for(lambda: any(r["last_seen_s"] is not None and r["state"] == "ok"
                              for r in fleet.table(dt.datetime.now().timestamp(),
                                                   ucfg.enrolled())),
-                 what="a health report upstream")
+                 what="a health report upstream, and its device ok")
     finally:
         run.close()
         worker.close()
