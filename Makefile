@@ -112,7 +112,7 @@ campaign-fuzz: setup
 # arm64 for the Pi, or with QUICK=1 the same root for amd64 (the KVM test VM).
 # Cached under build/image/ARCH: a rerun reuses the debootstrap and the wheel set.
 IMAGE_ARCH := $(if $(QUICK),amd64,arm64)
-IMAGE_PKGS := debootstrap fdisk e2fsprogs dosfstools mtools qemu-utils \
+IMAGE_PKGS := debootstrap fdisk e2fsprogs dosfstools mtools qemu-utils libedit2 \
 	$(if $(QUICK),qemu-system-x86,qemu-system-arm qemu-user-static binfmt-support)
 image: setup
 	@$(MAKE) --no-print-directory apt APT_PKGS="$(IMAGE_PKGS)"
@@ -131,9 +131,20 @@ bundle:
 	  $(if $(ROOTFS),--rootfs $(ROOTFS)) $(if $(BOOT),--boot $(BOOT))
 
 # Boot the image under QEMU with systemd, gpio-sim and snd-aloop (tests/system/test_boot.py).
-# QUICK=1: amd64 under KVM (minutes); otherwise arm64 -M virt under TCG (slow).
-system-test: image
-	LINETAP_SYSTEM_TEST=1 LINETAP_SYSTEM_ARCH=$(IMAGE_ARCH) $(PY) -m pytest -q -s \
+# QUICK=1: amd64 (KVM where it boots Linux, else TCG; minutes); otherwise arm64 -M virt
+# under TCG (slow).
+# The system test's NTP server: Debian's chronyd, unpacked under build/ rather than
+# installed (the chrony package would replace this machine's own time client); the test
+# runs it on loopback in a network namespace of its own, never steering this clock.
+CHRONYD := build/tools/chrony/usr/sbin/chronyd
+$(CHRONYD):
+	mkdir -p build/tools
+	cd build/tools && rm -f chrony_*.deb && apt-get download chrony && \
+	  dpkg-deb -x chrony_*.deb chrony
+	@touch $@
+
+system-test: image $(CHRONYD)
+	LINETAP_CHRONYD=$(abspath $(CHRONYD)) LINETAP_SYSTEM_TEST=1 LINETAP_SYSTEM_ARCH=$(IMAGE_ARCH) $(PY) -m pytest -q -s \
 	  -p no:cacheprovider --timeout=3600 tests/system/test_boot.py
 
 clean:

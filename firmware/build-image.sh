@@ -46,6 +46,16 @@ esac
 for tool in debootstrap sfdisk mke2fs mkfs.vfat mcopy; do
     command -v "$tool" > /dev/null || die "$tool not found (apt-get install debootstrap fdisk e2fsprogs dosfstools mtools)"
 done
+# A foreign root (arm64 on a PC) runs its maintainer scripts under qemu-user: make sure
+# the kernel knows to hand aarch64 binaries to qemu-aarch64-static (binfmt-support
+# registers it at install, but not in a container that has no binfmt_misc mounted).
+if [ "$ARCH" = arm64 ] && [ "$(uname -m)" != aarch64 ]; then
+    command -v qemu-aarch64-static > /dev/null \
+        || die "qemu-aarch64-static not found (apt-get install qemu-user-static binfmt-support)"
+    [ -e /proc/sys/fs/binfmt_misc/status ] \
+        || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+    [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64
+fi
 OUT="${OUT:-$SRC/build/image}/$ARCH"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
@@ -88,7 +98,14 @@ else
 fi
 
 # --- 2. the wheel set, built once per lock and architecture (compilers stay outside) ------
-WHEELS="$OUT/wheels-$(sha256sum "$SRC/firmware/wheels.lock" | cut -c1-12)"
+# Keyed on the lock and the source: the set holds Linetap's own wheel, so a changed
+# source must not reuse a set built from an older one.
+src_digest="$(cd "$SRC" && find . \( -name .git -o -name .venv -o -path ./build \
+    -o -name __pycache__ -o -name '*.egg-info' -o -name node_modules -o -name '.*_cache' \
+    -o -name .hypothesis \) -prune -o -type f -print0 | LC_ALL=C sort -z \
+    | xargs -0 sha256sum | sha256sum | cut -c1-16)"
+WHEELS="$OUT/wheels-$(printf '%s\n' "$(sha256sum < "$SRC/firmware/wheels.lock")" "$src_digest" \
+    | sha256sum | cut -c1-12)"
 if [ ! -f "$WHEELS/requirements.txt" ]; then
     "$HERE/build-wheels.sh" --arch "$ARCH" --base "$BASE" --out "$WHEELS" --src "$SRC"
 else

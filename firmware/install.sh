@@ -219,6 +219,10 @@ tmpfs         /tmp              tmpfs  nosuid,nodev,mode=1777,size=64m  0  0
 tmpfs         /var/tmp          tmpfs  nosuid,nodev,mode=1777,size=16m  0  0
 tmpfs         /var/log          tmpfs  nosuid,nodev,noexec,mode=0755,size=32m  0  0
 EOF
+# The bind's mount point: timesyncd makes it at run time (StateDirectory=), which the
+# read-only root refuses, and without it timesyncd fails on the mount dependency (booted:
+# "mount point does not exist", so the clock never synchronised).
+install -d "$R/var/lib/systemd/timesync"
 
 # --- 5. boot partition: config.txt, cmdline.txt, overlay -----------------------------
 log "installing boot fragments into ${BOOT#"$R"}"

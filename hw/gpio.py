@@ -70,12 +70,39 @@ class Board:
             self._devices.append(dev)
             return dev
 
+        self._inp = inp
         self.hook = [inp(p, "hook", i) for i, p in enumerate(pinmap.hook)]
         self.ring = [inp(p, "ring", i) for i, p in enumerate(pinmap.ring)]
-        self.button = inp(pinmap.pause_button, "button", None)
+        self.button = None
+        self.button_error: str | None = None
+        self.claim_button()
         self.rec_led = [LED(p, pin_factory=factory) for p in pinmap.rec_led]
         self.status_led = LED(pinmap.status_led, pin_factory=factory)
         self._devices += [*self.rec_led, self.status_led]
+
+    def claim_button(self) -> bool:
+        """Open the pause button's line if it is not open yet; True once it is.
+
+        The provisioning agent opens that line itself only while the recorder is not
+        running (otherwise it asks the recorder: recorder/runtime/button_edges.py). If
+        the recorder starts inside such a press window the line is busy for up to a
+        minute: recording must not wait for it, so the board comes up without the
+        button, ``button_error`` says why, and the caller tries again (each second).
+        """
+        if self.button is not None:
+            return True
+        try:
+            self.button = self._inp(self.pinmap.pause_button, "button", None)
+        except Exception as exc:  # noqa: BLE001 - lgpio's "GPIO busy" is a bare lgpio.error
+            if self.button_error is None:
+                log.warning("pause button on GPIO%d not available yet (%s); recording "
+                            "without it until it is", self.pinmap.pause_button, exc)
+            self.button_error = f"GPIO{self.pinmap.pause_button}: {exc}"
+            return False
+        if self.button_error is not None:
+            log.info("pause button on GPIO%d claimed", self.pinmap.pause_button)
+        self.button_error = None
+        return True
 
     def _edge(self, kind: str, line: int | None, active: bool) -> None:
         self._sink(Edge(self.clock.now(), kind, line, active))
@@ -84,7 +111,7 @@ class Board:
         """Edges describing the inputs' state at start (a line already off-hook, say)."""
         s = self.clock.now()
         out = [Edge(s, "hook", i, True) for i, d in enumerate(self.hook) if d.is_active]
-        if self.button.is_active:
+        if self.button is not None and self.button.is_active:
             out.append(Edge(s, "button", None, True))
         return out
 

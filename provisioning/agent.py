@@ -22,7 +22,7 @@ from provisioning import protocol
 from provisioning.dispatcher import AgentEnv, Dispatcher, _systemctl, start_recorder_unit
 from recorder import config as rconfig
 from recorder.errors import ConfigError, LinetapError
-from recorder.runtime import ledmode
+from recorder.runtime import control_client, ledmode
 from recorder.runtime.sdnotify import SdNotifier
 
 log = logging.getLogger(__name__)
@@ -175,18 +175,26 @@ def cli_main(argv: list[str]) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
 
+    def own_led(owner: str) -> None:
+        # The recorder, when it reads the button for us, also shows the LED (from the
+        # marker ledmode.publish writes); with the recorder down the agent drives it.
+        if owner != "gpio":
+            return
+        try:
+            leds.append(ledmode.AgentLed(cfg.pins.status_led))
+            leds[0].show(pres)      # lit steadily: waiting for the press
+        except Exception as exc:  # noqa: BLE001 - no LED must not block provisioning
+            log.warning("status LED unavailable: %s", exc)
+
     def check_presence():
         # Runs beside the serving loop, so `hello` is answered while the box waits for
-        # the press; READY (which lets the recorder start and claim the pins) comes
-        # only after the button and the LED are released.
+        # the press. The recorder does not wait for it: while the recorder runs, the
+        # button is read through its control socket (provisioning/presence.py).
         if args.presence == "button":
-            try:
-                leds.append(ledmode.AgentLed(cfg.pins.status_led))
-                leds[0].show(pres)      # lit steadily: waiting for the press
-            except Exception as exc:  # noqa: BLE001 - no LED must not block provisioning
-                log.warning("status LED unavailable: %s", exc)
             presence_mod.check_button(pres, cfg.pins.pause_button,
-                                      active_low=cfg.pins.active_low)
+                                      active_low=cfg.pins.active_low,
+                                      recorder_socket=control_client.socket_path(data_dir),
+                                      on_open=own_led)
             for led in leds:
                 led.close()
             leds.clear()

@@ -9,6 +9,11 @@ The window closes early when the engineer sends ``end``, or when ``apply`` compl
 
 The agent takes any object with the :class:`Presence` shape, so tests and the bench
 drive it directly and the Pi reads the real button through gpiozero.
+
+Who reads the button: while the recorder runs it owns every GPIO line, so the agent
+asks it for the button's edges over its control socket (:class:`RecorderButton`,
+``recorder/runtime/button_edges.py``); only when the recorder is not running does the
+agent open the line itself. Neither waits for the other at boot.
 """
 
 from __future__ import annotations
@@ -17,7 +22,13 @@ import datetime as dt
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from pathlib import Path
+
+from recorder.errors import LinetapError, ProtocolError
+from recorder.runtime import control_client
+from recorder.runtime.control_client import RecorderNotRunning
 
 log = logging.getLogger(__name__)
 
@@ -187,30 +198,135 @@ def button_held(button, *, hold_s: float = DEFAULT_HOLD_S, window_s: float = DEF
     return True, "held"
 
 
-def check_button(pres: Presence, pin: int, *, active_low: bool = True,
-                 pin_factory=None) -> None:
-    """Watch the pause button once and grant or deny ``pres`` (run in a thread).
+class ButtonUnavailable(LinetapError, RuntimeError):
+    """The recorder answered but cannot report the button (why is in the message)."""
 
-    The button is opened with gpiozero on BCM ``pin`` (``pin_factory`` None = gpiozero's
-    default; tests pass a ``MockFactory``) and closed again so the recorder, started
-    after the agent is ready, can claim the pin. If the pin cannot be opened (not a Pi,
-    pin busy) the box stays out of provisioning mode and says why.
+
+class RecorderButton:
+    """The pause button as the running recorder sees it, read over its control socket.
+
+    Has the part of gpiozero's ``Button`` that :func:`button_held` uses. Edges are
+    taken in the order they happened (numbered by the recorder), so a press and release
+    between two requests is seen as both. ``path``: the control socket;
+    ``poll_s``: the longest a request waits for an edge (seconds, 0 < poll_s <= 0.5);
+    ``ask``: :func:`recorder.runtime.control_client.request` (injectable).
+    Raises :class:`RecorderNotRunning` when nobody listens (also from the constructor,
+    which reads the state), :class:`ButtonUnavailable` for a refusal and
+    :class:`~recorder.errors.ProtocolError` for a garbled answer.
     """
+
+    def __init__(self, path: str | Path, *, poll_s: float = 0.5,
+                 ask=control_client.request, clock: Callable[[], float] = time.monotonic):
+        self.path, self.poll_s, self._ask, self._clock = path, poll_s, ask, clock
+        self._seq: int | None = None
+        self._state = False
+        self._pending: deque[bool] = deque()
+        self._fetch(0.0)
+
+    def _fetch(self, wait_s: float) -> None:
+        reply = self._ask(self.path, {"cmd": "button", "after": self._seq,
+                                      "wait_s": round(wait_s, 3)}, timeout_s=wait_s + 5.0)
+        if not reply.get("ok"):
+            raise ButtonUnavailable(f"the recorder cannot report the pause button: "
+                                    f"{reply.get('error')}")
+        try:
+            seq, pressed = int(reply["seq"]), bool(reply["pressed"])
+            edges = [bool(p) for _, p in reply["edges"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"recorder's button reply is malformed: {exc}") from None
+        if self._seq is None or reply.get("missed"):
+            self._pending.clear()
+            self._state = pressed
+        else:
+            self._pending.extend(edges)
+        self._seq = seq
+
+    def _wait_for(self, pressed: bool, timeout: float) -> bool:
+        deadline = self._clock() + max(0.0, timeout)
+        while True:
+            if self._state == pressed:
+                return True
+            if self._pending:
+                self._state = self._pending.popleft()
+                continue
+            left = deadline - self._clock()
+            if left <= 0:
+                return False
+            self._fetch(min(self.poll_s, left))
+
+    def wait_for_press(self, timeout: float) -> bool:
+        """True once the button is (or goes) down within ``timeout`` seconds."""
+        return self._wait_for(True, timeout)
+
+    def wait_for_release(self, timeout: float) -> bool:
+        """True once the button is (or goes) up within ``timeout`` seconds."""
+        return self._wait_for(False, timeout)
+
+    @property
+    def is_pressed(self) -> bool:
+        """Down now (every edge up to now taken)."""
+        self._fetch(0.0)
+        while self._pending:
+            self._state = self._pending.popleft()
+        return self._state
+
+    def close(self) -> None:
+        """Nothing to release: the recorder keeps the line."""
+
+
+def open_button(pin: int, *, active_low: bool = True, pin_factory=None,
+                recorder_socket: str | Path | None = None):
+    """The pause button to watch, and who reads it: ``(button, "recorder")`` when the
+    recorder answers on ``recorder_socket``, else ``(button, "gpio")`` with the line
+    opened here by gpiozero on BCM ``pin`` (``pin_factory`` None = gpiozero's default;
+    tests pass a ``MockFactory``). Raises :class:`ButtonUnavailable` saying why neither
+    works."""
+    if recorder_socket is not None:
+        try:
+            return RecorderButton(recorder_socket), "recorder"
+        except RecorderNotRunning:
+            log.info("recorder not running: reading the pause button on GPIO%d directly", pin)
+        except (ButtonUnavailable, ProtocolError) as exc:
+            # The recorder runs and holds the line: opening it here would fail too.
+            raise ButtonUnavailable(str(exc)) from None
     try:
         from gpiozero import Button
         from gpiozero.exc import GPIOZeroError
     except ImportError:  # pragma: no cover - gpiozero is a dependency
-        pres.deny("gpiozero not importable")
-        return
+        raise ButtonUnavailable("gpiozero not importable") from None
     try:
-        button = Button(pin, pull_up=active_low, pin_factory=pin_factory)
+        return Button(pin, pull_up=active_low, pin_factory=pin_factory), "gpio"
     except (GPIOZeroError, OSError, RuntimeError) as exc:
-        log.warning("cannot read the pause button on GPIO%d (%s)", pin, exc)
-        pres.deny(f"cannot read the pause button on GPIO{pin}: {exc}")
+        raise ButtonUnavailable(f"cannot read the pause button on GPIO{pin}: {exc}") \
+            from None
+
+
+def check_button(pres: Presence, pin: int, *, active_low: bool = True,
+                 pin_factory=None, recorder_socket: str | Path | None = None,
+                 on_open: Callable[[str], None] | None = None) -> None:
+    """Watch the pause button once and grant or deny ``pres`` (run in a thread).
+
+    The button comes from :func:`open_button` (the running recorder's, or the line
+    opened here and closed again afterwards). ``on_open`` is called with who reads it
+    (``"recorder"`` or ``"gpio"``) before the watch starts: the agent drives the status
+    LED itself only in the second case. If the button cannot be read (not a Pi, pin
+    busy, the recorder stopped mid-window) the box stays out of provisioning mode and
+    says why.
+    """
+    try:
+        button, owner = open_button(pin, active_low=active_low, pin_factory=pin_factory,
+                                    recorder_socket=recorder_socket)
+    except ButtonUnavailable as exc:
+        log.warning("%s", exc)
+        pres.deny(str(exc))
         return
+    if on_open is not None:
+        on_open(owner)
     pres.waiting()      # the button is being watched now (the LED lights steadily)
     try:
         held, why = button_held(button, hold_s=pres.hold_s, window_s=pres.window_s)
+    except (RecorderNotRunning, ButtonUnavailable, ProtocolError) as exc:
+        held, why = False, f"the recorder stopped reporting the pause button: {exc}"
     finally:
         button.close()
     log.info("pause button at start: %s", why)
@@ -222,8 +338,10 @@ def check_button(pres: Presence, pin: int, *, active_low: bool = True,
 
 def from_button(pin: int, *, active_low: bool = True, pin_factory=None,
                 hold_s: float = DEFAULT_HOLD_S, window_s: float = DEFAULT_WINDOW_S,
-                timeout_s: float = DEFAULT_TIMEOUT_S, on_change=None) -> Presence:
+                timeout_s: float = DEFAULT_TIMEOUT_S, on_change=None,
+                recorder_socket: str | Path | None = None) -> Presence:
     """Check the pause button now (blocking) and return the resulting Presence."""
     pres = Presence(False, timeout_s, hold_s=hold_s, window_s=window_s, on_change=on_change)
-    check_button(pres, pin, active_low=active_low, pin_factory=pin_factory)
+    check_button(pres, pin, active_low=active_low, pin_factory=pin_factory,
+                 recorder_socket=recorder_socket)
     return pres

@@ -41,13 +41,20 @@ def request(path: str | os.PathLike, obj: dict, *, timeout_s: float = 5.0) -> di
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise RecorderNotRunning(f"recorder not running (no control socket at {path})") \
                 from exc
-        sock.sendall(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
         buf = bytearray()
+        try:
+            sock.sendall(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise RecorderNotRunning(f"recorder stopped (control socket {path})") from exc
         while b"\n" not in buf:
             try:
                 chunk = sock.recv(65536)
             except TimeoutError as exc:
                 raise ProtocolError(f"recorder did not answer within {timeout_s} s") from exc
+            except ConnectionResetError as exc:
+                # It stopped while we asked (its socket closed with our request unread).
+                raise RecorderNotRunning(f"recorder stopped (control socket {path})") \
+                    from exc
             if not chunk:
                 break
             buf += chunk

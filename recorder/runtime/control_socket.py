@@ -10,6 +10,11 @@ line in, one per line out:
 * ``{"cmd": "announce", "event": "factory_reset", "detail": {...}}`` -> publishes the
   notice upstream (``report``, QoS 1) and answers ``{"ok": true, "delivered": bool,
   "link": ...}`` once the broker has acknowledged it (or why not).
+* ``{"cmd": "button", "after": N, "wait_s": 0.5}`` -> ``{"ok": true, "seq": M,
+  "pressed": bool, "edges": [[seq, pressed], ...], "missed": bool}``: the pause button's
+  edges numbered above ``N`` (``null``: none, the state only), waiting up to ``wait_s``
+  (at most 0.5 s) for one. The provisioning agent's presence check reads the button
+  this way while the recorder owns the GPIO lines (:mod:`.button_edges`).
 * anything else -> ``{"ok": false, "error": "..."}``.
 """
 
@@ -24,6 +29,7 @@ import threading
 import numpy as np
 
 from recorder.calls.announce import tone_clip
+from recorder.runtime.button_edges import MAX_WAIT_S
 
 log = logging.getLogger(__name__)
 SOCKET = "run/control.sock"
@@ -74,6 +80,8 @@ class ControlServer(threading.Thread):
             return {"ok": True, **self.d.status()}
         if cmd == "tone":
             return self.tone(req)
+        if cmd == "button":
+            return self.button(req)
         if cmd == "announce":
             # A notice the upstream must hold before the box acts (factory reset).
             up = getattr(self.d, "uploader", None)
@@ -81,6 +89,17 @@ class ControlServer(threading.Thread):
                 return {"ok": True, "delivered": False, "link": "sync not running"}
             return {"ok": True, **up.announce(str(req.get("event")), req.get("detail") or {})}
         return {"ok": False, "error": f"unknown cmd {cmd!r}"}
+
+    def button(self, req: dict) -> dict:
+        edges = getattr(self.d, "button_edges", None)
+        if edges is None:
+            return {"ok": False, "error": "the pause button is not open yet"}
+        after, wait_s = req.get("after"), req.get("wait_s", 0.0)
+        if (after is not None and (type(after) is not int or after < 0)) \
+                or type(wait_s) not in (int, float) or not 0 <= wait_s <= MAX_WAIT_S:
+            return {"ok": False, "error": "after must be null or a whole number >= 0, and "
+                                          f"wait_s a number of seconds 0..{MAX_WAIT_S:g}"}
+        return {"ok": True, **edges.since(after, wait_s).as_dict()}
 
     def tone(self, req: dict) -> dict:
         d = self.d

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from hw.gpio import Board
+from hw.gpio import Board, Edge
 from hw.pins import PinMap
 from recorder import __version__
 from recorder.calls.announce import Announcer, load_clip, tone_clip
@@ -46,6 +46,7 @@ from recorder.runpaths import status_path
 from recorder.runtime import alarms as alarm_rules
 from recorder.runtime import ledmode
 from recorder.runtime.alarms import Alarms
+from recorder.runtime.button_edges import ButtonEdges
 from recorder.runtime.control_socket import ControlServer
 from recorder.runtime.hardware import Hardware, Reader
 from recorder.runtime.service_api import ServiceContext, ServicesLike
@@ -247,11 +248,14 @@ class Daemon:
                                    timebase=self.timebase, lines=self.lines, rate=self.rate,
                                    settings=settings, dsp_factory=DtmfStream,
                                    audit=self._audit_quietly)
+        # The pause button's edges are also kept, numbered, for the provisioning agent's
+        # presence check: it asks for them over the control socket while we own the line.
+        self.button_edges = ButtonEdges()
         self.board = Board(PinMap.from_config(cfg.pins, self.lines), factory, clock,
-                           self.processor.edge)
+                           self._edge)
         self.processor.board = self.board
         for e in self.board.initial_edges():
-            self.processor.edge(e)
+            self._edge(e)
         # The writer ends on the calls thread's end marker, never on the stop event, so
         # every open call is closed and signed before the daemon exits.
         t_writer = LoopThread("writer", lambda: self.writer.run(threading.Event()), self.stop)
@@ -292,6 +296,12 @@ class Daemon:
             self.notifier.ready()
         log.info("linetap %s recording %d line(s) at %d Hz as %s", __version__, self.lines,
                  self.rate, self.device)
+
+    def _edge(self, e: Edge) -> None:
+        """GPIO callback thread: every edge to the calls, the button's also to the log."""
+        if e.kind == "button":
+            self.button_edges.record(e.active)
+        self.processor.edge(e)
 
     # -- loops ---------------------------------------------------------------------------
     def _calls_loop(self) -> None:
@@ -335,6 +345,8 @@ class Daemon:
                 "captured_s": round(self.ring.written / self.rate, 3),
                 "processed_s": round(p.pos / self.rate, 3),
                 "lines": lines, "alarms": self.alarms.snapshot(),
+                # None while the button works; why not while its line is busy
+                "pause_button_error": self.board.button_error,
                 "overruns": {"consumer": overruns, "alsa_xruns": self.capture.xruns,
                              "late_dtmf_masks": sum(line.recorder.late_masks for line in p.line),
                              "late_edges": p.counts["late_edges"]},
@@ -409,6 +421,11 @@ class Daemon:
 
     def _house_tick(self) -> None:
         self._check_clock()
+        # Busy at start (the agent was reading it for presence): claim it once free.
+        if self.board.button is None and self.board.claim_button():
+            for e in self.board.initial_edges():
+                if e.kind == "button":
+                    self._edge(e)
         st = self.status()
         limits = alarm_rules.Thresholds(broker_down_s=self.cfg.sync.unreachable_alarm_s,
                                         ack_silence_s=self.cfg.sync.ack_alarm_s)
@@ -424,8 +441,11 @@ class Daemon:
     def _led_tick(self) -> None:
         """Status LED: a heartbeat, or the blink code of the most urgent alarm."""
         self._led_slot += 1
-        if ledmode.mode_active(self.data_dir):
-            self.board.set_status_led(ledmode.led_on(self._led_slot))
+        mode = ledmode.current_mode(self.data_dir)
+        if mode is not None:
+            # The agent's press window: lit steadily while it waits, fast flashing open.
+            self.board.set_status_led(mode == ledmode.WAITING
+                                      or ledmode.led_on(self._led_slot))
             return
         code = alarm_rules.blink_code(self.alarms.snapshot())
         self.board.set_status_led(alarm_rules.led_on(code, self._led_slot))

@@ -199,6 +199,10 @@ def test_install_read_only_root(installed):
     # timesyncd's clock file is on the data partition, not in RAM.
     ts = mounts["/var/lib/systemd/timesync"]
     assert ts[0] == "/var/lib/linetap/timesync" and "bind" in ts[3].split(",")
+    # The mount points exist in the image: the read-only root cannot make one at boot
+    # (the booted image's timesyncd failed on exactly this).
+    for point in ("/var/lib/linetap", "/var/lib/systemd/timesync"):
+        assert (installed / point.lstrip("/")).is_dir(), point
     cmdline = (installed / "boot/firmware/cmdline.txt").read_text()
     assert cmdline.count("\n") == 1
     args = cmdline.split()

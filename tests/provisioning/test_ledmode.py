@@ -66,3 +66,23 @@ def test_recorder_led_tick_shows_the_window(tmp_path):
     for _ in range(4):
         Daemon._led_tick(d)
     assert seen == [alarms.led_on(0, s) for s in range(5, 9)]   # heartbeat again
+
+
+def test_marker_says_waiting_while_the_agent_watches_through_the_recorder(tmp_path):
+    """The recorder owns the LED while it runs: the marker tells it to light steadily
+    while the agent waits for the press, and to flash once the window is open."""
+    p = Presence(False, timeout_s=60, window_s=60, hold_s=5,
+                 on_change=lambda pr: ledmode.publish(tmp_path, pr))
+    assert ledmode.current_mode(tmp_path) is None
+    p.waiting()
+    assert ledmode.current_mode(tmp_path) == ledmode.WAITING
+    assert not ledmode.mode_active(tmp_path)
+    assert ledmode.current_mode(tmp_path, now=10**9) is None   # the window is long over
+    p.grant()
+    assert ledmode.current_mode(tmp_path) == ledmode.PROVISIONING
+    p.end("apply completed")
+    assert ledmode.current_mode(tmp_path) is None
+    p2 = Presence(False, on_change=lambda pr: ledmode.publish(tmp_path, pr))
+    p2.waiting()
+    p2.deny("no press within 60 s")
+    assert not ledmode.marker_path(tmp_path).exists()

@@ -183,3 +183,93 @@ def test_messages_docs_and_unit_agree_on_the_timings():
     unit.read(root / "systemd" / "linetap-provision-agent.service")
     assert float(unit["Service"]["TimeoutStartSec"]) > \
         presence.DEFAULT_WINDOW_S + presence.DEFAULT_HOLD_S
+
+
+# --- the button read through the running recorder (it owns the line) ----------------------
+
+@pytest.fixture
+def recorder_socket(tmp_path):
+    """The recorder's real control socket server, on a daemon stand-in that holds only
+    what the ``button`` command reads: the numbered edges the GPIO callback records."""
+    import types
+
+    from recorder.runtime.button_edges import ButtonEdges
+    from recorder.runtime.control_socket import ControlServer
+    (tmp_path / "run").mkdir()
+    d = types.SimpleNamespace(data_dir=tmp_path, stop=threading.Event(),
+                              button_edges=ButtonEdges())
+    server = ControlServer(d)
+    server.start()
+    yield server.path, d
+    d.stop.set()
+    server.join(5)
+
+
+def later(s, fn, *args):
+    threading.Timer(s, fn, args).start()
+
+
+def test_press_through_the_recorder_grants_and_never_opens_the_line(recorder_socket):
+    path, d = recorder_socket
+    opened = []
+
+    def hook(p):
+        if p.state() == presence.WAITING:
+            later(0.2, d.button_edges.record, True)
+    f = MockFactory()      # the line: never touched while the recorder answers
+    p = presence.Presence(False, 1800, hold_s=0.3, window_s=5.0, on_change=hook)
+    presence.check_button(p, 16, pin_factory=f, recorder_socket=path, on_open=opened.append)
+    assert p.active(), p.reason
+    assert opened == ["recorder"]
+    assert not f.pins     # gpiozero never created pin 16: the recorder keeps it
+
+
+@pytest.mark.parametrize("script, reason", [
+    # held since before the watch (power-on, stuck): must be released first
+    ([(0.0, True)], "stuck"),
+    # a press and release shorter than the hold, even both between two polls
+    ([(0.2, True), (0.25, False)], "released before 0.6 s"),
+    # no press at all
+    ([], "no press within 1.5 s"),
+])
+def test_press_edge_rules_hold_through_the_recorder(recorder_socket, script, reason):
+    path, d = recorder_socket
+    for at, pressed in script:
+        if at == 0.0:
+            d.button_edges.record(pressed)
+    p = presence.Presence(False, 1800, hold_s=0.6, window_s=1.5, on_change=lambda pr: [
+        later(at, d.button_edges.record, pressed) for at, pressed in script
+        if at > 0 and pr.state() == presence.WAITING])
+    presence.check_button(p, 16, pin_factory=MockFactory(), recorder_socket=path)
+    assert not p.active() and reason in p.reason, p.reason
+
+
+def test_recorder_stopping_mid_window_denies_and_says_why(recorder_socket):
+    path, d = recorder_socket
+
+    def hook(p):
+        if p.state() == presence.WAITING:
+            later(0.2, d.stop.set)     # the control server closes its socket
+    p = presence.Presence(False, 1800, hold_s=0.2, window_s=5.0, on_change=hook)
+    presence.check_button(p, 16, pin_factory=MockFactory(), recorder_socket=path)
+    assert not p.active() and "recorder" in p.reason, p.reason
+
+
+def test_no_recorder_running_opens_the_line_itself(factory, tmp_path):
+    pin = finger(factory)
+    pin.release()
+    opened = []
+    p = presence.Presence(False, 1800, hold_s=0.2, window_s=5.0,
+                          on_change=press_when_watched(pin))
+    presence.check_button(p, 16, pin_factory=factory,
+                          recorder_socket=tmp_path / "run" / "control.sock",
+                          on_open=opened.append)
+    assert p.active() and opened == ["gpio"]
+
+
+def test_recorder_refusing_the_button_denies_without_opening_the_line(tmp_path):
+    def ask(path, obj, timeout_s):
+        return {"ok": False, "error": "unknown cmd 'button'"}   # an older recorder
+
+    with pytest.raises(presence.ButtonUnavailable, match="unknown cmd"):
+        presence.RecorderButton(tmp_path / "control.sock", ask=ask)

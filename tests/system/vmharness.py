@@ -65,15 +65,27 @@ class Disk:
         root = read_part(self.path, parts["linetap-root-a"], self.work / "root-a.ext4")
         stage = self.work / "layer"
         stage.mkdir(exist_ok=True)
-        for f in ("linetap-test-hw", "cpuinfo"):
+        tools = ("linetap-test-hw", "linetap-test-shell", "cpuinfo")
+        for f in tools:
             shutil.copy(VMFILES / f, stage / f)
         shutil.copy(gpio_sim_ko, stage / "gpio-sim.ko")
         cmds = ["mkdir /usr/local/lib/linetap-test",
                 "mkdir /etc/systemd/system/sysinit.target.wants",
                 "mkdir /etc/systemd/system/linetap-recorder.service.d"]
-        for f in ("linetap-test-hw", "cpuinfo", "gpio-sim.ko"):
+        for f in (*tools, "gpio-sim.ko"):
             cmds.append(f"write {stage / f} /usr/local/lib/linetap-test/{f}")
-        cmds.append("sif /usr/local/lib/linetap-test/linetap-test-hw mode 0100755")
+        for f in ("linetap-test-hw", "linetap-test-shell"):
+            cmds.append(f"sif /usr/local/lib/linetap-test/{f} mode 0100755")
+        # The clock test's boot has a NIC (and nothing beyond the host's NTP server):
+        # networkd gives it a static address, timesyncd asks only that server.
+        cmds += ["mkdir /etc/systemd/network",
+                 f"write {VMFILES / '50-linetap-test.network'} "
+                 "/etc/systemd/network/50-linetap-test.network",
+                 f"write {VMFILES / '90-linetap-test-ntp.conf'} "
+                 "/etc/systemd/timesyncd.conf.d/90-linetap-test-ntp.conf",
+                 "mkdir /etc/systemd/system/multi-user.target.wants",
+                 "symlink /etc/systemd/system/multi-user.target.wants/systemd-networkd.service "
+                 "/lib/systemd/system/systemd-networkd.service"]
         for unit in ("linetap-test-shell.service", "linetap-test-hw.service"):
             cmds += [f"write {VMFILES / unit} /etc/systemd/system/{unit}",
                      f"symlink /etc/systemd/system/sysinit.target.wants/{unit} "
@@ -104,6 +116,15 @@ class Disk:
         write_part(self.path, parts["linetap-data"], ext)
         ext.unlink()
 
+    def forget_saved_clock(self) -> None:
+        """Delete timesyncd's clock file from the data partition (power off first), so
+        the next boot keeps whatever time the RTC gives it (a wrong one, on purpose)."""
+        self.parts = {p["name"]: p for p in sfdisk_parts(self.path)}
+        ext = read_part(self.path, self.parts["linetap-data"], self.work / "data-clock.ext4")
+        debugfs(ext, ["rm /timesync/clock"])
+        write_part(self.path, self.parts["linetap-data"], ext)
+        ext.unlink()
+
     def extract_data(self, dest: Path) -> Path:
         """Copy the data partition's files out (after the VM stopped or was killed)."""
         # Re-read the table: systemd-repart grew the data partition at first boot.
@@ -124,6 +145,70 @@ class Disk:
                            text=True, check=True, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
         fat.unlink()
         return r.stdout.strip()
+
+
+SHELL_PORT = "linetap.shell"
+
+
+def virt_dtb_without_pl061(cmd: list[str], work: Path) -> Path:
+    """The device tree QEMU makes for ``cmd`` (-M virt), with the PL061 GPIO controller
+    disabled: it would be gpiochip0 and gpio-sim gpiochip1, where the recorder (as on a
+    Pi 4) opens gpiochip0. QEMU still adds /chosen (command line, initrd) at boot."""
+    dtb = work / "virt.dtb"
+    m = cmd.index("-M")
+    dump = [*cmd[:m + 1], f"{cmd[m + 1]},dumpdtb={dtb}", *cmd[m + 2:]]
+    subprocess.run(dump, check=True, capture_output=True, timeout=60)
+    nodes = subprocess.run(["fdtget", "-l", str(dtb), "/"], capture_output=True, text=True,
+                           check=True).stdout.split()
+    for node in (n for n in nodes if n.startswith("pl061@")):
+        subprocess.run(["fdtput", "-t", "s", str(dtb), f"/{node}", "status", "disabled"],
+                       check=True)
+    return dtb
+
+
+class NtpServer:
+    """A real NTP server (Debian's chronyd) reachable only from the VM: a network
+    namespace of our own with nothing but loopback, chronyd on its 127.0.0.1:123
+    serving its own clock (``local``; ``-x``: it never touches the host's clock), and
+    QEMU started in the same namespace, whose user networking maps the guest's
+    10.0.2.2 to that loopback. Nothing in the namespace reaches any other network.
+
+    :meth:`create` makes the namespace; :meth:`serve` starts chronyd (later, so the
+    guest can first run unsynchronised); :meth:`close` removes both.
+    """
+
+    def __init__(self, work: Path):
+        self.work = work
+        self.netns = f"ltntp{os.getpid()}"
+        self.proc: subprocess.Popen | None = None
+
+    def create(self) -> NtpServer:
+        subprocess.run(["ip", "netns", "add", self.netns], check=True)
+        subprocess.run(["ip", "-n", self.netns, "link", "set", "lo", "up"], check=True)
+        return self
+
+    def serve(self) -> None:
+        conf = self.work / "chrony.conf"
+        conf.write_text("# system test: serve this host's clock on loopback only\n"
+                        "local stratum 8\nallow all\nbindaddress 127.0.0.1\nport 123\n"
+                        "cmdport 0\n"
+                        f"pidfile {self.work / 'chronyd.pid'}\n")
+        # -u root: the unpacked chronyd has no _chrony user to drop to.
+        chronyd = os.environ.get("LINETAP_CHRONYD") or shutil.which("chronyd") or "chronyd"
+        self.proc = subprocess.Popen(["ip", "netns", "exec", self.netns, chronyd, "-x",
+                                      "-u", "root", "-d", "-f", str(conf)],
+                                     stdout=open(self.work / "chronyd.log", "wb"),
+                                     stderr=subprocess.STDOUT)
+
+    def close(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        subprocess.run(["ip", "netns", "delete", self.netns], check=False)
 
 
 def kvm_boots_linux(kernel: Path, wait_s: float = 20.0) -> bool:
@@ -154,8 +239,12 @@ class VM:
     """One QEMU run of a Disk. ``sh(cmd)`` runs a shell command as root in the guest."""
 
     def __init__(self, disk: Disk, arch: str = "amd64", memory_mib: int = 1024,
-                 kvm: bool = True):
+                 kvm: bool = True, *, netns: str | None = None, rtc_base: str | None = None):
+        """``netns``: run QEMU in that network namespace and give the guest a NIC on QEMU
+        user networking (None: no NIC at all). ``rtc_base``: the guest's RTC at power-on,
+        UTC ``YYYY-MM-DDTHH:MM:SS`` (None: the host's time)."""
         self.disk, self.arch, self.memory, self.kvm = disk, arch, memory_mib, kvm
+        self.netns, self.rtc_base = netns, rtc_base
         self.sock_path = Path(tempfile.mkdtemp(prefix="ltvm")) / "sh.sock"
         self.console = disk.work / f"console-{int(time.time() * 1000)}.log"
         self.proc: subprocess.Popen | None = None
@@ -166,25 +255,36 @@ class VM:
         """Start QEMU; returns the host's monotonic time at launch."""
         d = self.disk.image_dir
         cmdline = self.disk.boot_cmdline()
+        shell_chardev = ["-chardev", f"socket,id=sh,path={self.sock_path},server=on,wait=off"]
         if self.arch == "amd64":
             qemu = (["qemu-system-x86_64", "-enable-kvm", "-cpu", "host", "-M", "q35"]
                     if self.kvm else
                     ["qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "max",
                      "-M", "q35"])
             console = "console=ttyS0"
+            shell = [*shell_chardev, "-serial", "chardev:sh"]
         else:
+            # The Pi 4's core. -M virt has one UART (the console), so the test shell is
+            # on a virtio serial port; its PL061 GPIO controller is disabled in the
+            # device tree so that gpio-sim is gpiochip0, as the header is on a Pi.
             qemu = ["qemu-system-aarch64", "-accel", "tcg,thread=multi", "-M", "virt",
                     "-cpu", "cortex-a72"]
-            console = "console=ttyAMA0"
-        cmd = [*qemu, "-m", str(self.memory), "-smp", "2", "-display", "none",
-               "-nic", "none",
+            console = f"console=ttyAMA0 linetap.test_shell=/dev/virtio-ports/{SHELL_PORT}"
+            shell = [*shell_chardev, "-device", "virtio-serial-pci,id=vs",
+                     "-device", f"virtserialport,bus=vs.0,chardev=sh,name={SHELL_PORT}"]
+        nic = ["-nic", "user,model=virtio-net-pci"] if self.netns else ["-nic", "none"]
+        rtc = ["-rtc", f"base={self.rtc_base}"] if self.rtc_base else []
+        cmd = [*qemu, "-m", str(self.memory), "-smp", "2", "-display", "none", *nic, *rtc,
                "-kernel", str(d / "vmlinuz"), "-initrd", str(d / "initrd.img"),
                "-append", f"{cmdline} {console} systemd.show_status=0",
                "-drive", f"file={self.disk.path},if=virtio,format=raw,cache=writeback",
-               "-serial", f"file:{self.console}",
-               "-chardev", f"socket,id=sh,path={self.sock_path},server=on,wait=off",
-               "-serial", "chardev:sh",
+               "-serial", f"file:{self.console}", *shell,
                "-device", "i6300esb", "-action", "watchdog=reset"]
+        if self.arch == "arm64":
+            cmd += ["-dtb", str(virt_dtb_without_pl061(cmd, self.disk.work))]
+            self.sock_path.unlink(missing_ok=True)    # made by the dump run
+        if self.netns:
+            cmd = ["ip", "netns", "exec", self.netns, *cmd]
         t0 = time.monotonic()
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 30
