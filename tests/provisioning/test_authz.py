@@ -118,7 +118,7 @@ def test_hostile_laptop_with_presence_but_no_token(provisioned, tmp_path):
          for c, _a, op in attempts]
     assert len([d for d in refused if d["cmd"] == "authorise"]) == 3
     assert refused[-1]["reason"] == "token allows practice_key"
-    assert audit.verify(box.data)[1] == []
+    assert audit.verify(box.data).problems == []
 
 
 def test_same_files_again_need_no_token(provisioned):
