@@ -18,11 +18,11 @@ from tests.sync.upstream.portal.conftest import (
     Server,
     add_users,
     build_upstream,
+    downloads,
     open_key,
     sign_in,
     wait_ready,
 )
-from tests.sync.upstream.portal.test_portal_calls import _downloads
 
 
 @pytest.fixture(scope="module")
@@ -57,5 +57,5 @@ def test_portal_opens_the_sealed_copy_of_a_recovered_manifest(env, context, tmp_
     page.get_by_role("button", name="Search").click()
     page.locator("body[data-results='1']").wait_for()     # site1's one call from N1
     tr = page.locator(f"#calls tbody tr[data-call='{call}']")
-    got = _downloads(page, 2, tr.get_by_role("button", name="Download").click)
+    got = downloads(page, 2, tr.get_by_role("button", name="Download").click)
     assert got[f"{call}.json"] == (out / f"{call}.json").read_bytes()
