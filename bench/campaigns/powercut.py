@@ -168,7 +168,7 @@ class Campaign:
         env = {"LINETAP_CRASH_AT": point} if point else None
         spawned = time.time()
         proc = self.box.spawn(sc, self.args.speed, env=env)
-        sampler = schedstat.Sampler(proc.pid).start()
+        sampler = schedstat.Sampler(proc.pid, nice=self.nice).start()
         self.stats["boots"] += 1
         st = None
         if mode == "startup":

@@ -96,10 +96,16 @@ def split_loss(loss_s: float, lag_s: float) -> tuple[float, float]:
 
 class Sampler:
     """Samples one process every ``interval_s`` seconds on a thread of its own, keeping
-    the last ``keep_s`` seconds; :meth:`stop` before the process is killed or waited for."""
+    the last ``keep_s`` seconds; :meth:`stop` before the process is killed or waited for.
 
-    def __init__(self, pid: int, interval_s: float = 0.05, keep_s: float = 5.0):
-        self.pid, self.interval_s, self.keep_s = pid, interval_s, keep_s
+    ``nice``: the sampling thread's own niceness (-20..19), e.g. the measured daemon's,
+    so that a loaded machine does not starve the instrument while the daemon runs (a
+    campaign is often started under ``nice -n 10``); None, or not permitted: unchanged.
+    """
+
+    def __init__(self, pid: int, interval_s: float = 0.05, keep_s: float = 5.0,
+                 nice: int | None = None):
+        self.pid, self.interval_s, self.keep_s, self.nice = pid, interval_s, keep_s, nice
         self.samples: deque[Sample] = deque()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -111,6 +117,11 @@ class Sampler:
         return self
 
     def _run(self) -> None:
+        if self.nice is not None:
+            try:       # niceness is per thread on Linux: this thread only
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
+            except OSError:
+                pass   # not permitted (not root): sample at the campaign's priority
         while True:
             self.take(time.time())
             if self._stop.wait(self.interval_s):
