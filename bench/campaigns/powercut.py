@@ -125,6 +125,7 @@ class Campaign:
         self.lags: list[tuple[float, int]] = []   # (processor lag s, writer queue) per kill
         self.starved: list[float] = []    # line seconds behind at the kill, per loss measured
         self.starved_over = 0             # losses whose lag is over LAG_CEILING_S
+        self.delayed_threads: dict[str, int] = {}  # most-delayed thread -> losses (lag > 0.1)
         self.net_losses: list[float] = []         # durability share of each loss
         want = unit_nice() if args.nice is None else args.nice
         self.nice = want if can_renice(want) else None
@@ -227,6 +228,7 @@ class Campaign:
                              "active": self.open_calls(), "mode": mode, "point": point,
                              "lag": self.lags[-1] if st_fresh else None,
                              "sched": list(sampler.samples), "t_end": t_end,
+                             "threads": sampler.names,
                              "status_age": None if not st_fresh
                              else round(t_kill - st_fresh["time"], 2)})
 
@@ -384,13 +386,17 @@ class Campaign:
             self.losses.append(max(0.0, loss))
             self.check_loss(loss, tag, f"call {r.id}", behind, pend)
 
-    def starved_lag_s(self, pend: dict, loss: float) -> float | None:
+    def starved_lag(self, pend: dict, loss: float) -> tuple[float | None, str]:
         """Line seconds the box fell behind while the audio lost arrived: the run-queue
         wait of its most-delayed thread in the last ``loss / speed`` s before the kill,
-        times the speed (None: too few samples, e.g. a loss under 0.1 s)."""
-        waited = schedstat.starved_s(pend["sched"], pend["t_end"],
-                                     max(0.0, loss) / self.args.speed)
-        return None if waited is None else round(waited * self.args.speed, 2)
+        times the speed (None: too few samples, e.g. a loss under 0.1 s), and that
+        thread's name (the daemon names its threads: recorder/threads.py)."""
+        d = schedstat.most_delayed(pend["sched"], pend["t_end"],
+                                   max(0.0, loss) / self.args.speed)
+        if d is None:
+            return None, ""
+        who = pend["threads"].get(d.tid, "?") if d.tid is not None else "-"
+        return round(d.seconds * self.args.speed, 2), who
 
     def check_loss(self, loss, tag, what, behind: float = 0.0, pend=None) -> None:
         """The bound holds while the box keeps up; a box measured behind at the kill (a
@@ -398,14 +404,16 @@ class Campaign:
         captured, processed or written yet: the larger of ``behind`` (its backlog at
         its last status) and the starvation measured at the kill, and no more; and that
         lag must stay under LAG_CEILING_S."""
-        starved = self.starved_lag_s(pend, loss) if pend else None
+        starved, who = self.starved_lag(pend, loss) if pend else (None, "")
         if starved is not None:
             self.starved.append(starved)
+            if starved > 0.1:
+                self.delayed_threads[who] = self.delayed_threads.get(who, 0) + 1
             if starved > LAG_CEILING_S:
                 self.starved_over += 1
                 self.violations.append(
                     f"{tag}: {what}: the box was {starved:.2f} s behind real time at the "
-                    f"kill (a thread waited {starved / self.args.speed:.2f} s for a CPU in "
+                    f"kill (thread {who!r} waited {starved / self.args.speed:.2f} s for a CPU in "
                     f"the last {loss / self.args.speed:.2f} s), over the {LAG_CEILING_S} s "
                     "ceiling: the machine, not the journal, decided this loss")
         behind = schedstat.allowance_s(behind, starved)
@@ -415,7 +423,8 @@ class Campaign:
             self.over_bound_behind += 1
             self.behind_max = max(self.behind_max, behind)
             print(f"  {tag}: {what} lost {loss:.2f} s: {net:.2f} s durability + "
-                  f"{lag:.2f} s the box was behind", flush=True)
+                  f"{lag:.2f} s the box was behind (most delayed thread: {who or '-'})",
+                  flush=True)
         if loss > LOSS_BOUND_S + self.slack + behind:
             self.violations.append(f"{tag}: {what} lost {loss:.2f} s of audio (bound "
                                    f"{LOSS_BOUND_S} s + {self.slack:.2f} s estimate slack"
@@ -522,6 +531,9 @@ class Campaign:
              "ok" if not self.starved_over else "VIOLATION"),
             ("losses with the box behind at the kill (> 0.1 s)",
              sum(1 for x in self.starved if x > 0.1), ""),
+            ("most-delayed thread at those losses (count)",
+             ", ".join(f"{k} {v}" for k, v in sorted(self.delayed_threads.items())) or "-",
+             ""),
             ("loss net of the lag at the kill (durability), max (s)",
              f"{max(self.net_losses):.2f}" if self.net_losses else "-", ""),
             ("processor lag at the last status, max (s)",
@@ -561,6 +573,7 @@ class Campaign:
                    "losses_behind": sum(1 for x in self.starved if x > 0.1),
                    "lag_ceiling_s": LAG_CEILING_S,
                    "losses_over_lag_ceiling": self.starved_over,
+                   "most_delayed_threads": self.delayed_threads,
                    "durability_loss_max_s": round(max(self.net_losses), 2)
                    if self.net_losses else None,
                    "behind_allowance_max_s": round(self.behind_max, 2),

@@ -38,6 +38,19 @@ def test_starved_s(samples, t_end, window, expected):
     assert got == (None if expected is None else pytest.approx(expected))
 
 
+@pytest.mark.parametrize("samples, expected", [
+    ([S(9.0, {1: 0, 2: 0}), S(10.0, {1: 100 * MS, 2: 300 * MS})], schedstat.Delay(0.3, 2)),
+    ([S(9.0, {1: 5, 2: 7}), S(10.0, {1: 5, 2: 7})], schedstat.Delay(0.0, None)),  # no wait
+])
+def test_most_delayed_names_the_thread(samples, expected):
+    assert schedstat.most_delayed(samples, 10.0, 1.0) == expected
+
+
+def test_thread_names_are_read_from_the_kernel():
+    got = schedstat.names(os.getpid())
+    assert got[os.getpid()] and set(got) == set(schedstat.read(os.getpid()))
+
+
 @pytest.mark.parametrize("status_behind, starved, expected", [
     (0.0, None, 0.0),      # nothing measured, nothing behind: the bound alone
     (0.3, None, 0.3),      # only the last status: its backlog
@@ -59,9 +72,12 @@ def test_split_loss(loss, lag, expected):
     assert schedstat.split_loss(loss, lag) == pytest.approx(expected)
 
 
-def _busy(seconds: float) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", "import time\nend = time.monotonic() + "
-                             f"{seconds}\nwhile time.monotonic() < end: pass"])
+def _started(code: str) -> subprocess.Popen:
+    """A Python child that prints a line once started, then runs ``code``."""
+    p = subprocess.Popen([sys.executable, "-c", f"print(flush=True)\n{code}"],
+                         stdout=subprocess.PIPE)
+    p.stdout.readline()             # started: its own start-up's waits are behind us
+    return p
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux /proc")
@@ -69,21 +85,22 @@ def test_a_process_sharing_one_cpu_with_another_is_measured_waiting():
     # Two busy processes pinned to one CPU: each waits while the other runs, whatever
     # else the machine does. A sleeping process never waits on a run queue.
     cpu = min(os.sched_getaffinity(0))
-    a, b = _busy(1.5), _busy(1.5)
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)"])
+    procs = []
     try:
-        for p in (a, b):
-            os.sched_setaffinity(p.pid, {cpu})
-        time.sleep(0.3)            # let the sleeper reach its sleep and both spin
-        sa, ss = schedstat.Sampler(a.pid).start(), schedstat.Sampler(sleeper.pid).start()
+        for _ in range(2):
+            procs.append(_started("while True: pass"))
+            os.sched_setaffinity(procs[-1].pid, {cpu})
+        sleeper = _started("import time; time.sleep(60)")
+        procs.append(sleeper)
+        sa = schedstat.Sampler(procs[0].pid).start()
+        ss = schedstat.Sampler(sleeper.pid).start()
         time.sleep(0.8)
         sa.stop()
         ss.stop()
-        t = sa.samples[-1].t
-        assert sa.starved_s(t, 0.7) > 0.1
+        assert sa.starved_s(sa.samples[-1].t, 0.7) > 0.1
         assert ss.starved_s(ss.samples[-1].t, 0.7) < 0.05
     finally:
-        for p in (a, b, sleeper):
+        for p in procs:
             p.kill()
             p.wait()
 

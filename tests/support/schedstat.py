@@ -53,9 +53,18 @@ def read(pid: int) -> dict[int, int]:
     return out
 
 
-def starved_s(samples: list[Sample], t_end: float, window_s: float) -> float | None:
-    """Wall seconds (>= 0) that the most-delayed thread spent waiting for a CPU in the
-    ``window_s`` seconds before ``t_end``.
+@dataclass(frozen=True)
+class Delay:
+    """The most-delayed thread in a window: ``seconds`` of wall time it waited for a CPU
+    (>= 0), and its thread id (None when no thread waited at all)."""
+
+    seconds: float
+    tid: int | None
+
+
+def most_delayed(samples: list[Sample], t_end: float, window_s: float) -> Delay | None:
+    """The thread that spent the longest waiting for a CPU in the ``window_s`` seconds
+    before ``t_end``, and how long (wall seconds).
 
     Measured between the last sample at or before ``t_end`` and the earliest sample at or
     after ``t_end - window_s`` (so over at most ``window_s``; the sampling interval is the
@@ -67,10 +76,29 @@ def starved_s(samples: list[Sample], t_end: float, window_s: float) -> float | N
     if len(inside) < 2:
         return None
     first, last = inside[0], inside[-1]
-    worst = 0
+    worst, who = 0, None
     for tid, ns in last.waits.items():
-        worst = max(worst, ns - first.waits.get(tid, 0))
-    return worst / 1e9
+        if ns - first.waits.get(tid, 0) > worst:
+            worst, who = ns - first.waits.get(tid, 0), tid
+    return Delay(worst / 1e9, who)
+
+
+def starved_s(samples: list[Sample], t_end: float, window_s: float) -> float | None:
+    """:func:`most_delayed`'s wait in wall seconds (>= 0), or None when not measured."""
+    d = most_delayed(samples, t_end, window_s)
+    return None if d is None else d.seconds
+
+
+def names(pid: int) -> dict[int, str]:
+    """Thread id -> kernel name (``comm``) of every live thread of ``pid``."""
+    out: dict[int, str] = {}
+    for tid in read(pid):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                out[tid] = f.read().strip()
+        except OSError:
+            continue
+    return out
 
 
 def allowance_s(status_behind_s: float, starved_lag_s: float | None) -> float:
@@ -107,6 +135,7 @@ class Sampler:
                  nice: int | None = None):
         self.pid, self.interval_s, self.keep_s, self.nice = pid, interval_s, keep_s, nice
         self.samples: deque[Sample] = deque()
+        self.names: dict[int, str] = {}      # thread names, read by stop()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"schedstat-{pid}",
@@ -138,9 +167,10 @@ class Sampler:
                 self.samples.popleft()
 
     def stop(self) -> None:
-        """Take one last sample and stop the thread."""
+        """Take one last sample, read the thread names, and stop the thread."""
         self._stop.set()
         self._thread.join(5.0)
+        self.names = names(self.pid)
         self.take(time.time())
 
     def starved_s(self, t_end: float, window_s: float) -> float | None:
