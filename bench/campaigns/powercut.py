@@ -93,6 +93,12 @@ STATUS_JITTER_S = 0.05  # wall time: the kill-time estimate's allowance, times t
 # machine: counted as a violation, so a sweep on a machine that starves the daemon (even
 # at the unit's priority) fails and says so instead of passing on a bound stretched to fit.
 LAG_CEILING_S = 2.0
+# The daemon's threads that audio waits on before it is in the journal: capture, the
+# call processor, the writer, and in simulation the device playback the simulated line
+# loops back, plus the threads the daemon does not name (the simulated line's, which
+# paces capture, and the main one). Not the house, LED, control, uploader or retention
+# threads: their waiting delays no audio (recorder/threads.py names them all).
+AUDIO_PATH = ("capture", "calls", "writer", "playback")
 
 POINTS = ("before_fsync", "before_rename", "before_dirsync", "journal_before_sync")
 # A deletion of a finished call (retention's "synced" clean-up), cut at each of its
@@ -228,7 +234,7 @@ class Campaign:
                              "active": self.open_calls(), "mode": mode, "point": point,
                              "lag": self.lags[-1] if st_fresh else None,
                              "sched": list(sampler.samples), "t_end": t_end,
-                             "threads": sampler.names,
+                             "threads": sampler.names, "pid": proc.pid,
                              "status_age": None if not st_fresh
                              else round(t_kill - st_fresh["time"], 2)})
 
@@ -388,11 +394,15 @@ class Campaign:
 
     def starved_lag(self, pend: dict, loss: float) -> tuple[float | None, str]:
         """Line seconds the box fell behind while the audio lost arrived: the run-queue
-        wait of its most-delayed thread in the last ``loss / speed`` s before the kill,
+        wait of its most-delayed thread on the audio path (AUDIO_PATH and the unnamed
+        ones) in the last ``loss / speed`` s before the kill,
         times the speed (None: too few samples, e.g. a loss under 0.1 s), and that
         thread's name (the daemon names its threads: recorder/threads.py)."""
+        names = pend["threads"]
+        unnamed = names.get(pend["pid"])       # the main thread's name: the process's
+        path = {tid for tid, n in names.items() if n in AUDIO_PATH or n == unnamed}
         d = schedstat.most_delayed(pend["sched"], pend["t_end"],
-                                   max(0.0, loss) / self.args.speed)
+                                   max(0.0, loss) / self.args.speed, only=path or None)
         if d is None:
             return None, ""
         who = pend["threads"].get(d.tid, "?") if d.tid is not None else "-"

@@ -117,3 +117,9 @@ def test_the_daemon_is_started_at_the_niceness_asked_whatever_ours_is():
                          capture_output=True, text=True, check=True).stdout
     assert int(out) == want
     assert nice_prefix(None) == []
+
+
+def test_most_delayed_among_the_threads_asked_for():
+    samples = [S(9.0, {1: 0, 2: 0, 3: 0}), S(10.0, {1: 100 * MS, 2: 300 * MS, 3: 50 * MS})]
+    # thread 2 (say, the status LED's) waited longest, but only 1 and 3 carry audio
+    assert schedstat.most_delayed(samples, 10.0, 1.0, only={1, 3}) == schedstat.Delay(0.1, 1)

@@ -62,9 +62,11 @@ class Delay:
     tid: int | None
 
 
-def most_delayed(samples: list[Sample], t_end: float, window_s: float) -> Delay | None:
+def most_delayed(samples: list[Sample], t_end: float, window_s: float,
+                 only: set[int] | None = None) -> Delay | None:
     """The thread that spent the longest waiting for a CPU in the ``window_s`` seconds
-    before ``t_end``, and how long (wall seconds).
+    before ``t_end``, and how long (wall seconds); among the thread ids in ``only`` if
+    given (e.g. the threads the audio waits on, leaving out a status LED's).
 
     Measured between the last sample at or before ``t_end`` and the earliest sample at or
     after ``t_end - window_s`` (so over at most ``window_s``; the sampling interval is the
@@ -78,6 +80,8 @@ def most_delayed(samples: list[Sample], t_end: float, window_s: float) -> Delay 
     first, last = inside[0], inside[-1]
     worst, who = 0, None
     for tid, ns in last.waits.items():
+        if only is not None and tid not in only:
+            continue
         if ns - first.waits.get(tid, 0) > worst:
             worst, who = ns - first.waits.get(tid, 0), tid
     return Delay(worst / 1e9, who)
