@@ -15,8 +15,8 @@ manifest header); the audio lost per open call is at most 2 s with the journal o
 default: the recorder's hold + ``journal_s``), ``segment_s`` + the hold without it, plus
 what the box was measurably behind at the kill: the larger of its backlog at its last
 status (processor lag, writer queue: :func:`behind_s`) and the run-queue wait of its
-most-delayed thread while the lost audio arrived (the last loss / speed seconds of
-wall time before the kill), times the speed
+most-delayed thread on the audio path (``AUDIO_PATH``) while the lost audio arrived
+(the last loss / speed seconds of wall time before the kill), times the speed
 (``tests/support/schedstat.py``). That lag must itself stay under ``LAG_CEILING_S``
 (2 s); each loss over the bound is reported split into durability loss and lag. A
 loaded machine can need the allowance on one run and not on the next; such losses are
