@@ -37,7 +37,7 @@ from paho.mqtt.properties import Properties
 
 from recorder.errors import CommandRejected, KeyFileError, ProtocolError
 from recorder.evidence import audit
-from recorder.threads import ServiceThread
+from recorder.threads import ServiceThread, name_os_thread
 from recorder.timebase import clock_synchronised
 from sync import linkstate, protocol
 from sync import signed_commands as commands
@@ -84,6 +84,7 @@ class UploaderThread(ServiceThread):
         self.uploader = uploader
 
     def run(self) -> None:
+        name_os_thread(self.name)
         try:
             self._guarded()
             while not self.stop_event.is_set():

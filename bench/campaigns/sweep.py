@@ -6,6 +6,9 @@ seeds (or the ones given with ``--seeds``), runs ``python -m bench.campaigns.pow
 process, prints the seed, the result and the elapsed time of each, stops at the first violation
 (exit 1) with the command that reproduces it. The full-disk campaign needs root (it
 skips without, and says so). ``make campaign-sweep [N=10]``.
+
+``--report LOGS`` prints, from a sweep's log folder (finished or still running), one
+Markdown table row per seed with each run's headline figures, in the order run.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import shlex
 import subprocess
 import sys
@@ -49,6 +53,53 @@ def run_one(name: str, seed: int, extra: list[str], log_dir: Path) -> dict:
     return head
 
 
+def headline(log: Path) -> dict | None:
+    """The JSON line a campaign printed last, or None (still running, or it crashed)."""
+    for line in reversed(log.read_text(errors="replace").splitlines()):
+        if line.startswith("{") and '"campaign"' in line:
+            try:
+                return json.loads(line)
+            except ValueError:
+                return None
+    return None
+
+
+def report(log_dir: Path) -> list[str]:
+    """Markdown rows, one per seed in the order run: power cut (loss max, lag at the kill
+    max, durability loss max, losses over the lag ceiling, violations, s) and full disk
+    (ENOSPC met (writes refused), reserve released, start on a full disk completed,
+    violations, s); "running" or "-" where a run has not ended or not started."""
+    seeds: dict[int, None] = {}
+    for log in sorted(log_dir.glob("*-*.log"), key=lambda p: p.stat().st_mtime):
+        seeds.setdefault(int(log.stem.rsplit("-", 1)[1]), None)
+    rows = []
+    for seed in seeds:
+        cells = [str(seed)]
+        pc = log_dir / f"powercut-{seed}.log"
+        h = headline(pc) if pc.exists() else None
+        if h:
+            cells += [str(h.get(k)) for k in ("loss_max_s", "starved_at_kill_max_s",
+                                               "durability_loss_max_s",
+                                               "losses_over_lag_ceiling", "violations",
+                                               "elapsed_s")]
+        else:
+            cells += ["running" if pc.exists() else "-"] + [""] * 5
+        df = log_dir / f"diskfull-{seed}.log"
+        h = headline(df) if df.exists() else None
+        if h:
+            text = df.read_text(errors="replace")
+            refused = re.search(r"writes refused\)\s+\S+ \((\d+)\)", text)
+            released = re.search(r"reserve released \(times\)\s+(\d+)", text)
+            cells += [f"{h.get('enospc_hit')} ({refused.group(1) if refused else '?'})",
+                      released.group(1) if released else "?",
+                      str(h.get("start_on_full_disk_ok")), str(h.get("violations")),
+                      str(h.get("elapsed_s"))]
+        else:
+            cells += ["running" if df.exists() else "-"] + [""] * 4
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=10, help="fresh random seeds (default 10)")
@@ -57,7 +108,17 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"which, in order (default {','.join(CAMPAIGNS)})")
     ap.add_argument("--logs", default=None, help="folder for each run's output "
                     "(default: a new temp folder, printed)")
+    ap.add_argument("--report", default=None, metavar="LOGS",
+                    help="print a table of the runs in a sweep's log folder and exit")
     a = ap.parse_args(argv)
+    if a.report:
+        print("| seed | power cut: loss max (s) | lag at the kill max (s) | durability "
+              "loss max (s) | over the lag ceiling | violations | s | full disk: ENOSPC "
+              "met (writes refused) | reserve released | start on a full disk | "
+              "violations | s |")
+        print("|" + "---|" * 12)
+        print("\n".join(report(Path(a.report))))
+        return 0
     if a.seeds:
         try:
             seeds = [int(x) for x in a.seeds.split(",") if x.strip()]

@@ -30,6 +30,7 @@ import numpy as np
 
 from recorder.calls.announce import tone_clip
 from recorder.runtime.button_edges import MAX_WAIT_S
+from recorder.threads import name_os_thread
 
 log = logging.getLogger(__name__)
 SOCKET = "run/control.sock"
@@ -49,6 +50,7 @@ class ControlServer(threading.Thread):
         self.sock.settimeout(0.5)
 
     def run(self) -> None:
+        name_os_thread(self.name)
         while not self.d.stop.is_set():
             try:
                 conn, _ = self.sock.accept()
