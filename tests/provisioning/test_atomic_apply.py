@@ -21,6 +21,9 @@ from recorder.errors import ProtocolError
 from tests.provisioning.provhelpers import box_config, call
 from tests.provisioning.test_pty import write_site
 
+# Slow (`make test-fast` leaves it out): the link cut at every request.
+pytestmark = pytest.mark.slow
+
 FILES = ("etc/linetap.toml", "etc/practice.pub", "etc/upstream-command.pub",
          "etc/broker-ca.pem", "data/keys/device-cert.pem", "data/keys/device-tls.key")
 

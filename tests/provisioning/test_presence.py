@@ -9,6 +9,9 @@ from gpiozero.pins.mock import MockFactory, MockPin
 
 from provisioning import presence
 
+# Slow (`make test-fast` leaves it out): button scripts in real time.
+pytestmark = pytest.mark.slow
+
 
 class FingerPin(MockPin):
     """A button pin with a finger on it: the pull-up cannot lift it while ``held``.

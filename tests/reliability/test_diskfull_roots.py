@@ -33,6 +33,9 @@ from tests.reliability.campaign import need_root
 from tests.support.disk import fill_to_last_byte
 from tests.support.sim import tone, write_wav
 
+# Slow (`make test-fast` leaves it out): full disks with real daemons.
+pytestmark = pytest.mark.slow
+
 RATE = 8000
 
 

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pytest
 
+# Slow (`make test-fast` leaves it out): runs docs/operations.md in a namespace: about 66 s.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "operations.md"
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
+
 from hw import scenario as scen
 from recorder.evidence import keys
 from recorder.evidence.export import export_calls
@@ -20,6 +22,9 @@ from tests.support.syncbox import (
     unacked,
     upstream_cfg,
 )
+
+# Slow (`make test-fast` leaves it out): a daemon syncing through mosquitto.
+pytestmark = pytest.mark.slow
 
 SCENARIO = {"rate": 8000, "start": "2026-11-25T09:00:00Z", "duration": 40.0, "lines": 2,
             "events": [

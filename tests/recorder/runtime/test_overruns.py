@@ -18,6 +18,9 @@ from recorder import config
 from recorder.runtime import simulate
 from recorder.timebase import parse_iso
 
+# Slow (`make test-fast` leaves it out): real-time runs with a stalled thread.
+pytestmark = pytest.mark.slow
+
 RATE, PERIOD = 8000, 400
 START = "2026-11-25T09:00:00Z"
 

@@ -15,6 +15,9 @@ from recorder import fsutil
 from recorder.evidence.verify import verify_call
 from recorder.storage.store import Store, device_key_for
 
+# Slow (`make test-fast` leaves it out): daemons killed at every crash point.
+pytestmark = pytest.mark.slow
+
 
 def _scenario(path, duration, extra=()):
     path.write_text(json.dumps({

@@ -28,6 +28,9 @@ from tests.support.syncbox import (
     write_command_key,
 )
 
+# Slow (`make test-fast` leaves it out): workers killed and brokers restarted, on both stores.
+pytestmark = pytest.mark.slow
+
 
 def _acked(store) -> int:
     S = store.m.Segment

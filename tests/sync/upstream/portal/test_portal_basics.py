@@ -4,6 +4,7 @@ number, in Debian's chromium."""
 from __future__ import annotations
 
 import pyotp
+import pytest
 
 from sync.upstream.portal import accounts
 from sync.upstream.portal.security import RateLimit
@@ -17,6 +18,9 @@ from tests.sync.upstream.portal.conftest import (
     sign_in,
     wait_ready,
 )
+
+# Slow (`make test-fast` leaves it out): a browser.
+pytestmark = pytest.mark.slow
 
 
 def test_sign_in_without_totp_shows_the_calls(env, context):

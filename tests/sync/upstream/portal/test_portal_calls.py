@@ -24,6 +24,9 @@ from tests.sync.upstream.portal.conftest import (
     wait_ready,
 )
 
+# Slow (`make test-fast` leaves it out): a browser.
+pytestmark = pytest.mark.slow
+
 
 def _row(page, call):
     return page.locator(f"#calls tbody tr[data-call='{call}']")

@@ -29,6 +29,9 @@ from tests.support.syncbox import (
 )
 from tests.sync.upstream.portal.conftest import PASSWORD, Server, open_key, sign_in, wait_ready
 
+# Slow (`make test-fast` leaves it out): a browser.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def mqtt(tmp_path):

@@ -12,6 +12,9 @@ from sync.upstream import config as upstream_config
 from sync.upstream.portal import accounts
 from sync.upstream.store import UCall, open_db
 
+# Slow (`make test-fast` leaves it out): a browser.
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.slow
 def test_demo_ends_with_calls_upstream_and_a_manager_login(tmp_path, capsys):

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from sync.upstream import fleet
 from sync.upstream.portal import accounts
 from tests.sync.upstream.portal.conftest import PASSWORD, sign_in
+
+# Slow (`make test-fast` leaves it out): a browser.
+pytestmark = pytest.mark.slow
 
 
 def test_the_operator_sees_the_fleet_and_no_calls(env, context):

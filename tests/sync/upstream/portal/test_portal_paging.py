@@ -21,6 +21,9 @@ from tests.sync.upstream.portal.conftest import (
     wait_ready,
 )
 
+# Slow (`make test-fast` leaves it out): a browser.
+pytestmark = pytest.mark.slow
+
 N3 = "01632960333"
 MANY = 450                   # more than two pages of 200
 

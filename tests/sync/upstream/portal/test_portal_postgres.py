@@ -22,6 +22,9 @@ from tests.support import broker as sync_conftest
 from tests.support.syncbox import make_box, write_calls
 from tests.sync.upstream.portal.conftest import feed, to_toml
 
+# Slow (`make test-fast` leaves it out): a browser.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def pg():

@@ -8,12 +8,17 @@ import io
 import time
 import zipfile
 
+import pytest
+
 from recorder.timebase import parse_iso
 from sync.upstream import ops as upstream_ops
 from sync.upstream.objectstore import open_objects
 from sync.upstream.portal.decisions import PDecision, PNotice, PSite
 from sync.upstream.store import UAudit, UCall
 from tests.sync.upstream.portal.conftest import N1, downloads, open_key, sign_in, wait_ready
+
+# Slow (`make test-fast` leaves it out): a browser.
+pytestmark = pytest.mark.slow
 
 
 def _last(action):

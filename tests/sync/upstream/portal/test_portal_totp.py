@@ -7,11 +7,15 @@ from __future__ import annotations
 import time
 
 import pyotp
+import pytest
 
 from sync.upstream.portal import accounts
 from sync.upstream.portal.decisions import PSite
 from sync.upstream.store import UAudit
 from tests.sync.upstream.portal.conftest import sign_in, wait_ready
+
+# Slow (`make test-fast` leaves it out): a browser.
+pytestmark = pytest.mark.slow
 
 
 def _last(action):
