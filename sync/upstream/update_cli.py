@@ -14,7 +14,7 @@ from sync.upstream.store import open_db
 from sync.upstream.updates import (
     RANK,
     VERBS,
-    UpdateError,
+    RolloutError,
     find,
     offer,
     pause,
@@ -100,7 +100,7 @@ def cli_main(argv: list[str]) -> int:
             print(f"rollout {r.id} resumed ({r.phase})")
         elif args.action == "serve":
             return serve(ucfg, args.bind, args.port)
-    except UpdateError as exc:
+    except RolloutError as exc:
         print(f"linetap upstream update {args.action}: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -76,7 +76,7 @@ UPDATE_KEYS = {"dir": str, "url": str, "bind": str, "port": int, "tls_cert": str
                "canary_timeout_h": (int, float)}
 
 
-class UpdateError(LinetapError, ValueError):
+class RolloutError(LinetapError, ValueError):
     """An update request that cannot be done as asked (the message says what to change)."""
 
 
@@ -249,10 +249,10 @@ def store_bundle(src: Path, folder: Path) -> tuple[str, int]:
     try:
         size = src.stat().st_size
     except OSError as exc:
-        raise UpdateError(f"bundle {src}: {exc.strerror}") from None
+        raise RolloutError(f"bundle {src}: {exc.strerror}") from None
     if not 0 < size <= signed_commands.MAX_BUNDLE_BYTES:
         # The box refuses more (it cannot fit a slot): refuse it here, before any offer.
-        raise UpdateError(f"bundle {src}: {size} bytes (must be 1.."
+        raise RolloutError(f"bundle {src}: {size} bytes (must be 1.."
                           f"{signed_commands.MAX_BUNDLE_BYTES})")
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".incoming.{os.getpid()}{TEMP_SUFFIX}"
@@ -280,11 +280,11 @@ def _pick_devices(ucfg, sites: list[str], devices: list[str]) -> list[str]:
     enrolled = ucfg.enrolled()
     for s in sites:
         if s not in ucfg.sites:
-            raise UpdateError(f"--site {s}: no such site in the config "
+            raise RolloutError(f"--site {s}: no such site in the config "
                               f"(sites: {', '.join(sorted(ucfg.sites)) or 'none'})")
     for d in devices:
         if d not in enrolled:
-            raise UpdateError(f"--device {d}: not an enrolled device (revoked, or awaiting "
+            raise RolloutError(f"--device {d}: not an enrolled device (revoked, or awaiting "
                               "its identity)")
     chosen = set(devices)
     for s in sites:
@@ -300,32 +300,32 @@ def offer(ucfg, bundle: Path, version: str, *, sites=(), devices=(),
     """Store ``bundle``, create a rollout over the chosen devices (every enrolled device
     by default) and offer it to its canary (or to all when the canary share is 0)."""
     if not ucfg.command_key:
-        raise UpdateError("no [commands] key in the config: updates are offered by signed "
+        raise RolloutError("no [commands] key in the config: updates are offered by signed "
                           "command")
     # The box's own rule for the command's arguments, checked before anything is stored.
     bad = signed_commands.update_problem({"url": f"{base_url(ucfg)}/bundles/{'0' * 64}.raucb",
                                           "size": 1, "sha256": "0" * 64, "version": version})
     if bad is not None:
-        raise UpdateError(bad.removeprefix("update: "))
+        raise RolloutError(bad.removeprefix("update: "))
     s = ucfg.updates
     share = s.canary_share if canary_share is None else canary_share
     rate = s.max_failure_rate if max_failure_rate is None else max_failure_rate
     if not 0 <= share <= 1 or not 0 <= rate <= 1:
-        raise UpdateError("--canary-share and --max-failure-rate must be in 0..1")
+        raise RolloutError("--canary-share and --max-failure-rate must be in 0..1")
     chosen = _pick_devices(ucfg, list(sites), list(devices))
     if not chosen:
-        raise UpdateError("no enrolled device to offer the update to")
+        raise RolloutError("no enrolled device to offer the update to")
     sha, size = store_bundle(Path(bundle), Path(s.dir))
     running = _running_versions(chosen)
     targets = [d for d in chosen if running.get(d) != version]
     if not targets:
-        raise UpdateError(f"every chosen device already runs {version}")
+        raise RolloutError(f"every chosen device already runs {version}")
     busy = {t.device for t in RolloutTarget.select(RolloutTarget.device).join(
         Rollout, on=(RolloutTarget.rollout == Rollout.id)).where(
         Rollout.state.in_(("active", "paused")) & RolloutTarget.device.in_(targets)
         & RolloutTarget.stage.not_in(FINISHED))}
     if busy:
-        raise UpdateError(f"{len(busy)} device(s) are still in another rollout "
+        raise RolloutError(f"{len(busy)} device(s) are still in another rollout "
                           f"({', '.join(sorted(busy)[:5])}{', ...' if len(busy) > 5 else ''})"
                           ": pause it and let them finish, or leave them out with --device")
     canary = canary_set(targets, share, sha)
@@ -376,14 +376,19 @@ def _offer_phase(ucfg, r: Rollout, now: float) -> int:
     return n
 
 
+def _commands(r: Rollout) -> dict[str, Command]:
+    """The ``update`` commands of ``r``'s targets, by nonce (one query)."""
+    return {c.nonce: c for c in Command.select(Command.nonce, Command.status,
+                                               Command.expires, Command.result).join(
+        RolloutTarget, on=(RolloutTarget.nonce == Command.nonce)).where(
+        RolloutTarget.rollout == r.id)}
+
+
 def tally(r: Rollout, now: float | None = None) -> dict[str, Tally]:
     """Per-phase :class:`Tally` of ``r``. A target whose command expired or was refused
     without a stage report is *silent* or *failed* respectively."""
     now = time.time() if now is None else now
-    cmds = {c.nonce: c for c in Command.select(Command.nonce, Command.status,
-                                               Command.expires, Command.result).join(
-        RolloutTarget, on=(RolloutTarget.nonce == Command.nonce)).where(
-        RolloutTarget.rollout == r.id)}
+    cmds = _commands(r)
     counts = {"canary": [0, 0, 0, 0], "rest": [0, 0, 0, 0]}   # targets, good, failed, silent
     offered = 0
     for t in RolloutTarget.select().where(RolloutTarget.rollout == r.id):
@@ -458,7 +463,7 @@ def _transition(r: Rollout, changes: dict, **expect) -> bool:
 def pause(rollout_id: int, reason: str, by: str = "operator") -> Rollout:
     r = find(rollout_id)
     if r.state != "active":
-        raise UpdateError(f"rollout {r.id} is {r.state}, not active")
+        raise RolloutError(f"rollout {r.id} is {r.state}, not active")
     _transition(r, {"state": "paused", "reason": reason}, state="active")
     audit("update_paused", rollout=r.id, version=r.version, by=by, reason=reason)
     return Rollout.get_by_id(r.id)
@@ -470,12 +475,12 @@ def resume(ucfg, rollout_id: int, now: float | None = None) -> Rollout:
     now = time.time() if now is None else now
     r = find(rollout_id)
     if r.state != "paused":
-        raise UpdateError(f"rollout {r.id} is {r.state}, not paused")
+        raise RolloutError(f"rollout {r.id} is {r.state}, not paused")
     t = tally(r, now)["canary"]
     if not _transition(r, {"state": "active", "reason": "", "base_good": t.all_good,
                            "base_failed": t.all_failed, "phase_since": now},
                        state="paused"):
-        raise UpdateError(f"rollout {r.id} changed while resuming; look again")
+        raise RolloutError(f"rollout {r.id} changed while resuming; look again")
     audit("update_resumed", rollout=r.id, version=r.version, accepted_failed=t.all_failed)
     r = Rollout.get_by_id(r.id)
     _offer_phase(ucfg, r, now)
@@ -487,11 +492,11 @@ def find(rollout_id: int | None) -> Rollout:
         r = Rollout.select().where(Rollout.state.in_(("active", "paused"))).order_by(
             Rollout.id.desc()).first()
         if r is None:
-            raise UpdateError("no active or paused rollout (give --rollout ID)")
+            raise RolloutError("no active or paused rollout (give --rollout ID)")
         return r
     r = Rollout.get_or_none(Rollout.id == rollout_id)
     if r is None:
-        raise UpdateError(f"no rollout {rollout_id}")
+        raise RolloutError(f"no rollout {rollout_id}")
     return r
 
 
@@ -535,9 +540,7 @@ def status(rollout_id: int | None = None, now: float | None = None) -> list[dict
         q = q.where(Rollout.id == rollout_id)
     out = []
     for r in q:
-        cmds = {c.nonce: c for c in Command.select().join(
-            RolloutTarget, on=(RolloutTarget.nonce == Command.nonce)).where(
-            RolloutTarget.rollout == r.id)}
+        cmds = _commands(r)
         devs = []
         stages: dict[str, int] = {}
         for t in RolloutTarget.select().where(RolloutTarget.rollout == r.id).order_by(
@@ -569,7 +572,7 @@ def server_tls(ucfg) -> ssl.SSLContext:
     key = s.tls_key or str(root / "pki" / "broker.key")
     crl = s.crl or str(root / "pki" / "crl.pem")
     if not ucfg.ca:
-        raise UpdateError("[broker] ca is not set: it is the CA device certificates are "
+        raise RolloutError("[broker] ca is not set: it is the CA device certificates are "
                           "checked against")
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -580,7 +583,7 @@ def server_tls(ucfg) -> ssl.SSLContext:
             ctx.load_verify_locations(cafile=crl)
             ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     except (OSError, ssl.SSLError) as exc:
-        raise UpdateError(f"update serve TLS files ({cert}, {key}, {ucfg.ca}): {exc}") from None
+        raise RolloutError(f"update serve TLS files ({cert}, {key}, {ucfg.ca}): {exc}") from None
     ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 

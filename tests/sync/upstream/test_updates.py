@@ -27,7 +27,7 @@ from sync.upstream import updates
 from sync.upstream.cli import cli_main
 from sync.upstream.ingest import Ingest
 from sync.upstream.store import Command, Health, Rollout, RolloutTarget, UAudit, open_db
-from sync.upstream.updates import Tally, UpdateError, Verdict
+from sync.upstream.updates import RolloutError, Tally, Verdict
 from tests.support.syncbox import write_command_key
 
 LINETAP = str(Path(sys.executable).parent / "linetap")
@@ -256,21 +256,21 @@ def test_a_refused_command_counts_as_failed_and_an_expired_one_as_silent(up):
 
 def test_offer_refuses_what_it_cannot_do_and_skips_current_boxes(up, tmp_path):
     ucfg, _pub, bundle, _ = up
-    with pytest.raises(UpdateError, match="version must be"):
+    with pytest.raises(RolloutError, match="version must be"):
         updates.offer(ucfg, bundle, "1.2 beta")
-    with pytest.raises(UpdateError, match="no such site"):
+    with pytest.raises(RolloutError, match="no such site"):
         updates.offer(ucfg, bundle, "1.2", sites=["nowhere"])
-    with pytest.raises(UpdateError, match="not an enrolled device"):
+    with pytest.raises(RolloutError, match="not an enrolled device"):
         updates.offer(ucfg, bundle, "1.2", devices=["lt-99"])
-    with pytest.raises(UpdateError, match="bundle"):
+    with pytest.raises(RolloutError, match="bundle"):
         updates.offer(ucfg, tmp_path / "missing.raucb", "1.2")
     for d in ucfg.sites["s2"].devices:
         Health.create(device=d, site="s2", body={"version": "1.2"}, time=time.time())
-    with pytest.raises(UpdateError, match="already runs 1.2"):
+    with pytest.raises(RolloutError, match="already runs 1.2"):
         updates.offer(ucfg, bundle, "1.2", sites=["s2"])
     r = updates.offer(ucfg, bundle, "1.2", canary_share=0)
     assert set(_targets(r)) == set(ucfg.sites["s1"].devices) and r.phase == "rest"
-    with pytest.raises(UpdateError, match="still in another rollout"):
+    with pytest.raises(RolloutError, match="still in another rollout"):
         updates.offer(ucfg, bundle, "1.3", sites=["s1"])
     assert Rollout.select().count() == 1
 
